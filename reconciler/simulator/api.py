@@ -1,0 +1,208 @@
+"""Jenkins' JSON shapes for the simulated objects, and the `tree=` filter of its remote API."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from .model import PARAM_CLASSES, Build, Jenkins, JobDef, QueueItem, _ms
+
+JOB_CLASS = "hudson.model.FreeStyleProject"
+BUILD_CLASS = "hudson.model.FreeStyleBuild"
+FOLDER_CLASS = "com.cloudbees.hudson.plugins.folder.Folder"
+
+
+def job_path(full_name: str) -> str:
+    """`a b/ü` → `job/a%20b/job/%C3%BC/`, each segment encoded as Jenkins' Util.rawEncode does."""
+    return "".join(f"job/{quote(seg, safe='')}/" for seg in full_name.split("/"))
+
+
+def parameters_json(params: list[tuple[Any, Any]]) -> dict[str, Any]:
+    values = []
+    for p, v in params:
+        entry: dict[str, Any] = {"_class": PARAM_CLASSES[p.type][1], "name": p.name}
+        if p.type != "password":
+            entry["value"] = v
+        values.append(entry)
+    return {"_class": "hudson.model.ParametersAction", "parameters": values}
+
+
+def actions_json(params: list[tuple[Any, Any]], causes: list[dict[str, Any]],
+                 parameterized: bool) -> list[dict[str, Any]]:
+    actions: list[dict[str, Any]] = []
+    if parameterized:
+        actions.append(parameters_json(params))
+    actions.append({"_class": "hudson.model.CauseAction", "causes": list(causes)})
+    return actions
+
+
+def build_json(root: str, build: Build) -> dict[str, Any]:
+    job = build.job
+    now_duration = 0 if build.finished is None else _ms(build.finished) - _ms(build.started)
+    return {
+        "_class": BUILD_CLASS,
+        "actions": actions_json(build.parameters, build.causes, job.parameters is not None),
+        "building": build.building,
+        "description": None,
+        "displayName": f"#{build.number}",
+        "duration": now_duration,
+        "estimatedDuration": _ms(job.duration) if job.duration is not None else -1,
+        "fullDisplayName": f"{job.full_name.replace('/', ' » ')} #{build.number}",
+        "id": str(build.number),
+        "number": build.number,
+        "queueId": build.queue_id,
+        "result": build.result,
+        "timestamp": _ms(build.started),
+        "url": f"{root}{job_path(job.full_name)}{build.number}/",
+    }
+
+
+def build_ref(root: str, build: Build | None) -> dict[str, Any] | None:
+    if build is None:
+        return None
+    return {"_class": BUILD_CLASS, "number": build.number,
+            "url": f"{root}{job_path(build.job.full_name)}{build.number}/"}
+
+
+def queue_item_json(root: str, item: QueueItem, now: float) -> dict[str, Any]:
+    job = item.job
+    out: dict[str, Any] = {
+        "actions": actions_json(item.parameters, item.causes, job.parameters is not None),
+        "blocked": False,
+        "buildable": item.state == "buildable",
+        "id": item.id,
+        "inQueueSince": _ms(item.in_queue_since),
+        "params": "".join(f"\n{p.name}={'****' if p.type == 'password' else v}"
+                          for p, v in item.parameters),
+        "stuck": False,
+        "task": {"_class": JOB_CLASS, "name": job.full_name.rsplit("/", 1)[-1],
+                 "url": f"{root}{job_path(job.full_name)}", "color": color(None, job)},
+        "url": f"queue/item/{item.id}/",
+    }
+    if item.state == "waiting":
+        out["_class"] = "hudson.model.Queue$WaitingItem"
+        out["timestamp"] = _ms(item.ready_at)
+        out["why"] = f"In the quiet period. Expires in {max(item.ready_at - now, 0):.1f} sec"
+    elif item.state == "buildable":
+        out["_class"] = "hudson.model.Queue$BuildableItem"
+        out["buildableStartMilliseconds"] = _ms(item.buildable_since or now)
+        out["pending"] = False
+        out["why"] = "Waiting for next available executor"
+    else:
+        out["_class"] = "hudson.model.Queue$LeftItem"
+        out["cancelled"] = item.cancelled
+        out["executable"] = build_ref(root, item.build)
+        out["why"] = None
+    out["buildable"] = item.state == "buildable"
+    return out
+
+
+def color(jenkins: Jenkins | None, job: JobDef) -> str:
+    if job.disabled:
+        return "disabled"
+    if jenkins is None:
+        return "notbuilt"
+    builds = sorted(jenkins.builds[job.full_name].values(), key=lambda b: b.number)
+    if not builds:
+        return "notbuilt"
+    done = [b for b in builds if not b.building]
+    base = {"SUCCESS": "blue", "UNSTABLE": "yellow", "FAILURE": "red",
+            "ABORTED": "aborted", "NOT_BUILT": "notbuilt"}.get(done[-1].result or "", "notbuilt") \
+        if done else "notbuilt"
+    return base + "_anime" if builds[-1].building else base
+
+
+def job_json(root: str, jenkins: Jenkins, job: JobDef, full: bool) -> dict[str, Any]:
+    builds = sorted(jenkins.builds[job.full_name].values(), key=lambda b: -b.number)
+    done = [b for b in builds if not b.building]
+    queued = [q for q in jenkins.queue.values() if q.job is job and q.state != "left"]
+    item_json = (lambda b: build_json(root, b)) if full else (lambda b: build_ref(root, b))
+    properties: list[dict[str, Any]] = []
+    if job.parameters is not None:
+        properties.append({"_class": "hudson.model.ParametersDefinitionProperty",
+                           "parameterDefinitions": [p.definition_json() for p in job.parameters]})
+    return {
+        "_class": JOB_CLASS,
+        "actions": [],
+        "buildable": not job.disabled,
+        "builds": [item_json(b) for b in builds],
+        "color": color(jenkins, job),
+        "description": "",
+        "displayName": job.full_name.rsplit("/", 1)[-1],
+        "firstBuild": item_json(builds[-1]) if builds else None,
+        "fullDisplayName": job.full_name.replace("/", " » "),
+        "fullName": job.full_name,
+        "inQueue": bool(queued),
+        "lastBuild": item_json(builds[0]) if builds else None,
+        "lastCompletedBuild": item_json(done[0]) if done else None,
+        "lastSuccessfulBuild": next((item_json(b) for b in done if b.result == "SUCCESS"), None),
+        "name": job.full_name.rsplit("/", 1)[-1],
+        "nextBuildNumber": job.next_build_number,
+        "property": properties,
+        "queueItem": queue_item_json(root, queued[0], jenkins.clock()) if queued else None,
+        "url": f"{root}{job_path(job.full_name)}",
+    }
+
+
+def folder_json(root: str, jenkins: Jenkins, prefix: str) -> dict[str, Any]:
+    jobs = []
+    for name in jenkins.folder_children(prefix):
+        job = jenkins.jobs.get(name)
+        jobs.append({"_class": JOB_CLASS if job else FOLDER_CLASS,
+                     "name": name.rsplit("/", 1)[-1], "url": f"{root}{job_path(name)}",
+                     **({"color": color(jenkins, job)} if job else {})})
+    if not prefix:
+        return {"_class": "hudson.model.Hudson", "mode": "NORMAL", "nodeDescription":
+                "the Jenkins controller's built-in node (simulated)", "nodeName": "",
+                "numExecutors": jenkins.executors, "quietingDown": False, "url": root,
+                "useCrumbs": None, "useSecurity": True, "jobs": jobs}
+    return {"_class": FOLDER_CLASS, "fullName": prefix, "name": prefix.rsplit("/", 1)[-1],
+            "url": f"{root}{job_path(prefix)}", "jobs": jobs}
+
+
+def parse_tree(spec: str) -> dict[str, Any]:
+    """`builds[number,actions[causes[userId]]]{0,5}` → {"builds": {"number": None, ...}}."""
+    tree, _ = _parse_fields(spec, 0)
+    return tree
+
+
+def _parse_fields(spec: str, i: int) -> tuple[dict[str, Any], int]:
+    fields: dict[str, Any] = {}
+    name = ""
+    while i < len(spec):
+        ch = spec[i]
+        if ch == "[":
+            fields[name.strip()], i = _parse_fields(spec, i + 1)
+            name = ""
+            if i < len(spec) and spec[i] == "{":
+                i = spec.index("}", i) + 1
+            continue
+        if ch in ",]":
+            if name.strip():
+                fields[name.strip()] = None
+            name = ""
+            if ch == "]":
+                return fields, i + 1
+        elif ch == "{":
+            i = spec.index("}", i)
+        else:
+            name += ch
+        i += 1
+    if name.strip():
+        fields[name.strip()] = None
+    return fields, i
+
+
+def apply_tree(value: Any, tree: dict[str, Any] | None) -> Any:
+    """Keep what `tree=` asks for; Jenkins keeps `_class` on every object it reports."""
+    if tree is None:
+        return value
+    if isinstance(value, list):
+        return [apply_tree(v, tree) for v in value]
+    if isinstance(value, dict):
+        out = {"_class": value["_class"]} if "_class" in value else {}
+        for key, sub in tree.items():
+            if key in value:
+                out[key] = apply_tree(value[key], sub)
+        return out
+    return value

@@ -1,0 +1,114 @@
+"""The simulator's configuration: from a YAML file and/or command-line flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+
+from .model import RESULTS, JobDef, ParamDef
+
+
+class SimConfigError(ValueError):
+    """The simulator's configuration is wrong; the message says where."""
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    token: str | None = None
+    password: str | None = None
+    full_name: str = ""
+    permissions: frozenset[str] = frozenset({"read", "build"})
+
+
+@dataclass
+class SimConfig:
+    jobs: list[JobDef] = field(default_factory=list)
+    users: dict[str, User] = field(default_factory=dict)
+    csrf: bool = True
+    csrf_exempt_api_token: bool = True
+    """Jenkins ≥ 2.96 lets API-token requests skip the crumb; False behaves like older Jenkins."""
+    anonymous_read: bool = False
+    quiet_period: float = 5.0
+    executors: int = 2
+    left_item_ttl: float = 300.0
+
+
+def _param(raw: Any, where: str) -> ParamDef:
+    if isinstance(raw, str):
+        return ParamDef(name=raw)
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise SimConfigError(f"{where}: a parameter is a name or a mapping with `name`")
+    kind = str(raw.get("type", "string"))
+    if kind not in ("string", "boolean", "choice", "password"):
+        raise SimConfigError(f"{where}: parameter type {kind!r} is not string, boolean, choice or password")
+    choices = tuple(str(c) for c in raw.get("choices", ()))
+    if kind == "choice" and not choices:
+        raise SimConfigError(f"{where}: a choice parameter needs `choices`")
+    default = raw.get("default", False if kind == "boolean" else "")
+    return ParamDef(name=str(raw["name"]), type=kind, default=default, choices=choices,
+                    description=str(raw.get("description", "")))
+
+
+def job_from_mapping(raw: Any, where: str = "job") -> JobDef:
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, dict) or not raw.get("name"):
+        raise SimConfigError(f"{where}: a job is a name or a mapping with `name`")
+    results = raw.get("result", "SUCCESS")
+    results = (results,) if isinstance(results, str) else tuple(results)
+    for r in results:
+        if r not in RESULTS:
+            raise SimConfigError(f"{where}: result {r!r} is not one of {', '.join(RESULTS)}")
+    params = raw.get("parameters")
+    duration = raw.get("duration", 0.0)
+    return JobDef(
+        full_name=str(raw["name"]).strip("/"),
+        parameters=None if params is None else tuple(_param(p, where) for p in params),
+        duration=None if duration in (None, "manual") else float(duration),
+        results=results,
+        token=raw.get("token"),
+        disabled=bool(raw.get("disabled", False)),
+        next_build_number=int(raw.get("next_build_number", 1)),
+    )
+
+
+def user_from_mapping(name: str, raw: Any) -> User:
+    if isinstance(raw, str):
+        raw = {"token": raw}
+    if not isinstance(raw, dict):
+        raise SimConfigError(f"user {name}: a user is a token or a mapping with `token`/`password`")
+    return User(name=name, token=raw.get("token"), password=raw.get("password"),
+                full_name=str(raw.get("full_name", name)),
+                permissions=frozenset(raw.get("permissions", ("read", "build"))))
+
+
+def from_mapping(raw: dict[str, Any]) -> SimConfig:
+    known = {"jobs", "users", "csrf", "csrf_exempt_api_token", "anonymous_read", "quiet_period",
+             "executors", "left_item_ttl"}
+    unknown = set(raw) - known
+    if unknown:
+        raise SimConfigError(f"unknown simulator settings: {', '.join(sorted(unknown))}")
+    return SimConfig(
+        jobs=[job_from_mapping(j, f"jobs[{i}]") for i, j in enumerate(raw.get("jobs") or [])],
+        users={n: user_from_mapping(n, u) for n, u in (raw.get("users") or {}).items()},
+        csrf=bool(raw.get("csrf", True)),
+        csrf_exempt_api_token=bool(raw.get("csrf_exempt_api_token", True)),
+        anonymous_read=bool(raw.get("anonymous_read", False)),
+        quiet_period=float(raw.get("quiet_period", 5.0)),
+        executors=int(raw.get("executors", 2)),
+        left_item_ttl=float(raw.get("left_item_ttl", 300.0)),
+    )
+
+
+def load(path: Path) -> SimConfig:
+    data = YAML(typ="safe").load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise SimConfigError(f"{path}: expected a mapping of settings")
+    try:
+        return from_mapping(data)
+    except SimConfigError as e:
+        raise SimConfigError(f"{path}: {e}") from None

@@ -1,0 +1,499 @@
+"""The simulator's HTTP face: Jenkins' routes, security checks, fault injection, a request log."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import secrets
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from . import api
+from .config import SimConfig, User
+from .model import Jenkins, JenkinsError, JobDef
+
+JENKINS_VERSION = "2.479.3"
+CRUMB_FIELD = "Jenkins-Crumb"
+SESSION_COOKIE = "JSESSIONID.simulator"
+
+
+@dataclass
+class Fault:
+    """One injected misbehaviour: the first live rule whose path and method match applies."""
+
+    path: str = ".*"
+    method: str | None = None
+    status: int | None = None
+    latency: float = 0.0
+    drop: str | None = None  # "before": nothing processed; "after": processed, response lost
+    sso: bool = False
+    times: int | None = None  # None: until cleared
+
+    def matches(self, method: str, path: str) -> bool:
+        return (self.times is None or self.times > 0) and \
+            (self.method is None or self.method == method) and re.search(self.path, path) is not None
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the simulated Jenkins received, for tests to assert on."""
+
+    method: str
+    path: str
+    params: dict[str, list[str]]
+    user: str | None
+    headers: dict[str, str]
+    status: int = 0
+    fault: str | None = None
+
+    def param(self, name: str) -> str | None:
+        values = self.params.get(name)
+        return values[0] if values else None
+
+
+@dataclass
+class _Caller:
+    user: User | None
+    by_api_token: bool
+    session: str | None
+    new_session: str | None = None
+
+
+@dataclass
+class _Response:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "text/html;charset=utf-8"
+
+
+def _json(obj: Any, status: int = 200) -> _Response:
+    return _Response(status, json.dumps(obj).encode(), content_type="application/json;charset=utf-8")
+
+
+_UNITS = {"": 1.0, "ms": 0.001, "millis": 0.001, "milliseconds": 0.001,
+          "s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0,
+          "m": 60.0, "min": 60.0, "mins": 60.0, "minute": 60.0, "minutes": 60.0,
+          "h": 3600.0, "hour": 3600.0, "hours": 3600.0}
+
+
+def _parse_delay(text: str | None) -> float | None:
+    """TimeDuration.fromString: a bare number is seconds."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*([a-z]*)\s*", text)
+    if not m or m.group(2) not in _UNITS:
+        raise JenkinsError(400, f"Invalid delay: {text}")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+class SimulatedJenkins:
+    """Routes requests to the model; kept apart from the socket plumbing so it reads like Jenkins."""
+
+    def __init__(self, config: SimConfig):
+        self.config = config
+        self.jenkins = Jenkins(list(config.jobs), executors=config.executors,
+                               quiet_period=config.quiet_period, left_item_ttl=config.left_item_ttl)
+        self.root = ""
+        self.faults: list[Fault] = []
+        self.requests: list[Request] = []
+        self.sessions: set[str] = set()
+        self._salt = secrets.token_hex(8)
+        self._lock = threading.Lock()
+
+    # -- security -------------------------------------------------------------------------
+    def authenticate(self, headers: Any) -> _Caller:
+        session = None
+        for part in (headers.get("Cookie") or "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == SESSION_COOKIE and value in self.sessions:
+                session = value
+        auth = headers.get("Authorization") or ""
+        if not auth.lower().startswith("basic "):
+            return _Caller(None, False, session)
+        try:
+            name, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
+        except ValueError:
+            raise JenkinsError(401, "Malformed Authorization header") from None
+        user = self.config.users.get(name)
+        if user is not None and user.token is not None and secrets.compare_digest(secret, user.token):
+            return _Caller(user, True, session)
+        if user is not None and user.password is not None and secrets.compare_digest(secret, user.password):
+            return _Caller(user, False, session)
+        raise JenkinsError(401, f"Invalid password/token for user: {name}")
+
+    def _crumb(self, session: str, caller: _Caller) -> str:
+        who = caller.user.name if caller.user else "anonymous"
+        return hashlib.sha256(f"{session}:{who}:{self._salt}".encode()).hexdigest()
+
+    def check_crumb(self, method: str, headers: Any, caller: _Caller) -> None:
+        """CrumbFilter: POSTs need a crumb bound to the session, unless made with an API token."""
+        if not self.config.csrf or method != "POST":
+            return
+        if caller.by_api_token and self.config.csrf_exempt_api_token:
+            return
+        sent = headers.get(CRUMB_FIELD)
+        if caller.session is None or sent is None or \
+                not secrets.compare_digest(sent, self._crumb(caller.session, caller)):
+            raise JenkinsError(403, "No valid crumb was included in the request")
+
+    def check_read(self, caller: _Caller) -> None:
+        if caller.user is None and not self.config.anonymous_read:
+            raise JenkinsError(403, "Authentication required: anonymous is missing the Overall/Read permission")
+
+    def expire_crumbs(self) -> None:
+        """Sessions end (a restart, a timeout), and every crumb bound to one goes stale with it."""
+        self.sessions.clear()
+
+    # -- routing --------------------------------------------------------------------------
+    def handle(self, method: str, path: str, params: dict[str, list[str]], caller: _Caller,
+               remote: str) -> _Response:
+        self.check_read(caller)
+        segments = [unquote(s) for s in path.strip("/").split("/")] if path.strip("/") else []
+        if segments[:1] == ["job"]:
+            return self._job_route(method, segments, params, caller, remote)
+        rest = "/".join(segments)
+        if rest in ("api/json", "api/json/"):
+            return _json(self._tree(api.folder_json(self.root, self.jenkins, ""), params))
+        if rest == "":
+            return _Response(200, b"<html><body>Jenkins (simulated)</body></html>")
+        if rest == "crumbIssuer/api/json":
+            if not self.config.csrf:
+                raise JenkinsError(404, "Not Found")
+            session = caller.session or secrets.token_urlsafe(16)
+            if caller.session is None:
+                self.sessions.add(session)
+                caller.new_session = session
+                caller.session = session
+            return _json({"_class": "hudson.security.csrf.DefaultCrumbIssuer",
+                          "crumb": self._crumb(session, caller), "crumbRequestField": CRUMB_FIELD})
+        if rest == "queue/api/json":
+            self.jenkins.advance()
+            now = self.jenkins.clock()
+            items = [api.queue_item_json(self.root, q, now) for q in self.jenkins.queue.values()
+                     if q.state != "left"]
+            return _json(self._tree({"_class": "hudson.model.Queue", "discoverableItems": [],
+                                     "items": items}, params))
+        m = re.fullmatch(r"queue/item/(\d+)/api/json", rest)
+        if m:
+            item = self.jenkins.queue_item(int(m.group(1)))
+            return _json(self._tree(api.queue_item_json(self.root, item, self.jenkins.clock()), params))
+        if rest == "queue/cancelItem":
+            self._require_post(method)
+            item_id = (params.get("id") or [""])[0]
+            if not item_id.isdigit():
+                raise JenkinsError(400, "id is required")
+            self.jenkins.cancel(int(item_id))
+            return _Response(204)
+        raise JenkinsError(404, "Not Found")
+
+    def _tree(self, obj: Any, params: dict[str, list[str]]) -> Any:
+        tree = params.get("tree")
+        return api.apply_tree(obj, api.parse_tree(tree[0])) if tree else obj
+
+    @staticmethod
+    def _require_post(method: str) -> None:
+        if method != "POST":
+            raise JenkinsError(405, "This URL requires POST", {"Allow": "POST"})
+
+    def _job_route(self, method: str, segments: list[str], params: dict[str, list[str]],
+                   caller: _Caller, remote: str) -> _Response:
+        names: list[str] = []
+        i = 0
+        while i + 1 < len(segments) and segments[i] == "job":
+            names.append(segments[i + 1])
+            i += 2
+        full_name, rest = "/".join(names), "/".join(segments[i:])
+        if full_name not in self.jenkins.jobs:
+            if rest in ("api/json", "") and self.jenkins.folder_children(full_name):
+                return _json(self._tree(api.folder_json(self.root, self.jenkins, full_name), params))
+            raise JenkinsError(404, f"No job named {full_name}")
+        job = self.jenkins.jobs[full_name]
+        if rest in ("build", "buildWithParameters"):
+            return self._trigger(method, job, rest, params, caller, remote)
+        if rest in ("api/json", ""):
+            self.jenkins.advance()
+            full = "tree" in params
+            return _json(self._tree(api.job_json(self.root, self.jenkins, job, full), params))
+        m = re.fullmatch(r"(\d+|lastBuild|lastCompletedBuild)/(.*)", rest)
+        if not m:
+            raise JenkinsError(404, "Not Found")
+        build = self._resolve_build(job, m.group(1))
+        action = m.group(2).rstrip("/")
+        if action == "api/json":
+            return _json(self._tree(api.build_json(self.root, build), params))
+        if action == "consoleText":
+            return _Response(200, self._log(build).encode(), content_type="text/plain;charset=utf-8")
+        if action == "logText/progressiveText":
+            text = self._log(build).encode()
+            start = int((params.get("start") or ["0"])[0] or 0)
+            headers = {"X-Text-Size": str(len(text))}
+            if build.building:
+                headers["X-More-Data"] = "true"
+            return _Response(200, text[start:], headers, "text/plain;charset=utf-8")
+        if action == "stop":
+            self._require_post(method)
+            self._require_build_permission(caller)
+            self.jenkins.stop(build)
+            return _Response(302, headers={"Location": api.build_ref(self.root, build)["url"]})
+        raise JenkinsError(404, "Not Found")
+
+    def _resolve_build(self, job: JobDef, ref: str) -> Any:
+        self.jenkins.advance()
+        builds = sorted(self.jenkins.builds[job.full_name].values(), key=lambda b: -b.number)
+        if ref == "lastBuild":
+            ref = str(builds[0].number) if builds else "0"
+        elif ref == "lastCompletedBuild":
+            done = [b for b in builds if not b.building]
+            ref = str(done[0].number) if done else "0"
+        return self.jenkins.build(job, int(ref))
+
+    @staticmethod
+    def _log(build: Any) -> str:
+        return "".join(line + "\n" for line in build.log)
+
+    @staticmethod
+    def _require_build_permission(caller: _Caller) -> None:
+        who = caller.user.name if caller.user else "anonymous"
+        if caller.user is None or "build" not in caller.user.permissions:
+            raise JenkinsError(403, f"{who} is missing the Job/Build permission")
+
+    def _trigger(self, method: str, job: JobDef, endpoint: str, params: dict[str, list[str]],
+                 caller: _Caller, remote: str) -> _Response:
+        """ParameterizedJobMixIn.doBuild / doBuildWithParameters, in Jenkins' order of checks."""
+        first = {k: v[0] for k, v in params.items() if v}
+        if endpoint == "build":
+            if job.disabled:
+                raise JenkinsError(409, f"{job.full_name} is not buildable")
+            if job.parameters is not None and method != "POST":
+                return _Response(200, b"<html><body>This build requires parameters</body></html>")
+        self._check_build_token(method, job, first, caller)
+        if endpoint == "buildWithParameters" and job.disabled:
+            raise JenkinsError(409, f"{job.full_name} is not buildable!")
+        delay = _parse_delay(first.get("delay"))
+        if endpoint == "buildWithParameters":
+            if job.parameters is None:
+                raise JenkinsError(500, "java.lang.IllegalStateException: This build is not parameterized!")
+            values = [(p, p.value_from(first.get(p.name))) for p in job.parameters]
+        elif job.parameters is not None:
+            values = self._form_parameters(job, first)
+        else:
+            values = []
+        item = self.jenkins.schedule(job, values, self._cause(job, first, caller, remote), delay)
+        return _Response(201, headers={"Location": f"{self.root}{item_url(item.id)}"})
+
+    def _check_build_token(self, method: str, job: JobDef, first: dict[str, str], caller: _Caller) -> None:
+        """BuildAuthorizationToken.checkPermission: the right token allows any method."""
+        provided = first.get("token")
+        if job.token is not None and provided is not None:
+            if secrets.compare_digest(provided, job.token):
+                return
+            raise JenkinsError(403, "Invalid token provided.")
+        self._require_build_permission(caller)
+        self._require_post(method)
+
+    @staticmethod
+    def _form_parameters(job: JobDef, first: dict[str, str]) -> list[tuple[Any, Any]]:
+        """ParametersDefinitionProperty._doBuild: parameters come only from the `json` form field."""
+        raw = first.get("json")
+        if not raw:
+            # Stapler's getSubmittedForm answers 400 when there is no form submission.
+            raise JenkinsError(400, "This page expects a form submission" if first else "Nothing is submitted")
+        try:
+            form = json.loads(raw)
+        except ValueError:
+            raise JenkinsError(400, "Malformed json form field") from None
+        given = form.get("parameter", []) if isinstance(form, dict) else []
+        given = [given] if isinstance(given, dict) else given
+        submitted: dict[str, Any] = {}
+        for entry in given:
+            p = job.param(str(entry.get("name")))
+            if p is None:
+                raise JenkinsError(500, f"java.lang.IllegalArgumentException: No such parameter definition: "
+                                        f"{entry.get('name')}")
+            value = entry.get("value")
+            submitted[p.name] = str(value).lower() if isinstance(value, bool) else \
+                None if value is None else str(value)
+        return [(p, p.value_from(submitted.get(p.name))) for p in job.parameters or ()]
+
+    @staticmethod
+    def _cause(job: JobDef, first: dict[str, str], caller: _Caller, remote: str) -> dict[str, Any]:
+        """getBuildCause: a RemoteCause (with `cause` as its note) only when the job token is sent."""
+        if job.token is not None and "token" in first:
+            note = first.get("cause")
+            text = f"Started by remote host {remote}" + (f" with note: {note}" if note else "")
+            return {"_class": "hudson.model.Cause$RemoteCause", "addr": remote, "note": note,
+                    "shortDescription": text}
+        user = caller.user
+        return {"_class": "hudson.model.Cause$UserIdCause",
+                "shortDescription": f"Started by user {user.full_name if user else 'anonymous'}",
+                "userId": user.name if user else None,
+                "userName": user.full_name if user else "anonymous"}
+
+
+def item_url(item_id: int) -> str:
+    return f"queue/item/{item_id}/"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the stdlib's per-request stderr line; the request log is the record."""
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def do_PUT(self) -> None:
+        self._serve("PUT")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
+
+    def do_HEAD(self) -> None:
+        self._serve("HEAD")
+
+    def _serve(self, method: str) -> None:
+        sim = self.server.sim
+        url = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        params = parse_qs(url.query, keep_blank_values=True)
+        if "application/x-www-form-urlencoded" in (self.headers.get("Content-Type") or ""):
+            for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items():
+                params.setdefault(k, []).extend(v)
+        if url.path.startswith("/_sim/"):
+            self._send(self.server.control(method, url.path, params, body))
+            return
+        if url.path == "/sso/login":
+            self._send(_Response(200, b"<html><body>Single sign-on: please log in</body></html>"))
+            self._record(method, url.path, params, None, 200, None)
+            return
+        fault = self.server.take_fault(method, url.path)
+        if fault is not None and fault.latency:
+            time.sleep(fault.latency)
+        caller: _Caller | None = None
+        try:
+            if fault is not None and (fault.sso or fault.status or fault.drop == "before"):
+                response = self._faulted(fault, url)
+            else:
+                caller = sim.authenticate(self.headers)
+                sim.check_crumb(method, self.headers, caller)
+                response = sim.handle(method, url.path, params, caller, self.client_address[0])
+        except JenkinsError as e:
+            response = _Response(e.status, f"<html><body><h1>Error {e.status}</h1><p>{e.message}</p>"
+                                            f"</body></html>".encode(), dict(e.headers))
+        except Exception as e:  # a simulator bug should look like Jenkins' own 500, not hang a test
+            response = _Response(500, f"<html><body>{type(e).__name__}: {e}</body></html>".encode())
+        user = caller.user.name if caller and caller.user else None
+        fault_name = None if fault is None else ("sso" if fault.sso else "drop" if fault.drop else
+                                                 f"status {fault.status}" if fault.status else "latency")
+        self._record(method, url.path, params, user, response.status, fault_name)
+        if caller is not None and caller.new_session:
+            response.headers["Set-Cookie"] = f"{SESSION_COOKIE}={caller.new_session}; Path=/; HttpOnly"
+        if fault is not None and fault.drop:
+            self._drop()
+            return
+        self._send(response, head=method == "HEAD")
+
+    def _faulted(self, fault: Fault, url: Any) -> _Response:
+        if fault.sso:
+            target = f"{self.server.sso_root}sso/login?from={quote(url.path)}"
+            return _Response(302, b"", {"Location": target})
+        if fault.status:
+            return _Response(fault.status, f"<html><body>Error {fault.status} (injected)</body></html>".encode())
+        return _Response(0)
+
+    def _record(self, method: str, path: str, params: dict[str, list[str]], user: str | None,
+                status: int, fault: str | None) -> None:
+        self.server.record(Request(method=method, path=unquote(path), params=params, user=user,
+                                   headers=dict(self.headers.items()), status=status, fault=fault))
+
+    def _drop(self) -> None:
+        """Reset the connection with nothing sent, as a proxy or a crashing JVM would."""
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+
+    def _send(self, response: _Response, head: bool = False) -> None:
+        self.send_response(response.status)
+        self.send_header("X-Jenkins", JENKINS_VERSION)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        for k, v in response.headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if not head and response.body:
+            self.wfile.write(response.body)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 512
+
+    def __init__(self, sim: SimulatedJenkins, port: int):
+        self.sim = sim
+        super().__init__(("127.0.0.1", port), _Handler)
+        self.sso_root = f"http://localhost:{self.server_address[1]}/"
+
+    def take_fault(self, method: str, path: str) -> Fault | None:
+        with self.sim._lock:
+            for fault in self.sim.faults:
+                if fault.matches(method, unquote(path)):
+                    if fault.times is not None:
+                        fault.times -= 1
+                    return fault
+        return None
+
+    def record(self, request: Request) -> None:
+        with self.sim._lock:
+            self.sim.requests.append(request)
+
+    def control(self, method: str, path: str, params: dict[str, list[str]], body: bytes) -> _Response:
+        """A small HTTP control API, for driving a simulator that runs in another process."""
+        sim = self.sim
+        first = {k: v[0] for k, v in params.items() if v}
+        try:
+            if path == "/_sim/requests":
+                if method == "DELETE":
+                    with sim._lock:
+                        sim.requests.clear()
+                    return _Response(204)
+                with sim._lock:
+                    return _json([r.__dict__ for r in sim.requests])
+            if path == "/_sim/faults":
+                if method == "DELETE":
+                    with sim._lock:
+                        sim.faults.clear()
+                    return _Response(204)
+                with sim._lock:
+                    sim.faults.append(Fault(**json.loads(body or b"{}")))
+                return _Response(201)
+            if path == "/_sim/finish" and method == "POST":
+                build = sim.jenkins.finish(first["job"], int(first["number"]) if "number" in first else None,
+                                           first.get("result"))
+                return _json({"number": build.number, "result": build.result})
+            if path == "/_sim/restart" and method == "POST":
+                sim.jenkins.restart()
+                return _Response(204)
+            if path == "/_sim/expire-crumbs" and method == "POST":
+                sim.expire_crumbs()
+                return _Response(204)
+        except (KeyError, TypeError, ValueError) as e:
+            return _Response(400, f"bad control request: {e}".encode(), content_type="text/plain")
+        except JenkinsError as e:
+            return _Response(e.status, e.message.encode(), content_type="text/plain")
+        return _Response(404, b"unknown control endpoint", content_type="text/plain")
