@@ -1,0 +1,146 @@
+"""The trigger files under a directory, re-read only when their size, mtime or inode changes."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import Problem, SpecError
+from .spec import Spec, parse, trigger_name
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    path: str
+    """Relative to the triggers directory, as users see it in errors."""
+    stamp: tuple[int, int, int]
+    spec: Spec | None = None
+    error: SpecError | None = None
+
+
+@dataclass
+class Changes:
+    """What one scan found different from the previous one."""
+
+    changed: list[Entry] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.changed or self.removed)
+
+
+class Catalog:
+    def __init__(self, root: Path):
+        self.root = root
+        self.entries: dict[str, Entry] = {}
+
+    def scan(self) -> Changes:
+        """Walk the whole directory; only files whose stamp moved are read and parsed again."""
+        seen: dict[str, tuple[str, os.stat_result]] = {}
+        for rel, st in self._walk():
+            name = trigger_name(rel)
+            if name is None:
+                continue
+            if name in seen:  # `a.yaml` beside `a.yml`: the first in sort order wins, loudly
+                seen[name + "\0" + rel] = (rel, st)
+                continue
+            seen[name] = (rel, st)
+        changes = Changes()
+        for key, (rel, st) in sorted(seen.items()):
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            name = key.split("\0", 1)[0]
+            if "\0" in key:
+                first = seen[name][0]
+                err = SpecError(rel, [Problem(1, 1, f"trigger {name!r} is already defined by {first}")])
+                changes.changed.append(Entry(name, rel, stamp, error=err))
+                continue
+            old = self.entries.get(name)
+            if old is not None and old.stamp == stamp and old.path == rel:
+                continue
+            entry = self._read(name, rel, stamp)
+            self.entries[name] = entry
+            changes.changed.append(entry)
+        for name in list(self.entries):
+            if name not in seen:
+                del self.entries[name]
+                changes.removed.append(name)
+        return changes
+
+    def refresh(self, paths: list[str]) -> Changes:
+        """Re-read just the files a watcher named; anything else (a directory moved) means a full scan."""
+        changes = Changes()
+        root = os.path.abspath(self.root)
+        for path in paths:
+            rel = os.path.relpath(os.path.abspath(path), root).replace(os.sep, "/")
+            if rel.startswith("../"):
+                continue
+            if any(part.startswith(".") for part in rel.split("/")):
+                continue
+            name = trigger_name(rel)
+            if name is None:
+                if rel.endswith((".yaml", ".yml")):
+                    continue  # the config file
+                return self.scan()
+            old = self.entries.get(name)
+            try:
+                st = os.stat(os.path.join(root, rel))
+            except FileNotFoundError:
+                if old is not None and old.path == rel:
+                    del self.entries[name]
+                    changes.removed.append(name)
+                continue
+            if old is not None and old.path != rel:
+                return self.scan()  # `a.yml` appeared beside `a.yaml`: let the scan sort it out
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if old is None or old.stamp != stamp:
+                entry = self._read(name, rel, stamp)
+                self.entries[name] = entry
+                changes.changed.append(entry)
+        return changes
+
+    def _walk(self) -> list[tuple[str, os.stat_result]]:
+        out: list[tuple[str, os.stat_result]] = []
+        stack = [""]
+        while stack:
+            rel_dir = stack.pop()
+            try:
+                it = os.scandir(os.path.join(self.root, rel_dir) if rel_dir else self.root)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            with it:
+                for de in it:
+                    if de.name.startswith("."):
+                        continue
+                    rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
+                    try:
+                        if de.is_dir():
+                            stack.append(rel)
+                        elif de.name.endswith((".yaml", ".yml")):
+                            out.append((rel, de.stat()))
+                    except FileNotFoundError:  # removed between readdir and stat
+                        continue
+        return out
+
+    def _read(self, name: str, rel: str, stamp: tuple[int, int, int]) -> Entry:
+        try:
+            raw = (self.root / rel).read_bytes()
+        except OSError as e:
+            return Entry(name, rel, stamp, error=SpecError(rel, [Problem(1, 1, f"cannot read: {e.strerror}")]))
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return Entry(name, rel, stamp, error=SpecError(rel, [Problem(1, 1, f"not UTF-8 text: {e.reason}")]))
+        try:
+            return Entry(name, rel, stamp, spec=parse(text, name=name, path=rel))
+        except SpecError as e:
+            return Entry(name, rel, stamp, error=e)
+
+    @property
+    def specs(self) -> dict[str, Spec]:
+        return {n: e.spec for n, e in self.entries.items() if e.spec is not None}
+
+    @property
+    def errors(self) -> dict[str, SpecError]:
+        return {n: e.error for n, e in self.entries.items() if e.error is not None}

@@ -1,0 +1,340 @@
+"""The command line: thin wiring over the modules. Every flag can also come from RECONCILER_<FLAG>."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from . import logs
+from .catalog import Catalog
+from .config import Server, load_servers
+from .errors import ReconcilerError, SpecError
+from .history import History, iso
+from .plan import Action, plan
+
+EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
+
+
+def _env(name: str, default: Any = None) -> Any:
+    return os.environ.get("RECONCILER_" + name.upper().replace("-", "_"), default)
+
+
+def _env_flag(name: str) -> bool:
+    return str(_env(name, "")).lower() in ("1", "true", "yes", "on")
+
+
+def _add_common(p: argparse.ArgumentParser, *, state: bool = True, history: bool = True) -> None:
+    p.add_argument("--triggers", type=Path, default=Path(_env("triggers", "triggers")),
+                   help="directory of trigger specs (default: ./triggers; env RECONCILER_TRIGGERS)")
+    p.add_argument("--config", type=Path, default=_env("config"),
+                   help="servers config (default: TRIGGERS/reconciler.yaml if present; env RECONCILER_CONFIG)")
+    if state:
+        p.add_argument("--state", type=Path, default=Path(_env("state", ".reconciler/state.db")),
+                       help="SQLite state store (default: .reconciler/state.db; env RECONCILER_STATE)")
+    if history:
+        p.add_argument("--history", type=Path, default=Path(_env("history", "history")),
+                       help="history directory, meant to be committed (default: ./history; env RECONCILER_HISTORY)")
+    p.add_argument("--log-format", choices=("json", "console"), default=_env("log_format", "json"),
+                   help="log lines as JSON (default) or for people (env RECONCILER_LOG_FORMAT)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                   default=_env("log_level", "info"), help="(env RECONCILER_LOG_LEVEL)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reconciler",
+        description="The GitOps way to trigger Jenkins: commit a YAML spec, the job runs once, "
+                    "its outcome is on record.",
+        epilog="Credentials come from the environment (JENKINS_URL, JENKINS_USER, JENKINS_API_TOKEN or "
+               "JENKINS_API_TOKEN_FILE, JENKINS_JOB_TOKEN or JENKINS_JOB_TOKEN_FILE) or from references in the "
+               "config file; never from specs. Exit codes: 0 ok, 1 invalid specs, 2 error.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="watch the triggers and fire what is due (the daemon)")
+    _add_common(p)
+    p.add_argument("--once", action="store_true", default=_env_flag("once"),
+                   help="one pass: fire what is due, wait until it is posted, exit (env RECONCILER_ONCE)")
+    p.add_argument("--wait", action="store_true", default=_env_flag("wait"),
+                   help="with --once, also follow the fired runs to their results")
+    p.add_argument("--resync-interval", type=float, default=float(_env("resync_interval", 60)),
+                   help="seconds between full rescans, so no missed event loses a trigger (default 60)")
+    p.add_argument("--poll-interval", type=float, default=float(_env("poll_interval", 5)),
+                   help="longest wait between two looks at a queued or running build (default 5 s)")
+
+    p = sub.add_parser("validate", help="check specs; prints file:line:col: message per error, exit 1 if any")
+    p.add_argument("paths", nargs="*", type=Path, help="files or directories (default: --triggers)")
+    p.add_argument("--triggers", type=Path, default=Path(_env("triggers", "triggers")))
+
+    p = sub.add_parser("plan", help="what a pass would do now, per trigger")
+    _add_common(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("status", help="the last run of every trigger")
+    _add_common(p, history=False)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("history", help="the recorded events of one trigger")
+    p.add_argument("name", help="trigger name, e.g. team/deploy")
+    p.add_argument("--history", type=Path, default=Path(_env("history", "history")))
+    p.add_argument("--json", action="store_true", help="raw JSON lines")
+
+    p = sub.add_parser("adopt", help="mark every current one-shot as fired, without firing (bringing an "
+                                     "existing directory under the reconciler)")
+    _add_common(p)
+
+    p = sub.add_parser("simulator", help="serve a simulated Jenkins on 127.0.0.1 until stopped",
+                       description="A Jenkins stand-in speaking Jenkins' remote API: jobs, parameters, tokens, "
+                                   "CSRF crumbs, the queue, builds, consoles; with faults injectable at run time "
+                                   "through /_sim/faults. See README, 'The Jenkins simulator'.")
+    p.add_argument("--port", type=int, default=int(_env("sim_port", 8080)), help="0 picks a free port")
+    p.add_argument("--config", type=Path, default=_env("sim_config"), help="simulator YAML (jobs, users, ...)")
+    p.add_argument("--job", action="append", default=[], metavar="NAME",
+                   help="add a job (folder path with /); repeatable")
+    p.add_argument("--user", action="append", default=[], metavar="NAME:TOKEN",
+                   help="add a user with an API token; repeatable")
+    p.add_argument("--no-csrf", action="store_true", help="turn CSRF protection off")
+    p.add_argument("--anonymous-read", action="store_true", help="let anonymous users read")
+    p.add_argument("--quiet-period", type=float, help="seconds a queued build waits (Jenkins: 5)")
+    p.add_argument("--executors", type=int, help="builds that run at once (Jenkins' built-in node: 2)")
+
+    p = sub.add_parser("demo", help="run the daemon on ./triggers against a bundled simulator")
+    p.add_argument("--triggers", type=Path, default=Path(_env("triggers", "triggers")))
+    p.add_argument("--workdir", type=Path, default=Path(".reconciler/demo"),
+                   help="where the demo keeps its state and history (wiped at start)")
+    p.add_argument("--keep-running", action="store_true", help="keep watching after the demo runs complete")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.configure(getattr(args, "log_format", "console" if args.command == "demo" else "json"),
+                   level=getattr(args, "log_level", "info"))
+    try:
+        return int(COMMANDS[args.command](args) or 0)
+    except ReconcilerError as e:
+        print(f"reconciler: {logs.redact(str(e))}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+def _servers(args: argparse.Namespace) -> dict[str, Server]:
+    config = args.config if args.config else args.triggers / "reconciler.yaml"
+    servers = load_servers(Path(config))
+    for server in servers.values():
+        logs.add_secrets(server.secrets)
+    return servers
+
+
+def _fired(args: argparse.Namespace) -> set[tuple[str, str]]:
+    """What has fired: the state store, and the history it would be rebuilt from."""
+    from .state import Store
+
+    fired = {(r.trigger, r.fire_key) for r in History(args.history).runs()}
+    if args.state.exists():
+        store = Store(args.state)
+        fired |= store.fired()
+        store.close()
+    return fired
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import Daemon
+    from .execute import Executor
+    from .jenkins import Client
+    from .state import Store
+
+    servers = _servers(args)
+    if not servers:
+        print("reconciler: no Jenkins server configured: set JENKINS_URL (and JENKINS_USER, JENKINS_API_TOKEN) "
+              f"or add servers to {args.triggers / 'reconciler.yaml'}", file=sys.stderr)
+        return EXIT_ERROR
+    stop = threading.Event()
+    clients = {name: Client(server, stop=stop) for name, server in servers.items()}
+    store = Store(args.state)
+    history = History(args.history)
+    executor = Executor(store, history, clients, stop=stop, poll_max=args.poll_interval)
+    daemon = Daemon(Catalog(args.triggers), store, history, servers, executor,
+                    resync_interval=args.resync_interval)
+    log = logs.get()
+    try:
+        if args.once:
+            daemon.bootstrap()
+            fired = daemon.pass_once()
+            executor.wait_idle(posted_only=not args.wait)
+            log.info("pass_completed", specs=len(daemon.catalog.entries), fired=len(fired),
+                     invalid=len(daemon.catalog.errors))
+            return EXIT_INVALID if daemon.catalog.errors else EXIT_OK
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        log.info("daemon_started", triggers=str(args.triggers), state=str(args.state), history=str(args.history),
+                 servers=sorted(servers))
+        daemon.run(stop)
+        return EXIT_OK
+    finally:
+        in_flight = executor.shutdown()
+        if in_flight:
+            log.info("daemon_stopped", in_flight=len(in_flight),
+                     runs={r.run_id: f"{r.trigger}: {r.status}" for r in in_flight})
+        else:
+            log.info("daemon_stopped", in_flight=0)
+        store.close()
+        for client in clients.values():
+            client.close()
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .spec import parse, trigger_name
+
+    paths = args.paths or [args.triggers]
+    errors: list[SpecError] = []
+    count = 0
+    for path in paths:
+        if path.is_dir():
+            catalog = Catalog(path)
+            catalog.scan()
+            count += len(catalog.entries)
+            errors += [SpecError(str(path / e.path), e.error.problems)
+                       for e in catalog.entries.values() if e.error is not None]
+        elif path.is_file():
+            count += 1
+            name = trigger_name(path.name) or path.stem
+            try:
+                parse(path.read_text(encoding="utf-8"), name=name, path=str(path))
+            except SpecError as e:
+                errors.append(e)
+            except UnicodeDecodeError as e:
+                print(f"{path}:1:1: not UTF-8 text: {e.reason}")
+                errors.append(SpecError(str(path), []))
+        else:
+            print(f"{path}:1:1: no such file or directory")
+            errors.append(SpecError(str(path), []))
+    for err in errors:
+        if err.problems:
+            print(err)
+    print(f"{count} spec(s) checked, {len(errors)} invalid", file=sys.stderr)
+    return EXIT_INVALID if errors else EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    catalog = Catalog(args.triggers)
+    catalog.scan()
+    verdicts = plan(catalog.specs, catalog.errors, _fired(args), _servers(args))
+    if args.json:
+        print(json.dumps([{"trigger": v.trigger, "action": v.action.value, "detail": v.detail,
+                           "job": v.spec.job if v.spec else None} for v in verdicts], indent=2))
+    else:
+        width = max((len(v.trigger) for v in verdicts), default=7)
+        for v in verdicts:
+            detail = v.detail.splitlines()[0] if v.detail else ""
+            print(f"{v.trigger:<{width}}  {v.action.value:<10}  {detail}")
+    return EXIT_INVALID if any(v.action is Action.INVALID for v in verdicts) else EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .state import Store
+
+    if not args.state.exists():
+        print(f"reconciler: no state store at {args.state} yet", file=sys.stderr)
+        return EXIT_OK
+    store = Store(args.state)
+    latest = store.latest()
+    store.close()
+    if args.json:
+        print(json.dumps([{"trigger": r.trigger, "run_id": r.run_id, "status": r.status, "result": r.result,
+                           "build_url": r.build_url, "decided_at": iso(r.decided_at), "attempts": r.attempts,
+                           "last_error": r.last_error} for r in latest.values()], indent=2))
+        return EXIT_OK
+    width = max((len(t) for t in latest), default=7)
+    for r in latest.values():
+        outcome = r.result or r.status
+        where = r.build_url or r.queue_url or (r.last_error or "")
+        print(f"{r.trigger:<{width}}  {iso(r.decided_at)}  {outcome:<10}  {where}")
+    return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    events = History(args.history).read(args.name)
+    if not events:
+        print(f"reconciler: no history for {args.name} in {args.history}", file=sys.stderr)
+        return EXIT_ERROR
+    for ev in events:
+        if args.json:
+            print(json.dumps(ev, sort_keys=True))
+            continue
+        extra = " ".join(f"{k}={ev[k]}" for k in ("result", "number", "url", "queue_url", "reason") if k in ev)
+        print(f"{ev.get('at')}  {ev.get('event'):<10} run {ev.get('run_id')}  {extra}".rstrip())
+    return EXIT_OK
+
+
+def cmd_adopt(args: argparse.Namespace) -> int:
+    from .daemon import new_run
+    from .state import Store
+
+    catalog = Catalog(args.triggers)
+    catalog.scan()
+    store = Store(args.state)
+    history = History(args.history)
+    fired = store.fired() | {(r.trigger, r.fire_key) for r in history.runs()}
+    now = time.time()
+    runs = [new_run(spec, now) for spec in catalog.specs.values() if (spec.name, spec.revision) not in fired]
+    runs = [replace(r, status="adopted", finished_at=now) for r in runs]
+    for run in store.decide(runs):
+        history.append(run, "adopted", now, server=run.server, job=run.job,
+                       parameters=None if run.parameters is None else dict(run.parameters))
+        print(f"adopted {run.trigger} (revision {run.fire_key})")
+    store.close()
+    print(f"{len(runs)} trigger(s) adopted; {len(catalog.errors)} invalid", file=sys.stderr)
+    return EXIT_INVALID if catalog.errors else EXIT_OK
+
+
+def cmd_simulator(args: argparse.Namespace) -> int:
+    from .simulator import SimConfig, Simulator, job_from_mapping, load, user_from_mapping
+
+    config = load(args.config) if args.config else SimConfig()
+    config.jobs += [job_from_mapping(j) for j in args.job]
+    for spec in args.user:
+        name, _, token = spec.partition(":")
+        config.users[name] = user_from_mapping(name, {"token": token})
+    if args.no_csrf:
+        config.csrf = False
+    if args.anonymous_read:
+        config.anonymous_read = True
+    if args.quiet_period is not None:
+        config.quiet_period = args.quiet_period
+    if args.executors is not None:
+        config.executors = args.executors
+    sim = Simulator(config, args.port)
+    print(sim.url, flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)
+    with contextlib.suppress(KeyboardInterrupt):
+        sim.serve_forever()
+    return EXIT_OK
+
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.triggers, args.workdir, keep_running=args.keep_running)
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "status": cmd_status,
+            "history": cmd_history, "adopt": cmd_adopt, "simulator": cmd_simulator, "demo": cmd_demo}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

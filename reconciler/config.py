@@ -1,0 +1,124 @@
+"""Jenkins servers and their credentials: from the environment and an optional config file.
+
+Credentials are only ever references (`{env: NAME}` or `{file: PATH}`), resolved here; the values
+live in `Server` fields excluded from repr, and are registered with the log redactor.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+from .errors import ConfigError
+
+SERVER_KEYS = {"url", "user", "token", "job_token", "verify", "ca_bundle", "concurrency",
+               "connect_timeout", "read_timeout"}
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    url: str
+    user: str | None = None
+    token: str | None = field(default=None, repr=False)
+    job_token: str | None = field(default=None, repr=False)
+    verify: bool | str = True
+    concurrency: int = 4
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+
+    @property
+    def secrets(self) -> list[str]:
+        return [s for s in (self.token, self.job_token) if s]
+
+
+def _normalize_url(url: str, where: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: url {url!r} must start with http:// or https://")
+    return url if url.endswith("/") else url + "/"
+
+
+def _read_secret_file(path: str, where: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read secret file {path}: {e.strerror}") from None
+
+
+def resolve_secret(ref: Any, where: str, env: Mapping[str, str]) -> str | None:
+    """`{env: NAME}` or `{file: PATH}` → the secret; a literal is refused so none lands in git."""
+    if ref is None:
+        return None
+    if not isinstance(ref, dict) or len(ref) != 1 or next(iter(ref)) not in ("env", "file"):
+        raise ConfigError(f"{where}: give secrets as a reference, `{{env: VARIABLE}}` or `{{file: PATH}}`; "
+                          "secret values do not belong in files kept in version control")
+    kind, name = next(iter(ref.items()))
+    if kind == "env":
+        value = env.get(str(name))
+        if not value:
+            raise ConfigError(f"{where}: environment variable {name} is not set")
+        return value
+    return _read_secret_file(str(name), where)
+
+
+def _env_secret(env: Mapping[str, str], name: str) -> str | None:
+    if env.get(name):
+        return env[name]
+    path = env.get(f"{name}_FILE")
+    return _read_secret_file(path, f"{name}_FILE") if path else None
+
+
+def server_from_env(env: Mapping[str, str]) -> Server | None:
+    """The `default` server: JENKINS_URL, JENKINS_USER, JENKINS_API_TOKEN[_FILE], JENKINS_JOB_TOKEN[_FILE]."""
+    url = env.get("JENKINS_URL")
+    if not url:
+        return None
+    return Server(name="default", url=_normalize_url(url, "JENKINS_URL"), user=env.get("JENKINS_USER") or None,
+                  token=_env_secret(env, "JENKINS_API_TOKEN"), job_token=_env_secret(env, "JENKINS_JOB_TOKEN"))
+
+
+def server_from_mapping(name: str, raw: Any, env: Mapping[str, str], where: str) -> Server:
+    where = f"{where}: servers.{name}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping with at least `url`")
+    unknown = set(raw) - SERVER_KEYS
+    if unknown:
+        known = ", ".join(sorted(SERVER_KEYS))
+        raise ConfigError(f"{where}: unknown keys {', '.join(sorted(unknown))} (known: {known})")
+    if "url" not in raw:
+        raise ConfigError(f"{where}: `url` is required")
+    verify: bool | str = raw.get("ca_bundle") or bool(raw.get("verify", True))
+    try:
+        return Server(name=name, url=_normalize_url(str(raw["url"]), where), user=raw.get("user"),
+                      token=resolve_secret(raw.get("token"), f"{where}.token", env),
+                      job_token=resolve_secret(raw.get("job_token"), f"{where}.job_token", env),
+                      verify=verify, concurrency=int(raw.get("concurrency", 4)),
+                      connect_timeout=float(raw.get("connect_timeout", 5.0)),
+                      read_timeout=float(raw.get("read_timeout", 30.0)))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def load_servers(config_path: Path | None, env: Mapping[str, str] | None = None) -> dict[str, Server]:
+    env = os.environ if env is None else env
+    servers: dict[str, Server] = {}
+    default = server_from_env(env)
+    if default is not None:
+        servers["default"] = default
+    if config_path is None or not config_path.exists():
+        return servers
+    try:
+        raw = YAML(typ="safe").load(config_path.read_text(encoding="utf-8")) or {}
+    except (YAMLError, OSError) as e:
+        raise ConfigError(f"{config_path}: {e}") from None
+    if not isinstance(raw, dict) or set(raw) - {"servers"}:
+        raise ConfigError(f"{config_path}: expected a mapping with `servers:`")
+    for name, entry in (raw.get("servers") or {}).items():
+        servers[str(name)] = server_from_mapping(str(name), entry, env, str(config_path))
+    return servers

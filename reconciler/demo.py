@@ -1,0 +1,67 @@
+"""`reconciler demo`: the daemon on ./triggers against a bundled simulator, so a newcomer sees it work."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import threading
+from pathlib import Path
+
+from . import logs
+from .catalog import Catalog
+from .config import Server
+from .daemon import Daemon
+from .execute import Executor
+from .history import History
+from .jenkins import Client
+from .simulator import Simulator, from_mapping
+from .state import Store
+
+DEMO_JOBS = [
+    {"name": "deploy", "duration": 2, "parameters": [
+        {"name": "ENV", "type": "choice", "choices": ["staging", "production"]},
+        {"name": "VERSION", "default": "1.0.0"}]},
+    {"name": "qa/smoke tests", "duration": 3, "result": ["UNSTABLE", "SUCCESS"],
+     "parameters": [{"name": "SUITE", "default": "full"}, "RUN_ID"]},
+    {"name": "team a/cleanup", "duration": 1},
+]
+
+
+def run_demo(triggers: Path, workdir: Path, *, keep_running: bool = False) -> int:
+    user, token, job_token = "demo", secrets.token_urlsafe(16), secrets.token_urlsafe(12)
+    logs.add_secrets([token, job_token])
+    jobs = [{**job, "token": job_token} for job in DEMO_JOBS]
+    sim = Simulator(from_mapping({"quiet_period": 1, "executors": 2, "jobs": jobs,
+                                  "users": {user: {"token": token, "full_name": "Demo Bot"}}})).start()
+    shutil.rmtree(workdir, ignore_errors=True)
+    log = logs.get()
+    log.info("demo_started", jenkins=sim.url, triggers=str(triggers), workdir=str(workdir))
+    server = Server(name="default", url=sim.url, user=user, token=token, job_token=job_token)
+    stop = threading.Event()
+    store = Store(workdir / "state.db")
+    history = History(workdir / "history")
+    executor = Executor(store, history, {"default": Client(server, stop=stop)}, stop=stop, poll_max=0.5)
+    daemon = Daemon(Catalog(triggers), store, history, {"default": server}, executor)
+    try:
+        if keep_running:
+            daemon.run(stop)
+            return 0
+        daemon.bootstrap()
+        daemon.pass_once()
+        executor.wait_idle()
+        print("\nWhat Jenkins (simulated) built:")
+        for name in sorted(sim.state.jenkins.jobs):
+            for build in sim.builds(name):
+                params = ", ".join(f"{p.name}={v}" for p, v in build.parameters)
+                print(f"  {name} #{build.number}: {build.result}  ({params or 'no parameters'})")
+                print(f"      {build.causes[0]['shortDescription']}")
+        print(f"\nHistory written under {workdir / 'history'}; try:\n"
+              f"  reconciler status --state {workdir / 'state.db'}\n"
+              f"  reconciler history deploy-staging --history {workdir / 'history'}")
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        executor.shutdown()
+        store.close()
+        sim.stop()

@@ -1,0 +1,282 @@
+"""Carrying out runs: POST them, follow them through the queue to a result, record each step.
+
+Every step is written to the state store before the next one is attempted, so a process killed
+at any line resumes from what the store says (see README, "What is guaranteed"):
+
+- `decided`: no POST has been sent. Resume: POST.
+- `posting`: a POST may have reached Jenkins. Resume: look the run up in Jenkins by its tag (the
+  run id in the `cause` note, sent with the job token, or in `run_id_parameter`); found → follow
+  it; not found → POST. Without a tag there is no way to tell, so the run is recorded `lost`
+  rather than risk a second build.
+- `queued` / `building`: follow the queue item, then the build.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from . import logs
+from .errors import JenkinsError, JenkinsRefused, JenkinsUnavailable, StateError
+from .history import History
+from .jenkins import Client, Found
+from .state import Run, Store
+
+TERMINAL_EVENTS = {"completed": "completed", "failed": "failed", "cancelled": "cancelled", "lost": "lost"}
+
+
+class Executor:
+    def __init__(self, store: Store, history: History, clients: Mapping[str, Client], *,
+                 stop: threading.Event, clock: Callable[[], float] = time.time,
+                 poll_min: float = 0.1, poll_max: float = 5.0, retry_max: float = 300.0):
+        self.store = store
+        self.history = history
+        self.clients = clients
+        self.stop = stop
+        self.clock = clock
+        self.poll_min, self.poll_max, self.retry_max = poll_min, poll_max, retry_max
+        workers = sum(c.server.concurrency for c in clients.values()) + 4
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="run")
+        self._slots = {name: threading.BoundedSemaphore(c.server.concurrency) for name, c in clients.items()}
+        self._due: list[tuple[float, int, Run, float]] = []
+        self._seq = itertools.count()
+        self._cv = threading.Condition()
+        self._active: dict[str, Run] = {}
+        self._tracker = threading.Thread(target=self._track, name="tracker", daemon=True)
+        self._tracker.start()
+
+    # -- entry points -----------------------------------------------------------------------
+    def submit(self, run: Run) -> None:
+        """A fresh decision: POST it."""
+        self._set_active(run)
+        self._pool.submit(self._guarded, self._fire, run, False)
+
+    def resume(self, run: Run) -> None:
+        """A run left open by an earlier process."""
+        self._set_active(run)
+        if run.status == "decided":
+            self._pool.submit(self._guarded, self._fire, run, False)
+        elif run.status == "posting":
+            self._pool.submit(self._guarded, self._fire, run, True)
+        else:
+            self._follow_in(run, 0.0, self.poll_min)
+
+    def active(self) -> list[Run]:
+        with self._cv:
+            return list(self._active.values())
+
+    def wait_idle(self, timeout: float | None = None, *, posted_only: bool = False) -> bool:
+        """Wait until no run is open (or, with posted_only, until none is waiting to be POSTed)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def done() -> bool:
+            runs = self._active.values()
+            return not any(r.status in ("decided", "posting") for r in runs) if posted_only else not runs
+
+        with self._cv:
+            while not done():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if (remaining is not None and remaining <= 0) or self.stop.is_set():
+                    return done()
+                self._cv.wait(0.1 if remaining is None else min(remaining, 0.1))
+            return True
+
+    def shutdown(self) -> list[Run]:
+        """Stop following; runs still open stay open in the store and resume on the next start."""
+        self.stop.set()
+        with self._cv:
+            self._cv.notify_all()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._tracker.join(timeout=5)
+        return self.active()
+
+    # -- bookkeeping ------------------------------------------------------------------------
+    def _set_active(self, run: Run) -> None:
+        with self._cv:
+            self._active[run.run_id] = run
+            self._cv.notify_all()
+
+    def _update(self, run: Run, **changes: Any) -> Run:
+        run = self.store.update(run, **changes)
+        with self._cv:
+            if run.is_open:
+                self._active[run.run_id] = run
+            else:
+                self._active.pop(run.run_id, None)
+            self._cv.notify_all()
+        return run
+
+    def _log(self, run: Run) -> Any:
+        return logs.get(trigger=run.trigger, run_id=run.run_id, job=run.job, server=run.server)
+
+    def _guarded(self, fn: Callable[..., None], run: Run, *args: Any) -> None:
+        """A step that fails unexpectedly leaves its run open in the store, to resume on the next start."""
+        try:
+            fn(run, *args)
+        except Exception as e:
+            log = self._log(run)
+            if isinstance(e, StateError):
+                log.error("state_write_failed", error=str(e))
+            else:
+                log.exception("run_step_crashed")
+            with self._cv:
+                self._active.pop(run.run_id, None)
+                self._cv.notify_all()
+
+    def _finish(self, run: Run, status: str, **fields: Any) -> Run:
+        now = self.clock()
+        reason = fields.pop("reason", None)
+        run = self._update(run, status=status, finished_at=now, last_error=reason, **fields)
+        self.history.append(run, status, now, reason=reason, result=run.result, number=run.build_number,
+                            url=run.build_url, duration_ms=run.duration_ms)
+        return run
+
+    @staticmethod
+    def taggable(run: Run, client: Client) -> bool:
+        return bool(run.tag_param) or bool(client.server.job_token)
+
+    def _find(self, client: Client, run: Run, queue_id: int | None = None) -> Found | None:
+        return client.find(run.job, run_id=run.run_id if self.taggable(run, client) else None,
+                           tag_param=run.tag_param, queue_id=queue_id)
+
+    # -- firing -----------------------------------------------------------------------------
+    def _fire(self, run: Run, search_first: bool) -> None:
+        client = self.clients[run.server]
+        log = self._log(run)
+        delay = 1.0
+        if search_first and not self.taggable(run, client):
+            self._finish(run, "lost", reason="the reconciler stopped while posting and the run carries no tag to "
+                         "look it up by (no job token, no run_id_parameter); Jenkins may or may not have built it. "
+                         "Bump `run` in the spec to fire it again")
+            log.error("run_lost", reason="stopped while posting, untagged")
+            return
+        while not self.stop.is_set():
+            error: JenkinsError | None = None
+            if search_first:
+                try:
+                    found = self._find(client, run)
+                except JenkinsError as e:
+                    error = e
+                else:
+                    if found is not None:
+                        self._adopt(run, found, log)
+                        return
+                    search_first = False
+            if error is None:
+                with self._slots[run.server]:
+                    run = self._update(run, status="posting", attempts=run.attempts + 1)
+                    try:
+                        queue_url = client.trigger(run.job, run.parameters, run.cause)
+                    except JenkinsRefused as e:
+                        self._finish(run, "failed", reason=str(e))
+                        log.error("fire_refused", error=str(e), status=e.status)
+                        return
+                    except JenkinsUnavailable as e:
+                        error = e
+                        search_first = e.maybe_received and self.taggable(run, client)
+                    else:
+                        now = self.clock()
+                        run = self._update(run, status="queued", queue_url=queue_url, posted_at=now, last_error=None)
+                        self.history.append(run, "queued", now, queue_url=queue_url)
+                        log.info("fire_posted", queue_url=queue_url, attempts=run.attempts)
+                        self._follow_in(run, self.poll_min, self.poll_min)
+                        return
+            assert error is not None
+            ambiguous = isinstance(error, JenkinsUnavailable) and error.maybe_received
+            run = self._update(run, status="posting" if ambiguous else "decided", last_error=str(error))
+            log.warning("fire_retrying", error=str(error), attempts=run.attempts, retry_in=round(delay, 1))
+            if self.stop.wait(delay):
+                return
+            delay = min(delay * 2, self.retry_max)
+
+    def _adopt(self, run: Run, found: Found, log: Any) -> None:
+        now = self.clock()
+        if found.build_url:
+            run = self._update(run, status="building", build_url=found.build_url, build_number=found.build_number,
+                               posted_at=run.posted_at or now)
+            self.history.append(run, "started", now, number=found.build_number, url=found.build_url)
+        else:
+            run = self._update(run, status="queued", queue_url=found.queue_url, posted_at=run.posted_at or now)
+            self.history.append(run, "queued", now, queue_url=found.queue_url)
+        log.info("fire_found", queue_url=found.queue_url, build_url=found.build_url)
+        self._follow_in(run, 0.0, self.poll_min)
+
+    # -- following --------------------------------------------------------------------------
+    def _follow_in(self, run: Run, delay: float, interval: float) -> None:
+        with self._cv:
+            heapq.heappush(self._due, (time.monotonic() + delay, next(self._seq), run, interval))
+            self._cv.notify_all()
+
+    def _track(self) -> None:
+        """Hand each followed run to the pool when its next check is due; sleeps in between."""
+        while not self.stop.is_set():
+            with self._cv:
+                now = time.monotonic()
+                if not self._due or self._due[0][0] > now:
+                    self._cv.wait(None if not self._due else self._due[0][0] - now)
+                    continue
+                _, _, run, interval = heapq.heappop(self._due)
+            try:
+                self._pool.submit(self._guarded, self._check, run, interval)
+            except RuntimeError:  # pool shut down
+                return
+
+    def _check(self, run: Run, interval: float) -> None:
+        client = self.clients[run.server]
+        log = self._log(run)
+        next_interval = min(interval * 2, self.poll_max)
+        try:
+            if run.status == "queued":
+                run = self._check_queue(client, run, log)
+                if run.status == "queued":
+                    self._follow_in(run, interval, next_interval)
+                    return
+            if run.status == "building":
+                build = client.build(run.build_url or "")
+                if build.result is None:
+                    self._follow_in(run, interval, next_interval)
+                    return
+                run = self._update(run, result=build.result, duration_ms=build.duration_ms)
+                self._finish(run, "completed")
+                log.info("build_completed", result=build.result, number=build.number, url=build.url,
+                         duration_ms=build.duration_ms)
+        except JenkinsUnavailable as e:
+            log.warning("follow_retrying", error=str(e))
+            self._follow_in(run, next_interval, next_interval)
+        except JenkinsRefused as e:
+            if e.status == 404:
+                self._finish(run, "lost", reason=f"the build vanished from Jenkins: {e}")
+                log.error("run_lost", error=str(e))
+            else:
+                log.error("follow_refused", error=str(e))
+                self._follow_in(run, self.poll_max, self.poll_max)
+
+    def _check_queue(self, client: Client, run: Run, log: Any) -> Run:
+        state = client.queue_item(run.queue_url or "", run.job)
+        now = self.clock()
+        if state.kind == "left":
+            run = self._update(run, status="building", build_number=state.build_number, build_url=state.build_url)
+            self.history.append(run, "started", now, number=state.build_number, url=state.build_url)
+            log.info("build_started", number=state.build_number, url=state.build_url)
+        elif state.kind == "cancelled":
+            run = self._finish(run, "cancelled", reason="the queue item was cancelled in Jenkins")
+            log.warning("run_cancelled")
+        elif state.kind == "gone":
+            queue_id = int((run.queue_url or "0/").rstrip("/").rsplit("/", 1)[-1])
+            found = self._find(client, run, queue_id=queue_id)
+            if found is not None and found.build_url:
+                run = self._update(run, status="building", build_number=found.build_number, build_url=found.build_url)
+                self.history.append(run, "started", now, number=found.build_number, url=found.build_url)
+                log.info("build_started", number=found.build_number, url=found.build_url, via="search")
+            elif found is not None and found.queue_url:
+                run = self._update(run, queue_url=found.queue_url)
+            else:
+                run = self._finish(run, "lost", reason="the queue item vanished (Jenkins restarted?) and no build "
+                                                       "carries its queue id or run id")
+                log.error("run_lost", reason="queue item vanished")
+        return run

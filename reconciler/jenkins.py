@@ -1,0 +1,273 @@
+"""The Jenkins edge: triggering, following the queue and builds, finding a run after a crash.
+
+One `requests.Session` per server (keep-alive, sized pool, explicit timeouts). Redirects are never
+followed: behind an SSO proxy they lead to a login page, possibly on another host, and following
+one would drop the POST and could hand credentials to that host.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from .config import Server
+from .errors import JenkinsRefused, JenkinsUnavailable, LoginRedirect
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+def job_url(base: str, job: str) -> str:
+    """`a b/ü` → `<base>job/a%20b/job/%C3%BC/`: every folder segment encoded on its own."""
+    return base + "".join(f"job/{quote(seg, safe='')}/" for seg in job.split("/"))
+
+
+@dataclass(frozen=True)
+class QueueState:
+    kind: str  # waiting | left | cancelled | gone
+    build_url: str | None = None
+    build_number: int | None = None
+    why: str | None = None
+
+
+@dataclass(frozen=True)
+class BuildState:
+    number: int
+    url: str
+    building: bool
+    result: str | None
+    duration_ms: int
+
+
+@dataclass(frozen=True)
+class Found:
+    """Where a run was found in Jenkins: a queue item, or a build."""
+
+    queue_url: str | None = None
+    build_url: str | None = None
+    build_number: int | None = None
+
+
+def _snippet(text: str) -> str:
+    """Jenkins' error pages are HTML; keep their message only."""
+    m = re.search(r"<p>(.*?)</p>", text, re.S) or re.search(r"<h1>(.*?)</h1>", text, re.S)
+    plain = re.sub(r"<[^>]+>", " ", m.group(1) if m else text)
+    return " ".join(plain.split())[:200]
+
+
+class Client:
+    def __init__(self, server: Server, *, attempts: int = 4, backoff: float = 0.5, max_backoff: float = 30.0,
+                 stop: threading.Event | None = None, sleep: Callable[[float], bool] | None = None):
+        self.server = server
+        self.base = server.url
+        self.attempts = attempts
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._stop = stop or threading.Event()
+        self._sleep = sleep or self._stop.wait
+        self.session = requests.Session()
+        self.session.trust_env = False
+        if server.user and server.token:
+            self.session.auth = (server.user, server.token)
+        self.session.verify = server.verify
+        self.session.headers["User-Agent"] = "reconciler/0.1"
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(server.concurrency * 2, 4), max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self._crumb_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.session.close()
+
+    # -- the one place requests are sent ----------------------------------------------------
+    def _request(self, method: str, url: str, what: str, *, data: Any = None, params: Any = None,
+                 retry_ambiguous: bool = True) -> requests.Response:
+        """Send with bounded retries, exponential backoff and jitter on what may pass."""
+        crumb_refreshed = False
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = self.session.request(
+                    method, url, data=data, params=params, allow_redirects=False,
+                    timeout=(self.server.connect_timeout, self.server.read_timeout))
+                error = self._classify(response, what)
+            except requests.exceptions.ConnectTimeout:
+                error = JenkinsUnavailable(f"{what}: connection to {self._host} timed out")
+            except requests.exceptions.ReadTimeout:
+                error = JenkinsUnavailable(f"{what}: no answer from {self._host} within "
+                                           f"{self.server.read_timeout:g}s", maybe_received=True)
+            except requests.exceptions.SSLError as e:
+                raise JenkinsRefused(f"{what}: TLS failed with {self._host}: {_reason(e)}; check ca_bundle") from None
+            except requests.exceptions.ConnectionError as e:
+                reason = _reason(e)
+                sent = not any(s in reason for s in ("refused", "Failed to establish", "Name or service"))
+                error = JenkinsUnavailable(f"{what}: connection to {self._host} failed: {reason}",
+                                           maybe_received=sent)
+            if error is None:
+                return response
+            if error.status == 403 and "No valid crumb" in str(error) and not crumb_refreshed:
+                crumb_refreshed = True
+                self._refresh_crumb()
+                attempt -= 1
+                continue
+            if not error.retryable or attempt >= self.attempts or \
+                    (isinstance(error, JenkinsUnavailable) and error.maybe_received and not retry_ambiguous):
+                raise error
+            delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            retry_after = response.headers.get("Retry-After", "") if error.status else ""
+            if retry_after.isdigit():
+                delay = min(self.max_backoff, float(retry_after))
+            if self._sleep(delay):
+                raise error
+
+    @property
+    def _host(self) -> str:
+        return urlsplit(self.base).netloc
+
+    def _classify(self, r: requests.Response, what: str) -> JenkinsUnavailable | JenkinsRefused | None:
+        status = r.status_code
+        if status < 300:
+            return None
+        if 300 <= status < 400:
+            location = r.headers.get("Location", "")
+            target = location.split("?", 1)[0]
+            if urlsplit(location).netloc not in ("", self._host) or "login" in location.lower():
+                return LoginRedirect(f"{what}: redirected to {target}: is an SSO proxy in front of Jenkins? "
+                                     f"Point the server url at an address that takes API tokens directly; "
+                                     f"the redirect was not followed", status)
+            return JenkinsRefused(f"{what}: unexpected redirect ({status}) to {target}", status)
+        body = _snippet(r.text)
+        user = self.server.user or "anonymous"
+        if status in RETRY_STATUSES and not (status == 500 and "not parameterized" in body):
+            return JenkinsUnavailable(f"{what}: Jenkins answered {status}{': ' + body if body else ''}", status,
+                                      maybe_received=status in (500, 502, 504))
+        messages = {
+            400: "Jenkins refused the request (400): the job may be parameterized; add `parameters:` to the spec",
+            401: f"Jenkins rejected the credentials of user {user!r} (401): check JENKINS_USER and the API token",
+            403: f"Jenkins refused (403): {body or 'forbidden'}; check that user {user!r} has Job/Build "
+                 f"permission and that the job token is right",
+            404: "not found (404): check the job name and folder path",
+            405: "Jenkins refused the method (405)",
+            409: "the job is disabled in Jenkins (409): enable it, or suspend the trigger",
+            500: "the job takes no parameters (Jenkins: This build is not parameterized!): remove `parameters`",
+        }
+        text = messages.get(status, f"Jenkins answered {status}: {body}")
+        if status == 403 and "No valid crumb" in body:
+            text = "Jenkins refused (403): No valid crumb was included in the request"
+        return JenkinsRefused(f"{what}: {text}", status)
+
+    def _refresh_crumb(self) -> None:
+        with self._crumb_lock:
+            r = self._request("GET", self.base + "crumbIssuer/api/json", "fetching a CSRF crumb")
+            crumb = r.json()
+            self.session.headers[crumb["crumbRequestField"]] = crumb["crumb"]
+
+    # -- triggering -------------------------------------------------------------------------
+    def trigger(self, job: str, parameters: tuple[tuple[str, str], ...] | None, cause: str | None) -> str:
+        """POST build or buildWithParameters; returns the queue item URL Jenkins answers with.
+
+        Ambiguous failures (the request may have arrived) are not retried here: the caller
+        decides, because only it knows whether it can look the run up in Jenkins first.
+        """
+        endpoint = "build" if parameters is None else "buildWithParameters"
+        form: list[tuple[str, str]] = list(parameters or ())
+        if self.server.job_token:
+            form.append(("token", self.server.job_token))
+            if cause:
+                form.append(("cause", cause))
+        r = self._request("POST", job_url(self.base, job) + endpoint, f"triggering {job}", data=form,
+                          retry_ambiguous=False)
+        m = re.search(r"/queue/item/(\d+)/?$", r.headers.get("Location", ""))
+        if r.status_code != 201 or not m:
+            raise JenkinsRefused(f"triggering {job}: Jenkins answered {r.status_code} without a queue item "
+                                 "(a QueueDecisionHandler may have vetoed the build)", r.status_code)
+        # Rebuilt on our base URL: Jenkins' configured root URL is often not the address we reach it at.
+        return f"{self.base}queue/item/{m.group(1)}/"
+
+    # -- following --------------------------------------------------------------------------
+    def queue_item(self, queue_url: str, job: str) -> QueueState:
+        try:
+            r = self._request("GET", queue_url + "api/json", "reading a queue item")
+        except JenkinsRefused as e:
+            if e.status == 404:
+                return QueueState("gone")
+            raise
+        item = r.json()
+        if not item.get("_class", "").endswith("$LeftItem"):
+            return QueueState("waiting", why=item.get("why"))
+        if item.get("cancelled"):
+            return QueueState("cancelled")
+        executable = item.get("executable") or {}
+        if not executable.get("url"):
+            return QueueState("waiting", why="left the queue, build not started yet")
+        number = int(executable["number"])
+        return QueueState("left", build_url=f"{job_url(self.base, job)}{number}/", build_number=number)
+
+    def build(self, build_url: str) -> BuildState:
+        r = self._request("GET", build_url + "api/json", "reading a build",
+                          params={"tree": "number,url,building,result,duration"})
+        b = r.json()
+        return BuildState(number=b["number"], url=build_url, building=bool(b.get("building")),
+                          result=b.get("result"), duration_ms=int(b.get("duration") or 0))
+
+    def find(self, job: str, *, run_id: str | None = None, tag_param: str | None = None,
+             queue_id: int | None = None) -> Found | None:
+        """Look a run up by what Jenkins kept of it: the cause note, a tag parameter, a queue id."""
+
+        def matches(obj: dict[str, Any]) -> bool:
+            if queue_id is not None and obj.get("queueId", obj.get("id")) == queue_id:
+                return True
+            if run_id is None:
+                return False
+            for action in obj.get("actions") or ():
+                for cause in action.get("causes") or ():
+                    if run_id in (cause.get("note") or ""):
+                        return True
+                for p in action.get("parameters") or ():
+                    if tag_param and p.get("name") == tag_param and p.get("value") == run_id:
+                        return True
+            return False
+
+        url = job_url(self.base, job)
+        if run_id is not None:
+            queue = self._request("GET", self.base + "queue/api/json", "searching the queue",
+                                  params={"tree": "items[id,url,task[url],actions[causes[note],"
+                                                  "parameters[name,value]]]"}).json()
+            for item in queue.get("items") or ():
+                if (item.get("task") or {}).get("url") == url and matches(item):
+                    return Found(queue_url=self.base + item["url"])
+        builds = self._request("GET", url + "api/json", "searching builds",
+                               params={"tree": "builds[number,url,queueId,actions[causes[note],"
+                                               "parameters[name,value]]]{0,100}"}).json()
+        for b in builds.get("builds") or ():
+            if matches(b):
+                return Found(build_url=f"{url}{b['number']}/", build_number=int(b["number"]))
+        return None
+
+    def cancel(self, queue_url: str) -> None:
+        item_id = queue_url.rstrip("/").rsplit("/", 1)[-1]
+        self._request("POST", self.base + "queue/cancelItem", "cancelling a queue item", params={"id": item_id})
+
+    def stop_build(self, build_url: str) -> None:
+        try:
+            self._request("POST", build_url + "stop", "stopping a build")
+        except JenkinsRefused as e:
+            if e.status != 302:
+                raise
+
+
+def _reason(e: Exception) -> str:
+    """The innermost useful words of a requests/urllib3 error, without URLs or object reprs."""
+    text = str(e.args[0] if e.args else e)
+    m = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text) or re.search(r"(\w+Error\(.*?\))", text)
+    if m:
+        return m.group(1).strip()
+    return re.sub(r"<[^>]+>", "", text)[:160]

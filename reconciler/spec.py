@@ -1,0 +1,193 @@
+"""Trigger specs: YAML text in, a frozen `Spec` or a `SpecError` with positions out. No I/O."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from .errors import Problem, SpecError
+
+SPEC_SUFFIXES = (".yaml", ".yml")
+CONFIG_FILES = ("reconciler.yaml", "reconciler.yml")
+"""A config file at the root of the triggers directory is not a trigger."""
+
+ParamValue = str | int | float | bool
+
+
+class SpecModel(BaseModel):
+    """The shape of a trigger file, as users write it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True,
+                              title="Trigger spec", json_schema_extra={"additionalProperties": False})
+
+    job: Annotated[str, Field(min_length=1, description="Jenkins job; `a/b/c` is job c in folders a/b.")]
+    parameters: dict[str, ParamValue] | None = Field(
+        None, description="Build parameters. Present: buildWithParameters; absent: build.")
+    server: str = Field("default", description="Server name from the config; `default` comes from JENKINS_URL.")
+    cause: str | None = Field(None, description="Text passed as Jenkins' `cause` (shown when a job token is used).")
+    run: Annotated[int, Field(ge=1, description="Bump to fire an unchanged one-shot again.")] = 1
+    suspend: bool = Field(False, description="Fire nothing while true.")
+    run_id_parameter: str | None = Field(
+        None, description="A job parameter that receives the run id, so a build can be found after a crash.")
+
+    @field_validator("job")
+    @classmethod
+    def _job_path(cls, v: str) -> str:
+        if any(not seg.strip() for seg in v.split("/")):
+            raise ValueError("job path has an empty segment; write folders as `folder/sub/job`")
+        return v
+
+
+KNOWN_KEYS = tuple(SpecModel.model_fields)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A valid trigger: what the user declared, normalized to what Jenkins will be sent."""
+
+    name: str
+    job: str
+    parameters: tuple[tuple[str, str], ...] | None
+    server: str = "default"
+    cause: str | None = None
+    run: int = 1
+    suspend: bool = False
+    run_id_parameter: str | None = None
+    revision: str = ""
+
+    @property
+    def endpoint(self) -> str:
+        return "build" if self.parameters is None else "buildWithParameters"
+
+
+def jenkins_value(value: ParamValue) -> str:
+    """Jenkins receives strings; booleans as it spells them."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def revision_of(server: str, job: str, parameters: tuple[tuple[str, str], ...] | None, run: int) -> str:
+    """A hash of what Jenkins would be asked to do: formatting, comments and key order never change it."""
+    canonical = json.dumps({"server": server, "job": job, "run": run,
+                            "parameters": None if parameters is None else sorted(parameters)},
+                           sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def trigger_name(relative_path: str) -> str | None:
+    """`team/deploy.yaml` → `team/deploy`; None for what is not a trigger file."""
+    parts = relative_path.replace("\\", "/").split("/")
+    if any(p.startswith(".") for p in parts) or not relative_path.endswith(SPEC_SUFFIXES):
+        return None
+    if len(parts) == 1 and parts[0] in CONFIG_FILES:
+        return None
+    return relative_path.rsplit(".", 1)[0].replace("\\", "/")
+
+
+_fast = YAML(typ="safe")
+_fast.version = (1, 2)  # type: ignore[assignment]
+
+
+def parse(text: str, *, name: str, path: str) -> Spec:
+    """Parse one trigger file. `path` is only used in error messages."""
+    try:
+        data = _fast.load(text)
+    except MarkedYAMLError as e:
+        raise SpecError(path, [_yaml_problem(e)]) from None
+    except YAMLError as e:
+        raise SpecError(path, [Problem(1, 1, f"invalid YAML: {e}")]) from None
+    if data is None:
+        raise SpecError(path, [Problem(1, 1, "empty file: a trigger spec needs at least `job: NAME`")])
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        raise SpecError(path, [Problem(1, 1, f"a trigger spec is a mapping of keys to values, not a {kind}")])
+    try:
+        model = SpecModel.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(path, _locate(text, e)) from None
+    params = None if model.parameters is None else tuple(
+        (str(k), jenkins_value(v)) for k, v in model.parameters.items())
+    return Spec(name=name, job=model.job, parameters=params, server=model.server, cause=model.cause,
+                run=model.run, suspend=model.suspend, run_id_parameter=model.run_id_parameter,
+                revision=revision_of(model.server, model.job, params, model.run))
+
+
+def _yaml_problem(e: MarkedYAMLError) -> Problem:
+    mark = e.problem_mark or e.context_mark
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    problem = e.problem or "invalid YAML"
+    if problem.startswith("found duplicate key"):
+        problem = problem.split(" with value", 1)[0].replace("found duplicate key", "duplicate key")
+    return Problem(line, col, problem)
+
+
+def _locate(text: str, error: ValidationError) -> list[Problem]:
+    """Re-read the text keeping positions, to put each validation error on its line and column."""
+    tree = YAML(typ="rt").load(text)
+    problems = []
+    for err in error.errors():
+        loc = tuple(err["loc"])
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            key = str(loc[-1])
+            hint = difflib.get_close_matches(key, KNOWN_KEYS if len(loc) == 1 else (), n=1)
+            message = f"unknown key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else
+                                                f"; known keys: {', '.join(KNOWN_KEYS)}")
+            line, col = _position(tree, loc, key=True)
+        elif kind == "missing":
+            message = f"missing required key {loc[-1]!r}"
+            line, col = _position(tree, loc[:-1], key=False)
+        else:
+            message = _describe(loc, err)
+            line, col = _position(tree, _value_loc(loc), key=False)
+        problems.append(Problem(line, col, message))
+    return sorted(set(problems), key=lambda p: (p.line, p.column, p.message))
+
+
+def _value_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Pydantic names union members (`parameters.X.str`); keep only the path into the document."""
+    return tuple(part for i, part in enumerate(loc) if not (i >= 2 and loc[0] == "parameters"))
+
+
+def _describe(loc: tuple[Any, ...], err: Any) -> str:
+    where = ".".join(str(p) for p in _value_loc(loc))
+    if loc[0] == "parameters" and len(loc) > 1:
+        return f"{where}: a parameter value is a string, number or boolean, not {type(err['input']).__name__}"
+    if loc[0] == "parameters":
+        return "parameters: expected a mapping of NAME: value"
+    expected = {"job": "a string", "server": "a string", "cause": "a string", "run": "an integer ≥ 1",
+                "suspend": "true or false", "run_id_parameter": "a string"}.get(str(loc[0]))
+    if expected and err["type"] != "value_error":
+        return f"{where}: expected {expected}, got {_yaml_type(err['input'])}"
+    return f"{where}: {err['msg'].removeprefix('Value error, ')}"
+
+
+def _yaml_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+             list: "a list", dict: "a mapping", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _position(tree: Any, loc: tuple[Any, ...], *, key: bool) -> tuple[int, int]:
+    node, line, col = tree, 1, 1
+    for i, part in enumerate(loc):
+        lc = getattr(node, "lc", None)
+        if lc is None or not isinstance(node, dict) or part not in node:
+            break
+        last = i == len(loc) - 1
+        line, col = lc.key(part) if (key and last) else lc.value(part)
+        line, col = line + 1, col + 1
+        node = node[part]
+    return line, col
+
+
+def json_schema() -> dict[str, Any]:
+    return SpecModel.model_json_schema()

@@ -1,0 +1,200 @@
+"""The state store: every run, from the decision to fire to its outcome, in one SQLite file.
+
+The decision is committed before the POST and the outcome after it. A UNIQUE (trigger, fire_key)
+constraint makes a second fire of one revision (or one scheduled tick) impossible, whatever the
+process does in between.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import StateError
+
+OPEN = ("decided", "posting", "queued", "building")
+"""A run in one of these states still has work to do: post it, or follow it."""
+
+MIGRATIONS = [
+    """
+    CREATE TABLE runs (
+        run_id       TEXT PRIMARY KEY,
+        trigger      TEXT NOT NULL,
+        fire_key     TEXT NOT NULL,
+        server       TEXT NOT NULL,
+        job          TEXT NOT NULL,
+        parameters   TEXT,
+        cause        TEXT,
+        tag_param    TEXT,
+        status       TEXT NOT NULL,
+        decided_at   REAL NOT NULL,
+        posted_at    REAL,
+        queue_url    TEXT,
+        build_number INTEGER,
+        build_url    TEXT,
+        result       TEXT,
+        duration_ms  INTEGER,
+        finished_at  REAL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        last_error   TEXT,
+        UNIQUE (trigger, fire_key)
+    );
+    CREATE INDEX runs_by_trigger ON runs (trigger, decided_at);
+    CREATE INDEX runs_open ON runs (status) WHERE status IN ('decided', 'posting', 'queued', 'building');
+    """,
+]
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    trigger: str
+    fire_key: str
+    server: str
+    job: str
+    parameters: tuple[tuple[str, str], ...] | None
+    cause: str | None
+    tag_param: str | None
+    status: str
+    decided_at: float
+    posted_at: float | None = None
+    queue_url: str | None = None
+    build_number: int | None = None
+    build_url: str | None = None
+    result: str | None = None
+    duration_ms: int | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    last_error: str | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN
+
+
+COLUMNS = tuple(f.name for f in fields(Run))
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def _encode(run: Run) -> tuple[Any, ...]:
+    values = [getattr(run, c) for c in COLUMNS]
+    values[COLUMNS.index("parameters")] = None if run.parameters is None else json.dumps(run.parameters)
+    return tuple(values)
+
+
+def _decode(row: tuple[Any, ...]) -> Run:
+    data = dict(zip(COLUMNS, row, strict=True))
+    if data["parameters"] is not None:
+        data["parameters"] = tuple(tuple(p) for p in json.loads(data["parameters"]))
+    return Run(**data)
+
+
+class Store:
+    """One connection, shared by the daemon's threads behind a lock; SQLite in WAL mode."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.created = not path.exists() or path.stat().st_size == 0
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except sqlite3.Error as e:
+            raise StateError(f"cannot open state store {path}: {e}") from None
+        except OSError as e:
+            raise StateError(f"cannot create state store {path}: {e.strerror}") from None
+        self._lock = threading.Lock()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StateError(f"state store {self.path} has schema version {version}, newer than this "
+                             f"reconciler knows ({len(MIGRATIONS)}); upgrade the reconciler")
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            self._db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _write(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> int:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                cur = self._db.executemany(sql, rows)
+                self._db.execute("COMMIT")
+                return cur.rowcount
+            except sqlite3.Error as e:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise StateError(f"cannot write state store {self.path}: {e}") from None
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as e:
+                raise StateError(f"cannot read state store {self.path}: {e}") from None
+
+    # -- writes ---------------------------------------------------------------------------
+    def decide(self, runs: list[Run]) -> list[Run]:
+        """Record decisions in one transaction; returns the runs that were new (the others exist)."""
+        if not runs:
+            return []
+        placeholders = ",".join("?" * len(COLUMNS))
+        inserted: list[Run] = []
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                for run in runs:
+                    cur = self._db.execute(
+                        f"INSERT OR IGNORE INTO runs ({','.join(COLUMNS)}) VALUES ({placeholders})", _encode(run))
+                    if cur.rowcount:
+                        inserted.append(run)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise StateError(f"cannot record decisions in {self.path}: {e}") from None
+        return inserted
+
+    def update(self, run: Run, **changes: Any) -> Run:
+        updated = replace(run, **changes)
+        sets = ",".join(f"{k} = ?" for k in changes)
+        values = [json.dumps(v) if k == "parameters" and v is not None else v for k, v in changes.items()]
+        self._write(f"UPDATE runs SET {sets} WHERE run_id = ?", [(*values, run.run_id)])
+        return updated
+
+    # -- reads ----------------------------------------------------------------------------
+    def fired(self) -> set[tuple[str, str]]:
+        return {(t, k) for t, k in self._read("SELECT trigger, fire_key FROM runs")}
+
+    def open_runs(self) -> list[Run]:
+        rows = self._read(f"SELECT {','.join(COLUMNS)} FROM runs WHERE status IN "
+                          f"({','.join('?' * len(OPEN))}) ORDER BY decided_at", OPEN)
+        return [_decode(r) for r in rows]
+
+    def runs(self, trigger: str | None = None, limit: int = 1000) -> list[Run]:
+        where, args = ("WHERE trigger = ?", (trigger,)) if trigger else ("", ())
+        rows = self._read(f"SELECT {','.join(COLUMNS)} FROM runs {where} ORDER BY decided_at DESC LIMIT ?",
+                          (*args, limit))
+        return [_decode(r) for r in rows]
+
+    def latest(self) -> dict[str, Run]:
+        """The newest run of every trigger."""
+        rows = self._read(f"SELECT {','.join(COLUMNS)} FROM runs r WHERE decided_at = "
+                          "(SELECT MAX(decided_at) FROM runs WHERE trigger = r.trigger) ORDER BY trigger")
+        return {run.trigger: run for run in map(_decode, rows)}
+
+    def is_empty(self) -> bool:
+        return not self._read("SELECT 1 FROM runs LIMIT 1")
