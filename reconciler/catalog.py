@@ -70,29 +70,32 @@ class Catalog:
 
     def refresh(self, paths: list[str]) -> Changes:
         """Re-read just the files a watcher named; anything else (a directory moved) means a full scan."""
-        changes = Changes()
         root = os.path.abspath(self.root)
-        for path in paths:
-            rel = os.path.relpath(os.path.abspath(path), root).replace(os.sep, "/")
-            if rel.startswith("../"):
-                continue
-            if any(part.startswith(".") for part in rel.split("/")):
+        real_root = os.path.realpath(self.root)  # watchers may report paths under a symlink's target
+        targets: list[tuple[str, str]] = []
+        for path in map(os.path.abspath, paths):
+            base = real_root if path.startswith(real_root + os.sep) else root
+            rel = os.path.relpath(path, base).replace(os.sep, "/")
+            if rel.startswith("../") or any(part.startswith(".") for part in rel.split("/")):
                 continue
             name = trigger_name(rel)
-            if name is None:
-                if rel.endswith((".yaml", ".yml")):
-                    continue  # the config file
-                return self.scan()
+            if name is None and not rel.endswith((".yaml", ".yml")):
+                return self.scan()  # a directory appeared, vanished or moved
+            old = self.entries.get(name) if name else None
+            if old is not None and old.path != rel:
+                return self.scan()  # `a.yml` beside `a.yaml`: let the scan sort it out
+            if name is not None:
+                targets.append((name, rel))
+        changes = Changes()
+        for name, rel in dict.fromkeys(targets):
             old = self.entries.get(name)
             try:
                 st = os.stat(os.path.join(root, rel))
             except FileNotFoundError:
-                if old is not None and old.path == rel:
+                if old is not None:
                     del self.entries[name]
                     changes.removed.append(name)
                 continue
-            if old is not None and old.path != rel:
-                return self.scan()  # `a.yml` appeared beside `a.yaml`: let the scan sort it out
             stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
             if old is None or old.stamp != stamp:
                 entry = self._read(name, rel, stamp)

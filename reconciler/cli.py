@@ -176,7 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                      invalid=len(daemon.catalog.errors))
             return EXIT_INVALID if daemon.catalog.errors else EXIT_OK
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+            signal.signal(sig, daemon.request_stop)
         log.info("daemon_started", triggers=str(args.triggers), state=str(args.state), history=str(args.history),
                  servers=sorted(servers))
         daemon.run(stop)

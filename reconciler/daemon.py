@@ -146,5 +146,7 @@ class Daemon:
                 self._wake.set()
                 stop.wait(0.5)
 
-    def wake(self, *_: Any) -> None:
+    def request_stop(self, *_: Any) -> None:
+        """Safe from a signal handler: ends `run` promptly; open runs stay open in the store."""
+        self.executor.stop.set()
         self._wake.set()

@@ -33,13 +33,15 @@ TERMINAL_EVENTS = {"completed": "completed", "failed": "failed", "cancelled": "c
 class Executor:
     def __init__(self, store: Store, history: History, clients: Mapping[str, Client], *,
                  stop: threading.Event, clock: Callable[[], float] = time.time,
-                 poll_min: float = 0.1, poll_max: float = 5.0, retry_max: float = 300.0):
+                 poll_min: float = 0.1, poll_max: float = 5.0, retry_min: float = 1.0, retry_max: float = 300.0):
         self.store = store
         self.history = history
         self.clients = clients
         self.stop = stop
         self.clock = clock
-        self.poll_min, self.poll_max, self.retry_max = poll_min, poll_max, retry_max
+        self.poll_min, self.poll_max = poll_min, poll_max
+        self.retry_min, self.retry_max = retry_min, retry_max
+        self._note_warned: set[str] = set()
         workers = sum(c.server.concurrency for c in clients.values()) + 4
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="run")
         self._slots = {name: threading.BoundedSemaphore(c.server.concurrency) for name, c in clients.items()}
@@ -148,7 +150,7 @@ class Executor:
     def _fire(self, run: Run, search_first: bool) -> None:
         client = self.clients[run.server]
         log = self._log(run)
-        delay = 1.0
+        delay = self.retry_min
         if search_first and not self.taggable(run, client):
             self._finish(run, "lost", reason="the reconciler stopped while posting and the run carries no tag to "
                          "look it up by (no job token, no run_id_parameter); Jenkins may or may not have built it. "
@@ -238,6 +240,7 @@ class Executor:
                     return
             if run.status == "building":
                 build = client.build(run.build_url or "")
+                self._check_note(client, run, build.notes, log)
                 if build.result is None:
                     self._follow_in(run, interval, next_interval)
                     return
@@ -255,6 +258,16 @@ class Executor:
             else:
                 log.error("follow_refused", error=str(e))
                 self._follow_in(run, self.poll_max, self.poll_max)
+
+    def _check_note(self, client: Client, run: Run, notes: tuple[str, ...], log: Any) -> None:
+        """Jenkins keeps the cause note only for jobs with a build token; say so once if it was dropped."""
+        if not client.server.job_token or run.tag_param or run.trigger in self._note_warned:
+            return
+        if not any(run.run_id in note for note in notes):
+            self._note_warned.add(run.trigger)
+            log.warning("cause_note_dropped", advice="the job has no build token ('Trigger builds remotely'), "
+                        "so Jenkins ignored token and cause; this trigger's runs cannot be found by run id after "
+                        "a crash. Configure the job's token, or set run_id_parameter in the spec")
 
     def _check_queue(self, client: Client, run: Run, log: Any) -> Run:
         state = client.queue_item(run.queue_url or "", run.job)

@@ -44,6 +44,7 @@ class BuildState:
     building: bool
     result: str | None
     duration_ms: int
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -213,10 +214,12 @@ class Client:
 
     def build(self, build_url: str) -> BuildState:
         r = self._request("GET", build_url + "api/json", "reading a build",
-                          params={"tree": "number,url,building,result,duration"})
+                          params={"tree": "number,url,building,result,duration,actions[causes[note]]"})
         b = r.json()
+        notes = tuple(c["note"] for a in b.get("actions") or () for c in (a or {}).get("causes") or ()
+                      if c.get("note"))
         return BuildState(number=b["number"], url=build_url, building=bool(b.get("building")),
-                          result=b.get("result"), duration_ms=int(b.get("duration") or 0))
+                          result=b.get("result"), duration_ms=int(b.get("duration") or 0), notes=notes)
 
     def find(self, job: str, *, run_id: str | None = None, tag_param: str | None = None,
              queue_id: int | None = None) -> Found | None:

@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import io
+import json
+import os
+import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from reconciler import logs
+from reconciler.catalog import Catalog
+from reconciler.config import Server
+from reconciler.daemon import Daemon
+from reconciler.execute import Executor
+from reconciler.history import History
+from reconciler.jenkins import Client
 from reconciler.simulator import Simulator, from_mapping
+from reconciler.state import Store
 
 USER, TOKEN = "alice", "alice-api-token"
 
 DEFAULT_JOBS: list[Any] = [
     {"name": "plain", "duration": 0},
-    {"name": "manual", "duration": None},
+    {"name": "manual", "duration": None, "token": "deploy-job-token"},
     {"name": "deploy", "duration": None, "token": "deploy-job-token",
      "parameters": [{"name": "ENV", "type": "choice", "choices": ["staging", "prod"]},
                     {"name": "VERSION", "default": "1.0"},
@@ -54,3 +69,110 @@ def make_simulator() -> Iterator[Callable[..., Simulator]]:
 @pytest.fixture
 def simulator(make_simulator: Callable[..., Simulator]) -> Simulator:
     return make_simulator()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll until true; the bound is generous, it only stops a broken test from hanging."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class LogBuffer(io.StringIO):
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.getvalue().splitlines() if line.startswith("{")]
+
+
+@dataclass
+class Harness:
+    """A triggers directory, a state file and a history directory, wired to a simulator."""
+
+    tmp: Path
+    sim: Simulator
+    job_token: str | None = None
+    logs: LogBuffer = field(default_factory=LogBuffer)
+    _running: list[Any] = field(default_factory=list)
+
+    @property
+    def triggers(self) -> Path:
+        return self.tmp / "triggers"
+
+    @property
+    def state(self) -> Path:
+        return self.tmp / "state.db"
+
+    @property
+    def history(self) -> Path:
+        return self.tmp / "history"
+
+    def write(self, name: str, text: str) -> None:
+        """Write as git does: a temporary file renamed over the target."""
+        path = self.triggers / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+    def server(self) -> Server:
+        return Server(name="default", url=self.sim.url, user=USER, token=TOKEN, job_token=self.job_token)
+
+    def start(self, resync_interval: float = 60.0) -> Daemon:
+        logs.configure("json", stream=self.logs)
+        logs.add_secrets([TOKEN, *( [self.job_token] if self.job_token else [])])
+        self.triggers.mkdir(parents=True, exist_ok=True)
+        stop = threading.Event()
+        store = Store(self.state)
+        history = History(self.history)
+        client = Client(self.server(), stop=stop, backoff=0.01, max_backoff=0.05)
+        executor = Executor(store, history, {"default": client}, stop=stop, poll_min=0.01, poll_max=0.05,
+                            retry_min=0.02, retry_max=0.1)
+        daemon = Daemon(Catalog(self.triggers), store, history, {"default": self.server()}, executor,
+                        resync_interval=resync_interval)
+        thread = threading.Thread(target=daemon.run, args=(stop,), daemon=True)
+        thread.start()
+        self._running.append((daemon, thread, executor, store))
+        wait_for(daemon.ready.is_set, what="the daemon's first pass")
+        return daemon
+
+    def stop(self) -> None:
+        while self._running:
+            daemon, thread, executor, store = self._running.pop()
+            daemon.request_stop()
+            thread.join(timeout=10)
+            executor.shutdown()
+            store.close()
+
+    def runs(self, trigger: str | None = None) -> list[Any]:
+        store = Store(self.state)
+        try:
+            return store.runs(trigger)
+        finally:
+            store.close()
+
+    def events(self, trigger: str) -> list[str]:
+        return [e["event"] for e in History(self.history).read(trigger)]
+
+
+@pytest.fixture
+def harness(tmp_path: Path, simulator: Simulator) -> Iterator[Harness]:
+    h = Harness(tmp_path, simulator)
+    yield h
+    h.stop()
+
+
+@pytest.fixture
+def make_harness(tmp_path: Path, make_simulator: Callable[..., Simulator]) -> Iterator[Callable[..., Harness]]:
+    made: list[Harness] = []
+
+    def make(job_token: str | None = None, **sim_overrides: Any) -> Harness:
+        h = Harness(tmp_path, make_simulator(**sim_overrides), job_token=job_token)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.stop()

@@ -1,0 +1,47 @@
+"""Servers and secrets: from the environment or references in a config file, never literals."""
+
+from __future__ import annotations
+
+import pytest
+
+from reconciler.config import load_servers
+from reconciler.errors import ConfigError
+
+
+def test_the_default_server_comes_from_the_environment(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("from-a-file\n")
+    servers = load_servers(None, {"JENKINS_URL": "https://ci.example.com", "JENKINS_USER": "bot",
+                                  "JENKINS_API_TOKEN_FILE": str(token_file)})
+    server = servers["default"]
+    assert (server.url, server.user, server.token) == ("https://ci.example.com/", "bot", "from-a-file")
+    assert "from-a-file" not in repr(server)
+
+
+def test_more_servers_come_from_the_config_file_with_secret_references(tmp_path):
+    job_token = tmp_path / "job-token"
+    job_token.write_text("jt")
+    config = tmp_path / "reconciler.yaml"
+    config.write_text(f"servers:\n  release:\n    url: https://release.example.com/jenkins\n    user: rel\n"
+                      f"    token: {{env: RELEASE_TOKEN}}\n    job_token: {{file: {job_token}}}\n"
+                      f"    ca_bundle: /etc/ssl/ca.pem\n    concurrency: 2\n")
+    servers = load_servers(config, {"RELEASE_TOKEN": "secret"})
+    release = servers["release"]
+    assert (release.token, release.job_token, release.verify, release.concurrency) == \
+        ("secret", "jt", "/etc/ssl/ca.pem", 2)
+    assert release.url == "https://release.example.com/jenkins/"
+
+
+def test_a_literal_secret_in_the_config_is_refused(tmp_path):
+    config = tmp_path / "reconciler.yaml"
+    config.write_text("servers:\n  x:\n    url: https://x/\n    token: hunter2hunter2\n")
+    with pytest.raises(ConfigError, match="give secrets as a reference") as e:
+        load_servers(config, {})
+    assert "hunter2hunter2" not in str(e.value)
+
+
+def test_a_missing_environment_variable_is_named(tmp_path):
+    config = tmp_path / "reconciler.yaml"
+    config.write_text("servers:\n  x:\n    url: https://x/\n    token: {env: NOPE}\n")
+    with pytest.raises(ConfigError, match="environment variable NOPE is not set"):
+        load_servers(config, {})

@@ -1,0 +1,284 @@
+"""The daemon end to end: a real directory, a real SQLite file, the simulator over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+
+from reconciler.state import Run, Store
+
+from .conftest import TOKEN, USER, wait_for
+
+DEPLOY = "job: deploy\nparameters:\n  ENV: staging\n  VERSION: '1.0'\ncause: deploy 1.0\n"
+
+
+def test_a_committed_one_shot_fires_once_and_its_outcome_is_on_record(harness):
+    harness.write("team/deploy", "job: manual\n")
+    harness.start()
+    wait_for(lambda: harness.sim.triggers("manual"), what="the POST")
+    wait_for(lambda: harness.runs("team/deploy")[0].status == "building", what="the build to start")
+    harness.sim.finish("manual", 1, "UNSTABLE")
+    wait_for(lambda: harness.runs("team/deploy")[0].status == "completed", what="the outcome")
+    [run] = harness.runs("team/deploy")
+    assert (run.result, run.build_number) == ("UNSTABLE", 1)
+    assert run.build_url == harness.sim.url + "job/manual/1/"
+    assert harness.events("team/deploy") == ["decided", "queued", "started", "completed"]
+    completed = [e for e in harness.logs.events() if e["event"] == "build_completed"]
+    assert completed[0]["trigger"] == "team/deploy" and completed[0]["run_id"] == run.run_id
+
+
+def test_comments_do_not_refire_a_change_to_parameters_does_and_deleting_fires_nothing(harness):
+    harness.write("deploy", DEPLOY)
+    harness.start()
+    wait_for(lambda: len(harness.sim.triggers("deploy")) == 1)
+    harness.write("deploy", "# reformatted\njob: deploy\ncause: other words\n"
+                            "parameters: {VERSION: '1.0', ENV: staging}\n")
+    harness.write("marker", "job: plain\n")  # processed after the edit above: once it fires, the edit was seen
+    wait_for(lambda: harness.sim.triggers("plain"))
+    assert len(harness.sim.triggers("deploy")) == 1
+
+    harness.write("deploy", DEPLOY.replace("'1.0'", "'1.1'"))
+    wait_for(lambda: len(harness.sim.triggers("deploy")) == 2)
+    assert harness.sim.triggers("deploy")[-1].param("VERSION") == "1.1"
+
+    (harness.triggers / "deploy.yaml").unlink()
+    harness.write("marker2", "job: plain\nrun: 2\n")
+    wait_for(lambda: len(harness.sim.triggers("plain")) == 2)
+    assert len(harness.sim.triggers("deploy")) == 2
+    assert harness.events("deploy").count("decided") == 2  # history is kept
+
+
+def test_a_broken_spec_is_reported_once_with_its_position_and_harms_no_other(harness):
+    harness.write("good-1", "job: plain\n")
+    harness.write("broken", "job: plain\nparamters:\n  A: 1\n")
+    harness.write("good-2", "job: deploy\nparameters: {ENV: prod}\n")
+    harness.start(resync_interval=0.05)
+    wait_for(lambda: len(harness.sim.triggers()) == 2)
+    wait_for(lambda: sum(e["event"] == "resync_completed" for e in harness.logs.events()) >= 0, what="resyncs")
+    invalid = [e for e in harness.logs.events() if e["event"] == "spec_invalid"]
+    assert len(invalid) == 1
+    assert invalid[0]["errors"] == ["broken.yaml:2:1: unknown key 'paramters' (did you mean 'parameters'?)"]
+    assert invalid[0]["level"] == "error"
+
+
+def test_a_spec_changed_while_its_previous_run_is_still_queued(make_harness):
+    harness = make_harness(executors=1)
+    harness.write("blocker", "job: manual\n")
+    harness.start()
+    wait_for(lambda: harness.runs("blocker") and harness.runs("blocker")[0].status == "building")
+    harness.write("deploy", DEPLOY)
+    wait_for(lambda: harness.runs("deploy") and harness.runs("deploy")[0].status == "queued")
+    harness.write("deploy", DEPLOY.replace("'1.0'", "'2.0'"))
+    wait_for(lambda: len(harness.sim.triggers("deploy")) == 2)
+    harness.sim.finish("manual", 1)
+    for number in (1, 2):
+        wait_for(lambda n=number: len(harness.sim.builds("deploy")) >= n)
+        harness.sim.finish("deploy", number)
+    wait_for(lambda: {r.status for r in harness.runs("deploy")} == {"completed"})
+    assert sorted(r.build_number for r in harness.runs("deploy")) == [1, 2]
+
+
+def test_a_hundred_specs_arriving_in_one_git_checkout_each_fire_once(harness):
+    repo = harness.tmp / "repo"
+    git = ["git", "-C", str(repo), "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    (repo / "triggers").mkdir()
+    (repo / "triggers" / "README.md").write_text("specs\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "empty"], check=True)
+    subprocess.run([*git, "checkout", "-qb", "many"], check=True)
+    for i in range(100):
+        path = repo / "triggers" / f"batch-{i // 10}" / f"t{i:03}.yaml"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(f"job: team a/dëploy ü\nparameters: {{TARGET: t{i}}}\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "a hundred"], check=True)
+    subprocess.run([*git, "checkout", "-q", "main"], check=True)
+
+    os.symlink(repo / "triggers", harness.triggers)
+    harness.start()
+    subprocess.run([*git, "checkout", "-q", "many"], check=True)
+    wait_for(lambda: len(harness.sim.triggers()) == 100, what="100 POSTs")
+    targets = sorted(r.param("TARGET") for r in harness.sim.triggers())
+    assert targets == sorted(f"t{i}" for i in range(100))
+    assert len(harness.sim.builds("team a/dëploy ü")) == 100
+
+
+def test_a_restart_neither_refires_nor_loses_a_run(harness):
+    harness.write("deploy", "job: manual\n")
+    harness.start()
+    wait_for(lambda: harness.runs("deploy") and harness.runs("deploy")[0].status == "building")
+    harness.stop()
+    harness.sim.finish("manual", 1, "SUCCESS")
+    harness.start()
+    wait_for(lambda: harness.runs("deploy")[0].status == "completed", what="the resumed run to complete")
+    assert len(harness.sim.triggers("manual")) == 1
+    assert harness.runs("deploy")[0].result == "SUCCESS"
+
+
+def test_a_fresh_state_store_is_rebuilt_from_history_and_fires_nothing_again(harness):
+    harness.write("deploy", DEPLOY)
+    harness.start()
+    wait_for(lambda: harness.runs("deploy") and harness.runs("deploy")[0].status == "building")
+    harness.sim.finish("deploy", 1)
+    wait_for(lambda: harness.runs("deploy")[0].status == "completed")
+    harness.stop()
+    for suffix in ("", "-wal", "-shm"):
+        (harness.tmp / f"state.db{suffix}").unlink(missing_ok=True)
+    harness.start()
+    assert [r.status for r in harness.runs("deploy")] == ["completed"]
+    assert len(harness.sim.triggers("deploy")) == 1
+    assert any(e["event"] == "state_rebuilt" for e in harness.logs.events())
+
+
+# -- kill -9 at each line between the decision and the outcome ---------------------------------
+
+def crash_state(harness, status: str, *, tag_param: str | None = None, job: str = "manual",
+                parameters=None) -> Run:
+    """Leave the store exactly as a process killed at that line would have left it."""
+    store = Store(harness.state)
+    run = Run(run_id="deadbeef00000001", trigger="deploy", fire_key="rev-1", server="default", job=job,
+              parameters=parameters, cause="x [reconciler run deadbeef00000001]", tag_param=tag_param,
+              status=status, decided_at=1.0, attempts=0 if status == "decided" else 1)
+    store.decide([run])
+    store.close()
+    return run
+
+
+def test_killed_after_the_decision_before_the_post_fires_on_restart(harness):
+    crash_state(harness, "decided")
+    harness.start()
+    wait_for(lambda: harness.runs("deploy")[0].status == "building")
+    assert len(harness.sim.triggers("manual")) == 1
+
+
+def test_killed_mid_post_that_jenkins_received_is_found_by_its_cause_not_fired_again(make_harness):
+    harness = make_harness(job_token="deploy-job-token")
+    params = (("VERSION", "1"),)
+    harness.sim.state.jenkins.jobs["deploy"].duration = None
+    # Jenkins got the POST (with the run id in the cause note) but the process died before recording it.
+    from reconciler.jenkins import Client
+    Client(harness.server()).trigger("deploy", params, "x [reconciler run deadbeef00000001]")
+    crash_state(harness, "posting", job="deploy", parameters=params)
+    harness.start()
+    wait_for(lambda: harness.runs("deploy")[0].status == "building")
+    assert len(harness.sim.triggers("deploy")) == 1
+    assert any(e["event"] == "fire_found" for e in harness.logs.events())
+
+
+def test_killed_mid_post_that_never_arrived_is_fired_once_on_restart(make_harness):
+    harness = make_harness(job_token="deploy-job-token")
+    crash_state(harness, "posting", job="deploy", parameters=(("VERSION", "1"),))
+    harness.start()
+    wait_for(lambda: harness.runs("deploy")[0].status == "building")
+    assert len(harness.sim.triggers("deploy")) == 1
+
+
+def test_killed_mid_post_without_a_tag_is_recorded_lost_rather_than_risk_a_second_build(harness):
+    crash_state(harness, "posting")
+    harness.start()
+    wait_for(lambda: harness.runs("deploy")[0].status == "lost")
+    assert harness.sim.triggers() == []
+    assert "Bump `run`" in harness.runs("deploy")[0].last_error
+    assert harness.events("deploy") == ["lost"]
+
+
+def test_a_real_kill_9_during_the_post(make_harness):
+    """The process dies while Jenkins is still answering the POST; Jenkins builds all the same."""
+    harness = make_harness(job_token="deploy-job-token")
+    harness.sim.fault(path="/build$", latency=1.0, times=1)
+    harness.write("deploy", "job: manual\n")
+    env = {**os.environ, "JENKINS_URL": harness.sim.url, "JENKINS_USER": USER, "JENKINS_API_TOKEN": TOKEN,
+           "JENKINS_JOB_TOKEN": "deploy-job-token"}
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "--triggers", str(harness.triggers),
+                             "--state", str(harness.state), "--history", str(harness.history)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def status() -> str | None:
+        try:
+            db = sqlite3.connect(harness.state)
+            row = db.execute("SELECT status FROM runs").fetchone()
+            db.close()
+            return row and row[0]
+        except sqlite3.Error:
+            return None
+
+    try:
+        wait_for(lambda: status() == "posting", what="the POST to be under way")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    wait_for(lambda: harness.sim.builds("manual"), what="Jenkins to act on the POST")
+    harness.start()
+    wait_for(lambda: harness.runs("deploy")[0].status == "building")
+    assert len(harness.sim.builds("manual")) == 1
+    assert len([r for r in harness.sim.requests if r.path == "/job/manual/build"]) == 1
+
+
+# -- Jenkins misbehaving ---------------------------------------------------------------------
+
+def test_fires_with_csrf_protection_that_demands_a_crumb(make_harness):
+    harness = make_harness(csrf_exempt_api_token=False)
+    harness.write("deploy", "job: plain\n")
+    harness.start()
+    wait_for(lambda: harness.runs("deploy") and harness.runs("deploy")[0].status == "completed")
+    assert [r.status for r in harness.sim.requests if r.path == "/job/plain/build"] == [403, 201]
+
+
+def test_an_sso_redirect_fails_the_run_with_a_plain_reason(harness):
+    harness.sim.sso()
+    harness.write("deploy", "job: plain\n")
+    harness.start()
+    wait_for(lambda: harness.runs("deploy") and harness.runs("deploy")[0].status == "failed")
+    reason = harness.runs("deploy")[0].last_error
+    assert "is an SSO proxy in front of Jenkins?" in reason
+    refused = [e for e in harness.logs.events() if e["event"] == "fire_refused"]
+    assert refused and refused[0]["trigger"] == "deploy"
+    assert not [r for r in harness.sim.requests if r.path.startswith("/sso")]
+    assert harness.events("deploy") == ["decided", "failed"]
+
+
+def test_503_then_recovery_builds_once(harness):
+    harness.sim.fault(path="/build$", status=503, times=6)
+    harness.write("deploy", "job: plain\n")
+    harness.start()
+    wait_for(lambda: harness.runs("deploy") and harness.runs("deploy")[0].status == "completed")
+    assert len(harness.sim.builds("plain")) == 1
+    assert any(e["event"] == "fire_retrying" for e in harness.logs.events())
+
+
+def test_a_lost_response_is_looked_up_before_posting_again(make_harness):
+    harness = make_harness(job_token="deploy-job-token")
+    harness.sim.fault(path="/build$", drop="after", times=1)
+    harness.write("deploy", "job: manual\n")
+    harness.start()
+    wait_for(lambda: harness.runs("deploy") and harness.runs("deploy")[0].status == "building")
+    assert len(harness.sim.builds("manual")) == 1
+
+
+def test_a_job_that_drops_the_cause_note_is_called_out_once(make_harness):
+    harness = make_harness(job_token="deploy-job-token")
+    harness.write("a", "job: plain\n")  # `plain` has no build token configured in Jenkins
+    harness.write("b", "job: manual\n")  # `manual` has one
+    harness.start()
+    wait_for(lambda: len(harness.runs()) == 2 and {r.status for r in harness.runs()} <= {"building", "completed"})
+    wait_for(lambda: harness.runs("a")[0].status == "completed")
+    dropped = [e for e in harness.logs.events() if e["event"] == "cause_note_dropped"]
+    assert [e["trigger"] for e in dropped] == ["a"]
+
+
+def test_secrets_appear_in_no_log_history_or_state(make_harness):
+    harness = make_harness(job_token="deploy-job-token")
+    harness.write("deploy", DEPLOY)
+    harness.write("nope", "job: does-not-exist\n")
+    harness.start()
+    wait_for(lambda: harness.runs("nope") and harness.runs("nope")[0].status == "failed")
+    wait_for(lambda: harness.runs("deploy") and harness.runs("deploy")[0].status == "building")
+    harness.stop()
+    written = harness.logs.getvalue() + "".join(p.read_text() for p in harness.history.rglob("*.jsonl"))
+    written += harness.state.read_bytes().decode("latin-1")
+    for secret in (TOKEN, "deploy-job-token"):
+        assert secret not in written

@@ -1,0 +1,52 @@
+"""History files: stable lines, crash-safe appends, and enough to rebuild state from."""
+
+from __future__ import annotations
+
+import json
+
+from reconciler.history import History
+from reconciler.state import Run
+
+
+def run(trigger: str = "team/deploy") -> Run:
+    return Run(run_id="r1", trigger=trigger, fire_key="rev", server="default", job="deploy",
+               parameters=(("ENV", "prod"),), cause="c", tag_param=None, status="decided", decided_at=0.0)
+
+
+def test_one_file_per_trigger_mirrors_the_spec_path_with_sorted_keys(tmp_path):
+    history = History(tmp_path)
+    history.decided(run(), 1.0)
+    history.append(run(), "completed", 2.0, result="SUCCESS", number=4)
+    lines = (tmp_path / "team" / "deploy.jsonl").read_text().splitlines()
+    assert [json.loads(line)["event"] for line in lines] == ["decided", "completed"]
+    for line in lines:
+        assert list(json.loads(line)) == sorted(json.loads(line))
+    assert history.read("team/deploy")[1]["result"] == "SUCCESS"
+
+
+def test_a_torn_last_line_is_skipped_and_closed_off_by_the_next_append(tmp_path):
+    history = History(tmp_path)
+    history.decided(run(), 1.0)
+    path = tmp_path / "team" / "deploy.jsonl"
+    with path.open("a") as f:
+        f.write('{"at": "2026-01-01T00:00:00Z", "event": "comp')  # a crash mid-write
+    assert [e["event"] for e in history.read("team/deploy")] == ["decided"]
+    history.append(run(), "completed", 2.0, result="SUCCESS")
+    assert [e["event"] for e in history.read("team/deploy")] == ["decided", "completed"]
+
+
+def test_runs_are_rebuilt_with_their_last_known_state(tmp_path):
+    history = History(tmp_path)
+    history.decided(run(), 1.0)
+    history.append(run(), "queued", 2.0, queue_url="http://j/queue/item/1/")
+    history.append(run(), "started", 3.0, number=7, url="http://j/job/deploy/7/")
+    [rebuilt] = list(history.runs())
+    assert (rebuilt.status, rebuilt.build_number, rebuilt.queue_url, rebuilt.parameters) == \
+        ("building", 7, "http://j/queue/item/1/", (("ENV", "prod"),))
+
+
+def test_a_run_whose_history_stops_at_decided_is_treated_as_maybe_posted(tmp_path):
+    history = History(tmp_path)
+    history.decided(run(), 1.0)
+    [rebuilt] = list(history.runs())
+    assert rebuilt.status == "posting"

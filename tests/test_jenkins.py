@@ -1,0 +1,154 @@
+"""The Jenkins client, over real HTTP against the simulator."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from reconciler.config import Server
+from reconciler.errors import JenkinsRefused, JenkinsUnavailable, LoginRedirect
+from reconciler.jenkins import Client, job_url
+
+from .conftest import TOKEN, USER
+
+JOB_TOKEN = "deploy-job-token"
+
+
+def client_for(sim, *, token: str = TOKEN, job_token: str | None = None, attempts: int = 4) -> Client:
+    server = Server(name="default", url=sim.url, user=USER, token=token, job_token=job_token)
+    return Client(server, attempts=attempts, backoff=0.01, max_backoff=0.05)
+
+
+def test_job_urls_encode_each_folder_segment():
+    assert job_url("http://j/", "team a/dëploy ü") == "http://j/job/team%20a/job/d%C3%ABploy%20%C3%BC/"
+
+
+def test_trigger_posts_build_and_returns_the_queue_item(simulator):
+    queue_url = client_for(simulator).trigger("plain", None, "ignored without a job token")
+    assert queue_url == simulator.url + "queue/item/1/"
+    [request] = simulator.triggers("plain")
+    assert request.path == "/job/plain/build" and request.user == USER
+    assert request.param("cause") is None
+
+
+def test_trigger_with_parameters_and_job_token_sends_the_cause(simulator):
+    client = client_for(simulator, job_token=JOB_TOKEN)
+    client.trigger("deploy", (("ENV", "prod"), ("VERSION", "2")), "release 2 [reconciler run abc]")
+    [request] = simulator.triggers("deploy")
+    assert request.path == "/job/deploy/buildWithParameters"
+    assert (request.param("ENV"), request.param("token"), request.param("cause")) == \
+        ("prod", JOB_TOKEN, "release 2 [reconciler run abc]")
+    assert request.params.keys() >= {"ENV", "VERSION"}
+    assert "token" not in simulator.requests[-1].path
+
+
+def test_a_folder_job_with_spaces_and_non_ascii_is_triggered(simulator):
+    client_for(simulator).trigger("team a/dëploy ü", (("TARGET", "eu"),), None)
+    assert len(simulator.builds("team a/dëploy ü")) == 1
+
+
+def test_following_the_queue_to_the_build_and_its_result(simulator):
+    client = client_for(simulator)
+    queue_url = client.trigger("manual", None, None)
+    state = client.queue_item(queue_url, "manual")
+    assert (state.kind, state.build_number) == ("left", 1)
+    assert client.build(state.build_url).building is True
+    simulator.finish("manual", 1, "FAILURE")
+    build = client.build(state.build_url)
+    assert (build.building, build.result) == (False, "FAILURE")
+
+
+def test_a_crumb_is_fetched_when_jenkins_asks_and_refreshed_when_stale(make_simulator):
+    sim = make_simulator(csrf_exempt_api_token=False)
+    client = client_for(sim)
+    client.trigger("plain", None, None)
+    sim.expire_crumbs()
+    client.trigger("plain", None, None)
+    statuses = [(r.path, r.status) for r in sim.requests]
+    assert statuses == [("/job/plain/build", 403), ("/crumbIssuer/api/json", 200), ("/job/plain/build", 201),
+                        ("/job/plain/build", 403), ("/crumbIssuer/api/json", 200), ("/job/plain/build", 201)]
+
+
+def test_an_sso_redirect_is_reported_and_never_followed(simulator):
+    simulator.sso()
+    with pytest.raises(LoginRedirect, match=r"redirected to http://localhost:\d+/sso/login: is an SSO proxy"):
+        client_for(simulator).trigger("plain", None, None)
+    assert not [r for r in simulator.requests if r.path.startswith("/sso")]
+    assert len(simulator.requests) == 1  # not retried either
+
+
+def test_503_is_retried_with_backoff_until_it_recovers(simulator):
+    simulator.fault(path="/build$", status=503, times=2)
+    client_for(simulator).trigger("plain", None, None)
+    assert [r.status for r in simulator.requests] == [503, 503, 201]
+
+
+def test_retries_are_bounded(simulator):
+    simulator.fault(path="/build$", status=503)
+    with pytest.raises(JenkinsUnavailable, match="Jenkins answered 503"):
+        client_for(simulator, attempts=3).trigger("plain", None, None)
+    assert len(simulator.requests) == 3
+
+
+def test_a_502_on_a_post_may_have_been_acted_on_so_it_is_not_blindly_retried(simulator):
+    simulator.fault(path="/build$", status=502)
+    with pytest.raises(JenkinsUnavailable) as e:
+        client_for(simulator).trigger("plain", None, None)
+    assert e.value.maybe_received and len(simulator.requests) == 1
+
+
+def test_a_dropped_connection_on_a_post_is_ambiguous_and_left_to_the_caller(simulator):
+    simulator.fault(path="/build$", drop="after", times=1)
+    with pytest.raises(JenkinsUnavailable) as e:
+        client_for(simulator).trigger("plain", None, None)
+    assert e.value.maybe_received
+    assert len(simulator.builds("plain")) == 1  # Jenkins did build: the caller must look before retrying
+
+
+def test_a_dropped_connection_on_a_get_is_retried(simulator):
+    client = client_for(simulator)
+    queue_url = client.trigger("plain", None, None)
+    simulator.fault(path="/queue/item/", drop="before", times=1)
+    assert client.queue_item(queue_url, "plain").kind == "left"
+
+
+@pytest.mark.parametrize(("job", "params", "kwargs", "message"), [
+    ("nope", None, {}, "not found (404)"),
+    ("plain", None, {"token": "wrong-token"}, "rejected the credentials of user 'alice' (401)"),
+    ("deploy", (("A", "1"),), {"job_token": "wrong-job-token"}, "Invalid token provided"),
+    ("off", None, {}, "disabled in Jenkins (409)"),
+    ("plain", (("A", "1"),), {}, "takes no parameters"),
+    ("deploy", None, {}, "add `parameters:` to the spec"),
+])
+def test_refusals_are_not_retried_and_say_what_to_fix(simulator, job, params, kwargs, message):
+    with pytest.raises(JenkinsRefused, match=re.escape(message)) as e:
+        client_for(simulator, **kwargs).trigger(job, params, None)
+    assert len(simulator.requests) == 1
+    for secret in ("wrong-token", "wrong-job-token", TOKEN):
+        assert secret not in str(e.value)
+
+
+def test_a_run_is_found_by_the_run_id_in_its_cause_note_in_queue_and_builds(make_simulator):
+    sim = make_simulator(quiet_period=60)
+    client = client_for(sim, job_token=JOB_TOKEN)
+    queue_url = client.trigger("deploy", (("VERSION", "1"),), "x [reconciler run r-1]")
+    assert client.find("deploy", run_id="r-1").queue_url == queue_url
+    assert client.find("deploy", run_id="r-2") is None
+
+
+def test_a_build_is_found_by_a_tag_parameter_or_its_queue_id(simulator):
+    client = client_for(simulator)
+    queue_url = client.trigger("team a/dëploy ü", (("TARGET", "r-9"),), None)
+    found = client.find("team a/dëploy ü", run_id="r-9", tag_param="TARGET")
+    assert found.build_number == 1
+    queue_id = int(queue_url.rstrip("/").rsplit("/", 1)[1])
+    assert client.find("team a/dëploy ü", queue_id=queue_id).build_number == 1
+
+
+def test_a_vanished_queue_item_reads_as_gone(simulator):
+    client = client_for(simulator)
+    simulator.state.jenkins.quiet_period = 60
+    queue_url = client.trigger("plain", None, None)
+    simulator.restart()
+    assert client.queue_item(queue_url, "plain").kind == "gone"

@@ -1,0 +1,112 @@
+"""Trigger specs: what parses, what a revision is, and how errors point at the line to fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reconciler.errors import SpecError
+from reconciler.spec import json_schema, parse, trigger_name
+
+FIXTURES = Path(__file__).parent / "fixtures" / "specs"
+
+
+def load(name: str):
+    return parse((FIXTURES / name).read_text(), name=name.removesuffix(".yaml"), path=name)
+
+
+def errors_of(name: str) -> list[str]:
+    with pytest.raises(SpecError) as e:
+        load(name)
+    return str(e.value).splitlines()
+
+
+def test_a_valid_spec_is_normalized_to_what_jenkins_receives():
+    spec = load("valid.yaml")
+    assert spec.job == "deploy"
+    assert spec.parameters == (("ENV", "staging"), ("VERSION", "1.4"), ("DRY_RUN", "false"))
+    assert spec.endpoint == "buildWithParameters"
+    assert (spec.server, spec.run, spec.suspend, spec.cause) == ("default", 1, False, "deploy to staging")
+
+
+def test_without_parameters_the_build_endpoint_is_used():
+    assert parse("job: a/b c/d\n", name="t", path="t.yaml").endpoint == "build"
+
+
+def test_formatting_comments_and_key_order_never_change_the_revision():
+    a = parse("job: deploy\nparameters: {A: 1, B: x}\n", name="t", path="t.yaml")
+    b = parse("# a comment\nparameters:\n  B: 'x'   # quoted\n  A: 1\njob:   deploy\ncause: only a note\n",
+              name="t", path="t.yaml")
+    assert a.revision == b.revision
+
+
+@pytest.mark.parametrize("changed", [
+    "job: other\nparameters: {A: 1}\n",
+    "job: deploy\nparameters: {A: 2}\n",
+    "job: deploy\nparameters: {A: 1, B: 1}\n",
+    "job: deploy\nparameters: {A: 1}\nrun: 2\n",
+    "job: deploy\nparameters: {A: 1}\nserver: other\n",
+    "job: deploy\n",
+])
+def test_any_change_to_what_jenkins_is_asked_changes_the_revision(changed):
+    base = parse("job: deploy\nparameters: {A: 1}\n", name="t", path="t.yaml")
+    assert parse(changed, name="t", path="t.yaml").revision != base.revision
+
+
+def test_unknown_key_is_reported_at_its_line_with_a_hint():
+    assert errors_of("unknown-key.yaml") == [
+        "unknown-key.yaml:2:1: unknown key 'paramters' (did you mean 'parameters'?)"]
+
+
+def test_duplicate_keys_are_an_error():
+    assert errors_of("duplicate-key.yaml") == ['duplicate-key.yaml:3:1: duplicate key "job"']
+
+
+def test_wrong_types_are_each_reported_at_their_value():
+    assert errors_of("wrong-types.yaml") == [
+        "wrong-types.yaml:2:6: run: expected an integer ≥ 1, got a string",
+        "wrong-types.yaml:3:10: suspend: expected true or false, got a string",
+        "wrong-types.yaml:5:9: parameters.LIST: a parameter value is a string, number or boolean, not list",
+    ]
+
+
+def test_an_empty_file_is_an_error():
+    assert errors_of("empty.yaml") == ["empty.yaml:1:1: empty file: a trigger spec needs at least `job: NAME`"]
+
+
+def test_broken_yaml_syntax_is_reported_with_its_position():
+    [line] = errors_of("broken-syntax.yaml")
+    assert line.startswith("broken-syntax.yaml:4:1: ")
+
+
+def test_yaml_1_2_keeps_yes_a_string():
+    with pytest.raises(SpecError, match="suspend: expected true or false, got a string"):
+        parse("job: a\nsuspend: yes\n", name="t", path="t.yaml")
+
+
+def test_missing_job_and_bad_job_paths():
+    with pytest.raises(SpecError, match=r"t\.yaml:1:1: missing required key 'job'"):
+        parse("cause: x\n", name="t", path="t.yaml")
+    with pytest.raises(SpecError, match="empty segment"):
+        parse("job: a//b\n", name="t", path="t.yaml")
+
+
+@pytest.mark.parametrize(("path", "name"), [
+    ("deploy.yaml", "deploy"),
+    ("team/deploy.yml", "team/deploy"),
+    (".hidden.yaml", None),
+    ("team/.git/x.yaml", None),
+    ("reconciler.yaml", None),
+    ("team/reconciler.yaml", "team/reconciler"),
+    ("notes.txt", None),
+])
+def test_trigger_names_come_from_paths(path, name):
+    assert trigger_name(path) == name
+
+
+def test_the_json_schema_forbids_unknown_keys_and_requires_job():
+    schema = json_schema()
+    assert schema["required"] == ["job"]
+    assert schema["additionalProperties"] is False
+    assert {"job", "parameters", "server", "cause", "run", "suspend"} <= set(schema["properties"])

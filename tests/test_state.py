@@ -1,0 +1,68 @@
+"""The state store, on a real SQLite file."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from reconciler.errors import StateError
+from reconciler.state import Run, Store, new_run_id
+
+
+def run(trigger: str = "t", key: str = "rev1", **kw) -> Run:
+    return Run(run_id=new_run_id(), trigger=trigger, fire_key=key, server="default", job="j",
+               parameters=(("A", "1"),), cause="c", tag_param=None, status="decided", decided_at=1.0, **kw)
+
+
+def test_a_second_decision_for_the_same_revision_is_refused(tmp_path):
+    store = Store(tmp_path / "state.db")
+    first = store.decide([run()])
+    second = store.decide([run()])
+    assert len(first) == 1 and second == []
+    assert store.fired() == {("t", "rev1")}
+
+
+def test_decisions_and_outcomes_survive_reopening(tmp_path):
+    path = tmp_path / "state.db"
+    store = Store(path)
+    [r] = store.decide([run()])
+    store.update(r, status="completed", result="SUCCESS", build_number=3)
+    store.close()
+    reopened = Store(path)
+    [again] = reopened.runs("t")
+    assert (again.status, again.result, again.build_number, again.parameters) == \
+        ("completed", "SUCCESS", 3, (("A", "1"),))
+    assert not reopened.created
+
+
+def test_open_runs_are_those_with_work_left(tmp_path):
+    store = Store(tmp_path / "state.db")
+    _, b, c = store.decide([run(key="a"), run(key="b"), run(key="c")])
+    store.update(b, status="queued")
+    store.update(c, status="completed")
+    assert {r.fire_key for r in store.open_runs()} == {"a", "b"}
+
+
+def test_the_store_uses_wal_and_records_its_schema_version(tmp_path):
+    Store(tmp_path / "state.db").close()
+    db = sqlite3.connect(tmp_path / "state.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+
+
+def test_a_store_from_a_newer_reconciler_is_refused_with_advice(tmp_path):
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(StateError, match="upgrade the reconciler"):
+        Store(tmp_path / "state.db")
+
+
+def test_latest_gives_the_newest_run_per_trigger(tmp_path):
+    store = Store(tmp_path / "state.db")
+    older = run(trigger="x", key="1")
+    newer = Run(**{**run(trigger="x", key="2").__dict__, "decided_at": 5.0})
+    store.decide([older, newer, run(trigger="y")])
+    latest = store.latest()
+    assert latest["x"].fire_key == "2" and set(latest) == {"x", "y"}
