@@ -55,6 +55,7 @@ class Daemon:
         self._paths: set[str] = set()
         self._paths_lock = threading.Lock()
         self.ready = threading.Event()
+        self.passes = 0
 
     def bootstrap(self) -> None:
         """Rebuild a fresh store from history, then resume whatever an earlier process left open."""
@@ -99,7 +100,9 @@ class Daemon:
         return inserted
 
     def pass_once(self) -> list[Run]:
-        return self.reconcile(self.catalog.scan(), full=True)
+        fired = self.reconcile(self.catalog.scan(), full=True)
+        self.passes += 1
+        return fired
 
     def run(self, stop: threading.Event) -> None:
         self.bootstrap()

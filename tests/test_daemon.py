@@ -25,7 +25,7 @@ def test_a_committed_one_shot_fires_once_and_its_outcome_is_on_record(harness):
     [run] = harness.runs("team/deploy")
     assert (run.result, run.build_number) == ("UNSTABLE", 1)
     assert run.build_url == harness.sim.url + "job/manual/1/"
-    assert harness.events("team/deploy") == ["decided", "queued", "started", "completed"]
+    wait_for(lambda: harness.events("team/deploy") == ["decided", "queued", "started", "completed"])
     completed = [e for e in harness.logs.events() if e["event"] == "build_completed"]
     assert completed[0]["trigger"] == "team/deploy" and completed[0]["run_id"] == run.run_id
 
@@ -55,9 +55,9 @@ def test_a_broken_spec_is_reported_once_with_its_position_and_harms_no_other(har
     harness.write("good-1", "job: plain\n")
     harness.write("broken", "job: plain\nparamters:\n  A: 1\n")
     harness.write("good-2", "job: deploy\nparameters: {ENV: prod}\n")
-    harness.start(resync_interval=0.05)
+    daemon = harness.start(resync_interval=0.02)
     wait_for(lambda: len(harness.sim.triggers()) == 2)
-    wait_for(lambda: sum(e["event"] == "resync_completed" for e in harness.logs.events()) >= 0, what="resyncs")
+    wait_for(lambda: daemon.passes >= 5, what="several resync passes")
     invalid = [e for e in harness.logs.events() if e["event"] == "spec_invalid"]
     assert len(invalid) == 1
     assert invalid[0]["errors"] == ["broken.yaml:2:1: unknown key 'paramters' (did you mean 'parameters'?)"]
@@ -183,13 +183,13 @@ def test_killed_mid_post_without_a_tag_is_recorded_lost_rather_than_risk_a_secon
     wait_for(lambda: harness.runs("deploy")[0].status == "lost")
     assert harness.sim.triggers() == []
     assert "Bump `run`" in harness.runs("deploy")[0].last_error
-    assert harness.events("deploy") == ["lost"]
+    wait_for(lambda: harness.events("deploy") == ["lost"])
 
 
 def test_a_real_kill_9_during_the_post(make_harness):
     """The process dies while Jenkins is still answering the POST; Jenkins builds all the same."""
     harness = make_harness(job_token="deploy-job-token")
-    harness.sim.fault(path="/build$", latency=1.0, times=1)
+    slow = harness.sim.fault(path="/build$", latency=1.0, times=1)
     harness.write("deploy", "job: manual\n")
     env = {**os.environ, "JENKINS_URL": harness.sim.url, "JENKINS_USER": USER, "JENKINS_API_TOKEN": TOKEN,
            "JENKINS_JOB_TOKEN": "deploy-job-token"}
@@ -207,7 +207,7 @@ def test_a_real_kill_9_during_the_post(make_harness):
             return None
 
     try:
-        wait_for(lambda: status() == "posting", what="the POST to be under way")
+        wait_for(lambda: status() == "posting" and slow.times == 0, what="the POST to reach Jenkins")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -238,7 +238,7 @@ def test_an_sso_redirect_fails_the_run_with_a_plain_reason(harness):
     refused = [e for e in harness.logs.events() if e["event"] == "fire_refused"]
     assert refused and refused[0]["trigger"] == "deploy"
     assert not [r for r in harness.sim.requests if r.path.startswith("/sso")]
-    assert harness.events("deploy") == ["decided", "failed"]
+    wait_for(lambda: harness.events("deploy") == ["decided", "failed"])
 
 
 def test_503_then_recovery_builds_once(harness):
