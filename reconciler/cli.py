@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet-period", type=float, help="seconds a queued build waits (Jenkins: 5)")
     p.add_argument("--executors", type=int, help="builds that run at once (Jenkins' built-in node: 2)")
 
+    sub.add_parser("schema", help="print the JSON Schema of a trigger spec (for editors and CI)")
+
     p = sub.add_parser("demo", help="run the daemon on ./triggers against a bundled simulator")
     p.add_argument("--triggers", type=Path, default=Path(_env("triggers", "triggers")))
     p.add_argument("--workdir", type=Path, default=Path(".reconciler/demo"),
@@ -299,10 +301,14 @@ def cmd_adopt(args: argparse.Namespace) -> int:
 
 
 def cmd_simulator(args: argparse.Namespace) -> int:
-    from .simulator import SimConfig, Simulator, job_from_mapping, load, user_from_mapping
+    from .simulator import SimConfig, SimConfigError, Simulator, job_from_mapping, load, user_from_mapping
 
-    config = load(args.config) if args.config else SimConfig()
-    config.jobs += [job_from_mapping(j) for j in args.job]
+    try:
+        config = load(Path(args.config)) if args.config else SimConfig()
+        config.jobs += [job_from_mapping(j) for j in args.job]
+    except (SimConfigError, OSError) as e:
+        print(f"reconciler simulator: {e}", file=sys.stderr)
+        return EXIT_ERROR
     for spec in args.user:
         name, _, token = spec.partition(":")
         config.users[name] = user_from_mapping(name, {"token": token})
@@ -326,6 +332,13 @@ def _interrupt(*_: Any) -> None:
     raise KeyboardInterrupt
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2, sort_keys=True))
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -333,7 +346,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "status": cmd_status,
-            "history": cmd_history, "adopt": cmd_adopt, "simulator": cmd_simulator, "demo": cmd_demo}
+            "history": cmd_history, "adopt": cmd_adopt, "simulator": cmd_simulator, "demo": cmd_demo,
+            "schema": cmd_schema}
 
 
 if __name__ == "__main__":

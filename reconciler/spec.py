@@ -190,4 +190,6 @@ def _position(tree: Any, loc: tuple[Any, ...], *, key: bool) -> tuple[int, int]:
 
 
 def json_schema() -> dict[str, Any]:
-    return SpecModel.model_json_schema()
+    schema = SpecModel.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema

@@ -10,12 +10,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .config import SimConfig, SimConfigError, User, from_mapping, job_from_mapping, load
+from .config import SimConfig, SimConfigError, User, from_mapping, job_from_mapping, load, user_from_mapping
 from .model import Build, JobDef, ParamDef
 from .server import Fault, Request, SimulatedJenkins, _Server
 
 __all__ = ["Build", "Fault", "JobDef", "ParamDef", "Request", "SimConfig", "SimConfigError",
-           "Simulator", "User", "from_mapping", "job_from_mapping", "load", "running"]
+           "Simulator", "User", "from_mapping", "job_from_mapping", "load", "running",
+           "user_from_mapping"]
 
 
 class Simulator:

@@ -1,0 +1,134 @@
+"""The command line, run as a user runs it: a real process, real files, the simulator over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+
+from .conftest import TOKEN, USER, wait_for
+
+ROOT = Path(__file__).parent.parent
+FIXTURES = Path(__file__).parent / "fixtures" / "specs"
+
+
+def reconciler(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "reconciler", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=timeout)
+
+
+def jenkins_env(sim) -> dict[str, str]:
+    return {"JENKINS_URL": sim.url, "JENKINS_USER": USER, "JENKINS_API_TOKEN": TOKEN}
+
+
+def test_validate_passes_the_bundled_examples():
+    result = reconciler("validate", str(ROOT / "triggers"))
+    assert result.returncode == 0, result.stdout
+    assert "0 invalid" in result.stderr
+
+
+def test_validate_prints_file_line_column_per_error_and_exits_1():
+    result = reconciler("validate", str(FIXTURES))
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert f"{FIXTURES}/unknown-key.yaml:2:1: unknown key 'paramters' (did you mean 'parameters'?)" in lines
+    assert f"{FIXTURES}/duplicate-key.yaml:3:1: duplicate key \"job\"" in lines
+    assert not any("valid.yaml:" in line and "/valid.yaml" in line for line in lines)
+
+
+def test_validate_takes_single_files():
+    assert reconciler("validate", str(FIXTURES / "valid.yaml")).returncode == 0
+    assert reconciler("validate", str(FIXTURES / "empty.yaml")).returncode == 1
+
+
+def test_plan_says_per_trigger_what_a_pass_would_do(tmp_path, simulator):
+    triggers = tmp_path / "triggers"
+    triggers.mkdir()
+    (triggers / "a.yaml").write_text("job: plain\n")
+    (triggers / "b.yaml").write_text("job: plain\nsuspend: true\n")
+    (triggers / "c.yaml").write_text("jb: plain\n")
+    result = reconciler("plan", "--json", "--triggers", str(triggers), "--state", str(tmp_path / "s.db"),
+                        "--history", str(tmp_path / "h"), env=jenkins_env(simulator))
+    assert result.returncode == 1  # an invalid spec
+    verdicts = {v["trigger"]: v["action"] for v in json.loads(result.stdout)}
+    assert verdicts == {"a": "fire", "b": "suspended", "c": "invalid"}
+
+
+def test_run_once_status_and_history(tmp_path, simulator):
+    triggers = tmp_path / "triggers"
+    (triggers / "team").mkdir(parents=True)
+    (triggers / "team" / "deploy.yaml").write_text("job: deploy\nparameters: {ENV: prod}\n")
+    env = {**jenkins_env(simulator), "RECONCILER_TRIGGERS": str(triggers),
+           "RECONCILER_STATE": str(tmp_path / "state.db"), "RECONCILER_HISTORY": str(tmp_path / "history")}
+    simulator.state.jenkins.jobs["deploy"].duration = 0.0
+    result = reconciler("run", "--once", "--wait", env=env)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line)["event"] for line in result.stdout.splitlines()]
+    assert events[:1] == ["fire_decided"] and "build_completed" in events
+    assert TOKEN not in result.stdout + result.stderr
+
+    status = json.loads(reconciler("status", "--json", env=env).stdout)
+    assert [(s["trigger"], s["status"], s["result"]) for s in status] == [("team/deploy", "completed", "SUCCESS")]
+    history = reconciler("history", "team/deploy", env=env).stdout.splitlines()
+    assert [line.split()[1] for line in history] == ["decided", "queued", "started", "completed"]
+
+    again = reconciler("run", "--once", env=env)
+    assert again.returncode == 0 and len(simulator.triggers("deploy")) == 1
+
+
+def test_adopt_marks_existing_one_shots_done_without_firing(tmp_path, simulator):
+    triggers = tmp_path / "triggers"
+    triggers.mkdir()
+    (triggers / "old.yaml").write_text("job: plain\n")
+    common = ["--triggers", str(triggers), "--state", str(tmp_path / "s.db"), "--history", str(tmp_path / "h")]
+    adopted = reconciler("adopt", *common, env=jenkins_env(simulator))
+    assert adopted.returncode == 0 and "adopted old" in adopted.stdout
+    assert reconciler("run", "--once", *common, env=jenkins_env(simulator)).returncode == 0
+    assert simulator.triggers() == []
+
+
+def test_run_without_a_server_explains_what_to_set(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JENKINS_")}
+    result = subprocess.run([sys.executable, "-m", "reconciler", "run", "--once", "--triggers", str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2
+    assert "set JENKINS_URL" in result.stderr
+
+
+def test_simulator_command_serves_until_stopped(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "simulator", "--port", "0", "--job", "a/b c",
+                             "--user", "bob:bob-token", "--quiet-period", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        r = requests.post(url + "job/a/job/b%20c/build", auth=("bob", "bob-token"), timeout=10)
+        assert r.status_code == 201
+        assert requests.get(url + "_sim/requests", timeout=10).json()[0]["user"] == "bob"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert proc.returncode == 0
+
+
+def test_simulator_help_documents_it():
+    out = reconciler("simulator", "--help").stdout
+    for flag in ("--port", "--config", "--job", "--user", "--no-csrf", "--quiet-period"):
+        assert flag in out
+
+
+def test_the_demo_shows_builds_firing_and_completing(tmp_path):
+    result = reconciler("demo", "--triggers", str(ROOT / "triggers"), "--workdir", str(tmp_path / "demo"),
+                        timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "deploy #1: SUCCESS  (ENV=staging, VERSION=1.4.2)" in result.stdout
+    wait_for(lambda: (tmp_path / "demo" / "history" / "deploy-staging.jsonl").exists())
+
+
+def test_the_checked_in_schema_matches_the_code():
+    """Editors read schema/trigger.schema.json; regenerate it with `reconciler schema`."""
+    assert reconciler("schema").stdout == (ROOT / "schema" / "trigger.schema.json").read_text()
