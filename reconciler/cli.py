@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*", type=Path, help="files or directories (default: --triggers)")
     p.add_argument("--triggers", type=Path, default=Path(_env("triggers", "triggers")))
 
-    p = sub.add_parser("plan", help="what a pass would do now, per trigger")
+    p = sub.add_parser("plan", help="what a pass would do now (or --at TIME), per trigger")
     _add_common(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--at", type=_timestamp, help="ISO 8601 time to plan for (default: now); naive means UTC")
+
+    p = sub.add_parser("next", help="upcoming fire times of a scheduled trigger")
+    p.add_argument("name", help="trigger name, e.g. nightly/regression")
+    p.add_argument("--count", type=int, default=5)
+    p.add_argument("--triggers", type=Path, default=Path(_env("triggers", "triggers")))
 
     p = sub.add_parser("status", help="the last run of every trigger")
     _add_common(p, history=False)
@@ -130,6 +137,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _timestamp(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def _servers(args: argparse.Namespace) -> dict[str, Server]:
     config = args.config if args.config else args.triggers / "reconciler.yaml"
     servers = load_servers(Path(config))
@@ -138,16 +153,23 @@ def _servers(args: argparse.Namespace) -> dict[str, Server]:
     return servers
 
 
-def _fired(args: argparse.Namespace) -> set[tuple[str, str]]:
-    """What has fired: the state store, and the history it would be rebuilt from."""
+def _fired(args: argparse.Namespace) -> tuple[set[tuple[str, str]], dict[str, datetime]]:
+    """What has fired, and where each schedule stands: the state store, and the history behind it."""
+    from .schedule import tick_of_key
     from .state import Store
 
     fired = {(r.trigger, r.fire_key) for r in History(args.history).runs()}
+    cursors: dict[str, datetime] = {}
     if args.state.exists():
         store = Store(args.state)
         fired |= store.fired()
+        cursors = {t: datetime.fromtimestamp(a, UTC) for t, a in store.cursors().items()}
         store.close()
-    return fired
+    for trigger, key in fired:
+        tick = tick_of_key(key)
+        if tick is not None and (trigger not in cursors or cursors[trigger] < tick):
+            cursors[trigger] = tick
+    return fired, cursors
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -231,7 +253,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     catalog = Catalog(args.triggers)
     catalog.scan()
-    verdicts = plan(catalog.specs, catalog.errors, _fired(args), _servers(args))
+    fired, cursors = _fired(args)
+    verdicts = plan(catalog.specs, catalog.errors, fired, _servers(args), now=args.at or datetime.now(UTC),
+                    cursors=cursors)
     if args.json:
         print(json.dumps([{"trigger": v.trigger, "action": v.action.value, "detail": v.detail,
                            "job": v.spec.job if v.spec else None} for v in verdicts], indent=2))
@@ -241,6 +265,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
             detail = v.detail.splitlines()[0] if v.detail else ""
             print(f"{v.trigger:<{width}}  {v.action.value:<10}  {detail}")
     return EXIT_INVALID if any(v.action is Action.INVALID for v in verdicts) else EXIT_OK
+
+
+def cmd_next(args: argparse.Namespace) -> int:
+    from .schedule import ticks
+
+    catalog = Catalog(args.triggers)
+    catalog.scan()
+    if args.name in catalog.errors:
+        print(catalog.errors[args.name], file=sys.stderr)
+        return EXIT_INVALID
+    spec = catalog.specs.get(args.name)
+    if spec is None or spec.schedule is None:
+        print(f"reconciler: {args.name} is not a scheduled trigger in {args.triggers}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"{spec.name}: {spec.schedule.expression!r} → {spec.schedule.cron!r} in {spec.schedule.timezone}")
+    upcoming = ticks(spec.schedule, datetime.now(UTC))
+    for _ in range(args.count):
+        tick = next(upcoming)
+        print(f"  {tick.astimezone(spec.schedule.tz).isoformat()}  ({tick:%Y-%m-%dT%H:%M:%SZ})")
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -346,7 +390,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "status": cmd_status,
-            "history": cmd_history, "adopt": cmd_adopt, "simulator": cmd_simulator, "demo": cmd_demo,
+            "history": cmd_history, "adopt": cmd_adopt, "simulator": cmd_simulator, "demo": cmd_demo, "next": cmd_next,
             "schema": cmd_schema}
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import watchfiles
 
 from . import logs
+from . import schedule as cron
 from .catalog import Catalog, Changes
 from .config import Server
 from .execute import Executor
@@ -23,20 +26,25 @@ WATCH_STEP_MS = 10
 """How long the watcher waits for a burst of events to settle: the floor of change → POST latency."""
 
 
-def cause_text(spec: Spec, run_id: str) -> str:
-    """The `cause` note carries the run id, so the build can be found again after a crash."""
-    return f"{spec.cause} [reconciler run {run_id}]" if spec.cause else \
-        f"reconciler: trigger {spec.name} [reconciler run {run_id}]"
+def cause_text(spec: Spec, run_id: str, tick: datetime | None = None) -> str:
+    """The `cause` note carries the run id (to find the build after a crash) and the tick, if any."""
+    text = spec.cause or f"reconciler: trigger {spec.name}"
+    if tick is not None and spec.schedule is not None:
+        text += f" (scheduled for {tick.astimezone(spec.schedule.tz).isoformat()})"
+    return f"{text} [reconciler run {run_id}]"
 
 
-def new_run(spec: Spec, at: float) -> Run:
+def new_run(spec: Spec, at: float, tick: datetime | None = None) -> Run:
+    """A decision to fire `spec` (for a scheduled spec, its `tick`), with everything the POST needs."""
     run_id = new_run_id()
     params = spec.parameters
     if spec.run_id_parameter:
         params = (*(params or ()), (spec.run_id_parameter, run_id))
-    return Run(run_id=run_id, trigger=spec.name, fire_key=spec.revision, server=spec.server, job=spec.job,
-               parameters=params, cause=cause_text(spec, run_id), tag_param=spec.run_id_parameter,
-               status="decided", decided_at=at)
+    if tick is not None and spec.scheduled_time_parameter and spec.schedule is not None:
+        params = (*(params or ()), (spec.scheduled_time_parameter, tick.astimezone(spec.schedule.tz).isoformat()))
+    return Run(run_id=run_id, trigger=spec.name, fire_key=spec.revision if tick is None else cron.tick_key(tick),
+               server=spec.server, job=spec.job, parameters=params, cause=cause_text(spec, run_id, tick),
+               tag_param=spec.run_id_parameter, status="decided", decided_at=at)
 
 
 class Daemon:
@@ -56,6 +64,8 @@ class Daemon:
         self._paths_lock = threading.Lock()
         self.ready = threading.Event()
         self.passes = 0
+        self.cursors: dict[str, datetime] = {}
+        self.next_due: dict[str, datetime] = {}
 
     def bootstrap(self) -> None:
         """Rebuild a fresh store from history, then resume whatever an earlier process left open."""
@@ -65,6 +75,11 @@ class Daemon:
                 self.store.decide(runs)
                 self.log.info("state_rebuilt", runs=len(runs), source=str(self.history.root))
         self.fired = self.store.fired()
+        self.cursors = {t: datetime.fromtimestamp(after, UTC) for t, after in self.store.cursors().items()}
+        for trigger, key in self.fired:  # a store rebuilt from history has ticks but no cursors
+            tick = cron.tick_of_key(key)
+            if tick is not None and (trigger not in self.cursors or self.cursors[trigger] < tick):
+                self.cursors[trigger] = tick
         open_runs = self.store.open_runs()
         for run in open_runs:
             if run.server not in self.executor.clients:
@@ -81,11 +96,17 @@ class Daemon:
                                errors=str(entry.error).splitlines())
         for name in changes.removed:
             self.log.info("spec_removed", trigger=name)
+        for name in changes.removed:
+            self.next_due.pop(name, None)
         candidates = self.catalog.specs.values() if full else \
             [e.spec for e in changes.changed if e.spec is not None]
         now = self.clock()
         to_fire: list[Run] = []
         for spec in candidates:
+            if spec.schedule is not None:
+                self._arm(spec, now)
+                continue
+            self.next_due.pop(spec.name, None)  # it may have been a schedule before
             verdict = decide(spec, self.fired, self.servers)
             if verdict.action is Action.FIRE:
                 to_fire.append(new_run(spec, now))
@@ -98,6 +119,72 @@ class Daemon:
             self.log.info("fire_decided", trigger=run.trigger, run_id=run.run_id, job=run.job, revision=run.fire_key)
             self.executor.submit(run)
         return inserted
+
+    def _arm(self, spec: Spec, now: float) -> None:
+        """Set when a schedule next needs attention; a new schedule starts from now, not from a backlog."""
+        assert spec.schedule is not None
+        if spec.name not in self.cursors:
+            self.store.decide([], cursors={spec.name: now})
+            self.cursors[spec.name] = datetime.fromtimestamp(now, UTC)
+        if spec.suspend or spec.server not in self.servers:
+            self.next_due.pop(spec.name, None)
+            return
+        self.next_due[spec.name] = cron.next_tick(spec.schedule, self.cursors[spec.name])
+
+    def tick(self) -> list[Run]:
+        """Handle every schedule that is due at the clock's now: fire, skip or mark missed, once per tick."""
+        now = self.clock()
+        now_dt = datetime.fromtimestamp(now, UTC)
+        runs: list[Run] = []
+        for name, due_at in sorted(self.next_due.items(), key=lambda kv: kv[1]):
+            if due_at > now_dt:
+                continue
+            spec = self.catalog.specs.get(name)
+            if spec is None or spec.schedule is None:
+                self.next_due.pop(name, None)
+                continue
+            runs += self._tick_one(spec, now, now_dt)
+        return runs
+
+    def _tick_one(self, spec: Spec, now: float, now_dt: datetime) -> list[Run]:
+        assert spec.schedule is not None
+        due = cron.due(spec.schedule, self.cursors[spec.name], now_dt, spec.starting_deadline)
+        log = self.log.bind(trigger=spec.name)
+        decisions: list[tuple[Run, str]] = []
+        for missed in due.missed:
+            run = replace(new_run(spec, now, missed), status="missed", finished_at=now,
+                          last_error=f"tick passed by more than starting_deadline "
+                                     f"({int(spec.starting_deadline.total_seconds())}s) while not firing")
+            decisions.append((run, "missed"))
+        if due.missed_uncounted:
+            log.warning("ticks_missed", listed=len(due.missed), note="more ticks were missed than are recorded")
+        if due.fire is not None:
+            run = new_run(spec, now, due.fire)
+            running = [r for r in self.executor.active() if r.trigger == spec.name]
+            if running and spec.concurrency == "forbid":
+                reason = f"concurrency: forbid, and run {running[0].run_id} is still {running[0].status}"
+                decisions.append((replace(run, status="skipped", finished_at=now, last_error=reason), "skipped"))
+            else:
+                if running and spec.concurrency == "replace":
+                    self.executor.replace(running)
+                decisions.append((run, "decided"))
+        cursor = due.cursor.timestamp()
+        inserted = {r.run_id for r in self.store.decide([r for r, _ in decisions], cursors={spec.name: cursor})}
+        self.cursors[spec.name] = max(self.cursors[spec.name], due.cursor)
+        self.next_due[spec.name] = cron.next_tick(spec.schedule, max(due.cursor, now_dt))
+        fired: list[Run] = []
+        for run, event in decisions:
+            if run.run_id not in inserted:
+                continue  # another process (or an earlier life of this one) handled that tick
+            self.fired.add((run.trigger, run.fire_key))
+            self.history.decided(run, now, event=event)
+            if event == "decided":
+                log.info("fire_decided", run_id=run.run_id, job=run.job, scheduled_for=run.fire_key[1:])
+                self.executor.submit(run)
+                fired.append(run)
+            else:
+                log.warning(f"tick_{event}", run_id=run.run_id, scheduled_for=run.fire_key[1:], reason=run.last_error)
+        return fired
 
     def pass_once(self) -> list[Run]:
         fired = self.reconcile(self.catalog.scan(), full=True)
@@ -114,10 +201,14 @@ class Daemon:
         self.ready.set()
         next_resync = time.monotonic() + self.resync_interval
         while not stop.is_set():
-            self._wake.wait(max(0.0, next_resync - time.monotonic()))
+            timeout = next_resync - time.monotonic()
+            if self.next_due:
+                timeout = min(timeout, min(self.next_due.values()).timestamp() - self.clock())
+            self._wake.wait(max(0.0, timeout))
             if stop.is_set():
                 break
             self._wake.clear()
+            self.tick()
             with self._paths_lock:
                 paths, self._paths = list(self._paths), set()
             if paths:

@@ -68,6 +68,22 @@ class Executor:
         else:
             self._follow_in(run, 0.0, self.poll_min)
 
+    def replace(self, runs: list[Run]) -> None:
+        """Cancel queued runs and stop running builds (`concurrency: replace`); their follow-up records it."""
+        for run in runs:
+            client = self.clients[run.server]
+            log = self._log(run)
+            try:
+                if run.status == "queued" and run.queue_url:
+                    client.cancel(run.queue_url)
+                elif run.status == "building" and run.build_url:
+                    client.stop_build(run.build_url)
+                else:
+                    continue
+                log.info("run_replaced", status=run.status)
+            except JenkinsError as e:
+                log.warning("replace_failed", error=str(e))
+
     def active(self) -> list[Run]:
         with self._cv:
             return list(self._active.values())

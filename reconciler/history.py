@@ -19,7 +19,7 @@ from .state import Run
 
 STATUS_OF_EVENT = {"decided": "posting", "queued": "queued", "started": "building",
                    "completed": "completed", "failed": "failed", "cancelled": "cancelled",
-                   "lost": "lost", "adopted": "adopted"}
+                   "lost": "lost", "adopted": "adopted", "missed": "missed", "skipped": "skipped"}
 """How a run's last history event maps to its state when state is rebuilt from history.
 A run whose history stops at `decided` may have been posted: it is resolved like a crash."""
 
@@ -53,10 +53,12 @@ class History:
         finally:
             os.close(fd)
 
-    def decided(self, run: Run, at: float) -> None:
-        self.append(run, "decided", at, server=run.server, job=run.job,
+    def decided(self, run: Run, at: float, event: str = "decided") -> None:
+        """The first line of a run carries all it takes to rebuild the run from history."""
+        self.append(run, event, at, server=run.server, job=run.job,
                     parameters=None if run.parameters is None else dict(run.parameters),
-                    cause=run.cause, tag_param=run.tag_param)
+                    cause=run.cause, tag_param=run.tag_param, reason=run.last_error,
+                    scheduled_for=run.fire_key[1:] if run.fire_key.startswith("@") else None)
 
     def read(self, trigger: str) -> list[dict[str, Any]]:
         if self.root is None:
@@ -77,14 +79,14 @@ class History:
                 if not isinstance(run_id, str) or event not in STATUS_OF_EVENT:
                     continue
                 at = _parse_iso(ev.get("at"))
-                if event in ("decided", "adopted") and run_id not in runs:
+                if event in ("decided", "adopted", "missed", "skipped") and run_id not in runs:
                     params = ev.get("parameters")
                     runs[run_id] = Run(
                         run_id=run_id, trigger=trigger, fire_key=str(ev.get("fire_key")),
                         server=str(ev.get("server", "default")), job=str(ev.get("job", "")),
                         parameters=None if params is None else tuple((str(k), str(v)) for k, v in params.items()),
                         cause=ev.get("cause"), tag_param=ev.get("tag_param"),
-                        status=STATUS_OF_EVENT[event], decided_at=at)
+                        status=STATUS_OF_EVENT[event], decided_at=at, last_error=ev.get("reason"))
                     continue
                 run = runs.get(run_id)
                 if run is None:

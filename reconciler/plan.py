@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
+from . import schedule as cron
 from .errors import SpecError
 from .spec import Spec
 
@@ -15,6 +17,7 @@ class Action(StrEnum):
     UP_TO_DATE = "up to date"
     INVALID = "invalid"
     SUSPENDED = "suspended"
+    SCHEDULED = "scheduled"
 
 
 @dataclass(frozen=True)
@@ -31,21 +34,49 @@ class Verdict:
         return self.spec.revision
 
 
-def decide(spec: Spec, fired: Collection[tuple[str, str]], servers: Collection[str]) -> Verdict:
+def _held(spec: Spec, servers: Collection[str]) -> Verdict | None:
     if spec.server not in servers:
         known = ", ".join(sorted(servers)) or "none"
         return Verdict(spec.name, Action.INVALID, f"server {spec.server!r} is not configured (known: {known})",
                        spec)
     if spec.suspend:
         return Verdict(spec.name, Action.SUSPENDED, "suspend: true", spec)
+    return None
+
+
+def decide(spec: Spec, fired: Collection[tuple[str, str]], servers: Collection[str]) -> Verdict:
+    """A one-shot fires once per revision."""
+    held = _held(spec, servers)
+    if held is not None:
+        return held
     if (spec.name, spec.revision) in fired:
         return Verdict(spec.name, Action.UP_TO_DATE, f"revision {spec.revision} already fired", spec)
     return Verdict(spec.name, Action.FIRE, f"revision {spec.revision} not fired yet", spec)
 
 
+def decide_scheduled(spec: Spec, cursor: datetime | None, now: datetime, servers: Collection[str]) -> Verdict:
+    """A schedule never seen before starts at `now`: it fires from its next tick, not a backlog."""
+    assert spec.schedule is not None
+    held = _held(spec, servers)
+    if held is not None:
+        return held
+    due = cron.due(spec.schedule, cursor or now, now, spec.starting_deadline)
+    if due.fire is not None:
+        return Verdict(spec.name, Action.FIRE, f"tick {_show(spec.schedule, due.fire)} is due", spec)
+    nxt = cron.next_tick(spec.schedule, now)
+    return Verdict(spec.name, Action.SCHEDULED, f"next tick {_show(spec.schedule, nxt)}", spec)
+
+
+def _show(schedule: cron.Schedule, tick: datetime) -> str:
+    return f"{tick.astimezone(schedule.tz).isoformat()} ({tick:%Y-%m-%dT%H:%M:%SZ})"
+
+
 def plan(specs: Mapping[str, Spec], errors: Mapping[str, SpecError],
-         fired: Collection[tuple[str, str]], servers: Collection[str]) -> list[Verdict]:
+         fired: Collection[tuple[str, str]], servers: Collection[str], *,
+         now: datetime | None = None, cursors: Mapping[str, datetime] | None = None) -> list[Verdict]:
     """One verdict per trigger, sorted by name. A deleted spec has no verdict: it fires nothing."""
-    verdicts = [decide(spec, fired, servers) for spec in specs.values()]
+    verdicts = [decide_scheduled(spec, (cursors or {}).get(spec.name), now, servers)
+                if spec.schedule is not None and now is not None else decide(spec, fired, servers)
+                for spec in specs.values()]
     verdicts += [Verdict(name, Action.INVALID, str(err)) for name, err in errors.items()]
     return sorted(verdicts, key=lambda v: v.trigger)

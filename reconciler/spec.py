@@ -6,12 +6,14 @@ import difflib
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Annotated, Any
+from datetime import timedelta
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from . import schedule as cron
 from .errors import Problem, SpecError
 
 SPEC_SUFFIXES = (".yaml", ".yml")
@@ -36,6 +38,46 @@ class SpecModel(BaseModel):
     suspend: bool = Field(False, description="Fire nothing while true.")
     run_id_parameter: str | None = Field(
         None, description="A job parameter that receives the run id, so a build can be found after a crash.")
+    schedule: str | None = Field(
+        None, description="Cron expression (5 fields, names, @macros, Jenkins' H): fire once per tick.")
+    timezone: str = Field("UTC", description="IANA time zone the schedule is read in.")
+    starting_deadline: str = Field(
+        "10m", description="How late a missed tick may still fire (e.g. 30s, 10m, 1h); older ticks are missed.")
+    concurrency: Literal["allow", "forbid", "replace"] = Field(
+        "allow", description="A tick while the previous run is queued or building: allow, forbid (skip), "
+                             "replace (cancel or stop it).")
+    scheduled_time_parameter: str | None = Field(
+        None, description="A job parameter that receives the tick's time (ISO 8601, in `timezone`).")
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str | None) -> str | None:
+        if v is not None:
+            cron.resolve(v, "")
+            cron.parse(v)
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        cron.zone(v)
+        return v
+
+    @field_validator("starting_deadline")
+    @classmethod
+    def _deadline(cls, v: str) -> str:
+        cron.parse_duration(v)
+        return v
+
+    @model_validator(mode="after")
+    def _schedule_keys_need_a_schedule(self) -> SpecModel:
+        if self.schedule is None:
+            used = [k for k in ("timezone", "starting_deadline", "concurrency", "scheduled_time_parameter")
+                    if k in self.model_fields_set]
+            if used:
+                verb = "applies" if len(used) == 1 else "apply"
+                raise ValueError(f"{', '.join(used)} {verb} only to scheduled triggers: add `schedule:`")
+        return self
 
     @field_validator("job")
     @classmethod
@@ -61,6 +103,10 @@ class Spec:
     suspend: bool = False
     run_id_parameter: str | None = None
     revision: str = ""
+    schedule: cron.Schedule | None = None
+    starting_deadline: timedelta = timedelta(minutes=10)
+    concurrency: str = "allow"
+    scheduled_time_parameter: str | None = None
 
     @property
     def endpoint(self) -> str:
@@ -117,7 +163,10 @@ def parse(text: str, *, name: str, path: str) -> Spec:
         (str(k), jenkins_value(v)) for k, v in model.parameters.items())
     return Spec(name=name, job=model.job, parameters=params, server=model.server, cause=model.cause,
                 run=model.run, suspend=model.suspend, run_id_parameter=model.run_id_parameter,
-                revision=revision_of(model.server, model.job, params, model.run))
+                revision=revision_of(model.server, model.job, params, model.run),
+                schedule=None if model.schedule is None else cron.parse(model.schedule, model.timezone, name),
+                starting_deadline=cron.parse_duration(model.starting_deadline), concurrency=model.concurrency,
+                scheduled_time_parameter=model.scheduled_time_parameter)
 
 
 def _yaml_problem(e: MarkedYAMLError) -> Problem:
@@ -159,12 +208,18 @@ def _value_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def _describe(loc: tuple[Any, ...], err: Any) -> str:
     where = ".".join(str(p) for p in _value_loc(loc))
+    if not loc:
+        return err["msg"].removeprefix("Value error, ")
     if loc[0] == "parameters" and len(loc) > 1:
         return f"{where}: a parameter value is a string, number or boolean, not {type(err['input']).__name__}"
     if loc[0] == "parameters":
         return "parameters: expected a mapping of NAME: value"
     expected = {"job": "a string", "server": "a string", "cause": "a string", "run": "an integer ≥ 1",
-                "suspend": "true or false", "run_id_parameter": "a string"}.get(str(loc[0]))
+                "suspend": "true or false", "run_id_parameter": "a string", "schedule": "a string",
+                "timezone": "a string", "starting_deadline": "a string",
+                "scheduled_time_parameter": "a string"}.get(str(loc[0]) if loc else "")
+    if loc[0] == "concurrency" and err["type"] == "literal_error":
+        return f"concurrency: expected allow, forbid or replace, got {err['input']!r}"
     if expected and err["type"] != "value_error":
         return f"{where}: expected {expected}, got {_yaml_type(err['input'])}"
     return f"{where}: {err['msg'].removeprefix('Value error, ')}"

@@ -48,6 +48,12 @@ MIGRATIONS = [
     CREATE INDEX runs_by_trigger ON runs (trigger, decided_at);
     CREATE INDEX runs_open ON runs (status) WHERE status IN ('decided', 'posting', 'queued', 'building');
     """,
+    """
+    CREATE TABLE cursors (
+        trigger TEXT PRIMARY KEY,
+        after   REAL NOT NULL
+    );
+    """,
 ]
 
 
@@ -147,9 +153,12 @@ class Store:
                 raise StateError(f"cannot read state store {self.path}: {e}") from None
 
     # -- writes ---------------------------------------------------------------------------
-    def decide(self, runs: list[Run]) -> list[Run]:
-        """Record decisions in one transaction; returns the runs that were new (the others exist)."""
-        if not runs:
+    def decide(self, runs: list[Run], cursors: dict[str, float] | None = None) -> list[Run]:
+        """Record decisions in one transaction; returns the runs that were new (the others exist).
+
+        `cursors` moves schedules' last handled tick in the same transaction as the ticks' runs.
+        """
+        if not runs and not cursors:
             return []
         placeholders = ",".join("?" * len(COLUMNS))
         inserted: list[Run] = []
@@ -161,6 +170,9 @@ class Store:
                         f"INSERT OR IGNORE INTO runs ({','.join(COLUMNS)}) VALUES ({placeholders})", _encode(run))
                     if cur.rowcount:
                         inserted.append(run)
+                for trigger, after in (cursors or {}).items():
+                    self._db.execute("INSERT INTO cursors (trigger, after) VALUES (?, ?) ON CONFLICT (trigger) "
+                                     "DO UPDATE SET after = MAX(after, excluded.after)", (trigger, after))
                 self._db.execute("COMMIT")
             except sqlite3.Error as e:
                 if self._db.in_transaction:
@@ -178,6 +190,9 @@ class Store:
     # -- reads ----------------------------------------------------------------------------
     def fired(self) -> set[tuple[str, str]]:
         return {(t, k) for t, k in self._read("SELECT trigger, fire_key FROM runs")}
+
+    def cursors(self) -> dict[str, float]:
+        return dict(self._read("SELECT trigger, after FROM cursors"))
 
     def open_runs(self) -> list[Run]:
         rows = self._read(f"SELECT {','.join(COLUMNS)} FROM runs WHERE status IN "

@@ -120,21 +120,27 @@ class Harness:
     def server(self) -> Server:
         return Server(name="default", url=self.sim.url, user=USER, token=TOKEN, job_token=self.job_token)
 
-    def start(self, resync_interval: float = 60.0) -> Daemon:
+    def build(self, clock: Callable[[], float] = time.time, resync_interval: float = 60.0) -> Daemon:
+        """A daemon wired to real parts, not yet running: tests may drive it step by step."""
         logs.configure("json", stream=self.logs)
-        logs.add_secrets([TOKEN, *( [self.job_token] if self.job_token else [])])
+        logs.add_secrets([TOKEN, *([self.job_token] if self.job_token else [])])
         self.triggers.mkdir(parents=True, exist_ok=True)
         stop = threading.Event()
         store = Store(self.state)
         history = History(self.history)
         client = Client(self.server(), stop=stop, backoff=0.01, max_backoff=0.05)
-        executor = Executor(store, history, {"default": client}, stop=stop, poll_min=0.01, poll_max=0.05,
-                            retry_min=0.02, retry_max=0.1)
+        executor = Executor(store, history, {"default": client}, stop=stop, clock=clock, poll_min=0.01,
+                            poll_max=0.05, retry_min=0.02, retry_max=0.1)
         daemon = Daemon(Catalog(self.triggers), store, history, {"default": self.server()}, executor,
-                        resync_interval=resync_interval)
-        thread = threading.Thread(target=daemon.run, args=(stop,), daemon=True)
+                        clock=clock, resync_interval=resync_interval)
+        self._running.append((daemon, None, executor, store))
+        return daemon
+
+    def start(self, clock: Callable[[], float] = time.time, resync_interval: float = 60.0) -> Daemon:
+        daemon = self.build(clock, resync_interval)
+        thread = threading.Thread(target=daemon.run, args=(daemon.executor.stop,), daemon=True)
         thread.start()
-        self._running.append((daemon, thread, executor, store))
+        self._running[-1] = (daemon, thread, daemon.executor, daemon.store)
         wait_for(daemon.ready.is_set, what="the daemon's first pass")
         return daemon
 
@@ -142,7 +148,8 @@ class Harness:
         while self._running:
             daemon, thread, executor, store = self._running.pop()
             daemon.request_stop()
-            thread.join(timeout=10)
+            if thread is not None:
+                thread.join(timeout=10)
             executor.shutdown()
             store.close()
 

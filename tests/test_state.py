@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from reconciler.errors import StateError
-from reconciler.state import Run, Store, new_run_id
+from reconciler.state import MIGRATIONS, Run, Store, new_run_id
 
 
 def run(trigger: str = "t", key: str = "rev1", **kw) -> Run:
@@ -48,7 +48,25 @@ def test_the_store_uses_wal_and_records_its_schema_version(tmp_path):
     Store(tmp_path / "state.db").close()
     db = sqlite3.connect(tmp_path / "state.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+def test_an_older_store_is_migrated_and_keeps_its_runs(tmp_path):
+    db = sqlite3.connect(tmp_path / "state.db", isolation_level=None)
+    db.executescript(f"BEGIN; {MIGRATIONS[0]}; PRAGMA user_version = 1; COMMIT;")
+    db.execute("INSERT INTO runs (run_id, trigger, fire_key, server, job, status, decided_at) "
+               "VALUES ('r', 't', 'k', 'default', 'j', 'completed', 1.0)")
+    db.close()
+    store = Store(tmp_path / "state.db")
+    assert store.fired() == {("t", "k")}
+    assert store.cursors() == {}
+
+
+def test_schedule_cursors_only_move_forward(tmp_path):
+    store = Store(tmp_path / "state.db")
+    store.decide([], cursors={"nightly": 100.0})
+    store.decide([], cursors={"nightly": 50.0})
+    assert store.cursors() == {"nightly": 100.0}
 
 
 def test_a_store_from_a_newer_reconciler_is_refused_with_advice(tmp_path):
