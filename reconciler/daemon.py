@@ -132,24 +132,53 @@ class Daemon:
         self.next_due[spec.name] = cron.next_tick(spec.schedule, self.cursors[spec.name])
 
     def tick(self) -> list[Run]:
-        """Handle every schedule that is due at the clock's now: fire, skip or mark missed, once per tick."""
+        """Handle every schedule due at the clock's now: fire, skip or mark missed, once per tick.
+
+        All due schedules' decisions go into one transaction: a thousand triggers due at the same
+        minute cost one commit, not a thousand.
+        """
         now = self.clock()
         now_dt = datetime.fromtimestamp(now, UTC)
-        runs: list[Run] = []
-        for name, due_at in sorted(self.next_due.items(), key=lambda kv: kv[1]):
+        decisions: list[tuple[Run, str]] = []
+        cursors: dict[str, datetime] = {}
+        running: dict[str, list[Run]] = {}
+        for run in self.executor.active():
+            running.setdefault(run.trigger, []).append(run)
+        for name, due_at in list(self.next_due.items()):
             if due_at > now_dt:
                 continue
             spec = self.catalog.specs.get(name)
             if spec is None or spec.schedule is None:
                 self.next_due.pop(name, None)
                 continue
-            runs += self._tick_one(spec, now, now_dt)
-        return runs
+            cursors[name], found = self._due_decisions(spec, now, now_dt, running.get(name, []))
+            decisions += found
+            self.next_due[name] = cron.next_tick(spec.schedule, max(cursors[name], now_dt))
+        if not cursors:
+            return []
+        inserted = {r.run_id for r in self.store.decide([r for r, _ in decisions],
+                                                        cursors={t: c.timestamp() for t, c in cursors.items()})}
+        for name, cursor in cursors.items():
+            self.cursors[name] = max(self.cursors[name], cursor)
+        fired: list[Run] = []
+        for run, event in decisions:
+            if run.run_id not in inserted:
+                continue  # another process (or an earlier life of this one) handled that tick
+            self.fired.add((run.trigger, run.fire_key))
+            self.history.decided(run, now, event=event)
+            log = self.log.bind(trigger=run.trigger, run_id=run.run_id)
+            if event == "decided":
+                log.info("fire_decided", job=run.job, scheduled_for=run.fire_key[1:])
+                self.executor.submit(run)
+                fired.append(run)
+            else:
+                log.warning(f"tick_{event}", scheduled_for=run.fire_key[1:], reason=run.last_error)
+        return fired
 
-    def _tick_one(self, spec: Spec, now: float, now_dt: datetime) -> list[Run]:
+    def _due_decisions(self, spec: Spec, now: float, now_dt: datetime,
+                       running: list[Run]) -> tuple[datetime, list[tuple[Run, str]]]:
         assert spec.schedule is not None
         due = cron.due(spec.schedule, self.cursors[spec.name], now_dt, spec.starting_deadline)
-        log = self.log.bind(trigger=spec.name)
         decisions: list[tuple[Run, str]] = []
         for missed in due.missed:
             run = replace(new_run(spec, now, missed), status="missed", finished_at=now,
@@ -157,10 +186,10 @@ class Daemon:
                                      f"({int(spec.starting_deadline.total_seconds())}s) while not firing")
             decisions.append((run, "missed"))
         if due.missed_uncounted:
-            log.warning("ticks_missed", listed=len(due.missed), note="more ticks were missed than are recorded")
+            self.log.warning("ticks_missed", trigger=spec.name, listed=len(due.missed),
+                             note="more ticks were missed than are recorded")
         if due.fire is not None:
             run = new_run(spec, now, due.fire)
-            running = [r for r in self.executor.active() if r.trigger == spec.name]
             if running and spec.concurrency == "forbid":
                 reason = f"concurrency: forbid, and run {running[0].run_id} is still {running[0].status}"
                 decisions.append((replace(run, status="skipped", finished_at=now, last_error=reason), "skipped"))
@@ -168,23 +197,7 @@ class Daemon:
                 if running and spec.concurrency == "replace":
                     self.executor.replace(running)
                 decisions.append((run, "decided"))
-        cursor = due.cursor.timestamp()
-        inserted = {r.run_id for r in self.store.decide([r for r, _ in decisions], cursors={spec.name: cursor})}
-        self.cursors[spec.name] = max(self.cursors[spec.name], due.cursor)
-        self.next_due[spec.name] = cron.next_tick(spec.schedule, max(due.cursor, now_dt))
-        fired: list[Run] = []
-        for run, event in decisions:
-            if run.run_id not in inserted:
-                continue  # another process (or an earlier life of this one) handled that tick
-            self.fired.add((run.trigger, run.fire_key))
-            self.history.decided(run, now, event=event)
-            if event == "decided":
-                log.info("fire_decided", run_id=run.run_id, job=run.job, scheduled_for=run.fire_key[1:])
-                self.executor.submit(run)
-                fired.append(run)
-            else:
-                log.warning(f"tick_{event}", run_id=run.run_id, scheduled_for=run.fire_key[1:], reason=run.last_error)
-        return fired
+        return due.cursor, decisions
 
     def pass_once(self) -> list[Run]:
         fired = self.reconcile(self.catalog.scan(), full=True)
