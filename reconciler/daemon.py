@@ -22,7 +22,7 @@ from .plan import Action, decide
 from .spec import Spec
 from .state import Run, Store, new_run_id
 
-WATCH_STEP_MS = 10
+WATCH_STEP_MS = 20
 """How long the watcher waits for a burst of events to settle: the floor of change → POST latency."""
 
 

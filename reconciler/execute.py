@@ -33,7 +33,7 @@ TERMINAL_EVENTS = {"completed": "completed", "failed": "failed", "cancelled": "c
 class Executor:
     def __init__(self, store: Store, history: History, clients: Mapping[str, Client], *,
                  stop: threading.Event, clock: Callable[[], float] = time.time,
-                 poll_min: float = 0.1, poll_max: float = 5.0, retry_min: float = 1.0, retry_max: float = 300.0):
+                 poll_min: float = 0.5, poll_max: float = 5.0, retry_min: float = 1.0, retry_max: float = 300.0):
         self.store = store
         self.history = history
         self.clients = clients
@@ -119,8 +119,8 @@ class Executor:
             self._active[run.run_id] = run
             self._cv.notify_all()
 
-    def _update(self, run: Run, **changes: Any) -> Run:
-        run = self.store.update(run, **changes)
+    def _update(self, run: Run, durable: bool = False, **changes: Any) -> Run:
+        run = self.store.update(run, durable=durable, **changes)
         with self._cv:
             if run.is_open:
                 self._active[run.run_id] = run
@@ -187,7 +187,8 @@ class Executor:
                     search_first = False
             if error is None:
                 with self._slots[run.server]:
-                    run = self._update(run, status="posting", attempts=run.attempts + 1)
+                    # The one step besides the decision that must survive a power loss: a POST may follow.
+                    run = self._update(run, durable=True, status="posting", attempts=run.attempts + 1)
                     try:
                         queue_url = client.trigger(run.job, run.parameters, run.cause)
                     except JenkinsRefused as e:

@@ -133,12 +133,16 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
-    def _write(self, sql: str, rows: Iterable[tuple[Any, ...]]) -> int:
+    def _write(self, sql: str, rows: Iterable[tuple[Any, ...]], durable: bool = True) -> int:
         with self._lock:
             try:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.execute("BEGIN IMMEDIATE")
                 cur = self._db.executemany(sql, rows)
                 self._db.execute("COMMIT")
+                if not durable:
+                    self._db.execute("PRAGMA synchronous=FULL")
                 return cur.rowcount
             except sqlite3.Error as e:
                 if self._db.in_transaction:
@@ -180,11 +184,13 @@ class Store:
                 raise StateError(f"cannot record decisions in {self.path}: {e}") from None
         return inserted
 
-    def update(self, run: Run, **changes: Any) -> Run:
+    def update(self, run: Run, *, durable: bool = False, **changes: Any) -> Run:
+        """Record a step. Only `durable` steps are fsynced: every write survives kill -9 (WAL), and
+        after a power loss a run whose later steps were lost falls back to its last durable one."""
         updated = replace(run, **changes)
         sets = ",".join(f"{k} = ?" for k in changes)
         values = [json.dumps(v) if k == "parameters" and v is not None else v for k, v in changes.items()]
-        self._write(f"UPDATE runs SET {sets} WHERE run_id = ?", [(*values, run.run_id)])
+        self._write(f"UPDATE runs SET {sets} WHERE run_id = ?", [(*values, run.run_id)], durable)
         return updated
 
     # -- reads ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,6 +148,10 @@ class Jenkins:
         self.clock = clock
         self.lock = threading.RLock()
         self.queue: dict[int, QueueItem] = {}
+        """Every item Jenkins still answers for: pending ones, and left ones until they are forgotten."""
+        self._pending: dict[int, QueueItem] = {}
+        self._left: deque[tuple[float, int]] = deque()
+        self._running_builds: dict[tuple[str, int], Build] = {}
         self.builds: dict[str, dict[int, Build]] = {name: {} for name in self.jobs}
         self._ids = itertools.count(1)
         self._result_index: dict[str, int] = {}
@@ -160,10 +165,10 @@ class Jenkins:
             self._assign_executors(self._last)
             while True:
                 events: list[tuple[float, int, object]] = []
-                for item in self.queue.values():
+                for item in self._pending.values():
                     if item.state == "waiting" and item.ready_at <= now:
                         events.append((item.ready_at, 0, item))
-                for build in self._running():
+                for build in self._running_builds.values():
                     if build.ends is not None and build.ends <= now:
                         events.append((build.ends, 1, build))
                 if not events:
@@ -177,18 +182,19 @@ class Jenkins:
                     self._complete(what, self._next_result(what.job), when)
                 self._assign_executors(when)
             self._last = max(self._last, now)
-            expired = [i for i, q in self.queue.items()
-                       if q.state == "left" and q.left_at is not None
-                       and q.left_at + self.left_item_ttl <= now]
-            for i in expired:
-                del self.queue[i]
+            while self._left and self._left[0][0] + self.left_item_ttl <= now:
+                self.queue.pop(self._left.popleft()[1], None)
 
-    def _running(self) -> list[Build]:
-        return [b for builds in self.builds.values() for b in builds.values() if b.building]
+    def _leave(self, item: QueueItem, when: float) -> None:
+        item.state, item.left_at = "left", when
+        self._pending.pop(item.id, None)
+        self._left.append((when, item.id))
 
     def _assign_executors(self, at: float) -> None:
-        free = self.executors - len(self._running())
-        waiting = sorted((q for q in self.queue.values() if q.state == "buildable"),
+        free = self.executors - len(self._running_builds)
+        if free <= 0:
+            return
+        waiting = sorted((q for q in self._pending.values() if q.state == "buildable"),
                          key=lambda q: (q.buildable_since or 0.0, q.id))
         for item in waiting[:max(free, 0)]:
             self._start(item, max(at, item.buildable_since or at))
@@ -204,7 +210,9 @@ class Jenkins:
         build.log.append(f"Running as SYSTEM\nBuilding in workspace /var/jenkins_home/workspace/{job.full_name}")
         build.log.extend(f"{p.name}={'****' if p.type == 'password' else v}" for p, v in item.parameters)
         self.builds[job.full_name][number] = build
-        item.state, item.left_at, item.build = "left", when, build
+        self._running_builds[(job.full_name, number)] = build
+        item.build = build
+        self._leave(item, when)
 
     def _next_result(self, job: JobDef) -> str:
         i = self._result_index.get(job.full_name, 0)
@@ -213,6 +221,7 @@ class Jenkins:
 
     def _complete(self, build: Build, result: str, when: float) -> None:
         build.result, build.finished = result, when
+        self._running_builds.pop((build.job.full_name, build.number), None)
         build.log.append(f"Finished: {result}")
 
     # -- triggering -------------------------------------------------------------------------
@@ -222,14 +231,15 @@ class Jenkins:
         self.advance()
         now = self.clock()
         with self.lock:
-            for item in self.queue.values():
-                if item.job is job and item.state != "left" and item.parameters == parameters:
+            for item in self._pending.values():
+                if item.job is job and item.parameters == parameters:
                     item.causes.append(cause)
                     return item
             wait = self.quiet_period if delay is None else delay
             item = QueueItem(id=next(self._ids), job=job, parameters=parameters, causes=[cause],
                              in_queue_since=now, ready_at=now + wait)
             self.queue[item.id] = item
+            self._pending[item.id] = item
         self.advance()
         return item
 
@@ -241,7 +251,8 @@ class Jenkins:
                 raise JenkinsError(404, f"no queue item {item_id}")
             if item.state == "left":
                 raise JenkinsError(422, f"queue item {item_id} has already left the queue")
-            item.state, item.cancelled, item.left_at = "left", True, self.clock()
+            item.cancelled = True
+            self._leave(item, self.clock())
 
     def stop(self, build: Build) -> None:
         with self.lock:
@@ -271,6 +282,8 @@ class Jenkins:
         """Forget the queue, as a Jenkins restart may; builds and their numbers survive."""
         with self.lock:
             self.queue.clear()
+            self._pending.clear()
+            self._left.clear()
 
     # -- lookup -----------------------------------------------------------------------------
     def job(self, full_name: str) -> JobDef:

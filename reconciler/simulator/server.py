@@ -53,6 +53,8 @@ class Request:
     headers: dict[str, str]
     status: int = 0
     fault: str | None = None
+    at: float = 0.0
+    """When the request arrived (time.time()), so benchmarks can measure end to end."""
 
     def param(self, name: str) -> str | None:
         values = self.params.get(name)
@@ -367,6 +369,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, method: str) -> None:
         sim = self.server.sim
+        arrived = time.time()
         url = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
@@ -379,7 +382,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if url.path == "/sso/login":
             self._send(_Response(200, b"<html><body>Single sign-on: please log in</body></html>"))
-            self._record(method, url.path, params, None, 200, None)
+            self._record(method, url.path, params, None, 200, None, arrived)
             return
         fault = self.server.take_fault(method, url.path)
         if fault is not None and fault.latency:
@@ -400,7 +403,7 @@ class _Handler(BaseHTTPRequestHandler):
         user = caller.user.name if caller and caller.user else None
         fault_name = None if fault is None else ("sso" if fault.sso else "drop" if fault.drop else
                                                  f"status {fault.status}" if fault.status else "latency")
-        self._record(method, url.path, params, user, response.status, fault_name)
+        self._record(method, url.path, params, user, response.status, fault_name, arrived)
         if caller is not None and caller.new_session:
             response.headers["Set-Cookie"] = f"{SESSION_COOKIE}={caller.new_session}; Path=/; HttpOnly"
         if fault is not None and fault.drop:
@@ -417,9 +420,9 @@ class _Handler(BaseHTTPRequestHandler):
         return _Response(0)
 
     def _record(self, method: str, path: str, params: dict[str, list[str]], user: str | None,
-                status: int, fault: str | None) -> None:
+                status: int, fault: str | None, arrived: float) -> None:
         self.server.record(Request(method=method, path=unquote(path), params=params, user=user,
-                                   headers=dict(self.headers.items()), status=status, fault=fault))
+                                   headers=dict(self.headers.items()), status=status, fault=fault, at=arrived))
 
     def _drop(self) -> None:
         """Reset the connection with nothing sent, as a proxy or a crashing JVM would."""
@@ -472,8 +475,9 @@ class _Server(ThreadingHTTPServer):
                     with sim._lock:
                         sim.requests.clear()
                     return _Response(204)
+                since = int(first.get("since", 0))
                 with sim._lock:
-                    return _json([r.__dict__ for r in sim.requests])
+                    return _json([r.__dict__ for r in sim.requests[since:]])
             if path == "/_sim/faults":
                 if method == "DELETE":
                     with sim._lock:

@@ -1,0 +1,348 @@
+"""`python -m bench [--quick]`: every benchmark, side by side with what users would use instead.
+
+Everything runs against the bundled simulator in its own process on loopback. Results go to stdout
+and to bench/RESULTS.md. Benchmarks are not tests: they measure, and say whether targets are met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from reconciler import logs
+from reconciler.catalog import Catalog
+from reconciler.config import Server
+from reconciler.daemon import Daemon
+from reconciler.execute import Executor
+from reconciler.history import History
+from reconciler.jenkins import Client
+from reconciler.state import Store
+
+from .support import (
+    TOKEN,
+    USER,
+    DaemonProcess,
+    SimulatorProcess,
+    env_for,
+    median,
+    percentile,
+    run_quiet,
+    scratch,
+    wait_for,
+    write_specs,
+)
+
+HERE = Path(__file__).parent
+
+
+@dataclass
+class Row:
+    benchmark: str
+    ours: str
+    peer: str = ""
+    ratio: str = ""
+    target: str = ""
+    met: str = ""
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def verdict(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+# -- 0. the simulator's own ceiling -----------------------------------------------------------
+
+def bench_ceiling(sim: SimulatorProcess, n: int) -> tuple[list[Row], float]:
+    session = requests.Session()
+    session.auth = (USER, TOKEN)
+    started = time.perf_counter()
+    for i in range(n):
+        session.post(f"{sim.url}job/bench-p/buildWithParameters", data={"N": f"c{i}"}, timeout=30)
+    one = n / (time.perf_counter() - started)
+
+    def post_many(offset: int) -> None:
+        s = requests.Session()
+        s.auth = (USER, TOKEN)
+        for i in range(n // 4):
+            s.post(f"{sim.url}job/bench-p/buildWithParameters", data={"N": f"c4-{offset}-{i}"}, timeout=30)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(post_many, range(4)))
+    four = (n // 4 * 4) / (time.perf_counter() - started)
+    sim.mark()
+    return [Row("simulator ceiling, 1 keep-alive client", f"{one:.0f} POST/s"),
+            Row("simulator ceiling, 4 keep-alive clients", f"{four:.0f} POST/s")], max(one, four)
+
+
+# -- 1. change → POST latency -----------------------------------------------------------------
+
+def measure_latency(sim: SimulatorProcess, directory: Path, writes: int) -> list[float]:
+    latencies = []
+    target = directory / "latency.yaml"
+    for i in range(writes):
+        text = f"job: bench-p\nparameters: {{SEQ: 'l{i}'}}\n"
+        tmp = directory / ".latency.yaml.tmp"
+        tmp.write_text(text)
+        t0 = time.time()
+        os.replace(tmp, target)
+        found: list[dict] = []
+
+        def arrived(seq: str = f"l{i}", found: list[dict] = found) -> bool:
+            found.extend(r for r in sim.triggers_since_mark() if r["params"].get("SEQ") == [seq])
+            return bool(found)
+
+        wait_for(arrived, 30, f"POST {i}")
+        latencies.append(found[0]["at"] - t0)
+        time.sleep(0.02)  # let the write settle, as consecutive commits would
+    return latencies
+
+
+def daemon_on_empty_directory(sim: SimulatorProcess, work: Path, name: str) -> tuple[DaemonProcess, Path]:
+    triggers, state = work / name, work / f"{name}-state"
+    triggers.mkdir()
+    state.mkdir()
+    daemon = DaemonProcess(sim, triggers, state)
+    daemon.start()
+    return daemon, triggers
+
+
+def in_process_daemon(sim: SimulatorProcess, triggers: Path, state: Path, history: Path | None,
+                      clock: Callable[[], float] = time.time) -> Daemon:
+    """A daemon in this process: for what needs its internals (a shifted clock, a timed pass)."""
+    logs.configure("json", stream=open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
+    stop = threading.Event()
+    server = Server(name="default", url=sim.url, user=USER, token=TOKEN)
+    store = Store(state)
+    executor = Executor(store, History(history), {"default": Client(server, stop=stop)}, stop=stop, clock=clock)
+    return Daemon(Catalog(triggers), store, History(history), {"default": server}, executor, clock=clock)
+
+
+def bench_latency(sim: SimulatorProcess, work: Path, writes: int) -> list[Row]:
+    daemon, ours_dir = daemon_on_empty_directory(sim, work, "latency")
+    sim.mark()
+    ours = measure_latency(sim, ours_dir, writes)
+    daemon.stop()
+
+    floor_dir = work / "latency-floor"
+    floor_dir.mkdir()
+    floor = subprocess.Popen([sys.executable, str(HERE / "floor.py"), str(floor_dir), sim.url, USER, TOKEN],
+                             stdout=subprocess.PIPE, text=True)
+    assert floor.stdout is not None
+    floor.stdout.readline()
+    time.sleep(0.3)
+    sim.mark()
+    base = measure_latency(sim, floor_dir, writes)
+    floor.terminate()
+    floor.wait()
+    p50, p99 = percentile(ours, 50), percentile(ours, 99)
+    f50, f99 = percentile(base, 50), percentile(base, 99)
+    return [Row(f"change → POST p50 ({writes} atomic renames)", ms(p50), f"inotify+POST floor: {ms(f50)}",
+                f"{p50 / f50:.2f}× the floor", "≤ 50 ms", verdict(p50 <= 0.05)),
+            Row("change → POST p99", ms(p99), f"floor: {ms(f99)}", f"{p99 / f99:.2f}× the floor",
+                "≤ 50 ms (issue 5), ≤ 150 ms (issue 3)", verdict(p99 <= 0.05))]
+
+
+# -- 2. burst: many specs in one checkout ----------------------------------------------------
+
+def bench_burst(sim: SimulatorProcess, work: Path, n: int) -> list[Row]:
+    daemon, triggers = daemon_on_empty_directory(sim, work, "burst")
+    staging = work / "burst-staging"
+    write_specs(staging, n, prefix="b")
+    sim.mark()
+    t0 = time.time()
+    os.rename(staging, triggers / "checkout")  # one atomic swap, as a checkout lands
+    got: list[dict] = []
+    wait_for(lambda: got.extend(sim.triggers_since_mark()) or len(got) >= n, 120, f"{n} POSTs", 0.01)
+    ours = n / (max(r["at"] for r in got) - t0)
+    daemon.stop()
+
+    url = f"{sim.url}job/bench-p/buildWithParameters"
+    curl = run_quiet(["bash", "-c", f'for i in $(seq {n}); do curl -s -o /dev/null -X POST -u {USER}:{TOKEN} '
+                                    f'"{url}" --data N=curl$i; done'])
+    pj = run_quiet([sys.executable, "-c",
+                    "import jenkins,sys\n"
+                    f"s=jenkins.Jenkins('{sim.url}', username='{USER}', password='{TOKEN}')\n"
+                    f"[s.build_job('bench-p', {{'N': f'pj{{i}}'}}) for i in range({n})]"])
+    raw = run_quiet([sys.executable, "-c",
+                     "import requests\ns=requests.Session(); s.auth=('" + USER + "','" + TOKEN + "')\n"
+                     f"[s.post('{url}', data={{'N': f'raw{{i}}'}}) for i in range({n})]"])
+    sim.mark()
+    curl_rate, pj_rate, raw_rate = n / curl, n / pj, n / raw
+    return [
+        Row(f"burst: {n} new specs in one checkout, until all POSTed", f"{ours:.0f} fires/s",
+            f"python-jenkins loop: {pj_rate:.0f}/s", f"{ours / pj_rate:.1f}×", "≥ 5×", verdict(ours >= 5 * pj_rate)),
+        Row("burst vs a shell loop of curl -X POST", f"{ours:.0f} fires/s", f"curl loop: {curl_rate:.0f}/s",
+            f"{ours / curl_rate:.1f}×", "≥ 20×", verdict(ours >= 20 * curl_rate)),
+        Row("burst vs a keep-alive raw HTTP loop (floor)", f"{ours:.0f} fires/s", f"raw loop: {raw_rate:.0f}/s",
+            f"{ours / raw_rate:.0%} of the floor", "≥ 50 %", verdict(ours >= 0.5 * raw_rate)),
+    ]
+
+
+# -- 3. scale: 10,000 specs ------------------------------------------------------------------
+
+def bench_scale(sim: SimulatorProcess, work: Path, n: int, repeats: int) -> list[Row]:
+    triggers = work / "scale"
+    write_specs(triggers, n, prefix="s")
+    state = work / "scale-state"
+    state.mkdir()
+    common = ["--triggers", str(triggers), "--state", str(state / "state.db"), "--history", str(state / "history")]
+    run_quiet([sys.executable, "-m", "reconciler", "adopt", *common], env=env_for(sim))
+    shutil.rmtree(state / "history")  # adopt wrote a line per trigger; the daemon must not re-read them
+
+    daemon = DaemonProcess(sim, triggers, state)
+    cold = daemon.start()
+    rss = daemon.rss_mb()
+    daemon.stop()
+
+    d = in_process_daemon(sim, triggers, state / "state.db", None)
+    d.bootstrap()
+    d.pass_once()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fired = d.pass_once()
+        times.append(time.perf_counter() - started)
+        assert not fired
+    d.executor.shutdown()
+    d.store.close()
+    resync = median(times)
+    return [
+        Row(f"resync of {n} unchanged specs (median of {repeats})", ms(resync), "", "",
+            "≤ 0.5 s (issue 5), ≤ 1 s (issue 3)", verdict(resync <= 0.5)),
+        Row(f"cold start with {n} specs (process start → first pass done)", f"{cold:.2f} s"),
+        Row(f"RSS with {n} specs", f"{rss:.1f} MB", "", "", "≤ 60 MB (issue 5), ≤ 80 MB (issue 3)",
+            verdict(rss <= 60)),
+    ]
+
+
+# -- 4. idle CPU -----------------------------------------------------------------------------
+
+def bench_idle(sim: SimulatorProcess, work: Path, n: int, seconds: float) -> list[Row]:
+    triggers = work / "idle"
+    write_specs(triggers, n, prefix="i")
+    state = work / "idle-state"
+    state.mkdir()
+    run_quiet([sys.executable, "-m", "reconciler", "adopt", "--triggers", str(triggers), "--state",
+               str(state / "state.db"), "--history", str(state / "history")], env=env_for(sim))
+    daemon = DaemonProcess(sim, triggers, state)
+    daemon.start()
+    time.sleep(2)
+    cpu0, t0 = daemon.cpu_seconds(), time.monotonic()
+    time.sleep(seconds)
+    pct = (daemon.cpu_seconds() - cpu0) / (time.monotonic() - t0) * 100
+    daemon.stop()
+    return [Row(f"idle CPU over {seconds:.0f} s with {n} specs", f"{pct:.2f} %", "", "",
+                "≤ 0.5 % (issue 5), < 1 % (issue 3)", verdict(pct <= 0.5))]
+
+
+# -- 5. scheduler lateness -------------------------------------------------------------------
+
+def bench_lateness(sim: SimulatorProcess, work: Path, n: int) -> list[Row]:
+    triggers = work / "sched"
+    triggers.mkdir()
+    for i in range(n):
+        (triggers / f"s{i:04}.yaml").write_text(f"job: bench-p\nparameters: {{N: 'tick{i}'}}\n"
+                                                 "schedule: '* * * * *'\n")
+    boundary = (int(time.time()) // 60 + 2) * 60
+    offset = boundary - 3.0 - time.time()  # the real clock, shifted: a minute boundary 3 s away
+
+    def clock() -> float:
+        return time.time() + offset
+
+    daemon = in_process_daemon(sim, triggers, work / "sched.db", work / "sched-history", clock)
+    thread = threading.Thread(target=daemon.run, args=(daemon.executor.stop,), daemon=True)
+    sim.mark()
+    thread.start()
+    tick_real = boundary - offset
+    got: list[dict] = []
+    wait_for(lambda: got.extend(sim.triggers_since_mark()) or len(got) >= n, 60, f"{n} tick POSTs", 0.01)
+    daemon.request_stop()
+    thread.join()
+    runs = daemon.store.runs(limit=n * 2)
+    daemon.executor.shutdown()
+    daemon.store.close()
+    decided = [r.decided_at - boundary for r in runs]
+    arrivals = [r["at"] - tick_real for r in got]
+    d50, d99 = percentile(decided, 50), percentile(decided, 99)
+    return [
+        Row(f"scheduler lateness, tick → decision ({n} schedules due at once) p50", ms(d50),
+            "a poll every 60 s (modelled, not run): 30 s", "", "≤ 5 ms", verdict(d50 <= 0.005)),
+        Row("scheduler lateness, tick → decision p99", ms(d99), "", "", "≤ 20 ms", verdict(d99 <= 0.02)),
+        Row(f"scheduler: tick → POST received, p50 / p99 / last of {n}",
+            f"{ms(percentile(arrivals, 50))} / {ms(percentile(arrivals, 99))} / {ms(max(arrivals))}", "", "",
+            "all within 2 s", verdict(max(arrivals) <= 2.0)),
+    ]
+
+
+# -- 6. validate -----------------------------------------------------------------------------
+
+def bench_validate(work: Path, n: int, repeats: int) -> list[Row]:
+    specs = work / "validate"
+    write_specs(specs, n, prefix="v")
+    ours = median([run_quiet([sys.executable, "-m", "reconciler", "validate", str(specs)])
+                   for _ in range(repeats)])
+    loop = ("import pathlib, yaml\n"
+            f"[yaml.safe_load(p.read_text()) for p in pathlib.Path('{specs}').rglob('*.yaml')]")
+    peer = median([run_quiet([sys.executable, "-c", loop]) for _ in range(repeats)])
+    return [Row(f"validate {n} specs (whole command, median of {repeats})", ms(ours),
+                f"yaml.safe_load loop: {ms(peer)}", f"{ours / peer:.2f}× the loop's time")]
+
+
+def render(rows: list[Row], quick: bool, ceiling: float) -> str:
+    head = (f"# Benchmarks\n\n{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC · {os.cpu_count()} CPUs · "
+            f"Python {platform.python_version()} · {'quick' if quick else 'full'} run · `python -m bench"
+            f"{' --quick' if quick else ''}`\n\nEvery figure is measured in this one run on this machine, against "
+            f"the bundled simulator in its own process on loopback (its ceiling: {ceiling:.0f} POST/s, "
+            f"above every rate below).\n\n")
+    lines = ["| benchmark | ours | peer | ratio | target | met |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r.benchmark} | {r.ours} | {r.peer} | {r.ratio} | {r.target} | {r.met} |" for r in rows]
+    return head + "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes; under a minute")
+    parser.add_argument("--no-write", action="store_true", help="do not overwrite bench/RESULTS.md")
+    args = parser.parse_args()
+    q = args.quick
+    work = scratch()
+    sim = SimulatorProcess(work)
+    rows: list[Row] = []
+    try:
+        ceiling_rows, ceiling = bench_ceiling(sim, 400 if q else 2000)
+        rows += ceiling_rows
+        rows += bench_latency(sim, work, 50 if q else 200)
+        rows += bench_burst(sim, work, 200 if q else 1000)
+        rows += bench_scale(sim, work, 2000 if q else 10000, 3 if q else 5)
+        rows += bench_idle(sim, work, 1000, 10 if q else 60)
+        rows += bench_lateness(sim, work, 200 if q else 1000)
+        rows += bench_validate(work, 1000, 3 if q else 5)
+    finally:
+        sim.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    report = render(rows, q, ceiling)
+    print(report)
+    if not args.no_write:
+        (HERE / "RESULTS.md").write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
