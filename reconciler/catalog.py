@@ -10,7 +10,7 @@ from .errors import Problem, SpecError
 from .spec import Spec, parse, trigger_name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     name: str
     path: str
@@ -74,6 +74,8 @@ class Catalog:
         real_root = os.path.realpath(self.root)  # watchers may report paths under a symlink's target
         targets: list[tuple[str, str]] = []
         for path in map(os.path.abspath, paths):
+            if path in (root, real_root):
+                return self.scan()  # the directory itself changed (a git-sync swap)
             base = real_root if path.startswith(real_root + os.sep) else root
             rel = os.path.relpath(path, base).replace(os.sep, "/")
             if rel.startswith("../") or any(part.startswith(".") for part in rel.split("/")):

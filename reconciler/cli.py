@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between full rescans, so no missed event loses a trigger (default 60)")
     p.add_argument("--poll-interval", type=float, default=float(_env("poll_interval", 5)),
                    help="longest wait between two looks at a queued or running build (default 5 s)")
+    p.add_argument("--listen", default=_env("listen"), metavar="HOST:PORT",
+                   help="serve /healthz, /readyz and /metrics (env RECONCILER_LISTEN), e.g. 0.0.0.0:9090")
 
     p = sub.add_parser("validate", help="check specs; prints file:line:col: message per error, exit 1 if any")
     p.add_argument("paths", nargs="*", type=Path, help="files or directories (default: --triggers)")
@@ -191,6 +193,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     daemon = Daemon(Catalog(args.triggers), store, history, servers, executor,
                     resync_interval=args.resync_interval)
     log = logs.get()
+    probes = None
+    if args.listen and not args.once:
+        from .probes import Probes
+
+        probes = Probes(args.listen, daemon, executor.metrics).start()
+        log.info("probes_listening", address=probes.address)
     try:
         if args.once:
             daemon.bootstrap()
@@ -206,6 +214,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         daemon.run(stop)
         return EXIT_OK
     finally:
+        if probes is not None:
+            probes.stop()
         in_flight = executor.shutdown()
         if in_flight:
             log.info("daemon_stopped", in_flight=len(in_flight),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +24,8 @@ from .spec import Spec
 from .state import Run, Store, new_run_id
 
 WATCH_STEP_MS = 20
+HEARTBEAT = 10.0
+"""The loop wakes at least this often, so /healthz can tell a sleeping loop from a stuck one."""
 """How long the watcher waits for a burst of events to settle: the floor of change → POST latency."""
 
 
@@ -64,6 +67,8 @@ class Daemon:
         self._paths_lock = threading.Lock()
         self.ready = threading.Event()
         self.passes = 0
+        self.heartbeat = time.monotonic()
+        self._watcher: threading.Thread | None = None
         self.cursors: dict[str, datetime] = {}
         self.next_due: dict[str, datetime] = {}
 
@@ -200,9 +205,26 @@ class Daemon:
         return due.cursor, decisions
 
     def pass_once(self) -> list[Run]:
-        fired = self.reconcile(self.catalog.scan(), full=True)
+        metrics = self.executor.metrics
+        with metrics.reconcile_duration.time():
+            fired = self.reconcile(self.catalog.scan(), full=True)
+        metrics.invalid_specs.set(len(self.catalog.errors))
+        metrics.last_pass.set(self.clock())
         self.passes += 1
         return fired
+
+    def liveness_problems(self) -> list[str]:
+        stalled = time.monotonic() - self.heartbeat
+        return [f"the loop has not turned for {stalled:.0f}s"] if stalled > 3 * HEARTBEAT else []
+
+    def readiness_problems(self) -> list[str]:
+        problems = [] if self.ready.is_set() else ["the first pass has not completed"]
+        unwritable = self.store.writable()
+        if unwritable:
+            problems.append(unwritable)
+        if self._watcher is None or not self._watcher.is_alive():
+            problems.append("the watcher is not running")
+        return problems
 
     def run(self, stop: threading.Event) -> None:
         self.bootstrap()
@@ -211,10 +233,12 @@ class Daemon:
                       invalid=len(self.catalog.errors))
         watcher = threading.Thread(target=self._watch, args=(stop,), name="watcher", daemon=True)
         watcher.start()
+        self._watcher = watcher
         self.ready.set()
         next_resync = time.monotonic() + self.resync_interval
         while not stop.is_set():
-            timeout = next_resync - time.monotonic()
+            self.heartbeat = time.monotonic()
+            timeout = min(next_resync - time.monotonic(), HEARTBEAT)
             if self.next_due:
                 timeout = min(timeout, min(self.next_due.values()).timestamp() - self.clock())
             self._wake.wait(max(0.0, timeout))
@@ -235,19 +259,33 @@ class Daemon:
         watcher.join(timeout=2)
 
     def _watch(self, stop: threading.Event) -> None:
+        """Watch the directory the triggers path resolves to, and follow it when a symlink swaps.
+
+        git-sync publishes each checkout by renaming a new symlink over the old one; a watch on the
+        old target would go quiet. Twice a second the watcher checks where the path resolves to, and
+        on a swap rescans and watches the new target.
+        """
         root = Path(self.catalog.root)
         while not stop.is_set():
             if not root.is_dir():
                 self.log.warning("triggers_missing", path=str(root))
                 stop.wait(1.0)
                 continue
+            target = os.path.realpath(root)
             try:
-                for batch in watchfiles.watch(root, watch_filter=None, debounce=500, step=WATCH_STEP_MS,
-                                              stop_event=stop, rust_timeout=1000, yield_on_timeout=False,
+                for batch in watchfiles.watch(target, watch_filter=None, debounce=500, step=WATCH_STEP_MS,
+                                              stop_event=stop, rust_timeout=500, yield_on_timeout=True,
                                               raise_interrupt=False):
-                    with self._paths_lock:
-                        self._paths.update(path for _, path in batch)
-                    self._wake.set()
+                    if batch:
+                        with self._paths_lock:
+                            self._paths.update(path for _, path in batch)
+                        self._wake.set()
+                    if os.path.realpath(root) != target:
+                        self.log.info("triggers_moved", path=str(root), target=os.path.realpath(root))
+                        with self._paths_lock:
+                            self._paths.add(str(root))  # not a spec file: the loop rescans everything
+                        self._wake.set()
+                        break
             except (OSError, RuntimeError) as e:  # the directory vanished under the watcher
                 self.log.warning("watch_restarted", error=str(e))
                 self._wake.set()

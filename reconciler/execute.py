@@ -25,6 +25,7 @@ from . import logs
 from .errors import JenkinsError, JenkinsRefused, JenkinsUnavailable, StateError
 from .history import History
 from .jenkins import Client, Found
+from .metrics import Metrics
 from .state import Run, Store
 
 TERMINAL_EVENTS = {"completed": "completed", "failed": "failed", "cancelled": "cancelled", "lost": "lost"}
@@ -33,8 +34,10 @@ TERMINAL_EVENTS = {"completed": "completed", "failed": "failed", "cancelled": "c
 class Executor:
     def __init__(self, store: Store, history: History, clients: Mapping[str, Client], *,
                  stop: threading.Event, clock: Callable[[], float] = time.time,
-                 poll_min: float = 0.5, poll_max: float = 5.0, retry_min: float = 1.0, retry_max: float = 300.0):
+                 poll_min: float = 0.5, poll_max: float = 5.0, retry_min: float = 1.0, retry_max: float = 300.0,
+                 metrics: Metrics | None = None):
         self.store = store
+        self.metrics = metrics or Metrics()
         self.history = history
         self.clients = clients
         self.stop = stop
@@ -51,6 +54,7 @@ class Executor:
         self._active: dict[str, Run] = {}
         self._tracker = threading.Thread(target=self._track, name="tracker", daemon=True)
         self._tracker.start()
+        self.metrics.count_in_flight(lambda: len(self._active))
 
     # -- entry points -----------------------------------------------------------------------
     def submit(self, run: Run) -> None:
@@ -139,6 +143,7 @@ class Executor:
         except Exception as e:
             log = self._log(run)
             if isinstance(e, StateError):
+                self.metrics.state_errors.inc()
                 log.error("state_write_failed", error=str(e))
             else:
                 log.exception("run_step_crashed")
@@ -150,6 +155,8 @@ class Executor:
         now = self.clock()
         reason = fields.pop("reason", None)
         run = self._update(run, status=status, finished_at=now, last_error=reason, **fields)
+        outcome = (run.result or "unknown").lower() if status == "completed" else status
+        self.metrics.fires.labels(run.server, run.job, outcome).inc()
         self.history.append(run, status, now, reason=reason, result=run.result, number=run.build_number,
                             url=run.build_url, duration_ms=run.duration_ms)
         return run
@@ -202,6 +209,7 @@ class Executor:
                         now = self.clock()
                         run = self._update(run, status="queued", queue_url=queue_url, posted_at=now, last_error=None)
                         self.history.append(run, "queued", now, queue_url=queue_url)
+                        self.metrics.fire_latency.observe(max(0.0, now - run.decided_at))
                         log.info("fire_posted", queue_url=queue_url, attempts=run.attempts)
                         self._follow_in(run, self.poll_min, self.poll_min)
                         return

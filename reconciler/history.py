@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -91,16 +92,14 @@ class History:
                 run = runs.get(run_id)
                 if run is None:
                     continue
-                runs[run_id] = Run(**{**run.__dict__, "status": STATUS_OF_EVENT[event],
-                                      "queue_url": ev.get("queue_url", run.queue_url),
-                                      "build_number": ev.get("number", run.build_number),
-                                      "build_url": ev.get("url", run.build_url),
-                                      "result": ev.get("result", run.result),
-                                      "duration_ms": ev.get("duration_ms", run.duration_ms),
-                                      "last_error": ev.get("reason", run.last_error),
-                                      "posted_at": at if event == "queued" else run.posted_at,
-                                      "finished_at": at if STATUS_OF_EVENT[event] in
-                                      ("completed", "failed", "cancelled", "lost") else run.finished_at})
+                status = STATUS_OF_EVENT[event]
+                runs[run_id] = replace(
+                    run, status=status, queue_url=ev.get("queue_url", run.queue_url),
+                    build_number=ev.get("number", run.build_number), build_url=ev.get("url", run.build_url),
+                    result=ev.get("result", run.result), duration_ms=ev.get("duration_ms", run.duration_ms),
+                    last_error=ev.get("reason", run.last_error),
+                    posted_at=at if event == "queued" else run.posted_at,
+                    finished_at=at if status in ("completed", "failed", "cancelled", "lost") else run.finished_at)
             yield from runs.values()
 
 

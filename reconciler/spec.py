@@ -90,7 +90,7 @@ class SpecModel(BaseModel):
 KNOWN_KEYS = tuple(SpecModel.model_fields)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Spec:
     """A valid trigger: what the user declared, normalized to what Jenkins will be sent."""
 

@@ -57,7 +57,7 @@ MIGRATIONS = [
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Run:
     run_id: str
     trigger: str
@@ -216,6 +216,18 @@ class Store:
         rows = self._read(f"SELECT {','.join(COLUMNS)} FROM runs r WHERE decided_at = "
                           "(SELECT MAX(decided_at) FROM runs WHERE trigger = r.trigger) ORDER BY trigger")
         return {run.trigger: run for run in map(_decode, rows)}
+
+    def writable(self) -> str | None:
+        """None if a write transaction can start; otherwise why not (for /readyz)."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("ROLLBACK")
+                return None
+            except sqlite3.Error as e:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                return f"state store {self.path} is not writable: {e}"
 
     def is_empty(self) -> bool:
         return not self._read("SELECT 1 FROM runs LIMIT 1")

@@ -282,3 +282,35 @@ def test_secrets_appear_in_no_log_history_or_state(make_harness):
     written += harness.state.read_bytes().decode("latin-1")
     for secret in (TOKEN, "deploy-job-token"):
         assert secret not in written
+
+
+def test_following_git_sync_symlink_swaps(harness):
+    """Do what git-sync does: a new worktree, a symlink made beside the old and renamed over it."""
+    import shutil
+
+    root = harness.tmp / "git"
+    link = root / "repo"
+
+    def publish(n: int) -> None:
+        worktree = root / ".worktrees" / f"rev{n}"
+        (worktree / "triggers").mkdir(parents=True)
+        for i in range(n + 1):
+            spec = f"job: team a/dëploy ü\nparameters: {{TARGET: s{i}}}\n"
+            (worktree / "triggers" / f"spec{i}.yaml").write_text(spec)
+        tmp = root / f".repo-{n}.tmp"
+        os.symlink(worktree, tmp)
+        os.replace(tmp, link)
+        old = root / ".worktrees" / f"rev{n - 1}"
+        if old.exists():
+            shutil.rmtree(old)
+
+    publish(0)
+    harness.triggers.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(link / "triggers", harness.triggers)
+    harness.start()
+    wait_for(lambda: len(harness.sim.triggers()) == 1)
+    for n in range(1, 8):
+        publish(n)
+        wait_for(lambda n=n: len(harness.sim.triggers()) == n + 1, timeout=5, what=f"spec{n} after swap {n}")
+    targets = sorted(r.param("TARGET") for r in harness.sim.triggers())
+    assert targets == sorted(f"s{i}" for i in range(8))  # each once: unchanged specs never re-fire

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 
 import pytest
 
@@ -80,7 +81,7 @@ def test_a_store_from_a_newer_reconciler_is_refused_with_advice(tmp_path):
 def test_latest_gives_the_newest_run_per_trigger(tmp_path):
     store = Store(tmp_path / "state.db")
     older = run(trigger="x", key="1")
-    newer = Run(**{**run(trigger="x", key="2").__dict__, "decided_at": 5.0})
+    newer = replace(run(trigger="x", key="2"), decided_at=5.0)
     store.decide([older, newer, run(trigger="y")])
     latest = store.latest()
     assert latest["x"].fire_key == "2" and set(latest) == {"x", "y"}

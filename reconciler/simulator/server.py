@@ -249,14 +249,13 @@ class SimulatedJenkins:
         raise JenkinsError(404, "Not Found")
 
     def _resolve_build(self, job: JobDef, ref: str) -> Any:
+        if ref.isdigit():
+            return self.jenkins.build(job, int(ref))
         self.jenkins.advance()
         builds = sorted(self.jenkins.builds[job.full_name].values(), key=lambda b: -b.number)
-        if ref == "lastBuild":
-            ref = str(builds[0].number) if builds else "0"
-        elif ref == "lastCompletedBuild":
-            done = [b for b in builds if not b.building]
-            ref = str(done[0].number) if done else "0"
-        return self.jenkins.build(job, int(ref))
+        if ref == "lastCompletedBuild":
+            builds = [b for b in builds if not b.building]
+        return self.jenkins.build(job, builds[0].number if builds else 0)
 
     @staticmethod
     def _log(build: Any) -> str:

@@ -1,0 +1,37 @@
+"""Prometheus metrics, one registry per daemon (so tests and embedders never share counters)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.fires = Counter("reconciler_fires", "Runs that reached an outcome, by server, job and outcome "
+                             "(the build's result in lower case, or failed, cancelled, lost, missed, skipped).",
+                             ["server", "job", "outcome"], registry=self.registry)
+        self.fire_latency = Histogram("reconciler_fire_latency_seconds",
+                                      "From the decision to fire to Jenkins accepting the POST.",
+                                      buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.reconcile_duration = Histogram("reconciler_reconcile_duration_seconds",
+                                            "Duration of a full reconcile pass (scan, plan, decisions).",
+                                            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.invalid_specs = Gauge("reconciler_invalid_specs", "Trigger specs that do not validate.",
+                                   registry=self.registry)
+        self.runs_in_flight = Gauge("reconciler_runs_in_flight", "Runs decided but not yet at an outcome.",
+                                    registry=self.registry)
+        self.last_pass = Gauge("reconciler_last_successful_pass_timestamp_seconds",
+                               "When the last full pass completed (Unix time).", registry=self.registry)
+        self.state_errors = Counter("reconciler_state_store_errors", "Failed reads or writes of the state store.",
+                                    registry=self.registry)
+
+    def count_in_flight(self, count: Callable[[], float]) -> None:
+        self.runs_in_flight.set_function(count)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,67 @@
+"""`--listen`: /healthz (the loop is alive), /readyz (ready to work), /metrics (Prometheus)."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from .daemon import Daemon
+from .metrics import Metrics
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _ProbeServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Probes are polled every few seconds; they do not belong in the log."""
+
+    def do_GET(self) -> None:
+        daemon, metrics = self.server.daemon, self.server.metrics
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            problems = daemon.liveness_problems()
+        elif path == "/readyz":
+            problems = daemon.readiness_problems()
+        elif path == "/metrics":
+            self._send(200, metrics.render(), CONTENT_TYPE_LATEST)
+            return
+        else:
+            self._send(404, b"not found\n")
+            return
+        body = ("ok\n" if not problems else "\n".join(problems) + "\n").encode()
+        self._send(503 if problems else 200, body)
+
+    def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _ProbeServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], daemon: Daemon, metrics: Metrics):
+        self.daemon = daemon
+        self.metrics = metrics
+        super().__init__(address, _Handler)
+
+
+class Probes:
+    def __init__(self, listen: str, daemon: Daemon, metrics: Metrics):
+        host, _, port = listen.rpartition(":")
+        self._server = _ProbeServer((host or "0.0.0.0", int(port)), daemon, metrics)
+        self.address = f"{self._server.server_address[0]}:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="probes", daemon=True)
+
+    def start(self) -> Probes:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
