@@ -314,3 +314,26 @@ def test_following_git_sync_symlink_swaps(harness):
         wait_for(lambda n=n: len(harness.sim.triggers()) == n + 1, timeout=5, what=f"spec{n} after swap {n}")
     targets = sorted(r.param("TARGET") for r in harness.sim.triggers())
     assert targets == sorted(f"s{i}" for i in range(8))  # each once: unchanged specs never re-fire
+
+
+def test_sigterm_during_a_post_finishes_recording_it_and_a_restart_completes_it(make_harness):
+    """Inside a pod's grace period: the POST under way is answered and recorded, nothing is half-written."""
+    harness = make_harness(job_token="deploy-job-token")
+    slow = harness.sim.fault(path="/build$", latency=1.0, times=1)
+    harness.write("deploy", "job: manual\n")
+    env = {**os.environ, "JENKINS_URL": harness.sim.url, "JENKINS_USER": USER, "JENKINS_API_TOKEN": TOKEN,
+           "JENKINS_JOB_TOKEN": "deploy-job-token"}
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "--triggers", str(harness.triggers),
+                             "--state", str(harness.state), "--history", str(harness.history)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    wait_for(lambda: slow.times == 0, what="the POST to reach Jenkins")
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=25)[0].decode()
+    assert proc.returncode == 0, output
+    [run] = harness.runs("deploy")
+    assert run.status == "queued" and run.queue_url
+    assert harness.events("deploy") == ["decided", "queued"]
+    assert '"daemon_stopped"' in output and '"in_flight": 1' in output
+    harness.start()
+    wait_for(lambda: harness.runs("deploy")[0].status == "building")
+    assert len(harness.sim.builds("manual")) == 1
