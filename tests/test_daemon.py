@@ -186,8 +186,8 @@ def test_killed_mid_post_without_a_tag_is_recorded_lost_rather_than_risk_a_secon
     wait_for(lambda: harness.events("deploy") == ["lost"])
 
 
-def test_a_real_kill_9_during_the_post(make_harness):
-    """The process dies while Jenkins is still answering the POST; Jenkins builds all the same."""
+def daemon_process_with_a_slow_post(make_harness):
+    """`reconciler run` as its own process, with the POST it will make held up for a second in Jenkins."""
     harness = make_harness(job_token="deploy-job-token")
     slow = harness.sim.fault(path="/build$", latency=1.0, times=1)
     harness.write("deploy", "job: manual\n")
@@ -195,7 +195,13 @@ def test_a_real_kill_9_during_the_post(make_harness):
            "JENKINS_JOB_TOKEN": "deploy-job-token"}
     proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "--triggers", str(harness.triggers),
                              "--state", str(harness.state), "--history", str(harness.history)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return harness, slow, proc
+
+
+def test_a_real_kill_9_during_the_post(make_harness):
+    """The process dies while Jenkins is still answering the POST; Jenkins builds all the same."""
+    harness, slow, proc = daemon_process_with_a_slow_post(make_harness)
 
     def status() -> str | None:
         try:
@@ -210,7 +216,7 @@ def test_a_real_kill_9_during_the_post(make_harness):
         wait_for(lambda: status() == "posting" and slow.times == 0, what="the POST to reach Jenkins")
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc.communicate()
     wait_for(lambda: harness.sim.builds("manual"), what="Jenkins to act on the POST")
     harness.start()
     wait_for(lambda: harness.runs("deploy")[0].status == "building")
@@ -318,14 +324,7 @@ def test_following_git_sync_symlink_swaps(harness):
 
 def test_sigterm_during_a_post_finishes_recording_it_and_a_restart_completes_it(make_harness):
     """Inside a pod's grace period: the POST under way is answered and recorded, nothing is half-written."""
-    harness = make_harness(job_token="deploy-job-token")
-    slow = harness.sim.fault(path="/build$", latency=1.0, times=1)
-    harness.write("deploy", "job: manual\n")
-    env = {**os.environ, "JENKINS_URL": harness.sim.url, "JENKINS_USER": USER, "JENKINS_API_TOKEN": TOKEN,
-           "JENKINS_JOB_TOKEN": "deploy-job-token"}
-    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "--triggers", str(harness.triggers),
-                             "--state", str(harness.state), "--history", str(harness.history)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    harness, slow, proc = daemon_process_with_a_slow_post(make_harness)
     wait_for(lambda: slow.times == 0, what="the POST to reach Jenkins")
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=25)[0].decode()
