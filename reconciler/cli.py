@@ -268,7 +268,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
                     cursors=cursors)
     if args.json:
         print(json.dumps([{"trigger": v.trigger, "action": v.action.value, "detail": v.detail,
-                           "job": v.spec.job if v.spec else None} for v in verdicts], indent=2))
+                           "job": v.spec.job if v.spec else None,
+                           "endpoint": v.spec.endpoint if v.spec else None} for v in verdicts], indent=2))
     else:
         width = max((len(v.trigger) for v in verdicts), default=7)
         for v in verdicts:

@@ -28,8 +28,6 @@ from .jenkins import Client, Found
 from .metrics import Metrics
 from .state import Run, Store
 
-TERMINAL_EVENTS = {"completed": "completed", "failed": "failed", "cancelled": "cancelled", "lost": "lost"}
-
 
 class Executor:
     def __init__(self, store: Store, history: History, clients: Mapping[str, Client], *,

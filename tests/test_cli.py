@@ -55,8 +55,8 @@ def test_plan_says_per_trigger_what_a_pass_would_do(tmp_path, simulator):
     result = reconciler("plan", "--json", "--triggers", str(triggers), "--state", str(tmp_path / "s.db"),
                         "--history", str(tmp_path / "h"), env=jenkins_env(simulator))
     assert result.returncode == 1  # an invalid spec
-    verdicts = {v["trigger"]: v["action"] for v in json.loads(result.stdout)}
-    assert verdicts == {"a": "fire", "b": "suspended", "c": "invalid"}
+    verdicts = {v["trigger"]: (v["action"], v["endpoint"]) for v in json.loads(result.stdout)}
+    assert verdicts == {"a": ("fire", "build"), "b": ("suspended", "build"), "c": ("invalid", None)}
 
 
 def test_run_once_status_and_history(tmp_path, simulator):

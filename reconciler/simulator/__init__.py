@@ -68,11 +68,6 @@ class Simulator:
     def finish(self, job: str, number: int | None = None, result: str | None = None) -> Build:
         return self.state.jenkins.finish(job, number, result)
 
-    def add_job(self, job: JobDef) -> None:
-        with self.state.jenkins.lock:
-            self.state.jenkins.jobs[job.full_name] = job
-            self.state.jenkins.builds.setdefault(job.full_name, {})
-
     # -- what tests read --------------------------------------------------------------------
     @property
     def requests(self) -> list[Request]:
