@@ -49,6 +49,7 @@ def run_demo(triggers: Path, workdir: Path, *, keep_running: bool = False) -> in
         daemon.bootstrap()
         daemon.pass_once()
         executor.wait_idle()
+        executor.shutdown()  # lets the last log lines out before the summary
         print("\nWhat Jenkins (simulated) built:")
         for name in sorted(sim.state.jenkins.jobs):
             for build in sim.builds(name):
