@@ -209,7 +209,7 @@ class Executor:
                         self.history.append(run, "queued", now, queue_url=queue_url)
                         self.metrics.fire_latency.observe(max(0.0, now - run.decided_at))
                         log.info("fire_posted", queue_url=queue_url, attempts=run.attempts)
-                        self._follow_in(run, self.poll_min, self.poll_min)
+                        self._follow_in(run, self._first_look(), self.poll_min)
                         return
             assert error is not None
             ambiguous = isinstance(error, JenkinsUnavailable) and error.maybe_received
@@ -232,6 +232,12 @@ class Executor:
         self._follow_in(run, 0.0, self.poll_min)
 
     # -- following --------------------------------------------------------------------------
+    def _first_look(self) -> float:
+        """In a burst, look at outcomes only once the burst is posted: Jenkins serves the POSTs first."""
+        with self._cv:
+            in_flight = len(self._active)
+        return max(self.poll_min, min(in_flight * 0.003, self.poll_max))
+
     def _follow_in(self, run: Run, delay: float, interval: float) -> None:
         with self._cv:
             heapq.heappush(self._due, (time.monotonic() + delay, next(self._seq), run, interval))
