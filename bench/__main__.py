@@ -23,13 +23,8 @@ from pathlib import Path
 import requests
 
 from reconciler import logs
-from reconciler.catalog import Catalog
 from reconciler.config import Server
-from reconciler.daemon import Daemon
-from reconciler.execute import Executor
-from reconciler.history import History
-from reconciler.jenkins import Client
-from reconciler.state import Store
+from reconciler.daemon import Daemon, assemble
 
 from .support import (
     TOKEN,
@@ -127,11 +122,8 @@ def in_process_daemon(sim: SimulatorProcess, triggers: Path, state: Path, histor
                       clock: Callable[[], float] = time.time) -> Daemon:
     """A daemon in this process: for what needs its internals (a shifted clock, a timed pass)."""
     logs.configure("json", stream=open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
-    stop = threading.Event()
     server = Server(name="default", url=sim.url, user=USER, token=TOKEN)
-    store = Store(state)
-    executor = Executor(store, History(history), {"default": Client(server, stop=stop)}, stop=stop, clock=clock)
-    return Daemon(Catalog(triggers), store, History(history), {"default": server}, executor, clock=clock)
+    return assemble(triggers, state, history, {"default": server}, clock=clock)
 
 
 def bench_latency(sim: SimulatorProcess, work: Path, writes: int) -> list[Row]:
@@ -220,8 +212,7 @@ def bench_scale(sim: SimulatorProcess, work: Path, n: int, repeats: int) -> list
         fired = d.pass_once()
         times.append(time.perf_counter() - started)
         assert not fired
-    d.executor.shutdown()
-    d.store.close()
+    d.close()
     resync = median(times)
     return [
         Row(f"resync of {n} unchanged specs (median of {repeats})", ms(resync), "", "",
@@ -276,8 +267,7 @@ def bench_lateness(sim: SimulatorProcess, work: Path, n: int) -> list[Row]:
     daemon.request_stop()
     thread.join()
     runs = daemon.store.runs(limit=n * 2)
-    daemon.executor.shutdown()
-    daemon.store.close()
+    daemon.close()
     decided = [r.decided_at - boundary for r in runs]
     arrivals = [r["at"] - tick_real for r in got]
     d50, d99 = percentile(decided, 50), percentile(decided, 99)

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -157,53 +156,41 @@ def _servers(args: argparse.Namespace) -> dict[str, Server]:
 
 def _fired(args: argparse.Namespace) -> tuple[set[tuple[str, str]], dict[str, datetime]]:
     """What has fired, and where each schedule stands: the state store, and the history behind it."""
-    from .schedule import tick_of_key
+    from .schedule import cursors
     from .state import Store
 
     fired = {(r.trigger, r.fire_key) for r in History(args.history).runs()}
-    cursors: dict[str, datetime] = {}
+    stored: dict[str, float] = {}
     if args.state.exists():
         store = Store(args.state)
         fired |= store.fired()
-        cursors = {t: datetime.fromtimestamp(a, UTC) for t, a in store.cursors().items()}
+        stored = store.cursors()
         store.close()
-    for trigger, key in fired:
-        tick = tick_of_key(key)
-        if tick is not None and (trigger not in cursors or cursors[trigger] < tick):
-            cursors[trigger] = tick
-    return fired, cursors
+    return fired, cursors(stored, fired)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .daemon import Daemon
-    from .execute import Executor
-    from .jenkins import Client
-    from .state import Store
+    from .daemon import assemble
 
     servers = _servers(args)
     if not servers:
         print("reconciler: no Jenkins server configured: set JENKINS_URL (and JENKINS_USER, JENKINS_API_TOKEN) "
               f"or add servers to {args.triggers / 'reconciler.yaml'}", file=sys.stderr)
         return EXIT_ERROR
-    stop = threading.Event()
-    clients = {name: Client(server, stop=stop) for name, server in servers.items()}
-    store = Store(args.state)
-    history = History(args.history)
-    executor = Executor(store, history, clients, stop=stop, poll_max=args.poll_interval)
-    daemon = Daemon(Catalog(args.triggers), store, history, servers, executor,
-                    resync_interval=args.resync_interval)
+    daemon = assemble(args.triggers, args.state, args.history, servers, resync_interval=args.resync_interval,
+                      poll_max=args.poll_interval)
     log = logs.get()
     probes = None
     if args.listen and not args.once:
         from .probes import Probes
 
-        probes = Probes(args.listen, daemon, executor.metrics).start()
+        probes = Probes(args.listen, daemon, daemon.executor.metrics).start()
         log.info("probes_listening", address=probes.address)
     try:
         if args.once:
             daemon.bootstrap()
             fired = daemon.pass_once()
-            executor.wait_idle(posted_only=not args.wait)
+            daemon.executor.wait_idle(posted_only=not args.wait)
             log.info("pass_completed", specs=len(daemon.catalog.entries), fired=len(fired),
                      invalid=len(daemon.catalog.errors))
             return EXIT_INVALID if daemon.catalog.errors else EXIT_OK
@@ -211,20 +198,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             signal.signal(sig, daemon.request_stop)
         log.info("daemon_started", triggers=str(args.triggers), state=str(args.state), history=str(args.history),
                  servers=sorted(servers))
-        daemon.run(stop)
+        daemon.run(daemon.executor.stop)
         return EXIT_OK
     finally:
         if probes is not None:
             probes.stop()
-        in_flight = executor.shutdown()
-        if in_flight:
-            log.info("daemon_stopped", in_flight=len(in_flight),
-                     runs={r.run_id: f"{r.trigger}: {r.status}" for r in in_flight})
-        else:
-            log.info("daemon_stopped", in_flight=0)
-        store.close()
-        for client in clients.values():
-            client.close()
+        in_flight = daemon.close()
+        log.info("daemon_stopped", in_flight=len(in_flight),
+                 **({"runs": {r.run_id: f"{r.trigger}: {r.status}" for r in in_flight}} if in_flight else {}))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -340,15 +321,14 @@ def cmd_adopt(args: argparse.Namespace) -> int:
 
     catalog = Catalog(args.triggers)
     catalog.scan()
+    fired, _ = _fired(args)
+    now = time.time()
+    runs = [replace(new_run(spec, now), status="adopted", finished_at=now) for spec in catalog.specs.values()
+            if (spec.name, spec.revision) not in fired]
     store = Store(args.state)
     history = History(args.history)
-    fired = store.fired() | {(r.trigger, r.fire_key) for r in history.runs()}
-    now = time.time()
-    runs = [new_run(spec, now) for spec in catalog.specs.values() if (spec.name, spec.revision) not in fired]
-    runs = [replace(r, status="adopted", finished_at=now) for r in runs]
     for run in store.decide(runs):
-        history.append(run, "adopted", now, server=run.server, job=run.job,
-                       parameters=None if run.parameters is None else dict(run.parameters))
+        history.decided(run, now, event="adopted")
         print(f"adopted {run.trigger} (revision {run.fire_key})")
     store.close()
     print(f"{len(runs)} trigger(s) adopted; {len(catalog.errors)} invalid", file=sys.stderr)

@@ -19,14 +19,15 @@ from .catalog import Catalog, Changes
 from .config import Server
 from .execute import Executor
 from .history import History
+from .jenkins import Client
 from .plan import Action, decide
 from .spec import Spec
 from .state import Run, Store, new_run_id
 
 WATCH_STEP_MS = 20
+"""How long the watcher waits for a burst of events to settle: the floor of change → POST latency."""
 HEARTBEAT = 10.0
 """The loop wakes at least this often, so /healthz can tell a sleeping loop from a stuck one."""
-"""How long the watcher waits for a burst of events to settle: the floor of change → POST latency."""
 
 
 def cause_text(spec: Spec, run_id: str, tick: datetime | None = None) -> str:
@@ -80,11 +81,7 @@ class Daemon:
                 self.store.decide(runs)
                 self.log.info("state_rebuilt", runs=len(runs), source=str(self.history.root))
         self.fired = self.store.fired()
-        self.cursors = {t: datetime.fromtimestamp(after, UTC) for t, after in self.store.cursors().items()}
-        for trigger, key in self.fired:  # a store rebuilt from history has ticks but no cursors
-            tick = cron.tick_of_key(key)
-            if tick is not None and (trigger not in self.cursors or self.cursors[trigger] < tick):
-                self.cursors[trigger] = tick
+        self.cursors = cron.cursors(self.store.cursors(), self.fired)
         open_runs = self.store.open_runs()
         for run in open_runs:
             if run.server not in self.executor.clients:
@@ -101,7 +98,6 @@ class Daemon:
                                errors=str(entry.error).splitlines())
         for name in changes.removed:
             self.log.info("spec_removed", trigger=name)
-        for name in changes.removed:
             self.next_due.pop(name, None)
         candidates = self.catalog.specs.values() if full else \
             [e.spec for e in changes.changed if e.spec is not None]
@@ -295,3 +291,24 @@ class Daemon:
         """Safe from a signal handler: ends `run` promptly; open runs stay open in the store."""
         self.executor.stop.set()
         self._wake.set()
+
+    def close(self) -> list[Run]:
+        """Stop the executor, close the store and the HTTP sessions; returns the runs left open."""
+        in_flight = self.executor.shutdown()
+        self.store.close()
+        for client in self.executor.clients.values():
+            client.close()
+        return in_flight
+
+
+def assemble(triggers: Path, state: Path, history: Path | None, servers: Mapping[str, Server], *,
+             clock: Callable[[], float] = time.time, resync_interval: float = 60.0,
+             client_options: Mapping[str, Any] | None = None, **executor_options: Any) -> Daemon:
+    """Wire a daemon to its parts: one client per server, the state store, history, the executor."""
+    stop = threading.Event()
+    clients = {name: Client(server, stop=stop, **(client_options or {})) for name, server in servers.items()}
+    store = Store(state)
+    records = History(history)
+    executor = Executor(store, records, clients, stop=stop, clock=clock, **executor_options)
+    return Daemon(Catalog(triggers), store, records, servers, executor, clock=clock,
+                  resync_interval=resync_interval)

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import threading
 from pathlib import Path
 
 from . import logs
-from .catalog import Catalog
 from .config import Server
-from .daemon import Daemon
-from .execute import Executor
-from .history import History
-from .jenkins import Client
+from .daemon import assemble
 from .simulator import Simulator, from_mapping
-from .state import Store
 
 DEMO_JOBS = [
     {"name": "deploy", "duration": 2, "parameters": [
@@ -37,19 +31,15 @@ def run_demo(triggers: Path, workdir: Path, *, keep_running: bool = False) -> in
     log = logs.get()
     log.info("demo_started", jenkins=sim.url, triggers=str(triggers), workdir=str(workdir))
     server = Server(name="default", url=sim.url, user=user, token=token, job_token=job_token)
-    stop = threading.Event()
-    store = Store(workdir / "state.db")
-    history = History(workdir / "history")
-    executor = Executor(store, history, {"default": Client(server, stop=stop)}, stop=stop, poll_max=0.5)
-    daemon = Daemon(Catalog(triggers), store, history, {"default": server}, executor)
+    daemon = assemble(triggers, workdir / "state.db", workdir / "history", {"default": server}, poll_max=0.5)
     try:
         if keep_running:
-            daemon.run(stop)
+            daemon.run(daemon.executor.stop)
             return 0
         daemon.bootstrap()
         daemon.pass_once()
-        executor.wait_idle()
-        executor.shutdown()  # lets the last log lines out before the summary
+        daemon.executor.wait_idle()
+        daemon.executor.shutdown()  # lets the last log lines out before the summary
         print("\nWhat Jenkins (simulated) built:")
         for name in sorted(sim.state.jenkins.jobs):
             for build in sim.builds(name):
@@ -63,6 +53,5 @@ def run_demo(triggers: Path, workdir: Path, *, keep_running: bool = False) -> in
     except KeyboardInterrupt:
         return 130
     finally:
-        executor.shutdown()
-        store.close()
+        daemon.close()
         sim.stop()

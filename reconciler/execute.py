@@ -63,10 +63,8 @@ class Executor:
     def resume(self, run: Run) -> None:
         """A run left open by an earlier process."""
         self._set_active(run)
-        if run.status == "decided":
-            self._pool.submit(self._guarded, self._fire, run, False)
-        elif run.status == "posting":
-            self._pool.submit(self._guarded, self._fire, run, True)
+        if run.status in ("decided", "posting"):
+            self._pool.submit(self._guarded, self._fire, run, run.status == "posting")
         else:
             self._follow_in(run, 0.0, self.poll_min)
 
@@ -204,10 +202,8 @@ class Executor:
                         error = e
                         search_first = e.maybe_received and self.taggable(run, client)
                     else:
-                        now = self.clock()
-                        run = self._update(run, status="queued", queue_url=queue_url, posted_at=now, last_error=None)
-                        self.history.append(run, "queued", now, queue_url=queue_url)
-                        self.metrics.fire_latency.observe(max(0.0, now - run.decided_at))
+                        run = self._queued(run, queue_url)
+                        self.metrics.fire_latency.observe(max(0.0, (run.posted_at or 0.0) - run.decided_at))
                         log.info("fire_posted", queue_url=queue_url, attempts=run.attempts)
                         self._follow_in(run, self._first_look(), self.poll_min)
                         return
@@ -219,15 +215,25 @@ class Executor:
                 return
             delay = min(delay * 2, self.retry_max)
 
-    def _adopt(self, run: Run, found: Found, log: Any) -> None:
+    def _queued(self, run: Run, queue_url: str) -> Run:
         now = self.clock()
+        run = self._update(run, status="queued", queue_url=queue_url, posted_at=run.posted_at or now,
+                           last_error=None)
+        self.history.append(run, "queued", now, queue_url=queue_url)
+        return run
+
+    def _started(self, run: Run, number: int | None, url: str | None) -> Run:
+        now = self.clock()
+        run = self._update(run, status="building", build_number=number, build_url=url,
+                           posted_at=run.posted_at or now)
+        self.history.append(run, "started", now, number=number, url=url)
+        return run
+
+    def _adopt(self, run: Run, found: Found, log: Any) -> None:
         if found.build_url:
-            run = self._update(run, status="building", build_url=found.build_url, build_number=found.build_number,
-                               posted_at=run.posted_at or now)
-            self.history.append(run, "started", now, number=found.build_number, url=found.build_url)
+            run = self._started(run, found.build_number, found.build_url)
         else:
-            run = self._update(run, status="queued", queue_url=found.queue_url, posted_at=run.posted_at or now)
-            self.history.append(run, "queued", now, queue_url=found.queue_url)
+            run = self._queued(run, found.queue_url or "")
         log.info("fire_found", queue_url=found.queue_url, build_url=found.build_url)
         self._follow_in(run, 0.0, self.poll_min)
 
@@ -300,10 +306,8 @@ class Executor:
 
     def _check_queue(self, client: Client, run: Run, log: Any) -> Run:
         state = client.queue_item(run.queue_url or "", run.job)
-        now = self.clock()
         if state.kind == "left":
-            run = self._update(run, status="building", build_number=state.build_number, build_url=state.build_url)
-            self.history.append(run, "started", now, number=state.build_number, url=state.build_url)
+            run = self._started(run, state.build_number, state.build_url)
             log.info("build_started", number=state.build_number, url=state.build_url)
         elif state.kind == "cancelled":
             run = self._finish(run, "cancelled", reason="the queue item was cancelled in Jenkins")
@@ -312,8 +316,7 @@ class Executor:
             queue_id = int((run.queue_url or "0/").rstrip("/").rsplit("/", 1)[-1])
             found = self._find(client, run, queue_id=queue_id)
             if found is not None and found.build_url:
-                run = self._update(run, status="building", build_number=found.build_number, build_url=found.build_url)
-                self.history.append(run, "started", now, number=found.build_number, url=found.build_url)
+                run = self._started(run, found.build_number, found.build_url)
                 log.info("build_started", number=found.build_number, url=found.build_url, via="search")
             elif found is not None and found.queue_url:
                 run = self._update(run, queue_url=found.queue_url)

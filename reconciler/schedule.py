@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -177,6 +177,17 @@ def parse_duration(text: str) -> timedelta:
 def tick_key(tick: datetime) -> str:
     """The identity of one tick in the state store: `@` and the UTC time."""
     return "@" + tick.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def cursors(stored: Mapping[str, float], fired: Iterable[tuple[str, str]]) -> dict[str, datetime]:
+    """Where each schedule stands: its stored cursor, or its latest fired tick if later (a store
+    rebuilt from history has ticks but no cursors)."""
+    out = {trigger: datetime.fromtimestamp(after, UTC) for trigger, after in stored.items()}
+    for trigger, key in fired:
+        tick = tick_of_key(key)
+        if tick is not None and (trigger not in out or out[trigger] < tick):
+            out[trigger] = tick
+    return out
 
 
 def tick_of_key(key: str) -> datetime | None:

@@ -15,12 +15,9 @@ from typing import Any
 import pytest
 
 from reconciler import logs
-from reconciler.catalog import Catalog
 from reconciler.config import Server
-from reconciler.daemon import Daemon
-from reconciler.execute import Executor
+from reconciler.daemon import Daemon, assemble
 from reconciler.history import History
-from reconciler.jenkins import Client
 from reconciler.simulator import Simulator, from_mapping
 from reconciler.state import Store
 
@@ -125,33 +122,27 @@ class Harness:
         logs.configure("json", stream=self.logs)
         logs.add_secrets([TOKEN, *([self.job_token] if self.job_token else [])])
         self.triggers.mkdir(parents=True, exist_ok=True)
-        stop = threading.Event()
-        store = Store(self.state)
-        history = History(self.history)
-        client = Client(self.server(), stop=stop, backoff=0.01, max_backoff=0.05)
-        executor = Executor(store, history, {"default": client}, stop=stop, clock=clock, poll_min=0.01,
-                            poll_max=0.05, retry_min=0.02, retry_max=0.1)
-        daemon = Daemon(Catalog(self.triggers), store, history, {"default": self.server()}, executor,
-                        clock=clock, resync_interval=resync_interval)
-        self._running.append((daemon, None, executor, store))
+        daemon = assemble(self.triggers, self.state, self.history, {"default": self.server()}, clock=clock,
+                          resync_interval=resync_interval, client_options={"backoff": 0.01, "max_backoff": 0.05},
+                          poll_min=0.01, poll_max=0.05, retry_min=0.02, retry_max=0.1)
+        self._running.append((daemon, None))
         return daemon
 
     def start(self, clock: Callable[[], float] = time.time, resync_interval: float = 60.0) -> Daemon:
         daemon = self.build(clock, resync_interval)
         thread = threading.Thread(target=daemon.run, args=(daemon.executor.stop,), daemon=True)
         thread.start()
-        self._running[-1] = (daemon, thread, daemon.executor, daemon.store)
+        self._running[-1] = (daemon, thread)
         wait_for(daemon.ready.is_set, what="the daemon's first pass")
         return daemon
 
     def stop(self) -> None:
         while self._running:
-            daemon, thread, executor, store = self._running.pop()
+            daemon, thread = self._running.pop()
             daemon.request_stop()
             if thread is not None:
                 thread.join(timeout=10)
-            executor.shutdown()
-            store.close()
+            daemon.close()
 
     def runs(self, trigger: str | None = None) -> list[Any]:
         store = Store(self.state)
