@@ -35,27 +35,29 @@ class Catalog:
     def __init__(self, root: Path):
         self.root = root
         self.entries: dict[str, Entry] = {}
+        self._shadowed: dict[str, tuple[str, tuple[int, int, int]]] = {}
+        """Files that define a trigger another file already defines, with the stamp last reported."""
 
     def scan(self) -> Changes:
         """Walk the whole directory; only files whose stamp moved are read and parsed again."""
         seen: dict[str, tuple[str, os.stat_result]] = {}
-        for rel, st in self._walk():
+        shadowed: dict[str, tuple[str, tuple[int, int, int]]] = {}
+        for rel, st in sorted(self._walk(), key=lambda item: item[0]):
             name = trigger_name(rel)
             if name is None:
                 continue
             if name in seen:  # `a.yaml` beside `a.yml`: the first in sort order wins, loudly
-                seen[name + "\0" + rel] = (rel, st)
+                shadowed[rel] = (name, (st.st_mtime_ns, st.st_size, st.st_ino))
                 continue
             seen[name] = (rel, st)
         changes = Changes()
-        for key, (rel, st) in sorted(seen.items()):
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-            name = key.split("\0", 1)[0]
-            if "\0" in key:
-                first = seen[name][0]
-                err = SpecError(rel, [Problem(1, 1, f"trigger {name!r} is already defined by {first}")])
+        for rel, (name, stamp) in shadowed.items():
+            if self._shadowed.get(rel) != (name, stamp):  # reported once per change, not every pass
+                err = SpecError(rel, [Problem(1, 1, f"trigger {name!r} is already defined by {seen[name][0]}")])
                 changes.changed.append(Entry(name, rel, stamp, error=err))
-                continue
+        self._shadowed = shadowed
+        for name, (rel, st) in seen.items():
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
             old = self.entries.get(name)
             if old is not None and old.stamp == stamp and old.path == rel:
                 continue

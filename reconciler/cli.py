@@ -323,7 +323,8 @@ def cmd_adopt(args: argparse.Namespace) -> int:
     catalog.scan()
     fired, _ = _fired(args)
     now = time.time()
-    runs = [replace(new_run(spec, now), status="adopted", finished_at=now) for spec in catalog.specs.values()
+    one_shots = [spec for spec in catalog.specs.values() if spec.schedule is None]
+    runs = [replace(new_run(spec, now), status="adopted", finished_at=now) for spec in one_shots
             if (spec.name, spec.revision) not in fired]
     store = Store(args.state)
     history = History(args.history)

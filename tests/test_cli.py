@@ -132,3 +132,12 @@ def test_the_demo_shows_builds_firing_and_completing(tmp_path):
 def test_the_checked_in_schema_matches_the_code():
     """Editors read schema/trigger.schema.json; regenerate it with `reconciler schema`."""
     assert reconciler("schema").stdout == (ROOT / "schema" / "trigger.schema.json").read_text()
+
+
+def test_adopt_leaves_schedules_alone(tmp_path, simulator):
+    triggers = tmp_path / "triggers"
+    triggers.mkdir()
+    (triggers / "nightly.yaml").write_text("job: plain\nschedule: '@daily'\n")
+    common = ["--triggers", str(triggers), "--state", str(tmp_path / "s.db"), "--history", str(tmp_path / "h")]
+    adopted = reconciler("adopt", *common, env=jenkins_env(simulator))
+    assert adopted.returncode == 0 and "0 trigger(s) adopted" in adopted.stderr
