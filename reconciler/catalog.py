@@ -9,13 +9,20 @@ from pathlib import Path
 from .errors import Problem, SpecError
 from .spec import Spec, parse, trigger_name
 
+Stamp = tuple[int, int, int]
+"""A file's mtime, size and inode: when it moves, the file is read again."""
+
+
+def _stamp(st: os.stat_result) -> Stamp:
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:
     name: str
     path: str
     """Relative to the triggers directory, as users see it in errors."""
-    stamp: tuple[int, int, int]
+    stamp: Stamp
     spec: Spec | None = None
     error: SpecError | None = None
 
@@ -35,29 +42,28 @@ class Catalog:
     def __init__(self, root: Path):
         self.root = root
         self.entries: dict[str, Entry] = {}
-        self._shadowed: dict[str, tuple[str, tuple[int, int, int]]] = {}
+        self._shadowed: dict[str, tuple[str, Stamp]] = {}
         """Files that define a trigger another file already defines, with the stamp last reported."""
 
     def scan(self) -> Changes:
         """Walk the whole directory; only files whose stamp moved are read and parsed again."""
-        seen: dict[str, tuple[str, os.stat_result]] = {}
-        shadowed: dict[str, tuple[str, tuple[int, int, int]]] = {}
-        for rel, st in sorted(self._walk(), key=lambda item: item[0]):
+        seen: dict[str, tuple[str, Stamp]] = {}
+        shadowed: dict[str, tuple[str, Stamp]] = {}
+        for rel, stamp in sorted(self._walk(), key=lambda item: item[0]):
             name = trigger_name(rel)
             if name is None:
                 continue
             if name in seen:  # `a.yaml` beside `a.yml`: the first in sort order wins, loudly
-                shadowed[rel] = (name, (st.st_mtime_ns, st.st_size, st.st_ino))
+                shadowed[rel] = (name, stamp)
                 continue
-            seen[name] = (rel, st)
+            seen[name] = (rel, stamp)
         changes = Changes()
         for rel, (name, stamp) in shadowed.items():
             if self._shadowed.get(rel) != (name, stamp):  # reported once per change, not every pass
                 err = SpecError(rel, [Problem(1, 1, f"trigger {name!r} is already defined by {seen[name][0]}")])
                 changes.changed.append(Entry(name, rel, stamp, error=err))
         self._shadowed = shadowed
-        for name, (rel, st) in seen.items():
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        for name, (rel, stamp) in seen.items():
             old = self.entries.get(name)
             if old is not None and old.stamp == stamp and old.path == rel:
                 continue
@@ -100,15 +106,15 @@ class Catalog:
                     del self.entries[name]
                     changes.removed.append(name)
                 continue
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            stamp = _stamp(st)
             if old is None or old.stamp != stamp:
                 entry = self._read(name, rel, stamp)
                 self.entries[name] = entry
                 changes.changed.append(entry)
         return changes
 
-    def _walk(self) -> list[tuple[str, os.stat_result]]:
-        out: list[tuple[str, os.stat_result]] = []
+    def _walk(self) -> list[tuple[str, Stamp]]:
+        out: list[tuple[str, Stamp]] = []
         stack = [""]
         while stack:
             rel_dir = stack.pop()
@@ -125,14 +131,15 @@ class Catalog:
                         if de.is_dir():
                             stack.append(rel)
                         elif de.name.endswith((".yaml", ".yml")):
-                            out.append((rel, de.stat()))
+                            out.append((rel, _stamp(de.stat())))
                     except FileNotFoundError:  # removed between readdir and stat
                         continue
         return out
 
-    def _read(self, name: str, rel: str, stamp: tuple[int, int, int]) -> Entry:
+    def _read(self, name: str, rel: str, stamp: Stamp) -> Entry:
         try:
-            raw = (self.root / rel).read_bytes()
+            with open(os.path.join(self.root, rel), "rb") as f:  # not pathlib: it interns every name it sees
+                raw = f.read()
         except OSError as e:
             return Entry(name, rel, stamp, error=SpecError(rel, [Problem(1, 1, f"cannot read: {e.strerror}")]))
         try:

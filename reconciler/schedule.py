@@ -9,6 +9,7 @@ nothing, so no wall-clock tick ever fires twice.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -163,8 +164,9 @@ def due(schedule: Schedule, cursor: datetime, now: datetime, deadline: timedelta
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
+@functools.lru_cache(maxsize=256)
 def parse_duration(text: str) -> timedelta:
-    """`10m`, `90s`, `1h30m`, `0`."""
+    """`10m`, `90s`, `1h30m`, `0`. Cached: ten thousand specs share a handful of durations."""
     if text.strip() == "0":
         return timedelta(0)
     m = _DURATION.match(text.strip())

@@ -150,6 +150,8 @@ def parse(text: str, *, name: str, path: str) -> Spec:
         raise SpecError(path, [_yaml_problem(e)]) from None
     except YAMLError as e:
         raise SpecError(path, [Problem(1, 1, f"invalid YAML: {e}")]) from None
+    finally:
+        _fast.doc_infos.clear()  # ruamel.yaml keeps one per load, forever: a leak in a long-lived process
     if data is None:
         raise SpecError(path, [Problem(1, 1, "empty file: a trigger spec needs at least `job: NAME`")])
     if not isinstance(data, dict):

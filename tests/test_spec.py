@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -110,3 +112,20 @@ def test_the_json_schema_forbids_unknown_keys_and_requires_job():
     assert schema["required"] == ["job"]
     assert schema["additionalProperties"] is False
     assert {"job", "parameters", "server", "cause", "run", "suspend"} <= set(schema["properties"])
+
+
+def test_parsing_keeps_nothing_behind():
+    """A daemon re-parses specs for months: a parse must leave no memory behind once its Spec is dropped."""
+    def parse_many(n: int) -> None:
+        for i in range(n):
+            parse(f"job: deploy\nparameters: {{N: '{i}'}}\n", name=f"t{i}", path=f"t{i}.yaml")
+
+    parse_many(100)  # warm caches
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    parse_many(5000)
+    gc.collect()
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown < 50_000, f"{grown} bytes retained by 5000 parses"
