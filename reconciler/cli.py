@@ -163,7 +163,7 @@ def _fired(args: argparse.Namespace) -> tuple[set[tuple[str, str]], dict[str, da
     stored: dict[str, float] = {}
     if args.state.exists():
         store = Store(args.state)
-        fired |= store.fired()
+        fired |= store.fired() | set(store.last_ticks().items())
         stored = store.cursors()
         store.close()
     return fired, cursors(stored, fired)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Container, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -44,7 +44,7 @@ def _held(spec: Spec, servers: Collection[str]) -> Verdict | None:
     return None
 
 
-def decide(spec: Spec, fired: Collection[tuple[str, str]], servers: Collection[str]) -> Verdict:
+def decide(spec: Spec, fired: Container[tuple[str, str]], servers: Collection[str]) -> Verdict:
     """A one-shot fires once per revision."""
     held = _held(spec, servers)
     if held is not None:
@@ -72,7 +72,7 @@ def _show(schedule: cron.Schedule, tick: datetime) -> str:
 
 
 def plan(specs: Mapping[str, Spec], errors: Mapping[str, SpecError],
-         fired: Collection[tuple[str, str]], servers: Collection[str], *,
+         fired: Container[tuple[str, str]], servers: Collection[str], *,
          now: datetime | None = None, cursors: Mapping[str, datetime] | None = None) -> list[Verdict]:
     """One verdict per trigger, sorted by name. A deleted spec has no verdict: it fires nothing."""
     verdicts = [decide_scheduled(spec, (cursors or {}).get(spec.name), now, servers)

@@ -115,6 +115,7 @@ class Store:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA cache_size=-1024")  # KiB: the hot pages are the unique index's
             self._migrate()
         except sqlite3.Error as e:
             raise StateError(f"cannot open state store {path}: {e}") from None
@@ -194,8 +195,20 @@ class Store:
         return updated
 
     # -- reads ----------------------------------------------------------------------------
+    def __contains__(self, fire: object) -> bool:
+        """`(trigger, fire_key) in store`: asked of the store each time, not of a copy in memory, so
+        the store stays the one record of what fired (and ten thousand specs cost no extra memory)."""
+        row = self._read("SELECT 1 FROM runs WHERE trigger = ? AND fire_key = ?", fire)  # type: ignore[arg-type]
+        return bool(row)
+
     def fired(self) -> set[tuple[str, str]]:
-        return {(t, k) for t, k in self._read("SELECT trigger, fire_key FROM runs")}
+        """The one-shot revisions ever fired. Ticks are not listed: a schedule's cursor (and the
+        UNIQUE key) keeps each tick to one fire, and a minutely schedule has half a million a year."""
+        return set(self._read("SELECT trigger, fire_key FROM runs WHERE fire_key NOT LIKE '@%'"))
+
+    def last_ticks(self) -> dict[str, str]:
+        """Each schedule's latest recorded tick key (keys sort as their times do)."""
+        return dict(self._read("SELECT trigger, MAX(fire_key) FROM runs WHERE fire_key LIKE '@%' GROUP BY trigger"))
 
     def cursors(self) -> dict[str, float]:
         return dict(self._read("SELECT trigger, after FROM cursors"))
