@@ -279,8 +279,7 @@ class Executor:
                 if build.result is None:
                     self._follow_in(run, interval, next_interval)
                     return
-                run = self._update(run, result=build.result, duration_ms=build.duration_ms)
-                self._finish(run, "completed")
+                run = self._finish(run, "completed", result=build.result, duration_ms=build.duration_ms)
                 log.info("build_completed", result=build.result, number=build.number, url=build.url,
                          duration_ms=build.duration_ms)
         except JenkinsUnavailable as e:
