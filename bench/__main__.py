@@ -153,9 +153,15 @@ def bench_latency(sim: SimulatorProcess, work: Path, writes: int) -> list[Row]:
 
 # -- 2. burst: many specs in one checkout ----------------------------------------------------
 
-def bench_burst(sim: SimulatorProcess, work: Path, n: int) -> list[Row]:
-    daemon, triggers = daemon_on_empty_directory(sim, work, "burst")
-    staging = work / "burst-staging"
+def bench_burst(sim: SimulatorProcess, work: Path, n: int, latency: float = 0.0) -> list[Row]:
+    """At latency 0 the simulator answers at once and every client is bound by its own CPU; with a
+    latency, Jenkins takes that long to answer each POST (a remote Jenkins, its queue lock), and
+    a client is bound by how many POSTs it keeps in flight."""
+    if latency:
+        sim.add_fault({"path": "/build(WithParameters)?$", "method": "POST", "latency": latency})
+    name = f"burst-{latency * 1000:.0f}ms"
+    daemon, triggers = daemon_on_empty_directory(sim, work, name)
+    staging = work / f"{name}-staging"
     write_specs(staging, n, prefix="b")
     sim.mark()
     t0 = time.time()
@@ -175,15 +181,19 @@ def bench_burst(sim: SimulatorProcess, work: Path, n: int) -> list[Row]:
     raw = run_quiet([sys.executable, "-c",
                      "import requests\ns=requests.Session(); s.auth=('" + USER + "','" + TOKEN + "')\n"
                      f"[s.post('{url}', data={{'N': f'raw{{i}}'}}) for i in range({n})]"])
+    sim.clear_faults()
     sim.mark()
     curl_rate, pj_rate, raw_rate = n / curl, n / pj, n / raw
+    where = f"Jenkins answers each POST in {latency * 1000:.0f} ms (modelled)" if latency else \
+        "simulator answers at once"
     return [
-        Row(f"burst: {n} new specs in one checkout, until all POSTed", f"{ours:.0f} fires/s",
+        Row(f"burst: {n} new specs in one checkout, until all POSTed; {where}", f"{ours:.0f} fires/s",
             f"python-jenkins loop: {pj_rate:.0f}/s", f"{ours / pj_rate:.1f}×", "≥ 5×", verdict(ours >= 5 * pj_rate)),
-        Row("burst vs a shell loop of curl -X POST", f"{ours:.0f} fires/s", f"curl loop: {curl_rate:.0f}/s",
+        Row(f"burst vs a shell loop of curl -X POST; {where}", f"{ours:.0f} fires/s", f"curl loop: {curl_rate:.0f}/s",
             f"{ours / curl_rate:.1f}×", "≥ 20×", verdict(ours >= 20 * curl_rate)),
-        Row("burst vs a keep-alive raw HTTP loop (floor)", f"{ours:.0f} fires/s", f"raw loop: {raw_rate:.0f}/s",
-            f"{ours / raw_rate:.0%} of the floor", "≥ 50 %", verdict(ours >= 0.5 * raw_rate)),
+        Row(f"burst vs a keep-alive raw HTTP loop (floor); {where}", f"{ours:.0f} fires/s",
+            f"raw loop: {raw_rate:.0f}/s", f"{ours / raw_rate:.0%} of the floor", "≥ 50 %",
+            verdict(ours >= 0.5 * raw_rate)),
     ]
 
 
@@ -295,6 +305,17 @@ def bench_validate(work: Path, n: int, repeats: int) -> list[Row]:
                 f"yaml.safe_load loop: {ms(peer)}", f"{ours / peer:.2f}× the loop's time")]
 
 
+NOTES = """\
+**Reading the burst rows.** A burst is measured twice. Against a simulator that answers at once,
+every client is bound by its own CPU: each fire costs the daemon ~1.7-3 ms (it parses the spec,
+records the decision and the posting mark durably, POSTs through requests, records the queue item
+and writes history), while a bare loop only POSTs. Against a Jenkins that takes a few ms to answer
+(modelled by the simulator's latency fault on build POSTs; the latency is an assumption, not a
+measurement of a real Jenkins), a sequential loop waits out every round trip and the daemon keeps
+up to `concurrency` (default 8) POSTs in flight, so the ratio approaches 8x as latency grows.
+"""
+
+
 def render(rows: list[Row], quick: bool, ceiling: float) -> str:
     head = (f"# Benchmarks\n\n{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC · {os.cpu_count()} CPUs · "
             f"Python {platform.python_version()} · {'quick' if quick else 'full'} run · `python -m bench"
@@ -304,7 +325,7 @@ def render(rows: list[Row], quick: bool, ceiling: float) -> str:
             f"as by the client.\n\n")
     lines = ["| benchmark | ours | peer | ratio | target | met |", "| --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r.benchmark} | {r.ours} | {r.peer} | {r.ratio} | {r.target} | {r.met} |" for r in rows]
-    return head + "\n".join(lines) + "\n"
+    return head + "\n".join(lines) + "\n\n" + NOTES
 
 
 def main() -> int:
@@ -321,6 +342,8 @@ def main() -> int:
         rows += ceiling_rows
         rows += bench_latency(sim, work, 50 if q else 200)
         rows += bench_burst(sim, work, 200 if q else 1000)
+        for latency in (0.02,) if q else (0.005, 0.02):
+            rows += bench_burst(sim, work, 100 if q else 500, latency)
         rows += bench_scale(sim, work, 2000 if q else 10000, 3 if q else 5)
         rows += bench_idle(sim, work, 1000, 10 if q else 60)
         rows += bench_lateness(sim, work, 200 if q else 1000)

@@ -76,6 +76,12 @@ class SimulatorProcess:
     def mark(self) -> None:
         self.new_requests()
 
+    def add_fault(self, fault: dict[str, Any]) -> None:
+        self.session.post(f"{self.url}_sim/faults", json=fault, timeout=30).raise_for_status()
+
+    def clear_faults(self) -> None:
+        self.session.delete(f"{self.url}_sim/faults", timeout=30).raise_for_status()
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=10)

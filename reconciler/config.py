@@ -29,7 +29,9 @@ class Server:
     token: str | None = field(default=None, repr=False)
     job_token: str | None = field(default=None, repr=False)
     verify: bool | str = True
-    concurrency: int = 4
+    concurrency: int = 8
+    """Requests in flight to this server. Jenkins serves them in parallel; a sequential client waits
+    out every round trip, which is what a burst of fires is bound by against a remote Jenkins."""
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
 
@@ -98,7 +100,7 @@ def server_from_mapping(name: str, raw: Any, env: Mapping[str, str], where: str)
         return Server(name=name, url=_normalize_url(str(raw["url"]), where), user=raw.get("user"),
                       token=resolve_secret(raw.get("token"), f"{where}.token", env),
                       job_token=resolve_secret(raw.get("job_token"), f"{where}.job_token", env),
-                      verify=verify, concurrency=int(raw.get("concurrency", 4)),
+                      verify=verify, concurrency=int(raw.get("concurrency", Server.concurrency)),
                       connect_timeout=float(raw.get("connect_timeout", 5.0)),
                       read_timeout=float(raw.get("read_timeout", 30.0)))
     except (TypeError, ValueError) as e:
