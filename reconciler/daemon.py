@@ -124,7 +124,6 @@ class Daemon:
                 self.log.error("spec_invalid", trigger=spec.name, errors=[verdict.detail])
         inserted = self.store.decide(to_fire)
         for run in inserted:
-            self.history.decided(run, now)
             self.log.info("fire_decided", trigger=run.trigger, run_id=run.run_id, job=run.job, revision=run.fire_key)
             self.executor.submit(run)
         return inserted
@@ -173,13 +172,13 @@ class Daemon:
         for run, event in decisions:
             if run.run_id not in inserted:
                 continue  # another process (or an earlier life of this one) handled that tick
-            self.history.decided(run, now, event=event)
             log = self.log.bind(trigger=run.trigger, run_id=run.run_id)
-            if event == "decided":
+            if event == "decided":  # the executor writes its history line before the POST
                 log.info("fire_decided", job=run.job, scheduled_for=run.fire_key[1:])
                 self.executor.submit(run)
                 fired.append(run)
             else:
+                self.history.decided(run, now, event=event)
                 log.warning(f"tick_{event}", scheduled_for=run.fire_key[1:], reason=run.last_error)
         return fired
 

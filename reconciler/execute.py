@@ -56,15 +56,17 @@ class Executor:
 
     # -- entry points -----------------------------------------------------------------------
     def submit(self, run: Run) -> None:
-        """A fresh decision: POST it."""
+        """A fresh decision: write its history line, then POST it."""
         self._set_active(run)
-        self._pool.submit(self._guarded, self._fire, run, False)
+        self._pool.submit(self._guarded, self._fire, run, False, True)
 
     def resume(self, run: Run) -> None:
         """A run left open by an earlier process."""
         self._set_active(run)
-        if run.status in ("decided", "posting"):
-            self._pool.submit(self._guarded, self._fire, run, run.status == "posting")
+        if run.status == "decided":  # killed before the POST, maybe before the history line too
+            self._pool.submit(self._guarded, self._fire, run, False, not self.history.has(run))
+        elif run.status == "posting":
+            self._pool.submit(self._guarded, self._fire, run, True, False)
         else:
             self._follow_in(run, 0.0, self.poll_min)
 
@@ -166,7 +168,11 @@ class Executor:
                            tag_param=run.tag_param, queue_id=queue_id)
 
     # -- firing -----------------------------------------------------------------------------
-    def _fire(self, run: Run, search_first: bool) -> None:
+    def _fire(self, run: Run, search_first: bool, record: bool) -> None:
+        """POST a run, retrying what may pass. The history line is written here, by the worker, not by
+        the loop that decided: in a burst, a thousand new history files are created in parallel."""
+        if record:
+            self.history.decided(run, run.decided_at)
         client = self.clients[run.server]
         log = self._log(run)
         delay = self.retry_min

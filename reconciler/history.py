@@ -61,6 +61,10 @@ class History:
                     cause=run.cause, tag_param=run.tag_param, reason=run.last_error,
                     scheduled_for=run.fire_key[1:] if run.fire_key.startswith("@") else None)
 
+    def has(self, run: Run) -> bool:
+        """Whether the run's first line is written (read back only when resuming a run)."""
+        return self.root is None or any(e.get("run_id") == run.run_id for e in self.read(run.trigger))
+
     def read(self, trigger: str) -> list[dict[str, Any]]:
         if self.root is None:
             return []

@@ -8,6 +8,9 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
+
+from reconciler.history import History
 from reconciler.state import Run, Store
 
 from .conftest import TOKEN, USER, wait_for
@@ -148,11 +151,16 @@ def crash_state(harness, status: str, *, tag_param: str | None = None, job: str 
     return run
 
 
-def test_killed_after_the_decision_before_the_post_fires_on_restart(harness):
-    crash_state(harness, "decided")
+@pytest.mark.parametrize("history_written", [False, True], ids=["before-its-history-line", "after-it"])
+def test_killed_after_the_decision_before_the_post_fires_on_restart(harness, history_written):
+    run = crash_state(harness, "decided")
+    if history_written:
+        History(harness.history).decided(run, run.decided_at)
     harness.start()
     wait_for(lambda: harness.runs("deploy")[0].status == "building")
     assert len(harness.sim.triggers("manual")) == 1
+    wait_for(lambda: harness.events("deploy") == ["decided", "queued", "started"],
+             what="one decided line, whichever side of it the kill fell")
 
 
 def test_killed_mid_post_that_jenkins_received_is_found_by_its_cause_not_fired_again(make_harness):
