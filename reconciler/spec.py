@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, Literal
@@ -163,8 +164,9 @@ def parse(text: str, *, name: str, path: str) -> Spec:
         raise SpecError(path, _locate(text, e)) from None
     params = None if model.parameters is None else tuple(
         (str(k), jenkins_value(v)) for k, v in model.parameters.items())
-    return Spec(name=name, job=model.job, parameters=params, server=model.server, cause=model.cause,
-                run=model.run, suspend=model.suspend, run_id_parameter=model.run_id_parameter,
+    # Interned: ten thousand triggers usually name a few hundred jobs and a server or two.
+    return Spec(name=name, job=sys.intern(model.job), parameters=params, server=sys.intern(model.server),
+                cause=model.cause, run=model.run, suspend=model.suspend, run_id_parameter=model.run_id_parameter,
                 revision=revision_of(model.server, model.job, params, model.run),
                 schedule=None if model.schedule is None else cron.parse(model.schedule, model.timezone, name),
                 starting_deadline=cron.parse_duration(model.starting_deadline), concurrency=model.concurrency,
