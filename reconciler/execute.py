@@ -24,9 +24,16 @@ from typing import Any
 from . import logs
 from .errors import JenkinsError, JenkinsRefused, JenkinsUnavailable, StateError
 from .history import History
-from .jenkins import Client, Found
+from .jenkins import Client, Found, RecentBuilds
 from .metrics import Metrics
 from .state import Run, Store
+
+GROUP_WINDOW = 0.25
+"""Follow-ups due within this many seconds of each other are made together, one read per job."""
+
+
+def _queue_id(run: Run) -> int:
+    return int((run.queue_url or "0/").rstrip("/").rsplit("/", 1)[-1])
 
 
 class Executor:
@@ -263,24 +270,48 @@ class Executor:
                 if not self._due or self._due[0][0] > now:
                     self._cv.wait(None if not self._due else self._due[0][0] - now)
                     continue
-                _, _, run, interval = heapq.heappop(self._due)
+                groups: dict[tuple[str, str], list[tuple[Run, float]]] = {}
+                while self._due and self._due[0][0] <= now + GROUP_WINDOW:
+                    _, _, run, interval = heapq.heappop(self._due)
+                    groups.setdefault((run.server, run.job), []).append((run, interval))
             try:
-                self._pool.submit(self._guarded, self._check, run, interval)
+                for group in groups.values():
+                    if len(group) == 1:
+                        self._pool.submit(self._guarded, self._check, *group[0])
+                    else:
+                        self._pool.submit(self._check_group, group)
             except RuntimeError:  # pool shut down
                 return
 
-    def _check(self, run: Run, interval: float) -> None:
+    def _check_group(self, group: list[tuple[Run, float]]) -> None:
+        """Runs of one job due together: one read of the job's recent builds answers most of them
+        (started: found by queue id; finished: by number); each checks alone only what it lacks."""
+        run = group[0][0]
+        try:
+            recent = self.clients[run.server].recent_builds(run.job)
+        except (JenkinsError, ValueError, KeyError, TypeError):
+            recent = None  # each run's own check retries, and says why
+        for run, interval in group:
+            self._pool.submit(self._guarded, self._check, run, interval, recent)
+
+    def _check(self, run: Run, interval: float, recent: RecentBuilds | None = None) -> None:
         client = self.clients[run.server]
         log = self._log(run)
         next_interval = min(interval * 2, self.poll_max)
         try:
             if run.status == "queued":
-                run = self._check_queue(client, run, log)
+                seen = recent.by_queue_id.get(_queue_id(run)) if recent else None
+                if seen is not None:
+                    run = self._started(run, seen.number, seen.url)
+                    log.info("build_started", number=seen.number, url=seen.url)
+                else:
+                    run = self._check_queue(client, run, log)
                 if run.status == "queued":
                     self._follow_in(run, interval, next_interval)
                     return
             if run.status == "building":
-                build = client.build(run.build_url or "")
+                build = (recent.by_number.get(run.build_number or 0) if recent else None) or \
+                    client.build(run.build_url or "")
                 self._check_note(client, run, build.notes, log)
                 if build.result is None:
                     self._follow_in(run, interval, next_interval)
@@ -318,8 +349,7 @@ class Executor:
             run = self._finish(run, "cancelled", reason="the queue item was cancelled in Jenkins")
             log.warning("run_cancelled")
         elif state.kind == "gone":
-            queue_id = int((run.queue_url or "0/").rstrip("/").rsplit("/", 1)[-1])
-            found = self._find(client, run, queue_id=queue_id)
+            found = self._find(client, run, queue_id=_queue_id(run))
             if found is not None and found.build_url:
                 run = self._started(run, found.build_number, found.build_url)
                 log.info("build_started", number=found.build_number, url=found.build_url, via="search")

@@ -11,7 +11,7 @@ import random
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -45,6 +45,23 @@ class BuildState:
     result: str | None
     duration_ms: int
     notes: tuple[str, ...] = ()
+
+
+@dataclass
+class RecentBuilds:
+    by_number: dict[int, BuildState] = field(default_factory=dict)
+    by_queue_id: dict[int, BuildState] = field(default_factory=dict)
+
+
+BUILD_TREE = "number,building,result,duration,actions[causes[note]]"
+
+
+def _build_state(b: dict[str, Any], url: str) -> BuildState:
+    """The build as we record it; its URL is rebuilt on our base, like every URL Jenkins gives."""
+    notes = tuple(c["note"] for a in b.get("actions") or () for c in (a or {}).get("causes") or ()
+                  if c.get("note"))
+    return BuildState(number=int(b["number"]), url=url, building=bool(b.get("building")),
+                      result=b.get("result"), duration_ms=int(b.get("duration") or 0), notes=notes)
 
 
 @dataclass(frozen=True)
@@ -213,13 +230,22 @@ class Client:
         return QueueState("left", build_url=f"{job_url(self.base, job)}{number}/", build_number=number)
 
     def build(self, build_url: str) -> BuildState:
-        r = self._request("GET", build_url + "api/json", "reading a build",
-                          params={"tree": "number,url,building,result,duration,actions[causes[note]]"})
-        b = r.json()
-        notes = tuple(c["note"] for a in b.get("actions") or () for c in (a or {}).get("causes") or ()
-                      if c.get("note"))
-        return BuildState(number=b["number"], url=build_url, building=bool(b.get("building")),
-                          result=b.get("result"), duration_ms=int(b.get("duration") or 0), notes=notes)
+        r = self._request("GET", build_url + "api/json", "reading a build", params={"tree": BUILD_TREE})
+        return _build_state(r.json(), build_url)
+
+    def recent_builds(self, job: str, count: int = 100) -> RecentBuilds:
+        """A job's latest builds in one read: following many runs of one job costs one request a
+        round instead of one per run, for us and for Jenkins."""
+        url = job_url(self.base, job)
+        r = self._request("GET", url + "api/json", "reading recent builds",
+                          params={"tree": f"builds[queueId,{BUILD_TREE}]{{0,{count}}}"})
+        recent = RecentBuilds()
+        for b in r.json().get("builds") or ():
+            build = _build_state(b, f"{url}{b['number']}/")
+            recent.by_number[build.number] = build
+            if b.get("queueId") is not None:
+                recent.by_queue_id[int(b["queueId"])] = build
+        return recent
 
     def find(self, job: str, *, run_id: str | None = None, tag_param: str | None = None,
              queue_id: int | None = None) -> Found | None:

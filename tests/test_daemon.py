@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -108,6 +109,19 @@ def test_a_hundred_specs_arriving_in_one_git_checkout_each_fire_once(harness):
     targets = sorted(r.param("TARGET") for r in harness.sim.triggers())
     assert targets == sorted(f"t{i}" for i in range(100))
     assert len(harness.sim.builds("team a/dëploy ü")) == 100
+
+
+def test_runs_of_one_job_are_followed_with_one_read_of_its_builds_not_one_per_run(make_harness):
+    harness = make_harness(executors=64)
+    for i in range(30):
+        harness.write(f"t{i:02}", f"job: team a/dëploy ü\nparameters: {{TARGET: t{i}}}\n")
+    harness.start()
+    wait_for(lambda: [r.status for r in harness.runs()] == ["completed"] * 30, what="30 runs completed")
+    assert sorted(r.build_number for r in harness.runs()) == list(range(1, 31))
+    reads = [r.path for r in harness.sim.requests if r.method == "GET"]
+    per_run = [p for p in reads if re.fullmatch(r"/queue/item/\d+/api/json|/job/team a/job/dëploy ü/\d+/api/json", p)]
+    per_job = [p for p in reads if p == "/job/team a/job/dëploy ü/api/json"]
+    assert per_job and len(per_run) < 10, f"{len(per_job)} reads of the job, {len(per_run)} of single runs"
 
 
 def test_a_restart_neither_refires_nor_loses_a_run(harness):
