@@ -245,6 +245,24 @@ def test_left_items_are_forgotten_after_their_time_but_the_build_knows_its_queue
     assert builds == [{"_class": "hudson.model.FreeStyleBuild", "number": 1, "queueId": queue_id}]
 
 
+def test_builds_lists_the_newest_hundred_all_builds_every_one_and_ranges_slice(make_simulator):
+    sim = make_simulator(executors=200)
+    session = requests.Session()
+    for _ in range(105):
+        session.post(f"{sim.url}job/plain/build", auth=AUTH, timeout=10).raise_for_status()
+
+    def numbers(tree: str, key: str = "builds") -> list[int]:
+        return [b["number"] for b in get(sim, "job/plain/api/json", params={"tree": tree}).json()[key]]
+
+    assert numbers("builds[number]") == list(range(105, 5, -1))  # Job.getNewBuilds: limit(100)
+    assert numbers("allBuilds[number]", "allBuilds") == list(range(105, 0, -1))
+    assert numbers("builds[number]{0,3}") == [105, 104, 103]
+    assert numbers("builds[number]{2,}")[:2] == [103, 102]
+    assert numbers("builds[number]{,2}") == [105, 104]
+    assert numbers("builds[number]{1}") == [104]
+    assert "allBuilds" not in get(sim, "job/plain/api/json").json()
+
+
 # -- builds -----------------------------------------------------------------------------------
 
 def test_progressive_text_reports_more_data_while_the_build_runs(simulator):

@@ -112,7 +112,8 @@ def color(jenkins: Jenkins | None, job: JobDef) -> str:
     return base + "_anime" if builds[-1].building else base
 
 
-def job_json(root: str, jenkins: Jenkins, job: JobDef, full: bool) -> dict[str, Any]:
+def job_json(root: str, jenkins: Jenkins, job: JobDef, full: bool, all_builds: bool = False) -> dict[str, Any]:
+    """`builds` is the newest 100 (Job.getNewBuilds); `allBuilds`, only when asked for, is every one."""
     builds = sorted(jenkins.builds[job.full_name].values(), key=lambda b: -b.number)
     done = [b for b in builds if not b.building]
     queued = [q for q in jenkins.queue.values() if q.job is job and q.state != "left"]
@@ -125,7 +126,8 @@ def job_json(root: str, jenkins: Jenkins, job: JobDef, full: bool) -> dict[str, 
         "_class": JOB_CLASS,
         "actions": [],
         "buildable": not job.disabled,
-        "builds": [item_json(b) for b in builds],
+        "builds": [item_json(b) for b in builds[:100]],
+        **({"allBuilds": [item_json(b) for b in builds]} if all_builds else {}),
         "color": color(jenkins, job),
         "description": "",
         "displayName": job.full_name.rsplit("/", 1)[-1],
@@ -160,8 +162,12 @@ def folder_json(root: str, jenkins: Jenkins, prefix: str) -> dict[str, Any]:
             "url": f"{root}{job_path(prefix)}", "jobs": jobs}
 
 
+RANGE = "{}"
+"""Where a parsed tree keeps a list's `{M,N}` range: no Jenkins field has that name."""
+
+
 def parse_tree(spec: str) -> dict[str, Any]:
-    """`builds[number,actions[causes[userId]]]{0,5}` → {"builds": {"number": None, ...}}."""
+    """`builds[number,actions[causes[userId]]]{0,5}` → {"builds": {"number": None, ..., "{}": slice(0, 5)}}."""
     tree, _ = _parse_fields(spec, 0)
     return tree
 
@@ -172,10 +178,13 @@ def _parse_fields(spec: str, i: int) -> tuple[dict[str, Any], int]:
     while i < len(spec):
         ch = spec[i]
         if ch == "[":
-            fields[name.strip()], i = _parse_fields(spec, i + 1)
+            sub, i = _parse_fields(spec, i + 1)
+            fields[name.strip()] = sub
             name = ""
             if i < len(spec) and spec[i] == "{":
-                i = spec.index("}", i) + 1
+                end = spec.index("}", i)
+                sub[RANGE] = _range(spec[i + 1:end])
+                i = end + 1
             continue
         if ch in ",]":
             if name.strip():
@@ -193,16 +202,24 @@ def _parse_fields(spec: str, i: int) -> tuple[dict[str, Any], int]:
     return fields, i
 
 
+def _range(text: str) -> slice:
+    """Jenkins' `{M,N}` (M to N-1), `{M,}`, `{,N}` and `{N}` (the Nth alone)."""
+    if "," not in text:
+        return slice(int(text), int(text) + 1)
+    start, end = text.split(",", 1)
+    return slice(int(start) if start.strip() else None, int(end) if end.strip() else None)
+
+
 def apply_tree(value: Any, tree: dict[str, Any] | None) -> Any:
     """Keep what `tree=` asks for; Jenkins keeps `_class` on every object it reports."""
     if tree is None:
         return value
     if isinstance(value, list):
-        return [apply_tree(v, tree) for v in value]
+        return [apply_tree(v, tree) for v in value[tree.get(RANGE, slice(None))]]
     if isinstance(value, dict):
         out = {"_class": value["_class"]} if "_class" in value else {}
         for key, sub in tree.items():
-            if key in value:
+            if key in value and key != RANGE:
                 out[key] = apply_tree(value[key], sub)
         return out
     return value

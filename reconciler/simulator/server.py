@@ -224,7 +224,8 @@ class SimulatedJenkins:
         if rest in ("api/json", ""):
             self.jenkins.advance()
             full = "tree" in params
-            return _json(self._tree(api.job_json(self.root, self.jenkins, job, full), params))
+            everything = full and "allBuilds" in params["tree"][0]
+            return _json(self._tree(api.job_json(self.root, self.jenkins, job, full, everything), params))
         m = re.fullmatch(r"(\d+|lastBuild|lastCompletedBuild)/(.*)", rest)
         if not m:
             raise JenkinsError(404, "Not Found")
