@@ -81,12 +81,17 @@ def test_run_once_status_and_history(tmp_path, simulator):
     assert again.returncode == 0 and len(simulator.triggers("deploy")) == 1
 
 
-def test_adopt_marks_existing_one_shots_done_without_firing(tmp_path, simulator):
+def adopt_one(tmp_path, simulator, name: str, text: str):
+    """A triggers directory holding one spec, and `reconciler adopt` run over it."""
     triggers = tmp_path / "triggers"
     triggers.mkdir()
-    (triggers / "old.yaml").write_text("job: plain\n")
+    (triggers / f"{name}.yaml").write_text(text)
     common = ["--triggers", str(triggers), "--state", str(tmp_path / "s.db"), "--history", str(tmp_path / "h")]
-    adopted = reconciler("adopt", *common, env=jenkins_env(simulator))
+    return common, reconciler("adopt", *common, env=jenkins_env(simulator))
+
+
+def test_adopt_marks_existing_one_shots_done_without_firing(tmp_path, simulator):
+    common, adopted = adopt_one(tmp_path, simulator, "old", "job: plain\n")
     assert adopted.returncode == 0 and "adopted old" in adopted.stdout
     assert reconciler("run", "--once", *common, env=jenkins_env(simulator)).returncode == 0
     assert simulator.triggers() == []
@@ -135,9 +140,5 @@ def test_the_checked_in_schema_matches_the_code():
 
 
 def test_adopt_leaves_schedules_alone(tmp_path, simulator):
-    triggers = tmp_path / "triggers"
-    triggers.mkdir()
-    (triggers / "nightly.yaml").write_text("job: plain\nschedule: '@daily'\n")
-    common = ["--triggers", str(triggers), "--state", str(tmp_path / "s.db"), "--history", str(tmp_path / "h")]
-    adopted = reconciler("adopt", *common, env=jenkins_env(simulator))
+    _, adopted = adopt_one(tmp_path, simulator, "nightly", "job: plain\nschedule: '@daily'\n")
     assert adopted.returncode == 0 and "0 trigger(s) adopted" in adopted.stderr
