@@ -16,11 +16,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-
-import requests
 
 from reconciler import logs
 from reconciler.config import Server
@@ -68,26 +65,21 @@ def verdict(ok: bool) -> str:
 # -- 0. the simulator's own ceiling -----------------------------------------------------------
 
 def bench_ceiling(sim: SimulatorProcess, n: int) -> tuple[list[Row], float]:
-    session = requests.Session()
-    session.auth = (USER, TOKEN)
-    started = time.perf_counter()
-    for i in range(n):
-        session.post(f"{sim.url}job/bench-p/buildWithParameters", data={"N": f"c{i}"}, timeout=30)
-    one = n / (time.perf_counter() - started)
-
-    def post_many(offset: int) -> None:
-        s = requests.Session()
-        s.auth = (USER, TOKEN)
-        for i in range(n // 4):
-            s.post(f"{sim.url}job/bench-p/buildWithParameters", data={"N": f"c4-{offset}-{i}"}, timeout=30)
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(post_many, range(4)))
-    four = (n // 4 * 4) / (time.perf_counter() - started)
+    """What the simulator serves when the client costs next to nothing (see bench/rawpost.py): one
+    client, then two in their own processes, all the CPU this machine has to spare beside it."""
+    rows, best = [], 0.0
+    for clients in (1, 2):
+        start = time.time() + 1.0  # past every client's start-up
+        procs = [subprocess.Popen([sys.executable, "-m", "bench.rawpost", sim.url, USER, TOKEN, str(n // clients),
+                                   f"c{clients}-{k}-", str(start)], stdout=subprocess.PIPE, text=True)
+                 for k in range(clients)]
+        ends = [float(p.communicate()[0]) for p in procs]
+        rate = (n // clients * clients) / (max(ends) - start)
+        best = max(best, rate)
+        rows.append(Row(f"simulator ceiling, {clients} raw keep-alive client{'s' if clients > 1 else ''}",
+                        f"{rate:.0f} POST/s"))
     sim.mark()
-    return [Row("simulator ceiling, 1 keep-alive client", f"{one:.0f} POST/s"),
-            Row("simulator ceiling, 4 keep-alive clients", f"{four:.0f} POST/s")], max(one, four)
+    return rows, best
 
 
 # -- 1. change → POST latency -----------------------------------------------------------------
@@ -195,8 +187,8 @@ def bench_burst(sim: SimulatorProcess, work: Path, n: int, latency: float = 0.0)
             f"python-jenkins loop: {pj_rate:.0f}/s", f"{ours / pj_rate:.1f}×", "≥ 5×", verdict(ours >= 5 * pj_rate)),
         Row(f"burst vs a shell loop of curl -X POST; {where}", f"{ours:.0f} fires/s", f"curl loop: {curl_rate:.0f}/s",
             f"{ours / curl_rate:.1f}×", "≥ 20×", verdict(ours >= 20 * curl_rate)),
-        Row(f"burst vs a keep-alive raw HTTP loop (floor); {where}", f"{ours:.0f} fires/s",
-            f"raw loop: {raw_rate:.0f}/s", f"{ours / raw_rate:.0%} of the floor", "≥ 50 %",
+        Row(f"burst vs a keep-alive raw HTTP loop (requests.Session.post, the floor); {where}",
+            f"{ours:.0f} fires/s", f"raw loop: {raw_rate:.0f}/s", f"{ours / raw_rate:.0%} of the floor", "≥ 50 %",
             verdict(ours >= 0.5 * raw_rate)),
     ]
 
@@ -318,10 +310,12 @@ and writes history), while a bare loop only POSTs. Against a Jenkins that takes 
 measurement of a real Jenkins), a sequential loop waits out every round trip and the daemon keeps
 up to `concurrency` (default 8) POSTs in flight, so the ratio approaches 8x as latency grows.
 
-**Where the simulator bounds a figure.** At 0 ms the python-jenkins and raw loops run within a
-quarter of the simulator's ceiling: there the simulator bounds them as much as their own CPU does,
-and against a faster server their rates, and so their lead over the daemon, would grow. At 5 and
-20 ms every client waits on the modelled latency, far below the ceiling.
+**The simulator is not what bounds these figures.** Its ceiling is measured with a client that
+costs next to nothing per request (prebuilt bytes on a keep-alive socket, `bench/rawpost.py`).
+Every loop above, and the daemon, runs at under a quarter of it: they are bound by their own
+CPU. (Runs before this one timed the ceiling with a requests loop, ~1,200/s, which was that
+client's limit, not the simulator's.) Against that raw-socket client itself the daemon's burst is
+about an eighth: the "raw HTTP loop" row is a requests loop, the floor for a Python tool.
 """
 
 
