@@ -331,32 +331,45 @@ def render(rows: list[Row], quick: bool, ceiling: float) -> str:
     return head + "\n".join(lines) + "\n\n" + NOTES
 
 
+BENCHMARKS = ("latency", "burst", "scale", "idle", "lateness", "validate")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes; under a minute")
     parser.add_argument("--no-write", action="store_true", help="do not overwrite bench/RESULTS.md")
+    parser.add_argument("--only", choices=BENCHMARKS, action="append",
+                        help="run just this benchmark (repeatable; the simulator's ceiling is always measured); "
+                             "implies --no-write, since RESULTS.md holds whole runs")
     args = parser.parse_args()
     q = args.quick
+    chosen = set(args.only or BENCHMARKS)
     work = scratch()
     sim = SimulatorProcess(work)
     rows: list[Row] = []
     try:
         ceiling_rows, ceiling = bench_ceiling(sim, 400 if q else 2000)
         rows += ceiling_rows
-        rows += bench_latency(sim, work, 50 if q else 200)
-        rows += bench_burst(sim, work, 200 if q else 1000)
-        for latency in (0.02,) if q else (0.005, 0.02):
-            rows += bench_burst(sim, work, 100 if q else 500, latency)
-        rows += bench_scale(sim, work, 2000 if q else 10000, 3 if q else 5)
-        rows += bench_idle(sim, work, 1000, 10 if q else 60)
-        rows += bench_lateness(sim, work, 200 if q else 1000)
-        rows += bench_validate(work, 1000, 3 if q else 5)
+        if "latency" in chosen:
+            rows += bench_latency(sim, work, 50 if q else 200)
+        if "burst" in chosen:
+            rows += bench_burst(sim, work, 200 if q else 1000)
+            for latency in (0.02,) if q else (0.005, 0.02):
+                rows += bench_burst(sim, work, 100 if q else 500, latency)
+        if "scale" in chosen:
+            rows += bench_scale(sim, work, 2000 if q else 10000, 3 if q else 5)
+        if "idle" in chosen:
+            rows += bench_idle(sim, work, 1000, 10 if q else 60)
+        if "lateness" in chosen:
+            rows += bench_lateness(sim, work, 200 if q else 1000)
+        if "validate" in chosen:
+            rows += bench_validate(work, 1000, 3 if q else 5)
     finally:
         sim.stop()
         shutil.rmtree(work, ignore_errors=True)
     report = render(rows, q, ceiling)
     print(report)
-    if not args.no_write:
+    if not args.no_write and not args.only:
         (HERE / "RESULTS.md").write_text(report)
     return 0
 
