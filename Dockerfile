@@ -1,12 +1,12 @@
 # The reconciler as a sidecar: configured entirely by environment, state and history on volumes,
 # a read-only root filesystem, a non-root user.
-FROM python:3.11-slim AS build
+FROM python:3.12-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY reconciler ./reconciler
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir /src
 
-FROM python:3.11-slim
+FROM python:3.12-slim
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin reconciler
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \

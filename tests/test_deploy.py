@@ -34,7 +34,7 @@ def test_the_dockerfile_passes_hadolint():
 def test_the_image_runs_as_non_root_with_reconciler_run_as_its_command():
     instructions = dockerfile()
     assert [i for i, _ in instructions].count("FROM") == 2  # multi-stage
-    assert instructions[0][1].startswith("python:3.11-slim")
+    assert instructions[0][1].startswith("python:3.12-slim")
     assert ("USER", "10001") in instructions
     assert ("ENTRYPOINT", '["reconciler"]') in instructions
     assert ("CMD", '["run"]') in instructions
