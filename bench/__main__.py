@@ -24,6 +24,7 @@ from reconciler.config import Server
 from reconciler.daemon import Daemon, assemble
 
 from .support import (
+    LOOK_EACH,
     TOKEN,
     USER,
     DaemonProcess,
@@ -38,10 +39,6 @@ from .support import (
 )
 
 HERE = Path(__file__).parent
-LOOK = 0.01
-"""Seconds between looks at the simulator's request log. Arrival times come from the simulator's
-own clock, so looking more often buys no precision: it only takes CPU from what is measured (in
-the scheduler benchmark the daemon shares this process, and its GIL)."""
 
 
 @dataclass
@@ -99,7 +96,7 @@ def measure_latency(sim: SimulatorProcess, directory: Path, writes: int) -> list
             found.extend(r for r in sim.triggers_since_mark() if r["params"].get("SEQ") == [seq])
             return bool(found)
 
-        wait_for(arrived, 30, f"POST {i}", LOOK)
+        wait_for(arrived, 30, f"POST {i}", LOOK_EACH)
         latencies.append(found[0]["at"] - t0)
         time.sleep(0.02)  # let the write settle, as consecutive commits would
     return latencies
@@ -162,8 +159,7 @@ def bench_burst(sim: SimulatorProcess, work: Path, n: int, latency: float = 0.0)
     sim.mark()
     t0 = time.time()
     os.rename(staging, triggers / "checkout")  # one atomic swap, as a checkout lands
-    got: list[dict] = []
-    wait_for(lambda: got.extend(sim.triggers_since_mark()) or len(got) >= n, 120, f"{n} POSTs", LOOK * 10)
+    got = sim.collect_triggers(n, 120)
     ours = n / (max(r["at"] for r in got) - t0)
     daemon.stop()
 
@@ -268,8 +264,7 @@ def bench_lateness(sim: SimulatorProcess, work: Path, n: int) -> list[Row]:
     sim.mark()
     thread.start()
     tick_real = boundary - offset
-    got: list[dict] = []
-    wait_for(lambda: got.extend(sim.triggers_since_mark()) or len(got) >= n, 60, f"{n} tick POSTs", LOOK * 10)
+    got = sim.collect_triggers(n, 60)
     daemon.request_stop()
     thread.join()
     runs = daemon.store.runs(limit=n * 2)

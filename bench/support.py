@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -17,6 +16,12 @@ from typing import Any
 import requests
 
 USER, TOKEN = "bench", "bench-api-token"
+
+LOOK_EACH, LOOK_MANY = 0.01, 0.1
+"""Seconds between looks at the simulator's request log, waiting for one request or for many.
+Arrival times come from the simulator's own clock, so looking more often buys no precision: it
+only takes CPU from what is measured (in the scheduler benchmark the daemon shares this process,
+and its GIL)."""
 
 SIMULATOR_CONFIG = f"""
 quiet_period: 0
@@ -72,6 +77,12 @@ class SimulatorProcess:
 
     def triggers_since_mark(self) -> list[dict[str, Any]]:
         return [r for r in self.new_requests() if r["method"] == "POST" and r["status"] == 201]
+
+    def collect_triggers(self, n: int, timeout: float) -> list[dict[str, Any]]:
+        """Wait until `n` build requests have arrived since the mark; returns them."""
+        got: list[dict[str, Any]] = []
+        wait_for(lambda: got.extend(self.triggers_since_mark()) or len(got) >= n, timeout, f"{n} POSTs", LOOK_MANY)
+        return got
 
     def mark(self) -> None:
         self.new_requests()
@@ -143,12 +154,6 @@ def write_specs(directory: Path, count: int, prefix: str = "t", job: str = "benc
         (sub / f"{prefix}{i:05}.yaml").write_text(f"job: {job}\nparameters: {{N: '{prefix}{i}'}}\n")
 
 
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def scratch() -> Path:
     return Path(tempfile.mkdtemp(prefix="reconciler-bench-"))
 
@@ -157,7 +162,3 @@ def run_quiet(cmd: list[str], env: dict[str, str] | None = None) -> float:
     started = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - started
-
-
-def dump(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True)
