@@ -3,21 +3,40 @@
 from __future__ import annotations
 
 import re
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import trustme
 
 from reconciler.config import Server
 from reconciler.errors import JenkinsRefused, JenkinsUnavailable, LoginRedirect
 from reconciler.jenkins import Client, job_url
+from reconciler.simulator import Simulator
 
-from .conftest import TOKEN, USER
+from .conftest import TOKEN, USER, sim_config
 
 JOB_TOKEN = "deploy-job-token"
 
 
-def client_for(sim, *, token: str = TOKEN, job_token: str | None = None, attempts: int = 4) -> Client:
-    server = Server(name="default", url=sim.url, user=USER, token=token, job_token=job_token)
+def client_for(sim, *, token: str = TOKEN, job_token: str | None = None, attempts: int = 4,
+               verify: bool | str = True) -> Client:
+    server = Server(name="default", url=sim.url, user=USER, token=token, job_token=job_token, verify=verify)
     return Client(server, attempts=attempts, backoff=0.01, max_backoff=0.05)
+
+
+@pytest.fixture
+def tls_simulator(tmp_path: Path) -> Iterator[tuple[Simulator, str]]:
+    """A simulator behind HTTPS with a certificate from a private CA; yields it and the CA's bundle."""
+    ca = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    sim = Simulator(sim_config(), tls=context).start()
+    yield sim, str(bundle)
+    sim.stop()
 
 
 def test_job_urls_encode_each_folder_segment():
@@ -152,3 +171,24 @@ def test_a_vanished_queue_item_reads_as_gone(simulator):
     queue_url = client.trigger("plain", None, None)
     simulator.restart()
     assert client.queue_item(queue_url, "plain").kind == "gone"
+
+
+def test_https_is_verified_against_the_configured_ca_bundle(tls_simulator):
+    sim, bundle = tls_simulator
+    queue_url = client_for(sim, verify=bundle).trigger("plain", None, None)
+    assert queue_url.startswith("https://") and len(sim.triggers("plain")) == 1
+
+
+def test_a_certificate_from_an_unknown_ca_is_refused_with_advice_and_nothing_is_sent(tls_simulator):
+    sim, _ = tls_simulator
+    with pytest.raises(JenkinsRefused, match=r"TLS failed with 127\.0\.0\.1:\d+: .*certificate verify failed.*"
+                                             r"check ca_bundle"):
+        client_for(sim).trigger("plain", None, None)
+    assert sim.requests == []
+
+
+def test_verification_can_be_turned_off_for_a_lab_jenkins(tls_simulator):
+    sim, _ = tls_simulator
+    with pytest.warns(Warning, match="Unverified HTTPS request"):
+        client_for(sim, verify=False).trigger("plain", None, None)
+    assert len(sim.triggers("plain")) == 1

@@ -5,6 +5,7 @@ It imports nothing from the reconciler: it plays the far side of the wire.
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,10 +23,10 @@ __all__ = ["Build", "Fault", "JobDef", "ParamDef", "Request", "SimConfig", "SimC
 class Simulator:
     """A running simulated Jenkins, with the handles tests need to steer and inspect it."""
 
-    def __init__(self, config: SimConfig, port: int = 0):
+    def __init__(self, config: SimConfig, port: int = 0, tls: ssl.SSLContext | None = None):
         self.state = SimulatedJenkins(config)
-        self._server = _Server(self.state, port)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/"
+        self._server = _Server(self.state, port, tls)
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self._server.server_address[1]}/"
         self.state.root = self.url
         self._thread = threading.Thread(target=self._server.serve_forever, name="jenkins-simulator",
                                         kwargs={"poll_interval": 0.1}, daemon=True)

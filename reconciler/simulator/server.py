@@ -8,7 +8,9 @@ import json
 import re
 import secrets
 import socket
+import ssl
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -447,10 +449,23 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 512
 
-    def __init__(self, sim: SimulatedJenkins, port: int):
+    def __init__(self, sim: SimulatedJenkins, port: int, tls: ssl.SSLContext | None = None):
         self.sim = sim
+        self.tls = tls
         super().__init__(("127.0.0.1", port), _Handler)
         self.sso_root = f"http://localhost:{self.server_address[1]}/"
+
+    def get_request(self) -> tuple[Any, Any]:
+        """With TLS, the handshake happens on the connection's own thread, at its first read."""
+        sock, address = super().get_request()
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that rejects our certificate ends the handshake; Jetty logs that at debug, not as a crash."""
+        if not isinstance(sys.exc_info()[1], ssl.SSLError):
+            super().handle_error(request, client_address)
 
     def take_fault(self, method: str, path: str) -> Fault | None:
         with self.sim._lock:
