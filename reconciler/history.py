@@ -44,8 +44,11 @@ class History:
                   "fire_key": run.fire_key, **{k: v for k, v in fields.items() if v is not None}}
         line = redact(json.dumps(record, sort_keys=True, ensure_ascii=False)) + "\n"
         path = self.path_of(run.trigger)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # a trigger's first line: its folders are made once, not checked on every line
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
