@@ -298,19 +298,28 @@ def bench_validate(work: Path, n: int, repeats: int) -> list[Row]:
 
 NOTES = """\
 **Reading the burst rows.** A burst is measured twice. Against a simulator that answers at once,
-every client is bound by its own CPU: each fire costs the daemon ~1.7-3 ms (it parses the spec,
-records the decision and the posting mark durably, POSTs through requests, records the queue item
-and writes history), while a bare loop only POSTs. Against a Jenkins that takes a few ms to answer
+every client is bound by its own CPU: each fire costs the daemon ~1.5 ms of CPU (it parses the
+spec, records the decision and the posting mark durably, POSTs, records the queue item and writes
+two history lines), while a bare loop only POSTs. Against a Jenkins that takes a few ms to answer
 (modelled by the simulator's latency fault on build POSTs; the latency is an assumption, not a
 measurement of a real Jenkins), a sequential loop waits out every round trip and the daemon keeps
-up to `concurrency` (default 8) POSTs in flight, so the ratio approaches 8x as latency grows.
+up to `concurrency` (default 16) POSTs in flight, until its own CPU binds it again.
+
+**Why the 0 ms and 5 ms burst targets are missed.** 5x a python-jenkins loop at 0 ms is ~5,000
+fires/s, the simulator's own ceiling; 20x curl is ~3,000/s. Profiled (py-spy, cProfile): the
+same per-fire steps in one thread cost ~0.75-1 ms of CPU (urllib3 ~0.25 ms, SQLite with the
+fsynced posting mark ~0.3 ms wall, history ~0.1 ms), and spread over worker threads they cost
+~1.2 ms: the GIL serializes them and the hand-offs add the rest. Parsing a 1,000-spec checkout
+takes ~0.15-0.25 s before the first POST; overlapping it with the POSTs was tried and was 30 %
+slower under the GIL. A prototype posting from one asyncio loop (aiohttp) ran the same steps at
+~1,250 fires/s, 0.65 ms of CPU each: an event-loop poster is the way to the 5 ms python-jenkins
+and 20 ms curl targets. The 0 ms targets are past what any client that records each fire
+durably before its POST can do in Python against this simulator.
 
 **The simulator is not what bounds these figures.** Its ceiling is measured with a client that
 costs next to nothing per request (prebuilt bytes on a keep-alive socket, `bench/rawpost.py`).
 Every loop above, and the daemon, runs at under a quarter of it: they are bound by their own
-CPU. (Runs before this one timed the ceiling with a requests loop, ~1,200/s, which was that
-client's limit, not the simulator's.) Against that raw-socket client itself the daemon's burst is
-about an eighth: the "raw HTTP loop" row is a requests loop, the floor for a Python tool.
+CPU. The "raw HTTP loop" row is a requests loop, the floor for a Python tool.
 """
 
 
