@@ -13,21 +13,25 @@ at any line resumes from what the store says (see README, "What is guaranteed"):
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import logs
 from .errors import JenkinsError, JenkinsRefused, JenkinsUnavailable, StateError
 from .history import History
-from .jenkins import Client, Found, RecentBuilds
+from .jenkins import Client, Found, Poster, RecentBuilds, sleep_unless_stopped
 from .metrics import Metrics
 from .state import Run, Store
 
+FOLLOWERS = 8
+"""Threads that read queue items and builds. Reads are short and grouped by job (one answers many):
+more threads would only take turns on the GIL with the loop that POSTs."""
 GROUP_WINDOW = 0.25
 """Follow-ups due within this many seconds of each other are made together, one read per job."""
 
@@ -50,9 +54,15 @@ class Executor:
         self.poll_min, self.poll_max = poll_min, poll_max
         self.retry_min, self.retry_max = retry_min, retry_max
         self._note_warned: set[str] = set()
-        workers = sum(c.server.concurrency for c in clients.values()) + 4
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="run")
-        self._slots = {name: threading.BoundedSemaphore(c.server.concurrency) for name, c in clients.items()}
+        self._pool = ThreadPoolExecutor(max_workers=FOLLOWERS, thread_name_prefix="follow")
+        # Fires run on one event loop: POSTs in flight wait on sockets, not on threads taking turns.
+        self._loop = asyncio.new_event_loop()
+        self._firing = threading.Thread(target=self._loop.run_forever, name="fire", daemon=True)
+        self._firing.start()
+        self._posters: dict[str, Poster] = {}
+        self._incoming: list[tuple[Run, Coroutine[Any, Any, None]]] = []
+        self._fires: set[asyncio.Task[None]] = set()
+        self._slots = {name: asyncio.Semaphore(c.server.concurrency) for name, c in clients.items()}
         self._due: list[tuple[float, int, Run, float]] = []
         self._seq = itertools.count()
         self._cv = threading.Condition()
@@ -65,15 +75,15 @@ class Executor:
     def submit(self, run: Run) -> None:
         """A fresh decision: write its history line, then POST it."""
         self._set_active(run)
-        self._pool.submit(self._guarded, self._fire, run, False, True)
+        self._spawn(run, self._fire(run, False, True))
 
     def resume(self, run: Run) -> None:
         """A run left open by an earlier process."""
         self._set_active(run)
         if run.status == "decided":  # killed before the POST, maybe before the history line too
-            self._pool.submit(self._guarded, self._fire, run, False, not self.history.has(run))
+            self._spawn(run, self._fire(run, False, not self.history.has(run)))
         elif run.status == "posting":
-            self._pool.submit(self._guarded, self._fire, run, True, False)
+            self._spawn(run, self._fire(run, True, False))
         else:
             self._follow_in(run, 0.0, self.poll_min)
 
@@ -118,6 +128,11 @@ class Executor:
         self.stop.set()
         with self._cv:
             self._cv.notify_all()
+        if not self._loop.is_closed():  # shutting down twice is harmless
+            asyncio.run_coroutine_threadsafe(self._drain(), self._loop).result()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._firing.join()
+            self._loop.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._tracker.join(timeout=5)
         return self.active()
@@ -146,15 +161,48 @@ class Executor:
         try:
             fn(run, *args)
         except Exception as e:
-            log = self._log(run)
-            if isinstance(e, StateError):
-                self.metrics.state_errors.inc()
-                log.error("state_write_failed", error=str(e))
-            else:
-                log.exception("run_step_crashed")
-            with self._cv:
-                self._active.pop(run.run_id, None)
-                self._cv.notify_all()
+            self._crashed(run, e)
+
+    def _spawn(self, run: Run, fire: Coroutine[Any, Any, None]) -> None:
+        """Hand a fire to the loop. A burst's thousand fires wake the loop once, not a thousand times."""
+        with self._cv:
+            self._incoming.append((run, fire))
+            first = len(self._incoming) == 1
+        if first:
+            self._loop.call_soon_threadsafe(self._start_incoming)
+
+    def _start_incoming(self) -> None:
+        with self._cv:
+            incoming, self._incoming = self._incoming, []
+        for run, fire in incoming:
+            task = self._loop.create_task(self._guarded_fire(run, fire))
+            self._fires.add(task)
+            task.add_done_callback(self._fires.discard)
+
+    async def _guarded_fire(self, run: Run, fire: Coroutine[Any, Any, None]) -> None:
+        try:
+            await fire
+        except Exception as e:
+            self._crashed(run, e)
+
+    def _crashed(self, run: Run, e: Exception) -> None:
+        log = self._log(run)
+        if isinstance(e, StateError):
+            self.metrics.state_errors.inc()
+            log.error("state_write_failed", error=str(e))
+        else:
+            log.exception("run_step_crashed", exc_info=e)
+        with self._cv:
+            self._active.pop(run.run_id, None)
+            self._cv.notify_all()
+
+    async def _drain(self) -> None:
+        """Let the fires in flight end (on stop, none starts a POST or a retry), then close the posters."""
+        self._start_incoming()  # handed over as the executor stopped: they see `stop` and end
+        if self._fires:
+            await asyncio.wait(set(self._fires))
+        for poster in self._posters.values():
+            await poster.close()
 
     def _finish(self, run: Run, status: str, **fields: Any) -> Run:
         now = self.clock()
@@ -175,11 +223,9 @@ class Executor:
                            tag_param=run.tag_param, queue_id=queue_id)
 
     # -- firing -----------------------------------------------------------------------------
-    def _fire(self, run: Run, search_first: bool, record: bool) -> None:
-        """POST a run, retrying what may pass. The history line is written here, by the worker, not by
-        the loop that decided: in a burst, a thousand new history files are created in parallel."""
-        if record:
-            self.history.decided(run, run.decided_at)
+    async def _fire(self, run: Run, search_first: bool, record: bool) -> None:
+        """POST a run, retrying what may pass. Its `decided` history line is written here, just before
+        the posting mark: in a burst, lines are written as fast as POSTs go out, not all up front."""
         client = self.clients[run.server]
         log = self._log(run)
         delay = self.retry_min
@@ -193,7 +239,7 @@ class Executor:
             error: JenkinsError | None = None
             if search_first:
                 try:
-                    found = self._find(client, run)
+                    found = await self._loop.run_in_executor(self._pool, self._find, client, run)
                 except JenkinsError as e:
                     error = e
                 else:
@@ -202,11 +248,19 @@ class Executor:
                         return
                     search_first = False
             if error is None:
-                with self._slots[run.server]:
+                async with self._slots[run.server]:
+                    if self.stop.is_set():
+                        return
+                    if record:
+                        self.history.decided(run, run.decided_at)
+                        record = False
                     # The one step besides the decision that must survive a power loss: a POST may follow.
                     run = self._update(run, durable=True, status="posting", attempts=run.attempts + 1)
+                    poster = self._posters.get(run.server)
+                    if poster is None:  # made on the loop, which its connections belong to
+                        poster = self._posters[run.server] = Poster(client)
                     try:
-                        queue_url = client.trigger(run.job, run.parameters, run.cause)
+                        queue_url = await poster.trigger(run.job, run.parameters, run.cause)
                     except JenkinsRefused as e:
                         self._finish(run, "failed", reason=str(e))
                         log.error("fire_refused", error=str(e), status=e.status)
@@ -224,7 +278,7 @@ class Executor:
             ambiguous = isinstance(error, JenkinsUnavailable) and error.maybe_received
             run = self._update(run, status="posting" if ambiguous else "decided", last_error=str(error))
             log.warning("fire_retrying", error=str(error), attempts=run.attempts, retry_in=round(delay, 1))
-            if self.stop.wait(delay):
+            if await sleep_unless_stopped(self.stop, delay):
                 return
             delay = min(delay * 2, self.retry_max)
 

@@ -1,23 +1,30 @@
 """The Jenkins edge: triggering, following the queue and builds, finding a run after a crash.
 
-One urllib3 pool per server (keep-alive, sized, explicit timeouts). urllib3 is the transport
-requests itself uses; called directly it costs a third of the CPU per request (0.24 against
-0.74 ms, `bench/`), and in a burst the daemon is bound by that CPU. Redirects are never followed:
+Builds are triggered by `Poster`, from the executor's event loop (aiohttp): many POSTs in flight
+on one thread. Everything else goes through `Client`, one urllib3 pool per server (keep-alive,
+sized, explicit timeouts; urllib3 called directly costs a third of the CPU of requests). Both
+classify Jenkins' answers and back off the same way. Redirects are never followed:
 behind an SSO proxy they lead to a login page, possibly on another host, and following one would
 drop the POST and could hand credentials to that host.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import random
 import re
+import ssl
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
+import aiohttp
 import urllib3
+import yarl
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ProtocolError, ReadTimeoutError, SSLError
 
 from .config import Server
@@ -90,8 +97,8 @@ class Client:
         self.attempts = attempts
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self._stop = stop or threading.Event()
-        self._sleep = sleep or self._stop.wait
+        self.stop = stop or threading.Event()
+        self._sleep = sleep or self.stop.wait
         self.headers: dict[str, str] = {"User-Agent": "reconciler/0.1"}
         if server.user and server.token:
             self.headers.update(urllib3.make_headers(basic_auth=f"{server.user}:{server.token}"))
@@ -106,22 +113,21 @@ class Client:
     def close(self) -> None:
         self.pool.clear()
 
-    # -- the one place requests are sent ----------------------------------------------------
-    def _request(self, method: str, url: str, what: str, *, form: Sequence[tuple[str, str]] = (),
-                 params: dict[str, str] | None = None, retry_ambiguous: bool = True) -> urllib3.BaseHTTPResponse:
+    # -- reads, and the POSTs that are safe to repeat (stop, cancel); builds go through `Poster`
+    def _request(self, method: str, url: str, what: str, *,
+                 params: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse:
         """Send with bounded retries, exponential backoff and jitter on what may pass."""
         if params:
             url += "?" + urlencode(params)
-        body = urlencode(form) if form else None
         crumb_refreshed = False
         attempt = 0
         while True:
             attempt += 1
-            headers = self.headers if body is None else \
-                {**self.headers, "Content-Type": "application/x-www-form-urlencoded"}
+            retry_after = ""
             try:
-                response = self.pool.request(method, url, body=body, headers=headers, redirect=False)
-                error = self._classify(response, what)
+                response = self.pool.request(method, url, headers=self.headers, redirect=False)
+                error = self._classify(response.status, response.headers.get("Location", ""), response.data, what)
+                retry_after = response.headers.get("Retry-After") or ""
             except NewConnectionError as e:  # before ConnectTimeoutError, its base class: nothing was sent
                 error = JenkinsUnavailable(f"{what}: connection to {self._host} failed: {_reason(e)}")
             except ConnectTimeoutError:
@@ -136,38 +142,40 @@ class Client:
                                            maybe_received=True)
             if error is None:
                 return response
-            if error.status == 403 and "No valid crumb" in str(error) and not crumb_refreshed:
+            if _crumb_refused(error) and not crumb_refreshed:
                 crumb_refreshed = True
                 self._refresh_crumb()
                 attempt -= 1
                 continue
-            if not error.retryable or attempt >= self.attempts or \
-                    (isinstance(error, JenkinsUnavailable) and error.maybe_received and not retry_ambiguous):
+            if self._sleep(self._retry_delay(error, attempt, retry_after, retry_ambiguous=True)):
                 raise error
-            delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-            retry_after = (response.headers.get("Retry-After") or "") if error.status else ""
-            if retry_after.isdigit():
-                delay = min(self.max_backoff, float(retry_after))
-            if self._sleep(delay):
-                raise error
+
+    def _retry_delay(self, error: JenkinsUnavailable | JenkinsRefused, attempt: int, retry_after: str,
+                     retry_ambiguous: bool) -> float:
+        """How long to wait before attempt `attempt + 1`; raises `error` when there is to be none."""
+        if not error.retryable or attempt >= self.attempts or \
+                (isinstance(error, JenkinsUnavailable) and error.maybe_received and not retry_ambiguous):
+            raise error
+        if retry_after.isdigit():
+            return min(self.max_backoff, float(retry_after))
+        return min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
     @property
     def _host(self) -> str:
         return urlsplit(self.base).netloc
 
-    def _classify(self, r: urllib3.BaseHTTPResponse, what: str) -> JenkinsUnavailable | JenkinsRefused | None:
-        status = r.status
+    def _classify(self, status: int, location: str, data: bytes,
+                  what: str) -> JenkinsUnavailable | JenkinsRefused | None:
         if status < 300:
             return None
         if 300 <= status < 400:
-            location = r.headers.get("Location", "")
             target = location.split("?", 1)[0]
             if urlsplit(location).netloc not in ("", self._host) or "login" in location.lower():
                 return LoginRedirect(f"{what}: redirected to {target}: is an SSO proxy in front of Jenkins? "
                                      f"Point the server url at an address that takes API tokens directly; "
                                      f"the redirect was not followed", status)
             return JenkinsRefused(f"{what}: unexpected redirect ({status}) to {target}", status)
-        body = _snippet(r.data.decode("utf-8", "replace"))
+        body = _snippet(data.decode("utf-8", "replace"))
         user = self.server.user or "anonymous"
         if status in RETRY_STATUSES and not (status == 500 and "not parameterized" in body):
             return JenkinsUnavailable(f"{what}: Jenkins answered {status}{': ' + body if body else ''}", status,
@@ -200,23 +208,30 @@ class Client:
 
     # -- triggering -------------------------------------------------------------------------
     def trigger(self, job: str, parameters: tuple[tuple[str, str], ...] | None, cause: str | None) -> str:
-        """POST build or buildWithParameters; returns the queue item URL Jenkins answers with.
+        """`Poster.trigger` for a caller without an event loop (one POST, one connection)."""
 
-        Ambiguous failures (the request may have arrived) are not retried here: the caller
-        decides, because only it knows whether it can look the run up in Jenkins first.
-        """
-        endpoint = "build" if parameters is None else "buildWithParameters"
+        async def once() -> str:
+            poster = Poster(self)
+            try:
+                return await poster.trigger(job, parameters, cause)
+            finally:
+                await poster.close()
+
+        return asyncio.run(once())
+
+    def _trigger_form(self, parameters: tuple[tuple[str, str], ...] | None, cause: str | None) -> str:
         form: list[tuple[str, str]] = list(parameters or ())
         if self.server.job_token:
             form.append(("token", self.server.job_token))
             if cause:
                 form.append(("cause", cause))
-        r = self._request("POST", job_url(self.base, job) + endpoint, f"triggering {job}", form=form,
-                          retry_ambiguous=False)
-        m = re.search(r"/queue/item/(\d+)/?$", r.headers.get("Location") or "")
-        if r.status != 201 or not m:
-            raise JenkinsRefused(f"triggering {job}: Jenkins answered {r.status} without a queue item "
-                                 "(a QueueDecisionHandler may have vetoed the build)", r.status)
+        return urlencode(form)
+
+    def _queue_url(self, job: str, status: int, location: str) -> str:
+        m = re.search(r"/queue/item/(\d+)/?$", location)
+        if status != 201 or not m:
+            raise JenkinsRefused(f"triggering {job}: Jenkins answered {status} without a queue item "
+                                 "(a QueueDecisionHandler may have vetoed the build)", status)
         # Rebuilt on our base URL: Jenkins' configured root URL is often not the address we reach it at.
         return f"{self.base}queue/item/{m.group(1)}/"
 
@@ -301,6 +316,83 @@ class Client:
         except JenkinsRefused as e:
             if e.status != 302:
                 raise
+
+
+class Poster:
+    """A server's POSTs, sent from an asyncio loop (aiohttp). In a burst, one loop with many POSTs
+    in flight costs half the CPU per fire of worker threads taking turns on the GIL (`bench/`).
+    Everything else (following, finding, crumbs) stays on the blocking client: it is not hot.
+    """
+
+    def __init__(self, client: Client):
+        self.client = client
+        server = client.server
+        tls: ssl.SSLContext | bool = False
+        if server.verify:
+            tls = ssl.create_default_context(cafile=server.verify if isinstance(server.verify, str) else None)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=server.concurrency, ssl=tls),
+            timeout=aiohttp.ClientTimeout(sock_connect=server.connect_timeout, sock_read=server.read_timeout),
+            cookie_jar=aiohttp.DummyCookieJar())
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def trigger(self, job: str, parameters: tuple[tuple[str, str], ...] | None, cause: str | None) -> str:
+        """POST build or buildWithParameters; returns the queue item URL Jenkins answers with.
+
+        Ambiguous failures (the request may have arrived) are not retried here: the caller
+        decides, because only it knows whether it can look the run up in Jenkins first.
+        """
+        c = self.client
+        url = yarl.URL(job_url(c.base, job) + ("build" if parameters is None else "buildWithParameters"),
+                       encoded=True)
+        body = c._trigger_form(parameters, cause)
+        what, host = f"triggering {job}", c._host
+        crumb_refreshed = False
+        attempt = 0
+        while True:
+            attempt += 1
+            headers = {**c.headers, "Content-Type": "application/x-www-form-urlencoded"}
+            retry_after = ""
+            try:
+                async with self._session.post(url, data=body, headers=headers, allow_redirects=False) as r:
+                    location = r.headers.get("Location", "")
+                    error = c._classify(r.status, location, await r.read(), what)
+                    retry_after = r.headers.get("Retry-After") or ""
+                    if error is None:
+                        return c._queue_url(job, r.status, location)
+            except aiohttp.ClientSSLError as e:
+                raise JenkinsRefused(f"{what}: TLS failed with {host}: {_reason(e)}; check ca_bundle") from None
+            except aiohttp.ConnectionTimeoutError:  # before ServerTimeoutError, its base class: nothing was sent
+                error = JenkinsUnavailable(f"{what}: connection to {host} timed out")
+            except aiohttp.ClientConnectorError as e:  # asyncio words it "Connect call failed (addr)"
+                reason = os.strerror(e.os_error.errno) if e.os_error.errno else _reason(e.os_error)
+                error = JenkinsUnavailable(f"{what}: connection to {host} failed: {reason}")
+            except (aiohttp.ServerTimeoutError, TimeoutError):
+                error = JenkinsUnavailable(f"{what}: no answer from {host} within {c.server.read_timeout:g}s",
+                                           maybe_received=True)
+            except (aiohttp.ClientError, OSError) as e:
+                error = JenkinsUnavailable(f"{what}: connection to {host} failed: {_reason(e)}", maybe_received=True)
+            if _crumb_refused(error) and not crumb_refreshed:
+                crumb_refreshed = True
+                await asyncio.to_thread(c._refresh_crumb)
+                attempt -= 1
+                continue
+            if await sleep_unless_stopped(c.stop, c._retry_delay(error, attempt, retry_after, retry_ambiguous=False)):
+                raise error
+
+
+async def sleep_unless_stopped(stop: threading.Event, seconds: float) -> bool:
+    """`stop.wait(seconds)` for code on an event loop: True, early, if `stop` is set."""
+    end = time.monotonic() + seconds
+    while not stop.is_set() and (left := end - time.monotonic()) > 0:
+        await asyncio.sleep(min(left, 0.1))
+    return stop.is_set()
+
+
+def _crumb_refused(error: JenkinsUnavailable | JenkinsRefused) -> bool:
+    return error.status == 403 and "No valid crumb" in str(error)
 
 
 def _reason(e: Exception) -> str:

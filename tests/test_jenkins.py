@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import ssl
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from reconciler.errors import JenkinsRefused, JenkinsUnavailable, LoginRedirect
 from reconciler.jenkins import Client, job_url
 from reconciler.simulator import Simulator
 
-from .conftest import TOKEN, USER, sim_config
+from .conftest import TOKEN, USER, sim_config, wait_for
 
 JOB_TOKEN = "deploy-job-token"
 
@@ -110,6 +112,18 @@ def test_retries_are_bounded(simulator):
     assert len(simulator.requests) == 3
 
 
+def test_stopping_cuts_a_posts_backoff_short(simulator):
+    simulator.fault(path="/build$", status=503)
+    stop = threading.Event()
+    server = Server(name="default", url=simulator.url, user=USER, token=TOKEN)
+    threading.Timer(0.3, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(JenkinsUnavailable, match="Jenkins answered 503"):
+        Client(server, backoff=30, max_backoff=30, stop=stop).trigger("plain", None, None)
+    assert time.monotonic() - started < 10  # not the 15-30 s backoff
+    assert len(simulator.requests) == 1
+
+
 def test_a_502_on_a_post_may_have_been_acted_on_so_it_is_not_blindly_retried(simulator):
     simulator.fault(path="/build$", status=502)
     with pytest.raises(JenkinsUnavailable) as e:
@@ -123,6 +137,22 @@ def test_a_dropped_connection_on_a_post_is_ambiguous_and_left_to_the_caller(simu
         client_for(simulator).trigger("plain", None, None)
     assert e.value.maybe_received
     assert len(simulator.builds("plain")) == 1  # Jenkins did build: the caller must look before retrying
+
+
+def test_a_post_left_unanswered_past_the_read_timeout_is_ambiguous_and_left_to_the_caller(simulator):
+    simulator.fault(path="/build$", latency=1.0, times=1)
+    server = Server(name="default", url=simulator.url, user=USER, token=TOKEN, read_timeout=0.2)
+    with pytest.raises(JenkinsUnavailable, match=r"no answer from 127\.0\.0\.1:\d+ within 0\.2s") as e:
+        Client(server, backoff=0.01).trigger("plain", None, None)
+    assert e.value.maybe_received
+    wait_for(lambda: len(simulator.builds("plain")) == 1, what="Jenkins to build it all the same")
+
+
+def test_a_refused_connection_is_retried_and_said_plainly():
+    server = Server(name="default", url="http://127.0.0.1:9/", user=USER, token=TOKEN)
+    with pytest.raises(JenkinsUnavailable, match=r"connection to 127\.0\.0\.1:9 failed: Connection refused$") as e:
+        Client(server, attempts=2, backoff=0.01).trigger("plain", None, None)
+    assert not e.value.maybe_received  # nothing was sent: safe to POST again
 
 
 def test_a_dropped_connection_on_a_get_is_retried(simulator):
@@ -189,6 +219,5 @@ def test_a_certificate_from_an_unknown_ca_is_refused_with_advice_and_nothing_is_
 
 def test_verification_can_be_turned_off_for_a_lab_jenkins(tls_simulator):
     sim, _ = tls_simulator
-    with pytest.warns(Warning, match="Unverified HTTPS request"):
-        client_for(sim, verify=False).trigger("plain", None, None)
-    assert len(sim.triggers("plain")) == 1
+    queue_url = client_for(sim, verify=False).trigger("plain", None, None)
+    assert queue_url.startswith("https://") and len(sim.triggers("plain")) == 1
