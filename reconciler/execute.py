@@ -62,6 +62,7 @@ class Executor:
         self._posters: dict[str, Poster] = {}
         self._incoming: list[tuple[Run, Coroutine[Any, Any, None]]] = []
         self._fires: set[asyncio.Task[None]] = set()
+        self._marks: list[tuple[Run, asyncio.Future[Run]]] = []
         self._slots = {name: asyncio.Semaphore(c.server.concurrency) for name, c in clients.items()}
         self._due: list[tuple[float, int, Run, float]] = []
         self._seq = itertools.count()
@@ -144,14 +145,39 @@ class Executor:
             self._cv.notify_all()
 
     def _update(self, run: Run, durable: bool = False, **changes: Any) -> Run:
-        run = self.store.update(run, durable=durable, **changes)
+        return self._update_many([(run, changes)], durable)[0]
+
+    def _update_many(self, steps: list[tuple[Run, dict[str, Any]]], durable: bool = False) -> list[Run]:
+        runs = self.store.update_many(steps, durable=durable)
         with self._cv:
-            if run.is_open:
-                self._active[run.run_id] = run
-            else:
-                self._active.pop(run.run_id, None)
+            for run in runs:
+                if run.is_open:
+                    self._active[run.run_id] = run
+                else:
+                    self._active.pop(run.run_id, None)
             self._cv.notify_all()
-        return run
+        return runs
+
+    async def _mark_posting(self, run: Run) -> Run:
+        """The durable mark that a POST may follow. Fires ready in the same turn of the loop share
+        one commit: an fsync blocks the loop, and in a burst one per fire was half its time."""
+        marked: asyncio.Future[Run] = self._loop.create_future()
+        self._marks.append((run, marked))
+        if len(self._marks) == 1:
+            self._loop.call_soon(self._commit_marks)
+        return await marked
+
+    def _commit_marks(self) -> None:
+        marks, self._marks = self._marks, []
+        try:
+            runs = self._update_many([(run, {"status": "posting", "attempts": run.attempts + 1})
+                                      for run, _ in marks], durable=True)
+        except Exception as e:
+            for _, marked in marks:
+                marked.set_exception(e)
+            return
+        for (_, marked), run in zip(marks, runs, strict=True):
+            marked.set_result(run)
 
     def _log(self, run: Run) -> Any:
         return logs.get(trigger=run.trigger, run_id=run.run_id, job=run.job, server=run.server)
@@ -255,7 +281,7 @@ class Executor:
                         self.history.decided(run, run.decided_at)
                         record = False
                     # The one step besides the decision that must survive a power loss: a POST may follow.
-                    run = self._update(run, durable=True, status="posting", attempts=run.attempts + 1)
+                    run = await self._mark_posting(run)
                     poster = self._posters.get(run.server)
                     if poster is None:  # made on the loop, which its connections belong to
                         poster = self._posters[run.server] = Poster(client)

@@ -184,15 +184,29 @@ class Store:
     def update(self, run: Run, *, durable: bool = False, **changes: Any) -> Run:
         """Record a step. Only `durable` steps are fsynced: every write survives kill -9 (WAL), and
         after a power loss a run whose later steps were lost falls back to its last durable one."""
-        updated = replace(run, **changes)
-        sets = ",".join(f"{k} = ?" for k in changes)
-        values = [json.dumps(v) if k == "parameters" and v is not None else v for k, v in changes.items()]
+        return self.update_many([(run, changes)], durable=durable)[0]
+
+    def update_many(self, steps: list[tuple[Run, dict[str, Any]]], *, durable: bool = False) -> list[Run]:
+        """Record a step of each of several runs in one commit: a burst's posting marks share an fsync."""
+        statements = []
+        for run, changes in steps:
+            values = [json.dumps(v) if k == "parameters" and v is not None else v for k, v in changes.items()]
+            statements.append((f"UPDATE runs SET {','.join(f'{k} = ?' for k in changes)} WHERE run_id = ?",
+                               (*values, run.run_id)))
         with self._lock, self._durably() if durable else contextlib.nullcontext():
             try:
-                self._db.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", (*values, run.run_id))
+                if len(statements) == 1:
+                    self._db.execute(*statements[0])
+                else:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    for sql, args in statements:
+                        self._db.execute(sql, args)
+                    self._db.execute("COMMIT")
             except sqlite3.Error as e:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise StateError(f"cannot write state store {self.path}: {e}") from None
-        return updated
+        return [replace(run, **changes) for run, changes in steps]
 
     # -- reads ----------------------------------------------------------------------------
     def __contains__(self, fire: object) -> bool:

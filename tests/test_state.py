@@ -47,6 +47,19 @@ def test_decisions_and_outcomes_survive_reopening(tmp_path):
     assert not reopened.created
 
 
+def test_steps_of_several_runs_are_recorded_together_or_not_at_all(tmp_path):
+    path = tmp_path / "state.db"
+    store = Store(path)
+    a, b = store.decide([run(key="a"), run(key="b")])
+    marked = store.update_many([(a, {"status": "posting", "attempts": 1}), (b, {"status": "posting", "attempts": 1})],
+                               durable=True)
+    assert [(r.status, r.attempts) for r in marked] == [("posting", 1)] * 2
+    with pytest.raises(StateError, match="no such column"):
+        store.update_many([(a, {"status": "queued"}), (b, {"no_such_field": 1})])
+    store.close()
+    assert sorted((r.fire_key, r.status) for r in Store(path).runs("t")) == [("a", "posting"), ("b", "posting")]
+
+
 def test_open_runs_are_those_with_work_left(tmp_path):
     store = Store(tmp_path / "state.db")
     _, b, c = store.decide([run(key="a"), run(key="b"), run(key="c")])
