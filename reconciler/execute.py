@@ -41,6 +41,10 @@ def _queue_id(run: Run) -> int:
 
 
 class Executor:
+    """Fires run as tasks on one asyncio loop, on its own thread: POSTs in flight wait on sockets,
+    not on threads taking turns on the GIL. Following (reads of queue items and builds) runs on a
+    few threads, handed work by the tracker when each check is due."""
+
     def __init__(self, store: Store, history: History, clients: Mapping[str, Client], *,
                  stop: threading.Event, clock: Callable[[], float] = time.time,
                  poll_min: float = 0.5, poll_max: float = 5.0, retry_min: float = 1.0, retry_max: float = 300.0,
@@ -55,7 +59,6 @@ class Executor:
         self.retry_min, self.retry_max = retry_min, retry_max
         self._note_warned: set[str] = set()
         self._pool = ThreadPoolExecutor(max_workers=FOLLOWERS, thread_name_prefix="follow")
-        # Fires run on one event loop: POSTs in flight wait on sockets, not on threads taking turns.
         self._loop = asyncio.new_event_loop()
         self._firing = threading.Thread(target=self._loop.run_forever, name="fire", daemon=True)
         self._firing.start()
