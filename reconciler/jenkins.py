@@ -1,11 +1,11 @@
 """The Jenkins edge: triggering, following the queue and builds, finding a run after a crash.
 
 Builds are triggered by `Poster`, from the executor's event loop (asyncio streams and h11): many
-POSTs in flight on one thread. Everything else goes through `Client`, one urllib3 pool per server (keep-alive,
-sized, explicit timeouts; urllib3 called directly costs a third of the CPU of requests). Both
-classify Jenkins' answers and back off the same way. Redirects are never followed:
-behind an SSO proxy they lead to a login page, possibly on another host, and following one would
-drop the POST and could hand credentials to that host.
+POSTs in flight on one thread. Everything else goes through `Client`, one urllib3 pool per server
+(keep-alive, sized, explicit timeouts; urllib3 called directly costs a third of the CPU of
+requests). Both classify Jenkins' answers and back off the same way. Redirects are never
+followed: behind an SSO proxy they lead to a login page, possibly on another host, and following
+one would drop the POST and could hand credentials to that host.
 """
 
 from __future__ import annotations
@@ -475,7 +475,7 @@ def _crumb_refused(error: JenkinsUnavailable | JenkinsRefused) -> bool:
 
 
 def _reason(e: Exception) -> str:
-    """The innermost useful words of a urllib3 error, without URLs or object reprs."""
+    """The innermost useful words of a transport error (urllib3, ssl, OS), without URLs or object reprs."""
     inner = e.args[-1] if isinstance(e, ProtocolError) and e.args else e  # ("Connection aborted.", cause)
     text = str(inner.args[0] if isinstance(inner, SSLError) and inner.args else inner)
     m = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text) or re.search(r"(\w+Error\(.*?\))", text)

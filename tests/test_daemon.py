@@ -209,17 +209,21 @@ def test_killed_mid_post_without_a_tag_is_recorded_lost_rather_than_risk_a_secon
     wait_for(lambda: harness.events("deploy") == ["lost"])
 
 
+def daemon_process(harness) -> subprocess.Popen[bytes]:
+    """`reconciler run` on the harness's directories as its own process, to be killed for real."""
+    env = {**os.environ, "JENKINS_URL": harness.sim.url, "JENKINS_USER": USER, "JENKINS_API_TOKEN": TOKEN,
+           "JENKINS_JOB_TOKEN": harness.job_token or ""}
+    return subprocess.Popen([sys.executable, "-m", "reconciler", "run", "--triggers", str(harness.triggers),
+                             "--state", str(harness.state), "--history", str(harness.history)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
 def daemon_process_with_a_slow_post(make_harness):
     """`reconciler run` as its own process, with the POST it will make held up for a second in Jenkins."""
     harness = make_harness(job_token="deploy-job-token")
     slow = harness.sim.fault(path="/build$", latency=1.0, times=1)
     harness.write("deploy", "job: manual\n")
-    env = {**os.environ, "JENKINS_URL": harness.sim.url, "JENKINS_USER": USER, "JENKINS_API_TOKEN": TOKEN,
-           "JENKINS_JOB_TOKEN": "deploy-job-token"}
-    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "--triggers", str(harness.triggers),
-                             "--state", str(harness.state), "--history", str(harness.history)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    return harness, slow, proc
+    return harness, slow, daemon_process(harness)
 
 
 def test_a_real_kill_9_during_the_post(make_harness):
@@ -254,16 +258,12 @@ def test_a_real_kill_9_in_the_middle_of_a_burst_leaves_every_trigger_fired_exact
     harness.sim.fault(path="/buildWithParameters$", latency=0.2)
     for i in range(150):
         harness.write(f"burst/v{i:03}", f"job: deploy\nparameters: {{ENV: staging, VERSION: 'v{i}'}}\n")
-    env = {**os.environ, "JENKINS_URL": harness.sim.url, "JENKINS_USER": USER, "JENKINS_API_TOKEN": TOKEN,
-           "JENKINS_JOB_TOKEN": "deploy-job-token"}
-    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "--triggers", str(harness.triggers),
-                             "--state", str(harness.state), "--history", str(harness.history)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = daemon_process(harness)
     try:
         wait_for(lambda: len(harness.sim.triggers("deploy")) >= 40, 60, "the burst to be under way")
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc.communicate()
     posted = len(harness.sim.triggers("deploy"))
     assert posted < 150, "the kill came after the burst: nothing was tested"
     harness.sim.clear_faults()
