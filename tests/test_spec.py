@@ -87,6 +87,14 @@ def test_yaml_1_2_keeps_yes_a_string():
         parse("job: a\nsuspend: yes\n", name="t", path="t.yaml")
 
 
+def test_parameter_values_are_read_by_the_yaml_1_2_core_schema():
+    spec = parse("job: a\nparameters: {A: yes, B: on, C: 010, D: 0o10, E: 0x1f, F: 1_000, G: 1e3, H: TRUE,"
+                 " I: False, J: .inf, K: '12:30', L: '007'}\n", name="t", path="t.yaml")
+    assert dict(spec.parameters or ()) == {"A": "yes", "B": "on", "C": "10", "D": "8", "E": "31", "F": "1000",
+                                           "G": "1000.0", "H": "true", "I": "false", "J": "inf", "K": "12:30",
+                                           "L": "007"}
+
+
 def test_missing_job_and_bad_job_paths():
     with pytest.raises(SpecError, match=r"t\.yaml:1:1: missing required key 'job'"):
         parse("cause: x\n", name="t", path="t.yaml")
