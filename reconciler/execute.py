@@ -65,11 +65,15 @@ class Executor:
         self._posters: dict[str, Poster] = {}
         self._incoming: list[tuple[Run, Coroutine[Any, Any, None]]] = []
         self._fires: set[asyncio.Task[None]] = set()
-        self._marks: list[tuple[Run, asyncio.Future[Run]]] = []
+        self._steps: list[tuple[Run, dict[str, Any], asyncio.Future[Run]]] = []
+        self._steps_durable = False
         self._slots = {name: asyncio.Semaphore(c.server.concurrency) for name, c in clients.items()}
         self._due: list[tuple[float, int, Run, float]] = []
         self._seq = itertools.count()
-        self._cv = threading.Condition()
+        lock = threading.RLock()
+        self._cv = threading.Condition(lock)
+        self._due_changed = threading.Condition(lock)
+        """Wakes the tracker only when its next check moved earlier, not on every step of every run."""
         self._active: dict[str, Run] = {}
         self._tracker = threading.Thread(target=self._track, name="tracker", daemon=True)
         self._tracker.start()
@@ -132,6 +136,7 @@ class Executor:
         self.stop.set()
         with self._cv:
             self._cv.notify_all()
+            self._due_changed.notify()
         if not self._loop.is_closed():  # shutting down twice is harmless
             asyncio.run_coroutine_threadsafe(self._drain(), self._loop).result()
             self._loop.call_soon_threadsafe(self._loop.stop)
@@ -161,26 +166,28 @@ class Executor:
             self._cv.notify_all()
         return runs
 
-    async def _mark_posting(self, run: Run) -> Run:
-        """The durable mark that a POST may follow. Fires ready in the same turn of the loop share
-        one commit: an fsync blocks the loop, and in a burst one per fire was half its time."""
-        marked: asyncio.Future[Run] = self._loop.create_future()
-        self._marks.append((run, marked))
-        if len(self._marks) == 1:
-            self._loop.call_soon(self._commit_marks)
-        return await marked
+    async def _step(self, run: Run, durable: bool = False, **changes: Any) -> Run:
+        """Record a step from the loop. Steps asked for in the same turn of the loop share one commit
+        (fsynced if any of them must be): a commit blocks every POST in flight, and in a burst one
+        commit per step was half the loop's time. Each step is still recorded before its caller goes on."""
+        recorded: asyncio.Future[Run] = self._loop.create_future()
+        self._steps.append((run, changes, recorded))
+        self._steps_durable |= durable
+        if len(self._steps) == 1:
+            self._loop.call_soon(self._commit_steps)
+        return await recorded
 
-    def _commit_marks(self) -> None:
-        marks, self._marks = self._marks, []
+    def _commit_steps(self) -> None:
+        steps, self._steps = self._steps, []
+        durable, self._steps_durable = self._steps_durable, False
         try:
-            runs = self._update_many([(run, {"status": "posting", "attempts": run.attempts + 1})
-                                      for run, _ in marks], durable=True)
+            runs = self._update_many([(run, changes) for run, changes, _ in steps], durable)
         except Exception as e:
-            for _, marked in marks:
-                marked.set_exception(e)
+            for _, _, recorded in steps:
+                recorded.set_exception(e)
             return
-        for (_, marked), run in zip(marks, runs, strict=True):
-            marked.set_result(run)
+        for (_, _, recorded), run in zip(steps, runs, strict=True):
+            recorded.set_result(run)
 
     def _log(self, run: Run) -> Any:
         return logs.get(trigger=run.trigger, run_id=run.run_id, job=run.job, server=run.server)
@@ -273,7 +280,7 @@ class Executor:
                     error = e
                 else:
                     if found is not None:
-                        self._adopt(run, found, log)
+                        await self._adopt(run, found, log)
                         return
                     search_first = False
             if error is None:
@@ -284,7 +291,7 @@ class Executor:
                         self.history.decided(run, run.decided_at)
                         record = False
                     # The one step besides the decision that must survive a power loss: a POST may follow.
-                    run = await self._mark_posting(run)
+                    run = await self._step(run, True, status="posting", attempts=run.attempts + 1)
                     poster = self._posters.get(run.server)
                     if poster is None:  # made on the loop, which its connections belong to
                         poster = self._posters[run.server] = Poster(client)
@@ -298,7 +305,7 @@ class Executor:
                         error = e
                         search_first = e.maybe_received and self.taggable(run, client)
                     else:
-                        run = self._queued(run, queue_url)
+                        run = await self._queued(run, queue_url)
                         self.metrics.fire_latency.observe(max(0.0, (run.posted_at or 0.0) - run.decided_at))
                         log.info("fire_posted", queue_url=queue_url, attempts=run.attempts)
                         self._follow_in(run, self._first_look(), self.poll_min)
@@ -311,9 +318,9 @@ class Executor:
                 return
             delay = min(delay * 2, self.retry_max)
 
-    def _queued(self, run: Run, queue_url: str) -> Run:
+    async def _queued(self, run: Run, queue_url: str) -> Run:
         now = self.clock()
-        run = self._update(run, status="queued", queue_url=queue_url, posted_at=run.posted_at or now,
+        run = await self._step(run, status="queued", queue_url=queue_url, posted_at=run.posted_at or now,
                            last_error=None)
         self.history.append(run, "queued", now, queue_url=queue_url)
         return run
@@ -325,11 +332,11 @@ class Executor:
         self.history.append(run, "started", now, number=number, url=url)
         return run
 
-    def _adopt(self, run: Run, found: Found, log: Any) -> None:
+    async def _adopt(self, run: Run, found: Found, log: Any) -> None:
         if found.build_url:
             run = self._started(run, found.build_number, found.build_url)
         else:
-            run = self._queued(run, found.queue_url or "")
+            run = await self._queued(run, found.queue_url or "")
         log.info("fire_found", queue_url=found.queue_url, build_url=found.build_url)
         self._follow_in(run, 0.0, self.poll_min)
 
@@ -342,8 +349,10 @@ class Executor:
 
     def _follow_in(self, run: Run, delay: float, interval: float) -> None:
         with self._cv:
-            heapq.heappush(self._due, (time.monotonic() + delay, next(self._seq), run, interval))
-            self._cv.notify_all()
+            entry = (time.monotonic() + delay, next(self._seq), run, interval)
+            heapq.heappush(self._due, entry)
+            if self._due[0] is entry:
+                self._due_changed.notify()
 
     def _track(self) -> None:
         """Hand each followed run to the pool when its next check is due; sleeps in between."""
@@ -351,7 +360,7 @@ class Executor:
             with self._cv:
                 now = time.monotonic()
                 if not self._due or self._due[0][0] > now:
-                    self._cv.wait(None if not self._due else self._due[0][0] - now)
+                    self._due_changed.wait(None if not self._due else self._due[0][0] - now)
                     continue
                 groups: dict[tuple[str, str], list[tuple[Run, float]]] = {}
                 while self._due and self._due[0][0] <= now + GROUP_WINDOW:
