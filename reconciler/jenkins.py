@@ -206,18 +206,6 @@ class Client:
             self.headers[crumb["crumbRequestField"]] = crumb["crumb"]
 
     # -- triggering -------------------------------------------------------------------------
-    def trigger(self, job: str, parameters: tuple[tuple[str, str], ...] | None, cause: str | None) -> str:
-        """`Poster.trigger` for a caller without an event loop (one POST, one connection)."""
-
-        async def once() -> str:
-            poster = Poster(self)
-            try:
-                return await poster.trigger(job, parameters, cause)
-            finally:
-                await poster.close()
-
-        return asyncio.run(once())
-
     def _trigger_form(self, parameters: tuple[tuple[str, str], ...] | None, cause: str | None) -> str:
         form: list[tuple[str, str]] = list(parameters or ())
         if self.server.job_token:

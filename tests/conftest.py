@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -18,6 +19,7 @@ from reconciler import logs
 from reconciler.config import Server
 from reconciler.daemon import Daemon, assemble
 from reconciler.history import History
+from reconciler.jenkins import Client, Poster
 from reconciler.simulator import Simulator, from_mapping
 from reconciler.state import Store
 
@@ -66,6 +68,19 @@ def make_simulator() -> Iterator[Callable[..., Simulator]]:
 @pytest.fixture
 def simulator(make_simulator: Callable[..., Simulator]) -> Simulator:
     return make_simulator()
+
+
+def post(client: Client, job: str, parameters: tuple[tuple[str, str], ...] | None, cause: str | None) -> str:
+    """One build POST the way the daemon makes it (a Poster on an event loop); returns the queue URL."""
+
+    async def once() -> str:
+        poster = Poster(client)
+        try:
+            return await poster.trigger(job, parameters, cause)
+        finally:
+            await poster.close()
+
+    return asyncio.run(once())
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:

@@ -15,7 +15,7 @@ import pytest
 from reconciler.history import History
 from reconciler.state import Run, Store
 
-from .conftest import TOKEN, USER, wait_for
+from .conftest import TOKEN, USER, post, wait_for
 
 DEPLOY = "job: deploy\nparameters:\n  ENV: staging\n  VERSION: '1.0'\ncause: deploy 1.0\n"
 
@@ -184,7 +184,7 @@ def test_killed_mid_post_that_jenkins_received_is_found_by_its_cause_not_fired_a
     harness.sim.state.jenkins.jobs["deploy"].duration = None
     # Jenkins got the POST (with the run id in the cause note) but the process died before recording it.
     from reconciler.jenkins import Client
-    Client(harness.server()).trigger("deploy", params, "x [reconciler run deadbeef00000001]")
+    post(Client(harness.server()), "deploy", params, "x [reconciler run deadbeef00000001]")
     crash_state(harness, "posting", job="deploy", parameters=params)
     harness.start()
     wait_for(lambda: harness.runs("deploy")[0].status == "building")

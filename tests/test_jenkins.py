@@ -17,7 +17,7 @@ from reconciler.errors import JenkinsRefused, JenkinsUnavailable, LoginRedirect
 from reconciler.jenkins import Client, job_url
 from reconciler.simulator import Simulator
 
-from .conftest import TOKEN, USER, sim_config, wait_for
+from .conftest import TOKEN, USER, post, sim_config, wait_for
 
 JOB_TOKEN = "deploy-job-token"
 
@@ -46,7 +46,7 @@ def test_job_urls_encode_each_folder_segment():
 
 
 def test_trigger_posts_build_and_returns_the_queue_item(simulator):
-    queue_url = client_for(simulator).trigger("plain", None, "ignored without a job token")
+    queue_url = post(client_for(simulator), "plain", None, "ignored without a job token")
     assert queue_url == simulator.url + "queue/item/1/"
     [request] = simulator.triggers("plain")
     assert request.path == "/job/plain/build" and request.user == USER
@@ -55,7 +55,7 @@ def test_trigger_posts_build_and_returns_the_queue_item(simulator):
 
 def test_trigger_with_parameters_and_job_token_sends_the_cause(simulator):
     client = client_for(simulator, job_token=JOB_TOKEN)
-    client.trigger("deploy", (("ENV", "prod"), ("VERSION", "2")), "release 2 [reconciler run abc]")
+    post(client, "deploy", (("ENV", "prod"), ("VERSION", "2")), "release 2 [reconciler run abc]")
     [request] = simulator.triggers("deploy")
     assert request.path == "/job/deploy/buildWithParameters"
     assert (request.param("ENV"), request.param("token"), request.param("cause")) == \
@@ -65,13 +65,13 @@ def test_trigger_with_parameters_and_job_token_sends_the_cause(simulator):
 
 
 def test_a_folder_job_with_spaces_and_non_ascii_is_triggered(simulator):
-    client_for(simulator).trigger("team a/dëploy ü", (("TARGET", "eu"),), None)
+    post(client_for(simulator), "team a/dëploy ü", (("TARGET", "eu"),), None)
     assert len(simulator.builds("team a/dëploy ü")) == 1
 
 
 def test_following_the_queue_to_the_build_and_its_result(simulator):
     client = client_for(simulator)
-    queue_url = client.trigger("manual", None, None)
+    queue_url = post(client, "manual", None, None)
     state = client.queue_item(queue_url, "manual")
     assert (state.kind, state.build_number) == ("left", 1)
     assert client.build(state.build_url).building is True
@@ -83,9 +83,9 @@ def test_following_the_queue_to_the_build_and_its_result(simulator):
 def test_a_crumb_is_fetched_when_jenkins_asks_and_refreshed_when_stale(make_simulator):
     sim = make_simulator(csrf_exempt_api_token=False)
     client = client_for(sim)
-    client.trigger("plain", None, None)
+    post(client, "plain", None, None)
     sim.expire_crumbs()
-    client.trigger("plain", None, None)
+    post(client, "plain", None, None)
     statuses = [(r.path, r.status) for r in sim.requests]
     assert statuses == [("/job/plain/build", 403), ("/crumbIssuer/api/json", 200), ("/job/plain/build", 201),
                         ("/job/plain/build", 403), ("/crumbIssuer/api/json", 200), ("/job/plain/build", 201)]
@@ -94,21 +94,21 @@ def test_a_crumb_is_fetched_when_jenkins_asks_and_refreshed_when_stale(make_simu
 def test_an_sso_redirect_is_reported_and_never_followed(simulator):
     simulator.sso()
     with pytest.raises(LoginRedirect, match=r"redirected to http://localhost:\d+/sso/login: is an SSO proxy"):
-        client_for(simulator).trigger("plain", None, None)
+        post(client_for(simulator), "plain", None, None)
     assert not [r for r in simulator.requests if r.path.startswith("/sso")]
     assert len(simulator.requests) == 1  # not retried either
 
 
 def test_503_is_retried_with_backoff_until_it_recovers(simulator):
     simulator.fault(path="/build$", status=503, times=2)
-    client_for(simulator).trigger("plain", None, None)
+    post(client_for(simulator), "plain", None, None)
     assert [r.status for r in simulator.requests] == [503, 503, 201]
 
 
 def test_retries_are_bounded(simulator):
     simulator.fault(path="/build$", status=503)
     with pytest.raises(JenkinsUnavailable, match="Jenkins answered 503"):
-        client_for(simulator, attempts=3).trigger("plain", None, None)
+        post(client_for(simulator, attempts=3), "plain", None, None)
     assert len(simulator.requests) == 3
 
 
@@ -119,7 +119,7 @@ def test_stopping_cuts_a_posts_backoff_short(simulator):
     threading.Timer(0.3, stop.set).start()
     started = time.monotonic()
     with pytest.raises(JenkinsUnavailable, match="Jenkins answered 503"):
-        Client(server, backoff=30, max_backoff=30, stop=stop).trigger("plain", None, None)
+        post(Client(server, backoff=30, max_backoff=30, stop=stop), "plain", None, None)
     assert time.monotonic() - started < 10  # not the 15-30 s backoff
     assert len(simulator.requests) == 1
 
@@ -127,14 +127,14 @@ def test_stopping_cuts_a_posts_backoff_short(simulator):
 def test_a_502_on_a_post_may_have_been_acted_on_so_it_is_not_blindly_retried(simulator):
     simulator.fault(path="/build$", status=502)
     with pytest.raises(JenkinsUnavailable) as e:
-        client_for(simulator).trigger("plain", None, None)
+        post(client_for(simulator), "plain", None, None)
     assert e.value.maybe_received and len(simulator.requests) == 1
 
 
 def test_a_dropped_connection_on_a_post_is_ambiguous_and_left_to_the_caller(simulator):
     simulator.fault(path="/build$", drop="after", times=1)
     with pytest.raises(JenkinsUnavailable) as e:
-        client_for(simulator).trigger("plain", None, None)
+        post(client_for(simulator), "plain", None, None)
     assert e.value.maybe_received
     assert len(simulator.builds("plain")) == 1  # Jenkins did build: the caller must look before retrying
 
@@ -143,7 +143,7 @@ def test_a_post_left_unanswered_past_the_read_timeout_is_ambiguous_and_left_to_t
     simulator.fault(path="/build$", latency=1.0, times=1)
     server = Server(name="default", url=simulator.url, user=USER, token=TOKEN, read_timeout=0.2)
     with pytest.raises(JenkinsUnavailable, match=r"no answer from 127\.0\.0\.1:\d+ within 0\.2s") as e:
-        Client(server, backoff=0.01).trigger("plain", None, None)
+        post(Client(server, backoff=0.01), "plain", None, None)
     assert e.value.maybe_received
     wait_for(lambda: len(simulator.builds("plain")) == 1, what="Jenkins to build it all the same")
 
@@ -151,13 +151,13 @@ def test_a_post_left_unanswered_past_the_read_timeout_is_ambiguous_and_left_to_t
 def test_a_refused_connection_is_retried_and_said_plainly():
     server = Server(name="default", url="http://127.0.0.1:9/", user=USER, token=TOKEN)
     with pytest.raises(JenkinsUnavailable, match=r"connection to 127\.0\.0\.1:9 failed: Connection refused$") as e:
-        Client(server, attempts=2, backoff=0.01).trigger("plain", None, None)
+        post(Client(server, attempts=2, backoff=0.01), "plain", None, None)
     assert not e.value.maybe_received  # nothing was sent: safe to POST again
 
 
 def test_a_dropped_connection_on_a_get_is_retried(simulator):
     client = client_for(simulator)
-    queue_url = client.trigger("plain", None, None)
+    queue_url = post(client, "plain", None, None)
     simulator.fault(path="/queue/item/", drop="before", times=1)
     assert client.queue_item(queue_url, "plain").kind == "left"
 
@@ -172,7 +172,7 @@ def test_a_dropped_connection_on_a_get_is_retried(simulator):
 ])
 def test_refusals_are_not_retried_and_say_what_to_fix(simulator, job, params, kwargs, message):
     with pytest.raises(JenkinsRefused, match=re.escape(message)) as e:
-        client_for(simulator, **kwargs).trigger(job, params, None)
+        post(client_for(simulator, **kwargs), job, params, None)
     assert len(simulator.requests) == 1
     for secret in ("wrong-token", "wrong-job-token", TOKEN):
         assert secret not in str(e.value)
@@ -181,14 +181,14 @@ def test_refusals_are_not_retried_and_say_what_to_fix(simulator, job, params, kw
 def test_a_run_is_found_by_the_run_id_in_its_cause_note_in_queue_and_builds(make_simulator):
     sim = make_simulator(quiet_period=60)
     client = client_for(sim, job_token=JOB_TOKEN)
-    queue_url = client.trigger("deploy", (("VERSION", "1"),), "x [reconciler run r-1]")
+    queue_url = post(client, "deploy", (("VERSION", "1"),), "x [reconciler run r-1]")
     assert client.find("deploy", run_id="r-1").queue_url == queue_url
     assert client.find("deploy", run_id="r-2") is None
 
 
 def test_a_build_is_found_by_a_tag_parameter_or_its_queue_id(simulator):
     client = client_for(simulator)
-    queue_url = client.trigger("team a/dëploy ü", (("TARGET", "r-9"),), None)
+    queue_url = post(client, "team a/dëploy ü", (("TARGET", "r-9"),), None)
     found = client.find("team a/dëploy ü", run_id="r-9", tag_param="TARGET")
     assert found.build_number == 1
     queue_id = int(queue_url.rstrip("/").rsplit("/", 1)[1])
@@ -198,14 +198,14 @@ def test_a_build_is_found_by_a_tag_parameter_or_its_queue_id(simulator):
 def test_a_vanished_queue_item_reads_as_gone(simulator):
     client = client_for(simulator)
     simulator.state.jenkins.quiet_period = 60
-    queue_url = client.trigger("plain", None, None)
+    queue_url = post(client, "plain", None, None)
     simulator.restart()
     assert client.queue_item(queue_url, "plain").kind == "gone"
 
 
 def test_https_is_verified_against_the_configured_ca_bundle(tls_simulator):
     sim, bundle = tls_simulator
-    queue_url = client_for(sim, verify=bundle).trigger("plain", None, None)
+    queue_url = post(client_for(sim, verify=bundle), "plain", None, None)
     assert queue_url.startswith("https://") and len(sim.triggers("plain")) == 1
 
 
@@ -213,11 +213,11 @@ def test_a_certificate_from_an_unknown_ca_is_refused_with_advice_and_nothing_is_
     sim, _ = tls_simulator
     with pytest.raises(JenkinsRefused, match=r"TLS failed with 127\.0\.0\.1:\d+: .*certificate verify failed.*"
                                              r"check ca_bundle"):
-        client_for(sim).trigger("plain", None, None)
+        post(client_for(sim), "plain", None, None)
     assert sim.requests == []
 
 
 def test_verification_can_be_turned_off_for_a_lab_jenkins(tls_simulator):
     sim, _ = tls_simulator
-    queue_url = client_for(sim, verify=False).trigger("plain", None, None)
+    queue_url = post(client_for(sim, verify=False), "plain", None, None)
     assert queue_url.startswith("https://") and len(sim.triggers("plain")) == 1
