@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ruamel.yaml import YAML
+from ruamel.yaml.constructor import SafeConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import ScalarNode
 from ruamel.yaml.resolver import VersionedResolver, implicit_resolvers
@@ -35,7 +36,8 @@ class SpecModel(BaseModel):
 
     job: Annotated[str, Field(min_length=1, description="Jenkins job; `a/b/c` is job c in folders a/b.")]
     parameters: dict[str, ParamValue] | None = Field(
-        None, description="Build parameters. Present: buildWithParameters; absent: build.")
+        None, description="Build parameters, sent as written (`1.10` stays 1.10; booleans as true/false). "
+                           "Present: buildWithParameters; absent: build.")
     server: str = Field("default", description="Server name from the config; `default` comes from JENKINS_URL.")
     cause: str | None = Field(None, description="Text passed as Jenkins' `cause` (shown when a job token is used).")
     run: Annotated[int, Field(ge=1, description="Bump to fire an unchanged one-shot again.")] = 1
@@ -118,10 +120,11 @@ class Spec:
 
 
 def jenkins_value(value: ParamValue) -> str:
-    """Jenkins receives strings; booleans as it spells them."""
+    """Jenkins receives strings: numbers as they were written (`1.10`, not `1.1`), booleans as
+    Jenkins spells them."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value)
+    return getattr(value, "written", None) or str(value)
 
 
 def revision_of(server: str, job: str, parameters: tuple[tuple[str, str], ...] | None, run: int) -> str:
@@ -166,9 +169,36 @@ class _Yaml12Resolver(VersionedResolver):
         return super().resolve(kind, value, implicit)
 
 
+class _WrittenInt(int):
+    written: str
+
+
+class _WrittenFloat(float):
+    written: str
+
+
+class _Constructor(SafeConstructor):
+    """Numbers that remember how they were written. Jenkins parameters are strings, and a user who
+    writes `VERSION: 1.10` means the characters 1.10, not the number 1.1."""
+
+    def construct_written_int(self, node: ScalarNode) -> int:
+        number = _WrittenInt(self.construct_yaml_int(node))
+        number.written = node.value
+        return number
+
+    def construct_written_float(self, node: ScalarNode) -> float:
+        number = _WrittenFloat(self.construct_yaml_float(node))
+        number.written = node.value
+        return number
+
+
+_Constructor.add_constructor("tag:yaml.org,2002:int", _Constructor.construct_written_int)
+_Constructor.add_constructor("tag:yaml.org,2002:float", _Constructor.construct_written_float)
+
 _fast = YAML(typ="safe")
 _fast.version = (1, 2)  # type: ignore[assignment]
 _fast.Resolver = _Yaml12Resolver
+_fast.Constructor = _Constructor
 
 
 def parse(text: str, *, name: str, path: str) -> Spec:
@@ -190,8 +220,8 @@ def parse(text: str, *, name: str, path: str) -> Spec:
         model = SpecModel.model_validate(data)
     except ValidationError as e:
         raise SpecError(path, _locate(text, e)) from None
-    params = None if model.parameters is None else tuple(
-        (str(k), jenkins_value(v)) for k, v in model.parameters.items())
+    params = None if model.parameters is None else tuple(  # the values as loaded: validation drops `written`
+        (str(k), jenkins_value(data["parameters"][k])) for k in model.parameters)
     # Interned: ten thousand triggers usually name a few hundred jobs and a server or two.
     return Spec(name=name, job=sys.intern(model.job), parameters=params, server=sys.intern(model.server),
                 cause=model.cause, run=model.run, suspend=model.suspend, run_id_parameter=model.run_id_parameter,

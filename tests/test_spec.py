@@ -87,12 +87,23 @@ def test_yaml_1_2_keeps_yes_a_string():
         parse("job: a\nsuspend: yes\n", name="t", path="t.yaml")
 
 
-def test_parameter_values_are_read_by_the_yaml_1_2_core_schema():
-    spec = parse("job: a\nparameters: {A: yes, B: on, C: 010, D: 0o10, E: 0x1f, F: 1_000, G: 1e3, H: TRUE,"
-                 " I: False, J: .inf, K: '12:30', L: '007'}\n", name="t", path="t.yaml")
-    assert dict(spec.parameters or ()) == {"A": "yes", "B": "on", "C": "10", "D": "8", "E": "31", "F": "1000",
-                                           "G": "1000.0", "H": "true", "I": "false", "J": "inf", "K": "12:30",
-                                           "L": "007"}
+def test_parameter_values_reach_jenkins_as_written():
+    spec = parse("job: a\nparameters: {VERSION: 1.10, BUILD: 010, MASK: 0x1f, BIG: 1_000, SCALE: 1e3, RATIO: -0.50,"
+                 " N: 42, ANSWER: yes, FLAG: TRUE, OFF: False, AT: '12:30'}\n", name="t", path="t.yaml")
+    assert dict(spec.parameters or ()) == {"VERSION": "1.10", "BUILD": "010", "MASK": "0x1f", "BIG": "1_000",
+                                           "SCALE": "1e3", "RATIO": "-0.50", "N": "42", "ANSWER": "yes",
+                                           "FLAG": "true", "OFF": "false", "AT": "12:30"}
+
+
+def test_a_number_written_differently_is_a_different_revision():
+    def revision(version: str) -> str:
+        return parse(f"job: a\nparameters: {{VERSION: {version}}}\n", name="t", path="t.yaml").revision
+    assert revision("1.10") != revision("1.1")
+    assert revision("1.10") == revision("'1.10'")  # what Jenkins is sent is the same
+
+
+def test_numbers_outside_parameters_are_still_numbers():
+    assert parse("job: a\nrun: 0x2\n", name="t", path="t.yaml").run == 2
 
 
 def test_missing_job_and_bad_job_paths():
