@@ -275,6 +275,9 @@ class Daemon:
         git-sync publishes each checkout by renaming a new symlink over the old one; a watch on the
         old target would go quiet. Twice a second the watcher checks where the path resolves to, and
         on a swap rescans and watches the new target.
+
+        A file changed after a scan but before its watch is in place would go unseen until the next
+        resync, so once each watch is in place (its first answer) the directory is scanned again.
         """
         root = Path(self.catalog.root)
         while not stop.is_set():
@@ -283,24 +286,31 @@ class Daemon:
                 stop.wait(1.0)
                 continue
             target = os.path.realpath(root)
+            watching = False
             try:
                 for batch in watchfiles.watch(target, watch_filter=None, debounce=500, step=WATCH_STEP_MS,
                                               stop_event=stop, rust_timeout=500, yield_on_timeout=True,
                                               raise_interrupt=False):
+                    if not watching:
+                        watching = True
+                        self._rescan_soon()
                     if batch:
                         with self._paths_lock:
                             self._paths.update(path for _, path in batch)
                         self._wake.set()
                     if os.path.realpath(root) != target:
                         self.log.info("triggers_moved", path=str(root), target=os.path.realpath(root))
-                        with self._paths_lock:
-                            self._paths.add(str(root))  # not a spec file: the loop rescans everything
-                        self._wake.set()
+                        self._rescan_soon()
                         break
             except (OSError, RuntimeError) as e:  # the directory vanished under the watcher
                 self.log.warning("watch_restarted", error=str(e))
                 self._wake.set()
                 stop.wait(0.5)
+
+    def _rescan_soon(self) -> None:
+        with self._paths_lock:
+            self._paths.add(str(self.catalog.root))  # not a spec file: the loop rescans everything
+        self._wake.set()
 
     def request_stop(self, *_: Any) -> None:
         """Safe from a signal handler: ends `run` promptly; open runs stay open in the store."""

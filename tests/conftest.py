@@ -143,12 +143,14 @@ class Harness:
         self._running.append((daemon, None))
         return daemon
 
-    def start(self, clock: Callable[[], float] = time.time, resync_interval: float = 60.0) -> Daemon:
+    def start(self, clock: Callable[[], float] = time.time, resync_interval: float = 60.0,
+              wait: bool = True) -> Daemon:
         daemon = self.build(clock, resync_interval)
         thread = threading.Thread(target=daemon.run, args=(daemon.executor.stop,), daemon=True)
         thread.start()
         self._running[-1] = (daemon, thread)
-        wait_for(daemon.ready.is_set, what="the daemon's first pass")
+        if wait:
+            wait_for(daemon.ready.is_set, what="the daemon's first pass")
         return daemon
 
     def stop(self) -> None:

@@ -343,6 +343,16 @@ def test_secrets_appear_in_no_log_history_or_state(make_harness):
         assert secret not in written
 
 
+def test_a_spec_written_as_the_first_pass_ends_fires_without_waiting_for_a_resync(harness):
+    """Between the first scan and the watch being in place, a change would go unseen until the
+    resync (an hour here): the daemon scans once more when its watch starts."""
+    harness.start(resync_interval=3600, wait=False)
+    wait_for(lambda: "pass_completed" in harness.logs.getvalue(), what="the first pass")
+    harness.write("early", "job: deploy\nparameters: {VERSION: '1'}\n")
+    wait_for(lambda: len(harness.sim.triggers()) == 1, timeout=10, what="the early spec's POST")
+    assert [r.trigger for r in harness.runs()] == ["early"]
+
+
 def test_following_git_sync_symlink_swaps(harness):
     """Do what git-sync does: a new worktree, a symlink made beside the old and renamed over it."""
     import shutil
