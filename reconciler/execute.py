@@ -321,7 +321,7 @@ class Executor:
     async def _queued(self, run: Run, queue_url: str) -> Run:
         now = self.clock()
         run = await self._step(run, status="queued", queue_url=queue_url, posted_at=run.posted_at or now,
-                           last_error=None)
+                               last_error=None)
         self.history.append(run, "queued", now, queue_url=queue_url)
         return run
 
