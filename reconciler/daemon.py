@@ -234,6 +234,10 @@ class Daemon:
 
     def run(self, stop: threading.Event) -> None:
         self.bootstrap()
+        # The watch starts before the first scan, so it is in place by the time the scan is done.
+        watcher = threading.Thread(target=self._watch, args=(stop,), name="watcher", daemon=True)
+        watcher.start()
+        self._watcher = watcher
         fired = self.pass_once()
         self.log.info("pass_completed", specs=len(self.catalog.entries), fired=len(fired),
                       invalid=len(self.catalog.errors))
@@ -242,9 +246,6 @@ class Daemon:
         # garbage is kept), later collections see only newer objects.
         gc.collect()
         gc.freeze()
-        watcher = threading.Thread(target=self._watch, args=(stop,), name="watcher", daemon=True)
-        watcher.start()
-        self._watcher = watcher
         self.ready.set()
         next_resync = time.monotonic() + self.resync_interval
         while not stop.is_set():
