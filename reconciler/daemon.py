@@ -126,7 +126,7 @@ class Daemon:
         inserted = self.store.decide(to_fire)
         for run in inserted:
             self.log.info("fire_decided", trigger=run.trigger, run_id=run.run_id, job=run.job, revision=run.fire_key)
-            self.executor.submit(run)
+        self.executor.submit(inserted)
         return inserted
 
     def _arm(self, spec: Spec, now: float) -> None:
@@ -176,11 +176,11 @@ class Daemon:
             log = self.log.bind(trigger=run.trigger, run_id=run.run_id)
             if event == "decided":  # the executor writes its history line before the POST
                 log.info("fire_decided", job=run.job, scheduled_for=run.fire_key[1:])
-                self.executor.submit(run)
                 fired.append(run)
             else:
                 self.history.decided(run, now, event=event)
                 log.warning(f"tick_{event}", scheduled_for=run.fire_key[1:], reason=run.last_error)
+        self.executor.submit(fired)
         return fired
 
     def _due_decisions(self, spec: Spec, now: float, now_dt: datetime,
