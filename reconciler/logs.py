@@ -1,4 +1,8 @@
-"""structlog, configured once: JSON lines (or console) on stdout, with every known secret scrubbed."""
+"""structlog, configured once: JSON lines (or console) on stdout, with every known secret scrubbed.
+
+structlog is imported when something first logs, not before: it brings asyncio with it (~40 ms),
+and the commands a pre-commit hook runs (`validate`, `plan`) never log.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,9 @@ import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-import structlog
-
 _secrets: set[str] = set()
+_pending: tuple[str, TextIO | None, str] | None = ("json", None, "info")
+"""How logs are to be written, until the first logger applies it."""
 
 
 def add_secrets(values: Iterable[str]) -> None:
@@ -39,6 +43,14 @@ def _scrub_processor(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, A
 
 
 def configure(fmt: str = "json", stream: TextIO | None = None, level: str = "info") -> None:
+    """Takes effect for loggers got from now on."""
+    global _pending
+    _pending = (fmt, stream, level)
+
+
+def _apply(fmt: str, stream: TextIO | None, level: str) -> None:
+    import structlog
+
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=False) if fmt == "console"
                      else structlog.processors.JSONRenderer(sort_keys=False))
     structlog.configure(
@@ -57,4 +69,10 @@ def configure(fmt: str = "json", stream: TextIO | None = None, level: str = "inf
 
 
 def get(**context: Any) -> Any:
+    global _pending
+    import structlog
+
+    if _pending is not None:
+        _apply(*_pending)
+        _pending = None
     return structlog.get_logger("reconciler").bind(**context)
