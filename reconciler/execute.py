@@ -83,15 +83,12 @@ class Executor:
     def submit(self, runs: list[Run]) -> None:
         """Fresh decisions: write each one's history line, then POST it. Handed over together, a
         burst wakes the loop once instead of taking turns with it on the GIL for every run."""
-        with self._cv:
-            for run in runs:
-                self._active[run.run_id] = run
-            self._cv.notify_all()
+        self._set_active(runs)
         self._spawn([(run, self._fire(run, False, True)) for run in runs])
 
     def resume(self, run: Run) -> None:
         """A run left open by an earlier process."""
-        self._set_active(run)
+        self._set_active([run])
         if run.status == "decided":  # killed before the POST, maybe before the history line too
             self._spawn([(run, self._fire(run, False, not self.history.has(run)))])
         elif run.status == "posting":
@@ -151,9 +148,9 @@ class Executor:
         return self.active()
 
     # -- bookkeeping ------------------------------------------------------------------------
-    def _set_active(self, run: Run) -> None:
+    def _set_active(self, runs: list[Run]) -> None:
         with self._cv:
-            self._active[run.run_id] = run
+            self._active.update((run.run_id, run) for run in runs)
             self._cv.notify_all()
 
     def _update(self, run: Run, durable: bool = False, **changes: Any) -> Run:
