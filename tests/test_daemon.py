@@ -345,12 +345,21 @@ def test_secrets_appear_in_no_log_history_or_state(make_harness):
 
 def test_a_spec_written_as_the_first_pass_ends_fires_without_waiting_for_a_resync(harness):
     """Between the first scan and the watch being in place, a change would go unseen until the
-    resync (an hour here): the daemon scans once more when its watch starts."""
+    resync (an hour here): the watch starts before the scan, and once it is in place the daemon
+    scans again."""
     harness.start(resync_interval=3600, wait=False)
     wait_for(lambda: "pass_completed" in harness.logs.getvalue(), what="the first pass")
     harness.write("early", "job: deploy\nparameters: {VERSION: '1'}\n")
     wait_for(lambda: len(harness.sim.triggers()) == 1, timeout=10, what="the early spec's POST")
     assert [r.trigger for r in harness.runs()] == ["early"]
+
+
+def test_jenkins_receives_a_number_as_it_was_written(harness):
+    harness.start()
+    harness.write("release", "job: deploy\nparameters: {VERSION: 1.10, BUILD: 007}\n")
+    wait_for(lambda: len(harness.sim.triggers()) == 1, what="the release POST")
+    [build] = harness.sim.triggers()
+    assert (build.param("VERSION"), build.param("BUILD")) == ("1.10", "007")
 
 
 def test_following_git_sync_symlink_swaps(harness):
