@@ -327,7 +327,7 @@ What is left is the work itself: parsing, durable records, two history lines and
 fire, taking turns on one GIL with the simulator on the other CPU. Overlapping the parse of a
 checkout with its POSTs, fewer or more threads and a shorter GIL switch interval measured no
 better. The targets still missed ask, at 0 ms, for several thousand fires/s (5x a python-jenkins
-loop is close to the simulator's own ceiling) and, at 5 ms, for 20x the curl row (~1,400/s):
+loop is close to the simulator's own ceiling) and, at 5 ms, for 20x the curl row:
 more than a client that parses, decides and records each fire durably before its POST reaches
 here, on two CPUs it shares with the simulator.
 

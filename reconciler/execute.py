@@ -65,8 +65,7 @@ class Executor:
         self._posters: dict[str, Poster] = {}
         self._incoming: list[tuple[Run, Coroutine[Any, Any, None]]] = []
         self._fires: set[asyncio.Task[None]] = set()
-        self._steps: list[tuple[Run, dict[str, Any], asyncio.Future[Run]]] = []
-        self._steps_durable = False
+        self._steps: list[tuple[Run, dict[str, Any], bool, asyncio.Future[Run]]] = []
         self._slots = {name: asyncio.Semaphore(c.server.concurrency) for name, c in clients.items()}
         self._due: list[tuple[float, int, Run, float]] = []
         self._seq = itertools.count()
@@ -83,6 +82,8 @@ class Executor:
     def submit(self, runs: list[Run]) -> None:
         """Fresh decisions: write each one's history line, then POST it. Handed over together, a
         burst wakes the loop once instead of taking turns with it on the GIL for every run."""
+        if not runs:
+            return
         self._set_active(runs)
         self._spawn([(run, self._fire(run, False, True)) for run in runs])
 
@@ -172,22 +173,21 @@ class Executor:
         (fsynced if any of them must be): a commit blocks every POST in flight, and in a burst one
         commit per step was half the loop's time. Each step is still recorded before its caller goes on."""
         recorded: asyncio.Future[Run] = self._loop.create_future()
-        self._steps.append((run, changes, recorded))
-        self._steps_durable |= durable
+        self._steps.append((run, changes, durable, recorded))
         if len(self._steps) == 1:
             self._loop.call_soon(self._commit_steps)
         return await recorded
 
     def _commit_steps(self) -> None:
         steps, self._steps = self._steps, []
-        durable, self._steps_durable = self._steps_durable, False
         try:
-            runs = self._update_many([(run, changes) for run, changes, _ in steps], durable)
+            runs = self._update_many([(run, changes) for run, changes, _, _ in steps],
+                                     any(durable for _, _, durable, _ in steps))
         except Exception as e:
-            for _, _, recorded in steps:
+            for *_, recorded in steps:
                 recorded.set_exception(e)
             return
-        for (_, _, recorded), run in zip(steps, runs, strict=True):
+        for (*_, recorded), run in zip(steps, runs, strict=True):
             recorded.set_result(run)
 
     def _log(self, run: Run) -> Any:
@@ -202,8 +202,6 @@ class Executor:
 
     def _spawn(self, fires: list[tuple[Run, Coroutine[Any, Any, None]]]) -> None:
         """Hand fires to the loop, waking it only if it is not already due to take some."""
-        if not fires:
-            return
         with self._cv:
             first = not self._incoming
             self._incoming.extend(fires)

@@ -187,7 +187,8 @@ class Store:
         return self.update_many([(run, changes)], durable=durable)[0]
 
     def update_many(self, steps: list[tuple[Run, dict[str, Any]]], *, durable: bool = False) -> list[Run]:
-        """Record a step of each of several runs in one commit: a burst's posting marks share an fsync."""
+        """Record a step of each of several runs in one commit: the steps a burst takes together share
+        a commit, and one fsync if `durable`."""
         statements = []
         for run, changes in steps:
             values = [json.dumps(v) if k == "parameters" and v is not None else v for k, v in changes.items()]
