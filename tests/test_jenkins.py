@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ import trustme
 
 from reconciler.config import Server
 from reconciler.errors import JenkinsRefused, JenkinsUnavailable, LoginRedirect
-from reconciler.jenkins import Client, job_url
+from reconciler.jenkins import Client, Poster, job_url
 from reconciler.simulator import Simulator
 
 from .conftest import TOKEN, USER, post, sim_config, wait_for
@@ -26,6 +28,34 @@ def client_for(sim, *, token: str = TOKEN, job_token: str | None = None, attempt
                verify: bool | str = True) -> Client:
     server = Server(name="default", url=sim.url, user=USER, token=token, job_token=job_token, verify=verify)
     return Client(server, attempts=attempts, backoff=0.01, max_backoff=0.05)
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[[Callable[[bytes], bytes]], tuple[Client, list[bytes]]]]:
+    """A bare server on loopback for the HTTP the simulator never speaks: it reads each request (one
+    per connection), writes what `answer` makes of it, and closes. Yields a client for it and the
+    requests it received."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    received: list[bytes] = []
+
+    def start(answer: Callable[[bytes], bytes]) -> tuple[Client, list[bytes]]:
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                with conn:
+                    request = conn.recv(65536)
+                    received.append(request)
+                    conn.sendall(answer(request))
+
+        threading.Thread(target=serve, daemon=True).start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+        return Client(Server(name="default", url=url, user=USER, token=TOKEN), backoff=0.01), received
+
+    yield start
+    listener.close()
 
 
 @pytest.fixture
@@ -153,6 +183,51 @@ def test_a_refused_connection_is_retried_and_said_plainly():
     with pytest.raises(JenkinsUnavailable, match=r"connection to 127\.0\.0\.1:9 failed: Connection refused$") as e:
         post(Client(server, attempts=2, backoff=0.01), "plain", None, None)
     assert not e.value.maybe_received  # nothing was sent: safe to POST again
+
+
+def test_posts_in_a_row_share_one_kept_alive_connection(simulator):
+    client = client_for(simulator)
+
+    async def three() -> list[str]:
+        poster = Poster(client)
+        try:
+            return [await poster.trigger("plain", None, None) for _ in range(3)]
+        finally:
+            await poster.close()
+
+    assert len(set(asyncio.run(three()))) == 3
+    assert len({r.peer for r in simulator.triggers("plain")}) == 1
+
+
+def test_an_answer_that_ends_when_the_connection_closes_is_read_whole(scripted):
+    client, received = scripted(lambda _: b"HTTP/1.1 302 Found\r\nLocation: https://sso.example.com/login?to=x\r\n"
+                                          b"\r\n<html>Sign in</html>")
+    with pytest.raises(LoginRedirect, match=r"redirected to https://sso\.example\.com/login: is an SSO proxy"):
+        post(client, "plain", None, None)
+    assert received[0].startswith(b"POST /job/plain/build HTTP/1.1\r\n") and len(received) == 1
+
+
+def test_an_answer_cut_short_is_ambiguous_and_left_to_the_caller(scripted):
+    client, _ = scripted(lambda _: b"HTTP/1.1 201 Created\r\nLocation: /queue/item/7/\r\nContent-Length: 40\r\n\r\n{")
+    with pytest.raises(JenkinsUnavailable, match="closed the connection before it answered") as e:
+        post(client, "plain", None, None)
+    assert e.value.maybe_received
+
+
+def test_a_crumb_that_would_smuggle_a_header_in_is_refused_and_never_sent(scripted):
+    def jenkins(request: bytes) -> bytes:
+        if request.startswith(b"GET /crumbIssuer/"):
+            body = b'{"crumbRequestField": "Jenkins-Crumb", "crumb": "c\\r\\nX-Forwarded-User: admin"}'
+            return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        body = b"<html><body><p>No valid crumb was included in the request</p></body></html>"
+        return b"HTTP/1.1 403 Forbidden\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    client, received = scripted(jenkins)
+    with pytest.raises(JenkinsRefused, match="crumb or session cookie holds a line break"):
+        post(client, "plain", None, None)
+    assert [r.split(b" ", 2)[:2] for r in received] == [[b"POST", b"/job/plain/build"],
+                                                        [b"GET", b"/crumbIssuer/api/json"]]
+    assert not any(b"X-Forwarded-User" in r for r in received)
 
 
 def test_a_dropped_connection_on_a_get_is_retried(simulator):

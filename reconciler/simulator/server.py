@@ -57,6 +57,8 @@ class Request:
     fault: str | None = None
     at: float = 0.0
     """When the request arrived (time.time()), so benchmarks can measure end to end."""
+    peer: str = ""
+    """The client's address and port: requests on one kept-alive connection share it."""
 
     def param(self, name: str) -> str | None:
         values = self.params.get(name)
@@ -424,7 +426,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _record(self, method: str, path: str, params: dict[str, list[str]], user: str | None,
                 status: int, fault: str | None, arrived: float) -> None:
         self.server.record(Request(method=method, path=unquote(path), params=params, user=user,
-                                   headers=dict(self.headers.items()), status=status, fault=fault, at=arrived))
+                                   headers=dict(self.headers.items()), status=status, fault=fault, at=arrived,
+                                   peer=f"{self.client_address[0]}:{self.client_address[1]}"))
 
     def _drop(self) -> None:
         """Reset the connection with nothing sent, as a proxy or a crashing JVM would."""
