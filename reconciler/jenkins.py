@@ -426,7 +426,8 @@ class Poster:
             conn.writer.write(request)
             await conn.writer.drain()
             while not answer.complete:
-                data = await asyncio.wait_for(conn.reader.read(65536), self.client.server.read_timeout)
+                async with asyncio.timeout(self.client.server.read_timeout):  # not wait_for: a task per read
+                    data = await conn.reader.read(65536)
                 if data:
                     answer.parser.feed_data(data)
                 elif not answer.ended_by_close():
