@@ -161,7 +161,15 @@ def our_burst(sim: SimulatorProcess, work: Path, n: int, name: str) -> tuple[flo
     return n / (max(r["at"] for r in got) - t0), cpu / n * 1000
 
 
-def bench_burst(sim: SimulatorProcess, work: Path, n: int, repeats: int,
+def beats(ours: float, peer: float, factor: float, ceiling: float) -> str:
+    """Met or not; a miss says what it would take, as a share of what the simulator can serve at all."""
+    needed = factor * peer
+    if ours >= needed:
+        return verdict(True)
+    return f"{verdict(False)}: needs {needed:.0f}/s, {needed / ceiling:.0%} of the simulator's ceiling"
+
+
+def bench_burst(sim: SimulatorProcess, work: Path, n: int, repeats: int, ceiling: float,
                 latency: float = 0.0) -> tuple[list[Row], float]:
     """At latency 0 the simulator answers at once and every client is bound by its own CPU; with a
     latency, Jenkins takes that long to answer each POST (a remote Jenkins, its queue lock), and
@@ -191,12 +199,13 @@ def bench_burst(sim: SimulatorProcess, work: Path, n: int, repeats: int,
     return [
         Row(f"burst: {n} new specs in one checkout, until all POSTed (median of {repeats}); {where}",
             f"{ours:.0f} fires/s{spread}, {cpu:.2f} ms of CPU a fire",
-            f"python-jenkins loop: {pj_rate:.0f}/s", f"{ours / pj_rate:.1f}×", "≥ 5×", verdict(ours >= 5 * pj_rate)),
+            f"python-jenkins loop: {pj_rate:.0f}/s", f"{ours / pj_rate:.1f}×", "≥ 5×",
+            beats(ours, pj_rate, 5, ceiling)),
         Row(f"burst vs a shell loop of curl -X POST; {where}", f"{ours:.0f} fires/s", f"curl loop: {curl_rate:.0f}/s",
-            f"{ours / curl_rate:.1f}×", "≥ 20×", verdict(ours >= 20 * curl_rate)),
+            f"{ours / curl_rate:.1f}×", "≥ 20×", beats(ours, curl_rate, 20, ceiling)),
         Row(f"burst vs a keep-alive raw HTTP loop (requests.Session.post, the floor); {where}",
             f"{ours:.0f} fires/s", f"raw loop: {raw_rate:.0f}/s", f"{ours / raw_rate:.0%} of the floor", "≥ 50 %",
-            verdict(ours >= 0.5 * raw_rate)),
+            beats(ours, raw_rate, 0.5, ceiling)),
     ], ours
 
 
@@ -346,7 +355,7 @@ def render(rows: list[Row], quick: bool, ceiling: float, fastest: float) -> str:
     lines = ["| benchmark | ours | peer | ratio | target | met |", "| --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r.benchmark} | {r.ours} | {r.peer} | {r.ratio} | {r.target} | {r.met} |" for r in rows]
     missed = [f"{r.target} the {r.peer.split(':')[0]}, where {r.benchmark.rsplit('; ', 1)[-1]}"
-              for r in rows if r.met == verdict(False)]
+              for r in rows if r.met.startswith(verdict(False))]
     why = ("Missed in this run: " + "; ".join(missed) + ". The daemon spends its CPU per fire (first row "
            "of each burst) parsing, deciding and recording durably before each POST, on two CPUs it shares "
            "with the simulator; at 0 ms, 5× a python-jenkins loop is close to the simulator's own ceiling."
@@ -379,7 +388,7 @@ def main() -> int:
             rows += bench_latency(sim, work, 50 if q else 200)
         if "burst" in chosen:
             for n, latency in [(200, 0.0), (100, 0.02)] if q else [(1000, 0.0), (500, 0.005), (500, 0.02)]:
-                burst_rows, rate = bench_burst(sim, work, n, 1 if q else 5, latency)
+                burst_rows, rate = bench_burst(sim, work, n, 1 if q else 5, ceiling, latency)
                 rows += burst_rows
                 fastest = max(fastest, rate)
         if "scale" in chosen:
