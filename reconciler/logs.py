@@ -63,7 +63,7 @@ def _apply(fmt: str, stream: TextIO | None, level: str) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        logger_factory=structlog.WriteLoggerFactory(stream or sys.stdout),  # one write a line, not print's two
         cache_logger_on_first_use=False,
     )
 
