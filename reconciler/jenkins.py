@@ -337,6 +337,10 @@ class _Answer:
         self.body += body
 
     def on_message_complete(self) -> None:
+        if self.parser.get_status_code() < 200:  # an interim answer (100 Continue): the real one follows
+            self.headers.clear()
+            self.headers_done = False
+            return
         self.complete = True
         self.keep_alive = self.parser.should_keep_alive()
 

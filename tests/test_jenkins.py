@@ -31,14 +31,14 @@ def client_for(sim, *, token: str = TOKEN, job_token: str | None = None, attempt
 
 
 @pytest.fixture
-def scripted() -> Iterator[Callable[[Callable[[bytes], bytes]], tuple[Client, list[bytes]]]]:
+def scripted() -> Iterator[Callable[[Callable[[bytes], bytes | list[bytes]]], tuple[Client, list[bytes]]]]:
     """A bare server on loopback for the HTTP the simulator never speaks: it reads each request (one
-    per connection), writes what `answer` makes of it, and closes. Yields a client for it and the
-    requests it received."""
+    per connection), writes what `answer` makes of it (a list: in parts, a moment apart), and closes.
+    Yields a client for it and the requests it received."""
     listener = socket.create_server(("127.0.0.1", 0))
     received: list[bytes] = []
 
-    def start(answer: Callable[[bytes], bytes]) -> tuple[Client, list[bytes]]:
+    def start(answer: Callable[[bytes], bytes | list[bytes]]) -> tuple[Client, list[bytes]]:
         def serve() -> None:
             while True:
                 try:
@@ -48,7 +48,10 @@ def scripted() -> Iterator[Callable[[Callable[[bytes], bytes]], tuple[Client, li
                 with conn:
                     request = conn.recv(65536)
                     received.append(request)
-                    conn.sendall(answer(request))
+                    parts = answer(request)
+                    for part in parts if isinstance(parts, list) else [parts]:
+                        conn.sendall(part)
+                        time.sleep(0.05)
 
         threading.Thread(target=serve, daemon=True).start()
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
@@ -205,6 +208,12 @@ def test_an_answer_that_ends_when_the_connection_closes_is_read_whole(scripted):
     with pytest.raises(LoginRedirect, match=r"redirected to https://sso\.example\.com/login: is an SSO proxy"):
         post(client, "plain", None, None)
     assert received[0].startswith(b"POST /job/plain/build HTTP/1.1\r\n") and len(received) == 1
+
+
+def test_an_interim_answer_is_passed_over_for_the_one_that_follows(scripted):
+    client, _ = scripted(lambda _: [b"HTTP/1.1 100 Continue\r\n\r\n",
+                                    b"HTTP/1.1 201 Created\r\nLocation: /queue/item/7/\r\nContent-Length: 0\r\n\r\n"])
+    assert post(client, "plain", None, None) == client.base + "queue/item/7/"
 
 
 def test_an_answer_cut_short_is_ambiguous_and_left_to_the_caller(scripted):
