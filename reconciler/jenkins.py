@@ -319,25 +319,27 @@ class _Connection:
 class _Answer:
     """One response, as httptools' parser calls back with it."""
 
-    __slots__ = ("body", "complete", "headers", "headers_done", "keep_alive", "parser")
+    __slots__ = ("body", "complete", "headers", "headers_done", "keep_alive", "parser", "status")
 
     def __init__(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
         self.headers: dict[str, str] = {}
         self.body = bytearray()
         self.headers_done = self.complete = self.keep_alive = False
+        self.status = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
+        self.status = self.parser.get_status_code()
 
     def on_body(self, body: bytes) -> None:
         self.body += body
 
     def on_message_complete(self) -> None:
-        if self.parser.get_status_code() < 200:  # an interim answer (100 Continue): the real one follows
+        if self.status < 200:  # an interim answer (100 Continue): the real one follows
             self.headers.clear()
             self.headers_done = False
             return
@@ -443,7 +445,7 @@ class Poster:
             self._idle.append(conn)
         else:
             conn.writer.close()
-        return answer.parser.get_status_code(), answer.headers, bytes(answer.body)
+        return answer.status, answer.headers, bytes(answer.body)
 
     def _reuse(self) -> _Connection | None:
         """An idle connection Jenkins has not closed meanwhile (a POST on one it has would be ambiguous)."""
