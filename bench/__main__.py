@@ -169,6 +169,21 @@ def beats(ours: float, peer: float, factor: float, ceiling: float) -> str:
     return f"{verdict(False)}: needs {needed:.0f}/s, {needed / ceiling:.0%} of the simulator's ceiling"
 
 
+def file_creation_us(directory: Path, count: int = 300) -> float:
+    """CPU to create a file and write a line to it, here and now: each new trigger's first history
+    line does. On this VM it has ranged from ~25 µs to ~650 µs (a journal-less ext4 walks recently
+    deleted inodes on every create), and a burst of new triggers pays it once a fire."""
+    directory.mkdir()
+    times = []
+    for i in range(count):
+        started = time.process_time()
+        fd = os.open(directory / f"{i}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.write(fd, b"{}\n")
+        os.close(fd)
+        times.append(time.process_time() - started)
+    return median(times) * 1e6
+
+
 def bench_burst(sim: SimulatorProcess, work: Path, n: int, repeats: int, ceiling: float,
                 latency: float = 0.0) -> tuple[list[Row], float]:
     """At latency 0 the simulator answers at once and every client is bound by its own CPU; with a
@@ -176,6 +191,7 @@ def bench_burst(sim: SimulatorProcess, work: Path, n: int, repeats: int, ceiling
     a client is bound by how many POSTs it keeps in flight."""
     if latency:
         sim.add_fault({"path": "/build(WithParameters)?$", "method": "POST", "latency": latency})
+    created = file_creation_us(work / f"creation-{latency * 1000:.0f}ms")
     runs = [our_burst(sim, work, n, f"burst-{latency * 1000:.0f}ms-{k}") for k in range(repeats)]
     rates = sorted(rate for rate, _ in runs)
     ours, cpu = median(rates), median([cpu for _, cpu in runs])
@@ -198,7 +214,7 @@ def bench_burst(sim: SimulatorProcess, work: Path, n: int, repeats: int, ceiling
         "the simulator answers at once"
     return [
         Row(f"burst: {n} new specs in one checkout, until all POSTed (median of {repeats}); {where}",
-            f"{ours:.0f} fires/s{spread}, {cpu:.2f} ms of CPU a fire",
+            f"{ours:.0f} fires/s{spread}, {cpu:.2f} ms of CPU a fire (creating a file: {created:.0f} µs)",
             f"python-jenkins loop: {pj_rate:.0f}/s", f"{ours / pj_rate:.1f}×", "≥ 5×",
             beats(ours, pj_rate, 5, ceiling)),
         Row(f"burst vs a shell loop of curl -X POST; {where}", f"{ours:.0f} fires/s", f"curl loop: {curl_rate:.0f}/s",
@@ -326,6 +342,10 @@ is an assumption, not a measurement of a real Jenkins), a sequential loop waits 
 trip, while the daemon keeps up to `concurrency` (default 32) POSTs in flight on one event loop.
 One burst takes about a second and varies by ±20 % from run to run on a small VM: the row gives
 the median and the range of the daemon's runs. Each peer loop runs once, over several seconds.
+Each new trigger's first history line creates its file, which the peers never do; the first row
+of each burst gives what creating a file cost just before it. On this VM that has ranged from
+~25 µs to ~650 µs a file within one day (its ext4 has no journal, and then walks recently deleted
+inodes on every create), and the daemon's CPU per fire moves with it.
 
 **What bounds a burst, and what was tried.** Profiled with py-spy and cProfile (CPU time per
 thread). POSTs go out from one asyncio loop; worker threads each posting in turn spent most of
