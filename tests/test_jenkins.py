@@ -210,9 +210,15 @@ def test_an_answer_that_ends_when_the_connection_closes_is_read_whole(scripted):
     assert received[0].startswith(b"POST /job/plain/build HTTP/1.1\r\n") and len(received) == 1
 
 
-def test_an_interim_answer_is_passed_over_for_the_one_that_follows(scripted):
-    client, _ = scripted(lambda _: [b"HTTP/1.1 100 Continue\r\n\r\n",
-                                    b"HTTP/1.1 201 Created\r\nLocation: /queue/item/7/\r\nContent-Length: 0\r\n\r\n"])
+CREATED = b"HTTP/1.1 201 Created\r\nLocation: /queue/item/7/\r\n"
+
+
+@pytest.mark.parametrize("answer", [
+    [CREATED + b"Transfer-Encoding: chunked\r\n\r\n", b"4\r\nok\r\n\r\n", b"0\r\n\r\n"],
+    [b"HTTP/1.1 100 Continue\r\n\r\n", CREATED + b"Content-Length: 0\r\n\r\n"],
+], ids=["chunked, in parts", "after an interim 100 Continue"])
+def test_an_answer_is_read_whole_however_it_is_framed(scripted, answer):
+    client, _ = scripted(lambda _: answer)
     assert post(client, "plain", None, None) == client.base + "queue/item/7/"
 
 
