@@ -24,3 +24,27 @@ def test_a_second_file_for_the_same_trigger_is_reported_once_per_change(tmp_path
     assert not catalog.scan()
     (tmp_path / "a.yml").write_text("job: c\n")
     assert [e.path for e in catalog.scan().changed] == ["a.yml"]
+
+
+def test_a_tree_swapped_in_with_the_same_bytes_is_no_change_but_what_differs_in_it_is(tmp_path):
+    """What git-sync does on every commit: a new worktree, every file created anew, and a symlink
+    renamed over the old one."""
+    def worktree(name: str, deploy_version: str) -> None:
+        (tmp_path / name / "team").mkdir(parents=True)
+        (tmp_path / name / "team" / "deploy.yaml").write_text(f"job: deploy\nparameters: {{V: '{deploy_version}'}}\n")
+        (tmp_path / name / "cleanup.yaml").write_text("job: cleanup\n")
+        (tmp_path / name / "broken.yaml").write_text("job: [\n")
+
+    worktree("rev1", "1")
+    (tmp_path / "current").symlink_to(tmp_path / "rev1")
+    catalog = Catalog(tmp_path / "current")
+    assert sorted(e.name for e in catalog.scan().changed) == ["broken", "cleanup", "team/deploy"]
+    cleanup = catalog.specs["cleanup"]
+
+    worktree("rev2", "2")
+    (tmp_path / "next").symlink_to(tmp_path / "rev2")
+    (tmp_path / "next").rename(tmp_path / "current")
+    changes = catalog.scan()
+    assert [(e.name, e.spec.parameters) for e in changes.changed] == [("team/deploy", (("V", "2"),))]
+    assert catalog.specs["cleanup"] is cleanup and "broken" in catalog.errors
+    assert not catalog.scan()  # the new files' stamps were taken: they are not read again either
