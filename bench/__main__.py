@@ -170,9 +170,8 @@ def beats(ours: float, peer: float, factor: float, ceiling: float) -> str:
 
 
 def file_creation_us(directory: Path, count: int = 300) -> float:
-    """CPU to create a file and write a line to it, here and now: each new trigger's first history
-    line does. On this VM it has ranged from ~25 µs to ~650 µs (a journal-less ext4 walks recently
-    deleted inodes on every create), and a burst of new triggers pays it once a fire."""
+    """CPU to create a file and write a line to it, here and now: a burst of new triggers pays it once
+    a fire (each one's first history line), the peers never, and it varies with the disk's state."""
     directory.mkdir()
     times = []
     for i in range(count):
