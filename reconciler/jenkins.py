@@ -319,20 +319,20 @@ class _Connection:
 class _Answer:
     """One response, as httptools' parser calls back with it."""
 
-    __slots__ = ("body", "complete", "headers", "headers_done", "keep_alive", "parser", "status")
+    __slots__ = ("body", "complete", "headers", "keep_alive", "parser", "status")
 
     def __init__(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
         self.headers: dict[str, str] = {}
         self.body = bytearray()
-        self.headers_done = self.complete = self.keep_alive = False
+        self.complete = self.keep_alive = False
         self.status = 0
+        """Set once the headers are in."""
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
-        self.headers_done = True
         self.status = self.parser.get_status_code()
 
     def on_body(self, body: bytes) -> None:
@@ -341,14 +341,14 @@ class _Answer:
     def on_message_complete(self) -> None:
         if self.status < 200:  # an interim answer (100 Continue): the real one follows
             self.headers.clear()
-            self.headers_done = False
+            self.status = 0
             return
         self.complete = True
         self.keep_alive = self.parser.should_keep_alive()
 
     def ended_by_close(self) -> bool:
         """At EOF: a body framed by neither length nor chunks ends with the connection (RFC 9112 6.3)."""
-        self.complete = self.headers_done and not {"content-length", "transfer-encoding"} & self.headers.keys()
+        self.complete = bool(self.status) and not {"content-length", "transfer-encoding"} & self.headers.keys()
         return self.complete
 
 
