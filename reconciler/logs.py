@@ -14,6 +14,9 @@ from typing import Any, TextIO
 _secrets: set[str] = set()
 _pending: tuple[str, TextIO | None, str] | None = ("json", None, "info")
 """How logs are to be written, until the first logger applies it."""
+_root: Any = None
+"""The logger every `get` binds on. Built once per configuration: structlog otherwise assembles a
+new logger (factory, processors, wrapper) on every `get_logger().bind()`, once per fire."""
 
 
 def add_secrets(values: Iterable[str]) -> None:
@@ -48,7 +51,7 @@ def configure(fmt: str = "json", stream: TextIO | None = None, level: str = "inf
     _pending = (fmt, stream, level)
 
 
-def _apply(fmt: str, stream: TextIO | None, level: str) -> None:
+def _apply(fmt: str, stream: TextIO | None, level: str) -> Any:
     import structlog
 
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=False) if fmt == "console"
@@ -66,13 +69,12 @@ def _apply(fmt: str, stream: TextIO | None, level: str) -> None:
         logger_factory=structlog.WriteLoggerFactory(stream or sys.stdout),  # one write a line, not print's two
         cache_logger_on_first_use=False,
     )
+    return structlog.get_logger("reconciler").bind()
 
 
 def get(**context: Any) -> Any:
-    global _pending
-    import structlog
-
+    global _pending, _root
     if _pending is not None:
-        _apply(*_pending)
+        _root = _apply(*_pending)
         _pending = None
-    return structlog.get_logger("reconciler").bind(**context)
+    return _root.bind(**context)
