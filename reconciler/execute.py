@@ -18,8 +18,10 @@ import heapq
 import itertools
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from . import logs
@@ -38,6 +40,43 @@ GROUP_WINDOW = 0.25
 
 def _queue_id(run: Run) -> int:
     return int((run.queue_url or "0/").rstrip("/").rsplit("/", 1)[-1])
+
+
+@dataclass(slots=True)
+class _Fire:
+    """A run on its way to Jenkins, between attempts."""
+
+    run: Run
+    search_first: bool
+    """Look the run up before POSTing: an earlier POST may have arrived."""
+    record: bool
+    """Its `decided` history line is still to be written."""
+    delay: float
+    """The wait before the next attempt, should this one fail."""
+
+
+class _Slots:
+    """A server's POSTs in flight, at most its `concurrency`. A fire waiting for a slot is an entry in a
+    queue and becomes a task only once it holds one: in a burst of a thousand, a task each parked on a
+    semaphore cost ten times what a queue entry does."""
+
+    def __init__(self, limit: int):
+        self.free = limit
+        self.waiting: deque[Callable[[], None]] = deque()
+
+    def admit(self, start: Callable[[], None]) -> None:
+        """Call `start` holding a slot: now, or when one is released."""
+        if self.free:
+            self.free -= 1
+            start()
+        else:
+            self.waiting.append(start)
+
+    def release(self) -> None:
+        if self.waiting:
+            self.waiting.popleft()()
+        else:
+            self.free += 1
 
 
 class Executor:
@@ -63,10 +102,10 @@ class Executor:
         self._firing = threading.Thread(target=self._loop.run_forever, name="fire", daemon=True)
         self._firing.start()
         self._posters: dict[str, Poster] = {}
-        self._incoming: list[tuple[Run, Coroutine[Any, Any, None]]] = []
+        self._incoming: list[_Fire] = []
         self._fires: set[asyncio.Task[None]] = set()
         self._steps: list[tuple[Run, dict[str, Any], bool, asyncio.Future[Run]]] = []
-        self._slots = {name: asyncio.Semaphore(c.server.concurrency) for name, c in clients.items()}
+        self._slots = {name: _Slots(c.server.concurrency) for name, c in clients.items()}
         self._due: list[tuple[float, int, Run, float]] = []
         self._seq = itertools.count()
         lock = threading.RLock()
@@ -85,15 +124,15 @@ class Executor:
         if not runs:
             return
         self._set_active(runs)
-        self._spawn([(run, self._fire(run, False, True)) for run in runs])
+        self._spawn([_Fire(run, False, True, self.retry_min) for run in runs])
 
     def resume(self, run: Run) -> None:
         """A run left open by an earlier process."""
         self._set_active([run])
         if run.status == "decided":  # killed before the POST, maybe before the history line too
-            self._spawn([(run, self._fire(run, False, not self.history.has(run)))])
+            self._spawn([_Fire(run, False, not self.history.has(run), self.retry_min)])
         elif run.status == "posting":
-            self._spawn([(run, self._fire(run, True, False))])
+            self._spawn([_Fire(run, True, False, self.retry_min)])
         else:
             self._follow_in(run, 0.0, self.poll_min)
 
@@ -200,7 +239,7 @@ class Executor:
         except Exception as e:
             self._crashed(run, e)
 
-    def _spawn(self, fires: list[tuple[Run, Coroutine[Any, Any, None]]]) -> None:
+    def _spawn(self, fires: list[_Fire]) -> None:
         """Hand fires to the loop, waking it only if it is not already due to take some."""
         with self._cv:
             first = not self._incoming
@@ -211,14 +250,26 @@ class Executor:
     def _start_incoming(self) -> None:
         with self._cv:
             incoming, self._incoming = self._incoming, []
-        for run, fire in incoming:
-            task = self._loop.create_task(self._guarded_fire(run, fire))
-            self._fires.add(task)
-            task.add_done_callback(self._fires.discard)
+        for fire in incoming:
+            self._attempt(fire)
 
-    async def _guarded_fire(self, run: Run, fire: Coroutine[Any, Any, None]) -> None:
+    def _attempt(self, fire: _Fire) -> None:
+        """Start a fire's next attempt: a lookup needs no slot, a POST waits for one."""
+        if self.stop.is_set():
+            return  # the run stays open in the store, for the next start
+        if fire.search_first:
+            self._start(fire.run, self._search(fire))
+        else:
+            self._slots[fire.run.server].admit(lambda: self._start(fire.run, self._post(fire)))
+
+    def _start(self, run: Run, attempt: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(self._guarded_attempt(run, attempt))
+        self._fires.add(task)
+        task.add_done_callback(self._fires.discard)
+
+    async def _guarded_attempt(self, run: Run, attempt: Coroutine[Any, Any, None]) -> None:
         try:
-            await fire
+            await attempt
         except Exception as e:
             self._crashed(run, e)
 
@@ -236,6 +287,8 @@ class Executor:
     async def _drain(self) -> None:
         """Let the fires in flight end (on stop, none starts a POST or a retry), then close the posters."""
         self._start_incoming()  # handed over as the executor stopped: they see `stop` and end
+        for slots in self._slots.values():
+            slots.waiting.clear()  # never started: they stay open in the store, for the next start
         if self._fires:
             await asyncio.wait(set(self._fires))
         for poster in self._posters.values():
@@ -260,64 +313,74 @@ class Executor:
                            tag_param=run.tag_param, queue_id=queue_id)
 
     # -- firing -----------------------------------------------------------------------------
-    async def _fire(self, run: Run, search_first: bool, record: bool) -> None:
-        """POST a run, retrying what may pass. Its `decided` history line is written here, just before
-        the posting mark: in a burst, lines are written as fast as POSTs go out, not all up front."""
+    async def _search(self, fire: _Fire) -> None:
+        """Before POSTing again a run whose POST may have arrived, look it up in Jenkins by its tag."""
+        run = fire.run
         client = self.clients[run.server]
-        log = self._log(run)
-        delay = self.retry_min
-        if search_first and not self.taggable(run, client):
+        if not self.taggable(run, client):
             self._finish(run, "lost", reason="the reconciler stopped while posting and the run carries no tag to "
                          "look it up by (no job token, no run_id_parameter); Jenkins may or may not have built it. "
                          "Bump `run` in the spec to fire it again")
-            log.error("run_lost", reason="stopped while posting, untagged")
+            self._log(run).error("run_lost", reason="stopped while posting, untagged")
             return
-        while not self.stop.is_set():
-            error: JenkinsError | None = None
-            if search_first:
-                try:
-                    found = await self._loop.run_in_executor(self._pool, self._find, client, run)
-                except JenkinsError as e:
-                    error = e
-                else:
-                    if found is not None:
-                        await self._adopt(run, found, log)
-                        return
-                    search_first = False
-            if error is None:
-                async with self._slots[run.server]:
-                    if self.stop.is_set():
-                        return
-                    if record:
-                        self.history.decided(run, run.decided_at)
-                        record = False
-                    # The one step besides the decision that must survive a power loss: a POST may follow.
-                    run = await self._step(run, True, status="posting", attempts=run.attempts + 1)
-                    poster = self._posters.get(run.server)
-                    if poster is None:  # made on the loop, which its connections belong to
-                        poster = self._posters[run.server] = Poster(client)
-                    try:
-                        queue_url = await poster.trigger(run.job, run.parameters, run.cause)
-                    except JenkinsRefused as e:
-                        self._finish(run, "failed", reason=str(e))
-                        log.error("fire_refused", error=str(e), status=e.status)
-                        return
-                    except JenkinsUnavailable as e:
-                        error = e
-                        search_first = e.maybe_received and self.taggable(run, client)
-                    else:
-                        run = await self._queued(run, queue_url)
-                        self.metrics.fire_latency.observe(max(0.0, (run.posted_at or 0.0) - run.decided_at))
-                        log.info("fire_posted", queue_url=queue_url, attempts=run.attempts)
-                        self._follow_in(run, self._first_look(), self.poll_min)
-                        return
-            assert error is not None
-            ambiguous = isinstance(error, JenkinsUnavailable) and error.maybe_received
-            run = self._update(run, status="posting" if ambiguous else "decided", last_error=str(error))
-            log.warning("fire_retrying", error=str(error), attempts=run.attempts, retry_in=round(delay, 1))
-            if await sleep_unless_stopped(self.stop, delay):
+        try:
+            found = await self._loop.run_in_executor(self._pool, self._find, client, run)
+        except JenkinsError as e:
+            await self._retry(fire, e)
+            return
+        if found is not None:
+            await self._adopt(run, found, self._log(run))
+            return
+        fire.search_first = False
+        self._attempt(fire)
+
+    async def _post(self, fire: _Fire) -> None:
+        """One POST, holding one of the server's slots. The run's `decided` history line is written here,
+        just before the posting mark: in a burst, lines are written as fast as POSTs go out, not all up front."""
+        run = fire.run
+        client = self.clients[run.server]
+        try:
+            if self.stop.is_set():
                 return
-            delay = min(delay * 2, self.retry_max)
+            if fire.record:
+                self.history.decided(run, run.decided_at)
+                fire.record = False
+            # The one step besides the decision that must survive a power loss: a POST may follow.
+            run = fire.run = await self._step(run, True, status="posting", attempts=run.attempts + 1)
+            poster = self._posters.get(run.server)
+            if poster is None:  # made on the loop, which its connections belong to
+                poster = self._posters[run.server] = Poster(client)
+            try:
+                queue_url = await poster.trigger(run.job, run.parameters, run.cause)
+            except JenkinsRefused as e:
+                self._finish(run, "failed", reason=str(e))
+                self._log(run).error("fire_refused", error=str(e), status=e.status)
+                return
+            except JenkinsUnavailable as e:
+                error = e
+                fire.search_first = e.maybe_received and self.taggable(run, client)
+            else:
+                run = await self._queued(run, queue_url)
+                self.metrics.fire_latency.observe(max(0.0, (run.posted_at or 0.0) - run.decided_at))
+                self._log(run).info("fire_posted", queue_url=queue_url, attempts=run.attempts)
+                self._follow_in(run, self._first_look(), self.poll_min)
+                return
+        finally:
+            self._slots[run.server].release()
+        await self._retry(fire, error)
+
+    async def _retry(self, fire: _Fire, error: JenkinsError) -> None:
+        """Record why the attempt failed, wait holding no slot, and attempt again. A run that may have
+        reached Jenkins stays `posting` until a lookup says otherwise: after a kill, it is looked up first."""
+        maybe_posted = fire.search_first or (isinstance(error, JenkinsUnavailable) and error.maybe_received)
+        run = fire.run = self._update(fire.run, status="posting" if maybe_posted else "decided",
+                                      last_error=str(error))
+        self._log(run).warning("fire_retrying", error=str(error), attempts=run.attempts,
+                               retry_in=round(fire.delay, 1))
+        if await sleep_unless_stopped(self.stop, fire.delay):
+            return
+        fire.delay = min(fire.delay * 2, self.retry_max)
+        self._attempt(fire)
 
     async def _queued(self, run: Run, queue_url: str) -> Run:
         now = self.clock()

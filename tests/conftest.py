@@ -106,6 +106,7 @@ class Harness:
     tmp: Path
     sim: Simulator
     job_token: str | None = None
+    concurrency: int = Server.concurrency
     logs: LogBuffer = field(default_factory=LogBuffer)
     _running: list[Any] = field(default_factory=list)
 
@@ -130,7 +131,8 @@ class Harness:
         os.replace(tmp, path)
 
     def server(self) -> Server:
-        return Server(name="default", url=self.sim.url, user=USER, token=TOKEN, job_token=self.job_token)
+        return Server(name="default", url=self.sim.url, user=USER, token=TOKEN, job_token=self.job_token,
+                      concurrency=self.concurrency)
 
     def build(self, clock: Callable[[], float] = time.time, resync_interval: float = 60.0) -> Daemon:
         """A daemon wired to real parts, not yet running: tests may drive it step by step."""

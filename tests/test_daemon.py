@@ -13,6 +13,7 @@ import time
 import pytest
 
 from reconciler.history import History
+from reconciler.jenkins import Client
 from reconciler.state import Run, Store
 
 from .conftest import TOKEN, USER, post, wait_for
@@ -112,6 +113,19 @@ def test_a_hundred_specs_arriving_in_one_git_checkout_each_fire_once(harness):
     assert len(harness.sim.builds("team a/dëploy ü")) == 100
 
 
+def test_a_burst_keeps_no_more_posts_in_flight_than_the_servers_concurrency(harness):
+    harness.concurrency = 3
+    harness.sim.fault(path="/build$", method="POST", latency=0.05)  # each POST takes a while to answer
+    harness.start()
+    staging = harness.tmp / "checkout"
+    for i in range(12):
+        (staging / f"t{i}.yaml").parent.mkdir(exist_ok=True)
+        (staging / f"t{i}.yaml").write_text("job: plain\n")
+    os.rename(staging, harness.triggers / "checkout")
+    wait_for(lambda: len(harness.sim.triggers("plain")) == 12, what="all twelve POSTs")
+    assert len({r.peer for r in harness.sim.triggers("plain")}) == 3  # three at a time, on three connections
+
+
 def test_runs_of_one_job_are_followed_with_one_read_of_its_builds_not_one_per_run(make_harness):
     harness = make_harness(executors=64)
     for i in range(30):
@@ -178,18 +192,35 @@ def test_killed_after_the_decision_before_the_post_fires_on_restart(harness, his
              what="one decided line, whichever side of it the kill fell")
 
 
-def test_killed_mid_post_that_jenkins_received_is_found_by_its_cause_not_fired_again(make_harness):
-    harness = make_harness(job_token="deploy-job-token")
+def received_but_not_recorded(harness) -> None:
+    """Jenkins got the POST (with the run id in the cause note) but the process died before recording it."""
     params = (("VERSION", "1"),)
     harness.sim.state.jenkins.jobs["deploy"].duration = None
-    # Jenkins got the POST (with the run id in the cause note) but the process died before recording it.
-    from reconciler.jenkins import Client
     post(Client(harness.server()), "deploy", params, "x [reconciler run deadbeef00000001]")
     crash_state(harness, "posting", job="deploy", parameters=params)
+
+
+def test_killed_mid_post_that_jenkins_received_is_found_by_its_cause_not_fired_again(make_harness):
+    harness = make_harness(job_token="deploy-job-token")
+    received_but_not_recorded(harness)
     harness.start()
     wait_for(lambda: harness.runs("deploy")[0].status == "building")
     assert len(harness.sim.triggers("deploy")) == 1
     assert any(e["event"] == "fire_found" for e in harness.logs.events())
+
+
+def test_a_run_whose_lookup_fails_stays_posting_so_a_kill_then_still_looks_before_posting(make_harness):
+    harness = make_harness(job_token="deploy-job-token")
+    received_but_not_recorded(harness)
+    harness.sim.fault(path="/queue/api/json$", status=503, times=1000)
+    harness.start()
+    wait_for(lambda: any(e["event"] == "fire_retrying" for e in harness.logs.events()), what="a failed lookup")
+    assert harness.runs("deploy")[0].status == "posting"
+    harness.stop()  # as good as a kill here: the store is all the next process has
+    harness.sim.clear_faults()
+    harness.start()
+    wait_for(lambda: harness.runs("deploy")[0].status == "building")
+    assert len(harness.sim.triggers("deploy")) == 1
 
 
 def test_killed_mid_post_that_never_arrived_is_fired_once_on_restart(make_harness):
