@@ -202,6 +202,12 @@ def test_posts_in_a_row_share_one_kept_alive_connection(simulator):
     assert len({r.peer for r in simulator.triggers("plain")}) == 1
 
 
+def test_bytes_after_a_whole_answer_leave_the_answer_standing(scripted):
+    client, _ = scripted(lambda _: b"HTTP/1.1 201 Created\r\nLocation: /queue/item/7/\r\nContent-Length: 0\r\n\r\n"
+                                   b"HTTP/1.1 what is this")
+    assert post(client, "plain", None, None).endswith("/queue/item/7/")
+
+
 def test_an_answer_that_ends_when_the_connection_closes_is_read_whole(scripted):
     client, received = scripted(lambda _: b"HTTP/1.1 302 Found\r\nLocation: https://sso.example.com/login?to=x\r\n"
                                           b"\r\n<html>Sign in</html>")
