@@ -32,22 +32,24 @@ def iso(ts: float) -> str:
 class History:
     def __init__(self, root: Path | None):
         self.root = root
+        self._dir = None if root is None else os.fspath(root)
+        """As a string: joining pathlib paths was a fifth of an appended line's CPU."""
 
     def path_of(self, trigger: str) -> Path:
         assert self.root is not None
         return self.root / f"{trigger}.jsonl"
 
     def append(self, run: Run, event: str, at: float, **fields: Any) -> None:
-        if self.root is None:
+        if self._dir is None:
             return
         record = {"at": iso(at), "event": event, "trigger": run.trigger, "run_id": run.run_id,
                   "fire_key": run.fire_key, **{k: v for k, v in fields.items() if v is not None}}
         line = redact(json.dumps(record, sort_keys=True, ensure_ascii=False)) + "\n"
-        path = self.path_of(run.trigger)
+        path = os.path.join(self._dir, f"{run.trigger}.jsonl")
         try:
             fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         except FileNotFoundError:  # a trigger's first line: its folders are made once, not checked on every line
-            path.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             size = os.fstat(fd).st_size
