@@ -107,6 +107,7 @@ class Harness:
     sim: Simulator
     job_token: str | None = None
     concurrency: int = Server.concurrency
+    retry_min: float = 0.02
     logs: LogBuffer = field(default_factory=LogBuffer)
     _running: list[Any] = field(default_factory=list)
 
@@ -141,7 +142,7 @@ class Harness:
         self.triggers.mkdir(parents=True, exist_ok=True)
         daemon = assemble(self.triggers, self.state, self.history, {"default": self.server()}, clock=clock,
                           resync_interval=resync_interval, client_options={"backoff": 0.01, "max_backoff": 0.05},
-                          poll_min=0.01, poll_max=0.05, retry_min=0.02, retry_max=0.1)
+                          poll_min=0.01, poll_max=0.05, retry_min=self.retry_min, retry_max=max(0.1, self.retry_min))
         self._running.append((daemon, None))
         return daemon
 

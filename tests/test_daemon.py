@@ -340,6 +340,18 @@ def test_503_then_recovery_builds_once(harness):
     assert any(e["event"] == "fire_retrying" for e in harness.logs.events())
 
 
+def test_stopping_does_not_wait_out_a_retry_delay(harness):
+    harness.retry_min = 60.0
+    harness.sim.fault(path="/build$", status=503)
+    harness.write("deploy", "job: plain\n")
+    harness.start()
+    wait_for(lambda: any(e["event"] == "fire_retrying" for e in harness.logs.events()), what="a retry to wait out")
+    started = time.monotonic()
+    harness.stop()
+    assert time.monotonic() - started < 10  # not the minute until the next attempt
+    assert harness.runs("deploy")[0].status == "decided"  # open, for the next start to fire
+
+
 def test_a_lost_response_is_looked_up_before_posting_again(make_harness):
     harness = make_harness(job_token="deploy-job-token")
     harness.sim.fault(path="/build$", drop="after", times=1)
