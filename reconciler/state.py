@@ -181,14 +181,11 @@ class Store:
                 raise StateError(f"cannot record decisions in {self.path}: {e}") from None
         return inserted
 
-    def update(self, run: Run, *, durable: bool = False, **changes: Any) -> Run:
-        """Record a step. Only `durable` steps are fsynced: every write survives kill -9 (WAL), and
-        after a power loss a run whose later steps were lost falls back to its last durable one."""
-        return self.update_many([(run, changes)], durable=durable)[0]
-
     def update_many(self, steps: list[tuple[Run, dict[str, Any]]], *, durable: bool = False) -> list[Run]:
         """Record a step of each of several runs in one commit: the steps a burst takes together share
-        a commit, and one fsync if `durable`."""
+        a commit, and one fsync if `durable`. Only `durable` commits are fsynced: every write survives
+        kill -9 (WAL), and after a power loss a run whose later steps were lost falls back to its last
+        durable one."""
         statements = []
         for run, changes in steps:
             values = [json.dumps(v) if k == "parameters" and v is not None else v for k, v in changes.items()]

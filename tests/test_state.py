@@ -38,7 +38,7 @@ def test_decisions_and_outcomes_survive_reopening(tmp_path):
     path = tmp_path / "state.db"
     store = Store(path)
     [r] = store.decide([run()])
-    store.update(r, status="completed", result="SUCCESS", build_number=3)
+    store.update_many([(r, {"status": "completed", "result": "SUCCESS", "build_number": 3})])
     store.close()
     reopened = Store(path)
     [again] = reopened.runs("t")
@@ -63,8 +63,7 @@ def test_steps_of_several_runs_are_recorded_together_or_not_at_all(tmp_path):
 def test_open_runs_are_those_with_work_left(tmp_path):
     store = Store(tmp_path / "state.db")
     _, b, c = store.decide([run(key="a"), run(key="b"), run(key="c")])
-    store.update(b, status="queued")
-    store.update(c, status="completed")
+    store.update_many([(b, {"status": "queued"}), (c, {"status": "completed"})])
     assert {r.fire_key for r in store.open_runs()} == {"a", "b"}
 
 
