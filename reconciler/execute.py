@@ -210,13 +210,17 @@ class Executor:
         return runs
 
     async def _step(self, run: Run, durable: bool = False, **changes: Any) -> Run:
-        """Record a step from the loop. Steps asked for in the same turn of the loop share one commit
-        (fsynced if any of them must be): a commit blocks every POST in flight, and in a burst one
-        commit per step was half the loop's time. Each step is still recorded before its caller goes on."""
+        """Record a step from the loop. Steps asked for close together share one commit (fsynced if
+        any of them must be): a commit blocks every POST in flight, and in a burst one commit per step
+        was half the loop's time. Each step is still recorded before its caller goes on.
+
+        The commit waits one more pass of the loop's ready queue: answers read in this pass wake
+        their tasks only in the next, and those admit the next fires, whose posting marks join the
+        same commit. A burst then takes a third fewer commits (`bench/`)."""
         recorded: asyncio.Future[Run] = self._loop.create_future()
         self._steps.append((run, changes, durable, recorded))
         if len(self._steps) == 1:
-            self._loop.call_soon(self._commit_steps)
+            self._loop.call_soon(self._loop.call_soon, self._commit_steps)
         return await recorded
 
     def _commit_steps(self) -> None:
