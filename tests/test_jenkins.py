@@ -188,9 +188,7 @@ def test_a_refused_connection_is_retried_and_said_plainly():
     assert not e.value.maybe_received  # nothing was sent: safe to POST again
 
 
-def test_posts_in_a_row_share_one_kept_alive_connection(simulator):
-    client = client_for(simulator)
-
+def three_posts(client: Client) -> list[str]:
     async def three() -> list[str]:
         poster = Poster(client)
         try:
@@ -198,8 +196,18 @@ def test_posts_in_a_row_share_one_kept_alive_connection(simulator):
         finally:
             await poster.close()
 
-    assert len(set(asyncio.run(three()))) == 3
+    return asyncio.run(three())
+
+
+def test_posts_in_a_row_share_one_kept_alive_connection(simulator):
+    assert len(set(three_posts(client_for(simulator)))) == 3
     assert len({r.peer for r in simulator.triggers("plain")}) == 1
+
+
+def test_posts_in_a_row_share_one_kept_alive_connection_over_https_too(tls_simulator):
+    sim, bundle = tls_simulator
+    assert len(set(three_posts(client_for(sim, verify=bundle)))) == 3
+    assert len({r.peer for r in sim.triggers("plain")}) == 1
 
 
 def test_bytes_after_a_whole_answer_leave_the_answer_standing(scripted):
