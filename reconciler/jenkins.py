@@ -1,11 +1,11 @@
 """The Jenkins edge: triggering, following the queue and builds, finding a run after a crash.
 
-Builds are triggered by `Poster`, from the executor's event loop (asyncio streams and httptools):
-many POSTs in flight on one thread. Everything else goes through `Client`, one urllib3 pool per server
-(keep-alive, sized, explicit timeouts; urllib3 called directly costs a third of the CPU of
-requests). Both classify Jenkins' answers and back off the same way. Redirects are never
-followed: behind an SSO proxy they lead to a login page, possibly on another host, and following
-one would drop the POST and could hand credentials to that host.
+Builds are triggered by `Poster`, from the executor's event loop (an asyncio Protocol feeding
+httptools): many POSTs in flight on one thread. Everything else goes through `Client`, one urllib3
+pool per server (keep-alive, sized, explicit timeouts; urllib3 called directly costs a third of the
+CPU of requests). Both classify Jenkins' answers and back off the same way. Redirects are never
+followed: behind an SSO proxy they lead to a login page, possibly on another host, and following one
+would drop the POST and could hand credentials to that host.
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ from .errors import JenkinsRefused, JenkinsUnavailable, LoginRedirect
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _UNSAFE_IN_HEADER = re.compile(r"[\r\n\0]")
-
-
 _NOTHING_TO_QUOTE = re.compile(r"[A-Za-z0-9_.~-]*")
 
 
