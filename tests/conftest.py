@@ -70,17 +70,22 @@ def simulator(make_simulator: Callable[..., Simulator]) -> Simulator:
     return make_simulator()
 
 
-def post(client: Client, job: str, parameters: tuple[tuple[str, str], ...] | None, cause: str | None) -> str:
-    """One build POST the way the daemon makes it (a Poster on an event loop); returns the queue URL."""
+def posts(client: Client, job: str, parameters: tuple[tuple[str, str], ...] | None, cause: str | None,
+          count: int) -> list[str]:
+    """Build POSTs in a row the way the daemon makes them (one Poster on an event loop); their queue URLs."""
 
-    async def once() -> str:
+    async def in_a_row() -> list[str]:
         poster = Poster(client)
         try:
-            return await poster.trigger(job, parameters, cause)
+            return [await poster.trigger(job, parameters, cause) for _ in range(count)]
         finally:
             await poster.close()
 
-    return asyncio.run(once())
+    return asyncio.run(in_a_row())
+
+
+def post(client: Client, job: str, parameters: tuple[tuple[str, str], ...] | None, cause: str | None) -> str:
+    return posts(client, job, parameters, cause, 1)[0]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:

@@ -118,8 +118,8 @@ def test_a_burst_keeps_no_more_posts_in_flight_than_the_servers_concurrency(harn
     harness.sim.fault(path="/build$", method="POST", latency=0.05)  # each POST takes a while to answer
     harness.start()
     staging = harness.tmp / "checkout"
+    staging.mkdir()
     for i in range(12):
-        (staging / f"t{i}.yaml").parent.mkdir(exist_ok=True)
         (staging / f"t{i}.yaml").write_text("job: plain\n")
     os.rename(staging, harness.triggers / "checkout")
     wait_for(lambda: len(harness.sim.triggers("plain")) == 12, what="all twelve POSTs")

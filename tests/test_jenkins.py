@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import socket
 import ssl
@@ -16,10 +15,10 @@ import trustme
 
 from reconciler.config import Server
 from reconciler.errors import JenkinsRefused, JenkinsUnavailable, LoginRedirect
-from reconciler.jenkins import Client, Poster, job_url
+from reconciler.jenkins import Client, job_url
 from reconciler.simulator import Simulator
 
-from .conftest import TOKEN, USER, post, sim_config, wait_for
+from .conftest import TOKEN, USER, post, posts, sim_config, wait_for
 
 JOB_TOKEN = "deploy-job-token"
 
@@ -188,25 +187,14 @@ def test_a_refused_connection_is_retried_and_said_plainly():
     assert not e.value.maybe_received  # nothing was sent: safe to POST again
 
 
-def three_posts(client: Client) -> list[str]:
-    async def three() -> list[str]:
-        poster = Poster(client)
-        try:
-            return [await poster.trigger("plain", None, None) for _ in range(3)]
-        finally:
-            await poster.close()
-
-    return asyncio.run(three())
-
-
 def test_posts_in_a_row_share_one_kept_alive_connection(simulator):
-    assert len(set(three_posts(client_for(simulator)))) == 3
+    assert len(set(posts(client_for(simulator), "plain", None, None, 3))) == 3
     assert len({r.peer for r in simulator.triggers("plain")}) == 1
 
 
 def test_posts_in_a_row_share_one_kept_alive_connection_over_https_too(tls_simulator):
     sim, bundle = tls_simulator
-    assert len(set(three_posts(client_for(sim, verify=bundle)))) == 3
+    assert len(set(posts(client_for(sim, verify=bundle), "plain", None, None, 3))) == 3
     assert len({r.peer for r in sim.triggers("plain")}) == 1
 
 
