@@ -358,7 +358,8 @@ def bench_validate(work: Path, n: int, repeats: int) -> list[Row]:
 
 NOTES = """\
 **Reading the burst rows.** A burst is measured twice. Against a simulator that answers at once,
-every client is bound by its own CPU: the daemon parses each spec, records the decision and the
+a loop is bound by its own CPU and the daemon by its own and, once its pass is done, by the
+simulator's (below): the daemon parses each spec, records the decision and the
 posting mark durably, POSTs, records the queue item and writes two history lines (its CPU per
 fire is in the first row of each burst), while a bare loop only POSTs. Against a Jenkins that
 takes a few ms to answer (modelled by the simulator's latency fault on build POSTs; the latency
