@@ -345,7 +345,9 @@ class Executor:
 
     async def _post(self, fire: _Fire) -> None:
         """One POST, holding one of the server's slots. The run's `decided` history line is written here,
-        just before the posting mark: in a burst, lines are written as fast as POSTs go out, not all up front."""
+        just before the posting mark: in a burst, lines are written as fast as POSTs go out, not all up front.
+        The slot is released once Jenkins answers: the next fire's posting mark then shares a commit with
+        this run's `queued` step instead of waiting for it."""
         run = fire.run
         client = self.clients[run.server]
         try:
@@ -359,24 +361,24 @@ class Executor:
             poster = self._posters.get(run.server)
             if poster is None:  # made on the loop, which its connections belong to
                 poster = self._posters[run.server] = Poster(client)
+            error: JenkinsError | None = None
             try:
                 queue_url = await poster.trigger(run.job, run.parameters, run.cause)
-            except JenkinsRefused as e:
-                self._finish(run, "failed", reason=str(e))
-                self._log(run).error("fire_refused", error=str(e), status=e.status)
-                return
-            except JenkinsUnavailable as e:
+            except (JenkinsRefused, JenkinsUnavailable) as e:
                 error = e
-                fire.search_first = e.maybe_received and self.taggable(run, client)
-            else:
-                run = await self._queued(run, queue_url)
-                self.metrics.fire_latency.observe(max(0.0, (run.posted_at or 0.0) - run.decided_at))
-                self._log(run).info("fire_posted", queue_url=queue_url, attempts=run.attempts)
-                self._follow_in(run, self._first_look(), self.poll_min)
-                return
         finally:
             self._slots[run.server].release()
-        await self._retry(fire, error)
+        if isinstance(error, JenkinsRefused):
+            self._finish(run, "failed", reason=str(error))
+            self._log(run).error("fire_refused", error=str(error), status=error.status)
+        elif isinstance(error, JenkinsUnavailable):
+            fire.search_first = error.maybe_received and self.taggable(run, client)
+            await self._retry(fire, error)
+        else:
+            run = await self._queued(run, queue_url)
+            self.metrics.fire_latency.observe(max(0.0, (run.posted_at or 0.0) - run.decided_at))
+            self._log(run).info("fire_posted", queue_url=queue_url, attempts=run.attempts)
+            self._follow_in(run, self._first_look(), self.poll_min)
 
     async def _retry(self, fire: _Fire, error: JenkinsError) -> None:
         """Record why the attempt failed, wait holding no slot, and attempt again. A run that may have
