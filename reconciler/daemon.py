@@ -112,13 +112,14 @@ class Daemon:
         candidates = self.catalog.specs.values() if full else \
             [e.spec for e in changes.changed if e.spec is not None]
         now = self.clock()
+        fired = self.store.fired_among([(s.name, s.revision) for s in candidates if s.schedule is None])
         to_fire: list[Run] = []
         for spec in candidates:
             if spec.schedule is not None:
                 self._arm(spec, now)
                 continue
             self.next_due.pop(spec.name, None)  # it may have been a schedule before
-            verdict = decide(spec, self.store, self.servers)
+            verdict = decide(spec, fired, self.servers)
             if verdict.action is Action.FIRE:
                 to_fire.append(new_run(spec, now))
             elif verdict.action is Action.INVALID and not full:

@@ -12,7 +12,7 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -207,11 +207,15 @@ class Store:
         return [replace(run, **changes) for run, changes in steps]
 
     # -- reads ----------------------------------------------------------------------------
-    def __contains__(self, fire: object) -> bool:
-        """`(trigger, fire_key) in store`: asked of the store each time, not of a copy in memory, so
-        the store stays the one record of what fired (and ten thousand specs cost no extra memory)."""
-        row = self._read("SELECT 1 FROM runs WHERE trigger = ? AND fire_key = ?", fire)  # type: ignore[arg-type]
-        return bool(row)
+    def fired_among(self, fires: Collection[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these `(trigger, fire_key)` pairs have fired. Asked of the store on each pass, in one
+        query, not kept in memory: the store stays the one record of what fired. One query per spec
+        was a third of a pass over ten thousand."""
+        if not fires:
+            return set()
+        return set(self._read("SELECT trigger, fire_key FROM runs WHERE (trigger, fire_key) IN (SELECT "
+                              "json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))",
+                              (json.dumps(list(fires)),)))
 
     def fired(self) -> set[tuple[str, str]]:
         """The one-shot revisions ever fired. Ticks are not listed: a schedule's cursor (and the

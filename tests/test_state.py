@@ -27,11 +27,14 @@ def test_a_second_decision_for_the_same_revision_is_refused(tmp_path):
 def test_the_store_answers_whether_a_revision_or_a_tick_has_fired(tmp_path):
     store = Store(tmp_path / "state.db")
     store.decide([run(key="rev1"), run(key="@2026-01-01T00:00:00Z"), run(key="@2026-01-01T00:01:00Z")])
-    assert ("t", "rev1") in store and ("t", "@2026-01-01T00:01:00Z") in store
-    assert ("t", "rev2") not in store and ("other", "rev1") not in store
+    asked = [("t", "rev1"), ("t", "@2026-01-01T00:01:00Z"), ("t", "rev2"), ("other", "rev1")]
+    assert store.fired_among(asked) == {("t", "rev1"), ("t", "@2026-01-01T00:01:00Z")}
+    assert store.fired_among([]) == set()
     # Ticks are counted by the schedule's cursor; only revisions are listed, however old the schedule.
     assert store.fired() == {("t", "rev1")}
     assert store.last_ticks() == {"t": "@2026-01-01T00:01:00Z"}
+    store.decide([run(trigger='team/dé"ploy', key="rev1")])  # names travel to SQLite as JSON
+    assert store.fired_among([('team/dé"ploy', "rev1"), ("team/deploy", "rev1")]) == {('team/dé"ploy', "rev1")}
 
 
 def test_decisions_and_outcomes_survive_reopening(tmp_path):
