@@ -381,8 +381,10 @@ overdue ones instead of a timer per read). The steps the loop records close toge
 (and one fsync), held for one more pass of its ready queue so that the fires admitted as answers
 arrive join it (a third fewer commits); the tracker that schedules follow-ups wakes only when its
 next check moves; plain YAML scalars are resolved from a table built once, by a loader class made
-once (ruamel rebuilt both on every load); a fire waiting for a POST slot is a queue entry, not a
-task. What is left is the work itself: parsing, durable records, two history lines and two log
+once (ruamel rebuilt both on every load); a pass asks the store in one query which of its specs'
+revisions have fired; a fire waiting for a POST slot is a queue entry, not a task, and a slot is
+freed when Jenkins answers, so the next fire's posting mark shares a commit with the answered run's
+`queued` step instead of waiting for it. What is left is the work itself: parsing, durable records, two history lines and two log
 lines a fire, taking turns on one GIL with the simulator on the other CPU. Overlapping the parse of
 a checkout with its POSTs, committing from a thread of its own, creating history files ahead on
 one, fewer or more threads and a shorter GIL switch interval measured no better. {missed}
