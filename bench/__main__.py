@@ -384,10 +384,11 @@ next check moves; plain YAML scalars are resolved from a table built once, by a 
 once (ruamel rebuilt both on every load); a pass asks the store in one query which of its specs'
 revisions have fired; a fire waiting for a POST slot is a queue entry, not a task, and a slot is
 freed when Jenkins answers, so the next fire's posting mark shares a commit with the answered run's
-`queued` step instead of waiting for it. What is left is the work itself: parsing, durable records, two history lines and two log
-lines a fire, taking turns on one GIL with the simulator on the other CPU. Overlapping the parse of
-a checkout with its POSTs, committing from a thread of its own, creating history files ahead on
-one, fewer or more threads and a shorter GIL switch interval measured no better. {missed}
+`queued` step instead of waiting for it. What is left is the work itself: parsing, durable records,
+two history lines and two log lines a fire, taking turns on one GIL with the simulator on the other
+CPU. Overlapping the parse of a checkout with its POSTs, committing from a thread of its own,
+creating history files ahead on one, fewer or more threads and a shorter GIL switch interval
+measured no better. {missed}
 
 **What the simulator bounds.** Its ceiling is measured with a client that costs next to nothing
 per request (prebuilt bytes on a keep-alive socket, `bench/rawpost.py`). The fastest burst above
