@@ -146,6 +146,20 @@ class Store:
         finally:
             self._db.execute("PRAGMA synchronous=NORMAL")
 
+    @contextlib.contextmanager
+    def _writing(self, what: str, *, durable: bool) -> Iterator[None]:
+        """The connection, held for a write. Whatever fails, no transaction is left open (every later
+        write would fail inside it), and a store error says what could not be written where."""
+        with self._lock, self._durably() if durable else contextlib.nullcontext():
+            try:
+                yield
+            except BaseException as e:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if isinstance(e, sqlite3.Error):
+                    raise StateError(f"cannot {what} {self.path}: {e}") from None
+                raise
+
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
@@ -163,22 +177,17 @@ class Store:
             return []
         placeholders = ",".join("?" * len(COLUMNS))
         inserted: list[Run] = []
-        with self._lock, self._durably():
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                for run in runs:
-                    cur = self._db.execute(
-                        f"INSERT OR IGNORE INTO runs ({','.join(COLUMNS)}) VALUES ({placeholders})", _encode(run))
-                    if cur.rowcount:
-                        inserted.append(run)
-                for trigger, after in (cursors or {}).items():
-                    self._db.execute("INSERT INTO cursors (trigger, after) VALUES (?, ?) ON CONFLICT (trigger) "
-                                     "DO UPDATE SET after = MAX(after, excluded.after)", (trigger, after))
-                self._db.execute("COMMIT")
-            except sqlite3.Error as e:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise StateError(f"cannot record decisions in {self.path}: {e}") from None
+        with self._writing("record decisions in", durable=True):
+            self._db.execute("BEGIN IMMEDIATE")
+            for run in runs:
+                cur = self._db.execute(
+                    f"INSERT OR IGNORE INTO runs ({','.join(COLUMNS)}) VALUES ({placeholders})", _encode(run))
+                if cur.rowcount:
+                    inserted.append(run)
+            for trigger, after in (cursors or {}).items():
+                self._db.execute("INSERT INTO cursors (trigger, after) VALUES (?, ?) ON CONFLICT (trigger) "
+                                 "DO UPDATE SET after = MAX(after, excluded.after)", (trigger, after))
+            self._db.execute("COMMIT")
         return inserted
 
     def update_many(self, steps: list[tuple[Run, dict[str, Any]]], *, durable: bool = False) -> list[Run]:
@@ -191,19 +200,14 @@ class Store:
             values = [json.dumps(v) if k == "parameters" and v is not None else v for k, v in changes.items()]
             statements.append((f"UPDATE runs SET {','.join(f'{k} = ?' for k in changes)} WHERE run_id = ?",
                                (*values, run.run_id)))
-        with self._lock, self._durably() if durable else contextlib.nullcontext():
-            try:
-                if len(statements) == 1:
-                    self._db.execute(*statements[0])
-                else:
-                    self._db.execute("BEGIN IMMEDIATE")
-                    for sql, args in statements:
-                        self._db.execute(sql, args)
-                    self._db.execute("COMMIT")
-            except sqlite3.Error as e:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise StateError(f"cannot write state store {self.path}: {e}") from None
+        with self._writing("write state store", durable=durable):
+            if len(statements) == 1:
+                self._db.execute(*statements[0])
+            else:
+                self._db.execute("BEGIN IMMEDIATE")
+                for sql, args in statements:
+                    self._db.execute(sql, args)
+                self._db.execute("COMMIT")
         return [replace(run, **changes) for run, changes in steps]
 
     # -- reads ----------------------------------------------------------------------------

@@ -37,6 +37,15 @@ def test_the_store_answers_whether_a_revision_or_a_tick_has_fired(tmp_path):
     assert store.fired_among([('team/dé"ploy', "rev1"), ("team/deploy", "rev1")]) == {('team/dé"ploy', "rev1")}
 
 
+def test_a_write_that_fails_leaves_the_store_writable(tmp_path):
+    store = Store(tmp_path / "state.db")
+    with pytest.raises(UnicodeEncodeError):  # a value SQLite cannot take, found mid-transaction
+        store.decide([run(trigger="a"), run(trigger="b\udcff")])
+    assert store.fired() == set()  # nothing of it was kept
+    assert store.decide([run()]) and store.fired() == {("t", "rev1")}
+    assert store.writable() is None
+
+
 def test_decisions_and_outcomes_survive_reopening(tmp_path):
     path = tmp_path / "state.db"
     store = Store(path)
