@@ -46,27 +46,27 @@ class Catalog:
     def __init__(self, root: Path):
         self.root = root
         self.entries: dict[str, Entry] = {}
-        self._shadowed: dict[str, tuple[str, Stamp]] = {}
-        """Files that define a trigger another file already defines, with the stamp last reported."""
+        self.rejected: dict[str, Entry] = {}
+        """Files that cannot be triggers, by path: a second file for a trigger another file defines, or a
+        name that is not UTF-8. Counted among the errors, and reported once per change."""
 
     def scan(self) -> Changes:
         """Walk the whole directory; only files whose stamp moved are read and parsed again."""
         seen: dict[str, tuple[str, Stamp]] = {}
-        shadowed: dict[str, tuple[str, Stamp]] = {}
+        rejected: dict[str, tuple[str, str, Stamp]] = {}
         for rel, stamp in sorted(self._walk(), key=lambda item: item[0]):
             name = trigger_name(rel)
             if name is None:
                 continue
-            if name in seen:  # `a.yaml` beside `a.yml`: the first in sort order wins, loudly
-                shadowed[rel] = (name, stamp)
-                continue
-            seen[name] = (rel, stamp)
+            shown = _printable(rel)
+            if shown != rel:  # a trigger is named by its path, in git, logs and Jenkins causes: text
+                rejected[shown] = (_printable(name), "the file name is not UTF-8 text: rename the file", stamp)
+            elif name in seen:  # `a.yaml` beside `a.yml`: the first in sort order wins, loudly
+                rejected[rel] = (name, f"trigger {name!r} is already defined by {seen[name][0]}", stamp)
+            else:
+                seen[name] = (rel, stamp)
         changes = Changes()
-        for rel, (name, stamp) in shadowed.items():
-            if self._shadowed.get(rel) != (name, stamp):  # reported once per change, not every pass
-                err = SpecError(rel, [Problem(1, 1, f"trigger {name!r} is already defined by {seen[name][0]}")])
-                changes.changed.append(Entry(name, rel, stamp, error=err))
-        self._shadowed = shadowed
+        self.rejected = {rel: self._reject(rel, *why, changes) for rel, why in rejected.items()}
         for name, (rel, stamp) in seen.items():
             old = self.entries.get(name)
             if old is None or old.stamp != stamp or old.path != rel:
@@ -89,6 +89,8 @@ class Catalog:
             rel = os.path.relpath(path, base).replace(os.sep, "/")
             if rel.startswith("../") or any(part.startswith(".") for part in rel.split("/")):
                 continue
+            if _printable(rel) != rel:
+                return self.scan()  # a name that is not UTF-8: the scan reports it
             name = trigger_name(rel)
             if name is None and not rel.endswith((".yaml", ".yml")):
                 return self.scan()  # a directory appeared, vanished or moved
@@ -135,6 +137,13 @@ class Catalog:
                         continue
         return out
 
+    def _reject(self, rel: str, name: str, why: str, stamp: Stamp, changes: Changes) -> Entry:
+        entry = Entry(name, rel, stamp, error=SpecError(rel, [Problem(1, 1, why)]))
+        old = self.rejected.get(rel)
+        if old is None or (old.stamp, str(old.error)) != (stamp, str(entry.error)):
+            changes.changed.append(entry)
+        return entry
+
     def _reread(self, name: str, rel: str, stamp: Stamp, changes: Changes) -> None:
         """Read a file whose stamp moved; parse and report it only if its bytes moved too. A git-sync
         swap re-creates every file of the tree (new inodes, new mtimes), mostly with the same bytes:
@@ -159,7 +168,20 @@ class Catalog:
 
     @property
     def errors(self) -> dict[str, SpecError]:
-        return {n: e.error for n, e in self.entries.items() if e.error is not None}
+        """By trigger, and by path for the files that cannot be triggers."""
+        errors = {n: e.error for n, e in self.entries.items() if e.error is not None}
+        errors.update((rel, e.error) for rel, e in self.rejected.items() if e.error is not None)
+        return errors
+
+
+def _printable(rel: str) -> str:
+    """A path as text. Bytes of a name that are not UTF-8 come from the OS as lone surrogates, which
+    no UTF-8 stream (a log, SQLite, a terminal) takes; here they read `\\xff`."""
+    try:
+        rel.encode()
+    except UnicodeEncodeError:
+        return rel.encode(errors="surrogateescape").decode(errors="backslashreplace")
+    return rel
 
 
 def _read_bytes(path: str) -> bytes:

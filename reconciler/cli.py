@@ -218,9 +218,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if path.is_dir():
             catalog = Catalog(path)
             catalog.scan()
-            count += len(catalog.entries)
-            errors += [SpecError(str(path / e.path), e.error.problems)
-                       for e in catalog.entries.values() if e.error is not None]
+            count += len(catalog.entries) + len(catalog.rejected)
+            errors += [SpecError(str(path / e.path), e.problems) for e in catalog.errors.values()]
         elif path.is_file():
             count += 1
             name = trigger_name(path.name) or path.stem

@@ -41,6 +41,19 @@ def test_validate_prints_file_line_column_per_error_and_exits_1():
     assert not any("valid.yaml:" in line and "/valid.yaml" in line for line in lines)
 
 
+def test_validate_fails_files_the_daemon_would_reject_by_their_names(tmp_path):
+    (tmp_path / "a.yaml").write_text("job: a\n")
+    (tmp_path / "a.yml").write_text("job: a\n")
+    with open(os.fsencode(tmp_path) + b"/caf\xe9.yaml", "wb") as f:
+        f.write(b"job: b\n")
+    result = reconciler("validate", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [f"{tmp_path}/a.yml:1:1: trigger 'a' is already defined by a.yaml",
+                                          f"{tmp_path}/caf\\xe9.yaml:1:1: the file name is not UTF-8 text: "
+                                          "rename the file"]
+    assert "3 spec(s) checked, 2 invalid" in result.stderr
+
+
 def test_validate_takes_single_files():
     assert reconciler("validate", str(FIXTURES / "valid.yaml")).returncode == 0
     assert reconciler("validate", str(FIXTURES / "empty.yaml")).returncode == 1

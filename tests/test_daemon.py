@@ -70,6 +70,18 @@ def test_a_broken_spec_is_reported_once_with_its_position_and_harms_no_other(har
     assert invalid[0]["level"] == "error"
 
 
+def test_a_file_whose_name_is_not_utf8_is_reported_once_by_a_readable_name_and_harms_no_other(harness):
+    harness.write("good-1", "job: plain\n")
+    with open(os.fsencode(harness.triggers) + b"/caf\xe9.yaml", "wb") as f:  # Latin-1, as some editors save
+        f.write(b"job: plain\n")
+    harness.write("good-2", "job: deploy\nparameters: {ENV: prod}\n")
+    daemon = harness.start(resync_interval=0.02)
+    wait_for(lambda: len(harness.sim.triggers()) == 2)
+    wait_for(lambda: daemon.passes >= 5, what="several resync passes")
+    invalid = [e for e in harness.logs.events() if e["event"] == "spec_invalid"]
+    assert [e["errors"] for e in invalid] == [["caf\\xe9.yaml:1:1: the file name is not UTF-8 text: rename the file"]]
+
+
 def test_a_spec_changed_while_its_previous_run_is_still_queued(make_harness):
     harness = make_harness(executors=1)
     harness.write("blocker", "job: manual\n")
