@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ruamel.yaml import YAML
 from ruamel.yaml.constructor import SafeConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import CollectionEndEvent, CollectionStartEvent
 from ruamel.yaml.main import CParser
 from ruamel.yaml.nodes import ScalarNode
 from ruamel.yaml.resolver import VersionedResolver, implicit_resolvers
@@ -27,6 +28,11 @@ CONFIG_FILES = ("reconciler.yaml", "reconciler.yml")
 """A config file at the root of the triggers directory is not a trigger."""
 
 ParamValue = str | int | float | bool
+MAX_DEPTH = 32
+"""How deep a spec may nest collections. It needs two (the spec, its parameters); the YAML composer
+recurses once per level, in C, and tens of thousands of levels crash the process."""
+_NESTING = ("[", "{", "-", ":", "?")
+"""Every level of nesting opens with one of these: a text with fewer of them cannot be too deep."""
 
 
 class SpecModel(BaseModel):
@@ -212,6 +218,8 @@ class _Loader(CParser, _Constructor, _Yaml12Resolver):  # type: ignore[misc]
 
 def parse(text: str, *, name: str, path: str) -> Spec:
     """Parse one trigger file. `path` is only used in error messages."""
+    if sum(map(text.count, _NESTING)) > MAX_DEPTH:
+        _check_depth(text, path)
     loader = _Loader(text)
     try:
         data = loader.get_single_data()
@@ -239,6 +247,29 @@ def parse(text: str, *, name: str, path: str) -> Spec:
                 schedule=None if model.schedule is None else cron.parse(model.schedule, model.timezone, name),
                 starting_deadline=cron.parse_duration(model.starting_deadline), concurrency=model.concurrency,
                 scheduled_time_parameter=model.scheduled_time_parameter)
+
+
+def _check_depth(text: str, path: str) -> None:
+    """Refuse a text nested deeper than MAX_DEPTH, reading only as far as that, before anything
+    recurses over it. Only the parser runs here, which keeps its own stack; a text it cannot parse is
+    left to the parse proper to report."""
+    parser = CParser(text)
+    depth = 0
+    try:
+        while parser.check_event():
+            event = parser.get_event()
+            if isinstance(event, CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    mark = event.start_mark
+                    raise SpecError(path, [Problem(mark.line + 1, mark.column + 1, f"nested more than {MAX_DEPTH} "
+                                                   "levels deep; a trigger spec needs two")])
+            elif isinstance(event, CollectionEndEvent):
+                depth -= 1
+    except YAMLError:
+        return
+    finally:
+        parser.dispose()
 
 
 def _yaml_problem(e: MarkedYAMLError) -> Problem:

@@ -54,6 +54,14 @@ def test_validate_fails_files_the_daemon_would_reject_by_their_names(tmp_path):
     assert "3 spec(s) checked, 2 invalid" in result.stderr
 
 
+def test_validate_refuses_a_spec_nested_a_hundred_thousand_deep_without_crashing(tmp_path):
+    """Composing it recursed in C until the process died (SIGSEGV): the daemon would have too."""
+    (tmp_path / "deep.yaml").write_text("job: plain\nparameters: {A: " + "[" * 100_000 + "]" * 100_000 + "}\n")
+    result = reconciler("validate", str(tmp_path / "deep.yaml"))
+    assert (result.returncode, result.stdout) == (
+        1, f"{tmp_path}/deep.yaml:2:47: nested more than 32 levels deep; a trigger spec needs two\n")
+
+
 def test_validate_takes_single_files():
     assert reconciler("validate", str(FIXTURES / "valid.yaml")).returncode == 0
     assert reconciler("validate", str(FIXTURES / "empty.yaml")).returncode == 1

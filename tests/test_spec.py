@@ -82,6 +82,18 @@ def test_broken_yaml_syntax_is_reported_with_its_position():
     assert line.startswith("broken-syntax.yaml:4:1: ")
 
 
+def test_a_spec_nested_deeper_than_any_needs_is_refused_where_it_gets_too_deep():
+    def nested(depth: int) -> str:
+        return "job: plain\nparameters:\n  A: " + "[" * depth + "]" * depth + "\n"
+
+    with pytest.raises(SpecError) as e:
+        parse(nested(40), name="t", path="t.yaml")
+    assert str(e.value) == "t.yaml:3:36: nested more than 32 levels deep; a trigger spec needs two"
+    with pytest.raises(SpecError) as e:  # shallower, it is an ordinary error, found where it is
+        parse(nested(30), name="t", path="t.yaml")
+    assert str(e.value) == "t.yaml:3:6: parameters.A: a parameter value is a string, number or boolean, not list"
+
+
 def test_yaml_1_2_keeps_yes_a_string():
     with pytest.raises(SpecError, match="suspend: expected true or false, got a string"):
         parse("job: a\nsuspend: yes\n", name="t", path="t.yaml")
