@@ -3,6 +3,7 @@ again only when their bytes did too."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from dataclasses import dataclass, field, replace
@@ -10,6 +11,10 @@ from pathlib import Path
 
 from .errors import Problem, SpecError
 from .spec import Spec, parse, trigger_name
+
+MAX_SPEC_BYTES = 256 * 1024
+"""More than any trigger spec takes (a few hundred bytes): a big file committed by mistake, or a link
+to /dev/zero, is refused after this much, not read and parsed into memory."""
 
 Stamp = tuple[int, int, int]
 """A file's mtime, size and inode: when it moves, the file is read again."""
@@ -186,12 +191,18 @@ def _printable(rel: str) -> str:
 
 def _read_bytes(path: str) -> bytes:
     """A whole file in four system calls; `open(path, "rb")` makes nine (a tty check, seeks, stats),
-    once per spec in a pass. Not pathlib either: it interns every name it sees."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    once per spec in a pass. Not pathlib either: it interns every name it sees. Non-blocking, so that
+    a named pipe cannot stall the pass; and no more than MAX_SPEC_BYTES of it."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         chunks = []
+        size = 0
         while chunk := os.read(fd, 65536):
             chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_SPEC_BYTES:
+                raise OSError(errno.EFBIG, f"larger than {MAX_SPEC_BYTES // 1024} KiB, where a trigger spec "
+                                           "takes a few hundred bytes")
         return b"".join(chunks)
     finally:
         os.close(fd)

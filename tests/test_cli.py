@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,22 @@ def test_validate_refuses_a_spec_nested_a_hundred_thousand_deep_without_crashing
     result = reconciler("validate", str(tmp_path / "deep.yaml"))
     assert (result.returncode, result.stdout) == (
         1, f"{tmp_path}/deep.yaml:2:47: nested more than 32 levels deep; a trigger spec needs two\n")
+
+
+def test_validate_refuses_a_huge_file_a_pipe_and_a_link_to_dev_zero_without_stalling(tmp_path):
+    (tmp_path / "big.yaml").write_text("job: a\n" + "# padding\n" * 30_000)  # 300 KB
+    os.mkfifo(tmp_path / "pipe.yaml")  # opened for reading, a pipe waits for a writer
+    (tmp_path / "zero.yaml").symlink_to("/dev/zero")  # git keeps links; this one never ends
+    (tmp_path / "ok.yaml").write_text("job: ok\n")
+    result = subprocess.run([sys.executable, "-m", "reconciler", "validate", str(tmp_path)], capture_output=True,
+                            text=True, timeout=60,  # 1 GiB of address space: reading /dev/zero whole fails fast
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)))
+    too_big = "1:1: cannot read: larger than 256 KiB, where a trigger spec takes a few hundred bytes"
+    assert result.stdout.splitlines() == [f"{tmp_path}/big.yaml:{too_big}",
+                                          f"{tmp_path}/pipe.yaml:1:1: empty file: a trigger spec needs at least "
+                                          "`job: NAME`",
+                                          f"{tmp_path}/zero.yaml:{too_big}"]
+    assert result.returncode == 1
 
 
 def test_validate_takes_single_files():
