@@ -20,6 +20,7 @@ from . import logs
 from . import schedule as cron
 from .catalog import Catalog, Changes
 from .config import Server
+from .errors import StateError
 from .execute import Executor
 from .history import History
 from .jenkins import Client
@@ -31,6 +32,8 @@ WATCH_STEP_MS = 20
 """How long the watcher waits for a burst of events to settle: the floor of change → POST latency."""
 HEARTBEAT = 10.0
 """The loop wakes at least this often, so /healthz can tell a sleeping loop from a stuck one."""
+STORE_RETRY = 5.0
+"""After the state store refused a write (a full disk), how long the loop waits before a full pass tries again."""
 TRIM_AFTER = 500
 """Files parsed in one pass after which the heap is trimmed (see `trim_heap`)."""
 
@@ -80,6 +83,8 @@ class Daemon:
         self.ready = threading.Event()
         self.passes = 0
         self.heartbeat = time.monotonic()
+        self._store_failure: str | None = None
+        """Why the last turn of the loop could not record its decisions, until one can."""
         self._watcher: threading.Thread | None = None
         self.cursors: dict[str, datetime] = {}
         self.next_due: dict[str, datetime] = {}
@@ -92,13 +97,30 @@ class Daemon:
                 self.store.decide(runs)
                 self.log.info("state_rebuilt", runs=len(runs), source=str(self.history.root))
         self.cursors = cron.cursors(self.store.cursors(), self.store.last_ticks().items())
-        open_runs = self.store.open_runs()
-        for run in open_runs:
+        self._resume(self.store.open_runs())
+
+    def _resume(self, runs: list[Run]) -> None:
+        """Hand open runs to the executor, each on its own: one that cannot be taken up now (its
+        history unreadable) waits for the next full pass, and the others go on."""
+        resumed = 0
+        for run in runs:
             if run.server not in self.executor.clients:
                 continue
-            self.executor.resume(run)
-        if open_runs:
-            self.log.info("runs_resumed", count=len(open_runs))
+            try:
+                self.executor.resume(run)
+            except OSError as e:
+                self.log.error("resume_failed", trigger=run.trigger, run_id=run.run_id, error=str(e))
+            else:
+                resumed += 1
+        if resumed:
+            self.log.info("runs_resumed", count=resumed)
+
+    def _resume_stranded(self) -> None:
+        """Runs open in the store that the executor is not carrying: a step of theirs failed (a full
+        disk, say). Taken up again as a restart would, without one. The executor's runs are read
+        before the store's: a run that closes in between is then seen closed, never resumed twice."""
+        carried = {run.run_id for run in self.executor.active()}
+        self._resume([run for run in self.store.open_runs() if run.run_id not in carried])
 
     def reconcile(self, changes: Changes, *, full: bool = False) -> list[Run]:
         """Decide what the changed (or, when full, all) triggers need; record decisions; fire them."""
@@ -213,6 +235,7 @@ class Daemon:
         with metrics.reconcile_duration.time():
             changes = self.catalog.scan()
             fired = self.reconcile(changes, full=True)
+            self._resume_stranded()
         if len(changes.changed) >= TRIM_AFTER:
             trim_heap()
         metrics.invalid_specs.set(len(self.catalog.errors))
@@ -226,7 +249,7 @@ class Daemon:
 
     def readiness_problems(self) -> list[str]:
         problems = [] if self.ready.is_set() else ["the first pass has not completed"]
-        unwritable = self.store.writable()
+        unwritable = self.store.writable() or self._store_failure
         if unwritable:
             problems.append(unwritable)
         if self._watcher is None or not self._watcher.is_alive():
@@ -258,18 +281,36 @@ class Daemon:
             if stop.is_set():
                 break
             self._wake.clear()
-            self.tick()
-            with self._paths_lock:
-                paths, self._paths = list(self._paths), set()
-            if paths:
-                self.reconcile(self.catalog.refresh(paths))
-            if time.monotonic() >= next_resync:
-                started = time.perf_counter()
-                fired = self.pass_once()
-                self.log.debug("resync_completed", specs=len(self.catalog.entries), fired=len(fired),
-                               seconds=round(time.perf_counter() - started, 4))
+            resync = time.monotonic() >= next_resync
+            try:
+                self._turn(resync)
+            except StateError as e:
+                # Nothing is lost: what was not recorded was not fired, and the full pass that follows
+                # decides it again. Until one goes through, /readyz says why.
+                retry = min(STORE_RETRY, self.resync_interval)
+                self._store_failure = str(e)
+                self.executor.metrics.state_errors.inc()
+                self.log.error("pass_failed", error=str(e), retry_in=retry)
+                stop.wait(retry)
+                next_resync = time.monotonic()
+                continue
+            self._store_failure = None
+            if resync:
                 next_resync = time.monotonic() + self.resync_interval
         watcher.join(timeout=2)
+
+    def _turn(self, resync: bool) -> None:
+        """One turn of the loop: due ticks, the files the watcher named, and a full pass if one is due."""
+        self.tick()
+        with self._paths_lock:
+            paths, self._paths = list(self._paths), set()
+        if paths:
+            self.reconcile(self.catalog.refresh(paths))
+        if resync:
+            started = time.perf_counter()
+            fired = self.pass_once()
+            self.log.debug("resync_completed", specs=len(self.catalog.entries), fired=len(fired),
+                           seconds=round(time.perf_counter() - started, 4))
 
     def _watch(self, stop: threading.Event) -> None:
         """Watch the directory the triggers path resolves to, and follow it when a symlink swaps.

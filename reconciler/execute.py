@@ -129,14 +129,18 @@ class Executor:
         self._spawn([_Fire(run, False, True, self.retry_min) for run in runs])
 
     def resume(self, run: Run) -> None:
-        """A run left open by an earlier process."""
-        self._set_active([run])
+        """A run left open by an earlier process, or by a step that failed. Raises OSError, taking
+        nothing on, if the run's history cannot be read."""
+        fire = None
         if run.status == "decided":  # killed before the POST, maybe before the history line too
-            self._spawn([_Fire(run, False, not self.history.has(run), self.retry_min)])
+            fire = _Fire(run, False, not self.history.has(run), self.retry_min)
         elif run.status == "posting":
-            self._spawn([_Fire(run, True, False, self.retry_min)])
-        else:
+            fire = _Fire(run, True, False, self.retry_min)
+        self._set_active([run])
+        if fire is None:
             self._follow_in(run, 0.0, self.poll_min)
+        else:
+            self._spawn([fire])
 
     def replace(self, runs: list[Run]) -> None:
         """Cancel queued runs and stop running builds (`concurrency: replace`); their follow-up records it."""
@@ -239,7 +243,8 @@ class Executor:
         return logs.get(trigger=run.trigger, run_id=run.run_id, job=run.job, server=run.server)
 
     def _guarded(self, fn: Callable[..., None], run: Run, *args: Any) -> None:
-        """A step that fails unexpectedly leaves its run open in the store, to resume on the next start."""
+        """A step that fails unexpectedly leaves its run open in the store, to be taken up again by the
+        daemon's next full pass."""
         try:
             fn(run, *args)
         except Exception as e:
@@ -284,6 +289,8 @@ class Executor:
         if isinstance(e, StateError):
             self.metrics.state_errors.inc()
             log.error("state_write_failed", error=str(e))
+        elif isinstance(e, OSError):  # the history: a full disk, a read-only volume
+            log.error("history_write_failed", error=str(e))
         else:
             log.exception("run_step_crashed", exc_info=e)
         with self._cv:

@@ -82,6 +82,42 @@ def test_a_file_whose_name_is_not_utf8_is_reported_once_by_a_readable_name_and_h
     assert [e["errors"] for e in invalid] == [["caf\\xe9.yaml:1:1: the file name is not UTF-8 text: rename the file"]]
 
 
+def test_a_full_state_store_holds_fires_back_until_it_has_room_and_then_fires_each_once(harness):
+    daemon = harness.start(resync_interval=0.05)
+    with daemon.store._lock:  # SQLite's own size limit: the store is full, as on a full disk
+        pages = daemon.store._db.execute("PRAGMA page_count").fetchone()[0]
+        daemon.store._db.execute(f"PRAGMA max_page_count = {pages}")
+    for i in range(60):
+        harness.write(f"t{i:02}", "job: plain\n")
+    wait_for(lambda: any(e["event"] == "pass_failed" for e in harness.logs.events()), what="a failed pass")
+    assert harness.sim.triggers() == []  # not recorded, not fired
+    assert any("database or disk is full" in p for p in daemon.readiness_problems())
+    with daemon.store._lock:
+        daemon.store._db.execute("PRAGMA max_page_count = 1073741823")  # room again
+    wait_for(lambda: len(harness.sim.triggers("plain")) == 60, what="every trigger fired")
+    wait_for(lambda: daemon.readiness_problems() == [], what="ready again")
+    passes = daemon.passes
+    wait_for(lambda: daemon.passes >= passes + 5, what="more passes")
+    assert len(harness.sim.triggers("plain")) == 60
+    assert sorted(r.trigger for r in harness.runs()) == [f"t{i:02}" for i in range(60)]
+
+
+def test_a_run_whose_history_line_could_not_be_written_is_taken_up_by_the_next_pass(harness):
+    daemon = harness.start(resync_interval=0.05)
+    (harness.history / "deploy.jsonl").mkdir(parents=True)  # where its history file goes: unwritable
+    harness.write("deploy", "job: plain\n")
+    wait_for(lambda: any(e["event"] == "history_write_failed" for e in harness.logs.events()))
+    assert harness.sim.triggers() == []  # the line comes before the POST
+    wait_for(lambda: any(e["event"] == "resume_failed" for e in harness.logs.events()),
+             what="a pass that could not take it up yet (its history unreadable)")
+    (harness.history / "deploy.jsonl").rmdir()
+    wait_for(lambda: len(harness.sim.triggers("plain")) == 1, what="the run taken up again")
+    passes = daemon.passes
+    wait_for(lambda: daemon.passes >= passes + 5, what="more passes")
+    assert len(harness.sim.triggers("plain")) == 1
+    assert harness.events("deploy")[0] == "decided"
+
+
 def test_a_spec_changed_while_its_previous_run_is_still_queued(make_harness):
     harness = make_harness(executors=1)
     harness.write("blocker", "job: manual\n")
