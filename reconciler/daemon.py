@@ -119,8 +119,7 @@ class Daemon:
         """Runs open in the store that the executor is not carrying: a step of theirs failed (a full
         disk, say). Taken up again as a restart would, without one. The executor's runs are read
         before the store's: a run that closes in between is then seen closed, never resumed twice."""
-        carried = {run.run_id for run in self.executor.active()}
-        self._resume([run for run in self.store.open_runs() if run.run_id not in carried])
+        self._resume(self.store.open_runs(excluding=[run.run_id for run in self.executor.active()]))
 
     def reconcile(self, changes: Changes, *, full: bool = False) -> list[Run]:
         """Decide what the changed (or, when full, all) triggers need; record decisions; fire them."""

@@ -21,6 +21,9 @@ from .errors import StateError
 
 OPEN = ("decided", "posting", "queued", "building")
 """A run in one of these states still has work to do: post it, or follow it."""
+_OPEN_SQL = ",".join(f"'{status}'" for status in OPEN)
+"""OPEN as SQL literals: SQLite uses the partial index of open runs only for a query that names its
+values, not one that binds them as parameters (that one read every run ever recorded)."""
 
 MIGRATIONS = [
     """
@@ -233,9 +236,12 @@ class Store:
     def cursors(self) -> dict[str, float]:
         return dict(self._read("SELECT trigger, after FROM cursors"))
 
-    def open_runs(self) -> list[Run]:
-        rows = self._read(f"SELECT {','.join(COLUMNS)} FROM runs WHERE status IN "
-                          f"({','.join('?' * len(OPEN))}) ORDER BY decided_at", OPEN)
+    def open_runs(self, excluding: Collection[str] = ()) -> list[Run]:
+        """The runs with work left, but those whose ids are `excluding` (those already carried, when
+        a full pass looks for stranded ones: only the others are decoded)."""
+        rows = self._read(f"SELECT {','.join(COLUMNS)} FROM runs WHERE status IN ({_OPEN_SQL}) "
+                          "AND run_id NOT IN (SELECT value FROM json_each(?)) ORDER BY decided_at",
+                          (json.dumps(list(excluding)),))
         return [_decode(r) for r in rows]
 
     def runs(self, trigger: str | None = None, limit: int = 1000) -> list[Run]:

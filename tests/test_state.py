@@ -77,6 +77,8 @@ def test_open_runs_are_those_with_work_left(tmp_path):
     _, b, c = store.decide([run(key="a"), run(key="b"), run(key="c")])
     store.update_many([(b, {"status": "queued"}), (c, {"status": "completed"})])
     assert {r.fire_key for r in store.open_runs()} == {"a", "b"}
+    carried = [r.run_id for r in store.open_runs() if r.fire_key == "a"]
+    assert [r.fire_key for r in store.open_runs(excluding=carried)] == ["b"]
 
 
 def test_the_store_uses_wal_and_records_its_schema_version(tmp_path):
