@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    level=getattr(args, "log_level", "info"))
     try:
         return int(COMMANDS[args.command](args) or 0)
-    except ReconcilerError as e:
+    except (ReconcilerError, OSError) as e:  # OSError: a file or folder it needs, named, in one line
         print(f"reconciler: {logs.redact(str(e))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -16,6 +16,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from .errors import ConfigError
+from .spec import nesting_problem
 
 SERVER_KEYS = {"url", "user", "token", "job_token", "verify", "ca_bundle", "concurrency",
                "connect_timeout", "read_timeout"}
@@ -118,7 +119,11 @@ def load_servers(config_path: Path | None, env: Mapping[str, str] | None = None)
     if config_path is None or not config_path.exists():
         return servers
     try:
-        raw = YAML(typ="safe").load(config_path.read_text(encoding="utf-8")) or {}
+        text = config_path.read_text(encoding="utf-8")
+        deep = nesting_problem(text)
+        if deep is not None:
+            raise ConfigError(f"{config_path}:{deep.line}:{deep.column}: {deep.message}")
+        raw = YAML(typ="safe").load(text) or {}
     except (YAMLError, OSError) as e:
         raise ConfigError(f"{config_path}: {e}") from None
     if not isinstance(raw, dict) or set(raw) - {"servers"}:

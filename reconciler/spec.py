@@ -29,8 +29,8 @@ CONFIG_FILES = ("reconciler.yaml", "reconciler.yml")
 
 ParamValue = str | int | float | bool
 MAX_DEPTH = 32
-"""How deep a spec may nest collections. It needs two (the spec, its parameters); the YAML composer
-recurses once per level, in C, and tens of thousands of levels crash the process."""
+"""How deep a spec (or the server config) may nest collections. A spec needs two (the spec, its
+parameters); the YAML composer recurses once per level, in C, and tens of thousands crash the process."""
 _NESTING = ("[", "{", "-", ":", "?")
 """Every level of nesting opens with one of these: a text with fewer of them cannot be too deep."""
 
@@ -218,8 +218,9 @@ class _Loader(CParser, _Constructor, _Yaml12Resolver):  # type: ignore[misc]
 
 def parse(text: str, *, name: str, path: str) -> Spec:
     """Parse one trigger file. `path` is only used in error messages."""
-    if sum(map(text.count, _NESTING)) > MAX_DEPTH:
-        _check_depth(text, path)
+    deep = nesting_problem(text)
+    if deep is not None:
+        raise SpecError(path, [Problem(deep.line, deep.column, f"{deep.message}; a trigger spec needs two")])
     loader = _Loader(text)
     try:
         data = loader.get_single_data()
@@ -249,10 +250,12 @@ def parse(text: str, *, name: str, path: str) -> Spec:
                 scheduled_time_parameter=model.scheduled_time_parameter)
 
 
-def _check_depth(text: str, path: str) -> None:
-    """Refuse a text nested deeper than MAX_DEPTH, reading only as far as that, before anything
-    recurses over it. Only the parser runs here, which keeps its own stack; a text it cannot parse is
+def nesting_problem(text: str) -> Problem | None:
+    """Where a YAML text nests deeper than MAX_DEPTH, found before anything recurses over it. Only the
+    parser runs, which keeps its own stack, and only as far as that level; a text it cannot parse is
     left to the parse proper to report."""
+    if sum(map(text.count, _NESTING)) <= MAX_DEPTH:
+        return None
     parser = CParser(text)
     depth = 0
     try:
@@ -262,14 +265,14 @@ def _check_depth(text: str, path: str) -> None:
                 depth += 1
                 if depth > MAX_DEPTH:
                     mark = event.start_mark
-                    raise SpecError(path, [Problem(mark.line + 1, mark.column + 1, f"nested more than {MAX_DEPTH} "
-                                                   "levels deep; a trigger spec needs two")])
+                    return Problem(mark.line + 1, mark.column + 1, f"nested more than {MAX_DEPTH} levels deep")
             elif isinstance(event, CollectionEndEvent):
                 depth -= 1
     except YAMLError:
-        return
+        pass
     finally:
         parser.dispose()
+    return None
 
 
 def _yaml_problem(e: MarkedYAMLError) -> Problem:

@@ -79,6 +79,23 @@ def test_validate_refuses_a_huge_file_a_pipe_and_a_link_to_dev_zero_without_stal
     assert result.returncode == 1
 
 
+def test_run_refuses_a_server_config_nested_a_hundred_thousand_deep_in_one_line(tmp_path, simulator):
+    (tmp_path / "reconciler.yaml").write_text("servers: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    result = reconciler("run", "--once", "--triggers", str(tmp_path), "--state", str(tmp_path / "s.db"),
+                        "--history", str(tmp_path / "h"), env=jenkins_env(simulator))
+    assert (result.returncode, result.stderr.splitlines()[-1]) == (
+        2, f"reconciler: {tmp_path}/reconciler.yaml:1:41: nested more than 32 levels deep")
+
+
+def test_a_file_the_daemon_cannot_read_at_start_is_named_in_one_line(tmp_path, simulator):
+    (tmp_path / "h" / "a.jsonl").mkdir(parents=True)  # a history "file" that is a folder
+    result = reconciler("run", "--once", "--triggers", str(tmp_path / "t"), "--state", str(tmp_path / "s.db"),
+                        "--history", str(tmp_path / "h"), env=jenkins_env(simulator))
+    assert (result.returncode, result.stderr.splitlines()[-1]) == (
+        2, f"reconciler: [Errno 21] Is a directory: '{tmp_path}/h/a.jsonl'")
+    assert "Traceback" not in result.stderr
+
+
 def test_validate_takes_single_files():
     assert reconciler("validate", str(FIXTURES / "valid.yaml")).returncode == 0
     assert reconciler("validate", str(FIXTURES / "empty.yaml")).returncode == 1
