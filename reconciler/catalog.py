@@ -10,11 +10,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import Problem, SpecError
-from .spec import Spec, parse, trigger_name
+from .spec import SPEC_SUFFIXES, Spec, parse, trigger_name
 
 MAX_SPEC_BYTES = 256 * 1024
 """More than any trigger spec takes (a few hundred bytes): a big file committed by mistake, or a link
 to /dev/zero, is refused after this much, not read and parsed into memory."""
+
+NOT_TEXT_NAME = "the file name is not UTF-8 text: rename the file"
 
 Stamp = tuple[int, int, int]
 """A file's mtime, size and inode: when it moves, the file is read again."""
@@ -65,9 +67,9 @@ class Catalog:
                 continue
             shown = _printable(rel)
             if shown != rel:  # a trigger is named by its path, in git, logs and Jenkins causes: text
-                rejected[shown] = (_printable(name), "the file name is not UTF-8 text: rename the file", stamp)
+                rejected[shown] = (_printable(name), NOT_TEXT_NAME, stamp)
             elif name in seen:  # `a.yaml` beside `a.yml`: the first in sort order wins, loudly
-                rejected[rel] = (name, f"trigger {name!r} is already defined by {seen[name][0]}", stamp)
+                rejected[rel] = (name, _defined_by(name, seen[name][0]), stamp)
             else:
                 seen[name] = (rel, stamp)
         changes = Changes()
@@ -155,15 +157,18 @@ class Catalog:
         10,000 of them parsed again were a second of CPU before the one changed spec could fire."""
         old = self.entries.get(name)
         try:
-            raw = _read_bytes(os.path.join(self.root, rel))
-        except OSError as e:
-            entry = Entry(name, rel, stamp, error=SpecError(rel, [Problem(1, 1, f"cannot read: {e.strerror}")]))
+            raw = _read(os.path.join(self.root, rel), rel)
+        except SpecError as e:
+            entry = Entry(name, rel, stamp, error=e)
         else:
             digest = hashlib.blake2b(raw, digest_size=16).digest()
             if old is not None and old.digest == digest and old.path == rel:
                 self.entries[name] = replace(old, stamp=stamp)
                 return
-            entry = _entry(name, rel, stamp, raw, digest)
+            try:
+                entry = Entry(name, rel, stamp, spec=_parse(raw, name, rel), digest=digest)
+            except SpecError as e:
+                entry = Entry(name, rel, stamp, error=e, digest=digest)
         self.entries[name] = entry
         changes.changed.append(entry)
 
@@ -179,6 +184,28 @@ class Catalog:
         return errors
 
 
+def check_file(path: str) -> SpecError | None:
+    """One spec file judged as a scan of its folder judges it, for `validate FILE` (pre-commit passes
+    the files a commit touched): its name, a sibling that defines its trigger first, its bytes."""
+    shown = _printable(path)
+    if shown != path:
+        return SpecError(shown, [Problem(1, 1, NOT_TEXT_NAME)])
+    folder, file = os.path.split(path)
+    name = trigger_name(file) or os.path.splitext(file)[0]
+    for first in (name + suffix for suffix in SPEC_SUFFIXES):
+        if first < file and os.path.isfile(os.path.join(folder, first)):
+            return SpecError(path, [Problem(1, 1, _defined_by(name, first))])
+    try:
+        _parse(_read(path, path), name, path)
+    except SpecError as e:
+        return e
+    return None
+
+
+def _defined_by(name: str, first: str) -> str:
+    return f"trigger {name!r} is already defined by {first}"
+
+
 def _printable(rel: str) -> str:
     """A path as text. Bytes of a name that are not UTF-8 come from the OS as lone surrogates, which
     no UTF-8 stream (a log, SQLite, a terminal) takes; here they read `\\xff`."""
@@ -189,32 +216,31 @@ def _printable(rel: str) -> str:
     return rel
 
 
-def _read_bytes(path: str) -> bytes:
+def _read(path: str, shown: str) -> bytes:
     """A whole file in four system calls; `open(path, "rb")` makes nine (a tty check, seeks, stats),
     once per spec in a pass. Not pathlib either: it interns every name it sees. Non-blocking, so that
     a named pipe cannot stall the pass; and no more than MAX_SPEC_BYTES of it."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
-        chunks = []
-        size = 0
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_SPEC_BYTES:
-                raise OSError(errno.EFBIG, f"larger than {MAX_SPEC_BYTES // 1024} KiB, where a trigger spec "
-                                           "takes a few hundred bytes")
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            chunks = []
+            size = 0
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_SPEC_BYTES:
+                    raise OSError(errno.EFBIG, f"larger than {MAX_SPEC_BYTES // 1024} KiB, where a trigger spec "
+                                               "takes a few hundred bytes")
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise SpecError(shown, [Problem(1, 1, f"cannot read: {e.strerror}")]) from None
 
 
-def _entry(name: str, rel: str, stamp: Stamp, raw: bytes, digest: bytes) -> Entry:
+def _parse(raw: bytes, name: str, shown: str) -> Spec:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        return Entry(name, rel, stamp, error=SpecError(rel, [Problem(1, 1, f"not UTF-8 text: {e.reason}")]),
-                     digest=digest)
-    try:
-        return Entry(name, rel, stamp, spec=parse(text, name=name, path=rel), digest=digest)
-    except SpecError as e:
-        return Entry(name, rel, stamp, error=e, digest=digest)
+        raise SpecError(shown, [Problem(1, 1, f"not UTF-8 text: {e.reason}")]) from None
+    return parse(text, name=name, path=shown)

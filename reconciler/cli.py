@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from . import logs
-from .catalog import Catalog
+from .catalog import Catalog, check_file
 from .config import Server, load_servers
-from .errors import ReconcilerError, SpecError
+from .errors import Problem, ReconcilerError, SpecError
 from .history import History, iso
 from .plan import Action, plan
 
@@ -209,8 +209,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .spec import parse, trigger_name
-
     paths = args.paths or [args.triggers]
     errors: list[SpecError] = []
     count = 0
@@ -220,22 +218,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
             catalog.scan()
             count += len(catalog.entries) + len(catalog.rejected)
             errors += [SpecError(str(path / e.path), e.problems) for e in catalog.errors.values()]
-        elif path.is_file():
+        elif path.exists():
             count += 1
-            name = trigger_name(path.name) or path.stem
-            try:
-                parse(path.read_text(encoding="utf-8"), name=name, path=str(path))
-            except SpecError as e:
-                errors.append(e)
-            except UnicodeDecodeError as e:
-                print(f"{path}:1:1: not UTF-8 text: {e.reason}")
-                errors.append(SpecError(str(path), []))
+            error = check_file(str(path))
+            if error is not None:
+                errors.append(error)
         else:
-            print(f"{path}:1:1: no such file or directory")
-            errors.append(SpecError(str(path), []))
+            errors.append(SpecError(str(path), [Problem(1, 1, "no such file or directory")]))
     for err in errors:
-        if err.problems:
-            print(err)
+        print(err)
     print(f"{count} spec(s) checked, {len(errors)} invalid", file=sys.stderr)
     return EXIT_INVALID if errors else EXIT_OK
 

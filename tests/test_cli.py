@@ -55,6 +55,22 @@ def test_validate_fails_files_the_daemon_would_reject_by_their_names(tmp_path):
     assert "3 spec(s) checked, 2 invalid" in result.stderr
 
 
+def test_validate_judges_the_files_pre_commit_passes_as_the_daemon_judges_them(tmp_path):
+    (tmp_path / "a.yaml").write_text("job: a\n")
+    (tmp_path / "a.yml").write_text("job: a\n")
+    (tmp_path / "big.yaml").write_text("job: a\n" + "# padding\n" * 30_000)
+    latin1 = os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.yaml")
+    Path(latin1).write_text("job: a\n")
+    files = [str(tmp_path / "a.yaml"), str(tmp_path / "a.yml"), str(tmp_path / "big.yaml"), latin1]
+    result = reconciler("validate", *files)
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        f"{tmp_path}/a.yml:1:1: trigger 'a' is already defined by a.yaml",
+        f"{tmp_path}/big.yaml:1:1: cannot read: larger than 256 KiB, where a trigger spec takes a few hundred bytes",
+        f"{tmp_path}/caf\\xe9.yaml:1:1: the file name is not UTF-8 text: rename the file"]
+    assert "4 spec(s) checked, 3 invalid" in result.stderr
+
+
 def test_validate_refuses_a_spec_nested_a_hundred_thousand_deep_without_crashing(tmp_path):
     """Composing it recursed in C until the process died (SIGSEGV): the daemon would have too."""
     (tmp_path / "deep.yaml").write_text("job: plain\nparameters: {A: " + "[" * 100_000 + "]" * 100_000 + "}\n")
