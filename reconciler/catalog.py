@@ -99,7 +99,7 @@ class Catalog:
             if _printable(rel) != rel:
                 return self.scan()  # a name that is not UTF-8: the scan reports it
             name = trigger_name(rel)
-            if name is None and not rel.endswith((".yaml", ".yml")):
+            if name is None and not rel.endswith(SPEC_SUFFIXES):
                 return self.scan()  # a directory appeared, vanished or moved
             old = self.entries.get(name) if name else None
             if old is not None and old.path != rel:
@@ -138,7 +138,7 @@ class Catalog:
                     try:
                         if de.is_dir():
                             stack.append(rel)
-                        elif de.name.endswith((".yaml", ".yml")):
+                        elif de.name.endswith(SPEC_SUFFIXES):
                             out.append((rel, _stamp(de.stat())))
                     except FileNotFoundError:  # removed between readdir and stat
                         continue
