@@ -161,7 +161,11 @@ def due(schedule: Schedule, cursor: datetime, now: datetime, deadline: timedelta
     return Due(None, tuple(passed), overflow, latest)
 
 
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_DURATION = re.compile(r"^(?:(\d{1,9})h)?(?:(\d{1,9})m)?(?:(\d{1,9})s)?$")
+
+
+MAX_DURATION = timedelta(days=366)
+"""The longest `starting_deadline`: more would say nothing more, and datetimes overflow not far beyond."""
 
 
 @functools.lru_cache(maxsize=256)
@@ -173,6 +177,9 @@ def parse_duration(text: str) -> timedelta:
     if not m or not any(m.groups()):
         raise ScheduleError(f"cannot read duration {text!r}: write it like 30s, 10m, 2h or 1h30m")
     h, mi, s = (int(g or 0) for g in m.groups())
+    if h * 3600 + mi * 60 + s > MAX_DURATION.total_seconds():
+        raise ScheduleError(f"duration {text.strip()!r} is longer than {MAX_DURATION.days} days: a deadline that long "
+                            "means every missed tick is still due")
     return timedelta(hours=h, minutes=mi, seconds=s)
 
 

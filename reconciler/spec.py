@@ -12,9 +12,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ruamel.yaml import YAML
-from ruamel.yaml.constructor import SafeConstructor
+from ruamel.yaml.constructor import ConstructorError, SafeConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.events import CollectionEndEvent, CollectionStartEvent
+from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent, NodeEvent, ScalarEvent
 from ruamel.yaml.main import CParser
 from ruamel.yaml.nodes import ScalarNode
 from ruamel.yaml.resolver import VersionedResolver, implicit_resolvers
@@ -33,6 +33,14 @@ MAX_DEPTH = 32
 parameters); the YAML composer recurses once per level, in C, and tens of thousands crash the process."""
 _NESTING = ("[", "{", "-", ":", "?")
 """Every level of nesting opens with one of these: a text with fewer of them cannot be too deep."""
+_STRUCTURE = ("&", "*", "!", "<<")
+"""Anchors, aliases, tags and merge keys start with these: a text without any has none."""
+MAX_NUMBER_DIGITS = 64
+"""A longer number is refused rather than converted: Python's int() of thousands of digits is slow
+or refused, and no parameter needs it as a number (quoted, it is a string of any length)."""
+RESERVED_PARAMETERS = ("token", "cause", "delay", "json")
+"""Jenkins reads these form fields itself: a parameter of that name would replace the job token,
+spoof the cause (and drop the run id from it), move the quiet period or change how /build is read."""
 
 
 class SpecModel(BaseModel):
@@ -95,9 +103,33 @@ class SpecModel(BaseModel):
     @field_validator("job")
     @classmethod
     def _job_path(cls, v: str) -> str:
-        if any(not seg.strip() for seg in v.split("/")):
+        segments = v.split("/")
+        if any(not seg.strip() for seg in segments):
             raise ValueError("job path has an empty segment; write folders as `folder/sub/job`")
+        if any(seg in (".", "..") for seg in segments):
+            raise ValueError("job path has a `.` or `..` segment; name the job by its folders, `folder/sub/job`")
         return v
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameter_names(cls, v: dict[str, ParamValue] | None) -> dict[str, ParamValue] | None:
+        _not_reserved(*(v or ()))
+        return v
+
+    @field_validator("run_id_parameter", "scheduled_time_parameter")
+    @classmethod
+    def _tag_parameter_name(cls, v: str | None) -> str | None:
+        if v is not None:
+            _not_reserved(v)
+        return v
+
+
+def _not_reserved(*names: str) -> None:
+    reserved = [repr(name) for name in names if name in RESERVED_PARAMETERS]
+    if reserved:
+        raise ValueError(f"parameter name {' and '.join(reserved)}: Jenkins reads these fields itself "
+                         f"({', '.join(RESERVED_PARAMETERS)}); the job token and cause come from the operator's "
+                         "config, so rename the parameter")
 
 
 KNOWN_KEYS = tuple(SpecModel.model_fields)
@@ -189,18 +221,30 @@ class _Constructor(SafeConstructor):
     writes `VERSION: 1.10` means the characters 1.10, not the number 1.1."""
 
     def construct_written_int(self, node: ScalarNode) -> int:
-        number = _WrittenInt(self.construct_yaml_int(node))
+        number = _WrittenInt(self.construct_yaml_int(_short_number(node)))
         number.written = node.value
         return number
 
     def construct_written_float(self, node: ScalarNode) -> float:
-        number = _WrittenFloat(self.construct_yaml_float(node))
+        number = _WrittenFloat(self.construct_yaml_float(_short_number(node)))
         number.written = node.value
         return number
+
+    def construct_written_text(self, node: ScalarNode) -> str:
+        """A date is a parameter value like any other: sent as written, `2026-12-01`."""
+        return str(node.value)
+
+
+def _short_number(node: ScalarNode) -> ScalarNode:
+    if len(node.value) > MAX_NUMBER_DIGITS:
+        raise ConstructorError(problem=f"a number of more than {MAX_NUMBER_DIGITS} digits: quote it to send it "
+                                       "as text", problem_mark=node.start_mark)
+    return node
 
 
 _Constructor.add_constructor("tag:yaml.org,2002:int", _Constructor.construct_written_int)
 _Constructor.add_constructor("tag:yaml.org,2002:float", _Constructor.construct_written_float)
+_Constructor.add_constructor("tag:yaml.org,2002:timestamp", _Constructor.construct_written_text)
 
 
 class _Loader(CParser, _Constructor, _Yaml12Resolver):  # type: ignore[misc]
@@ -217,10 +261,22 @@ class _Loader(CParser, _Constructor, _Yaml12Resolver):  # type: ignore[misc]
 
 
 def parse(text: str, *, name: str, path: str) -> Spec:
-    """Parse one trigger file. `path` is only used in error messages."""
-    deep = nesting_problem(text)
-    if deep is not None:
-        raise SpecError(path, [Problem(deep.line, deep.column, f"{deep.message}; a trigger spec needs two")])
+    """Parse one trigger file. `path` is only used in error messages. Whatever the text, the answer is
+    a Spec or a SpecError: the text is written by anyone who can commit, and one file must never stop
+    the daemon or its other triggers."""
+    try:
+        return _parse(text, name, path)
+    except SpecError:
+        raise
+    except Exception as e:  # a parser or validator bug on input nobody foresaw: still that file's error
+        raise SpecError(path, [Problem(1, 1, f"cannot read this file as a trigger spec ({type(e).__name__})")]) \
+            from None
+
+
+def _parse(text: str, name: str, path: str) -> Spec:
+    refused = structure_problem(text)
+    if refused is not None:
+        raise SpecError(path, [refused])
     loader = _Loader(text)
     try:
         data = loader.get_single_data()
@@ -250,29 +306,52 @@ def parse(text: str, *, name: str, path: str) -> Spec:
                 scheduled_time_parameter=model.scheduled_time_parameter)
 
 
-def nesting_problem(text: str) -> Problem | None:
-    """Where a YAML text nests deeper than MAX_DEPTH, found before anything recurses over it. Only the
-    parser runs, which keeps its own stack, and only as far as that level; a text it cannot parse is
-    left to the parse proper to report."""
-    if sum(map(text.count, _NESTING)) <= MAX_DEPTH:
+def structure_problem(text: str, *, refuse: bool = True) -> Problem | None:
+    """What makes a YAML text cost more than its size, found before anything is built from it: nesting
+    deeper than MAX_DEPTH (the composer recurses once per level, in C) and, with `refuse`, anchors,
+    aliases and merge keys (a 1 KB "billion laughs" expands to gigabytes) and explicit tags (`!!int
+    0xZZ`, `!!timestamp 2001-13-45`: converters that fail in ways the schema never sees). Trigger specs
+    need none of them. Only the parser runs, which keeps its own stack, and only when the text holds a
+    character that could start one; a text it cannot parse is left to the parse proper to report."""
+    deep = sum(map(text.count, _NESTING)) > MAX_DEPTH
+    if not deep and not (refuse and any(c in text for c in _STRUCTURE)):
         return None
     parser = CParser(text)
     depth = 0
     try:
         while parser.check_event():
             event = parser.get_event()
+            mark = event.start_mark
+            where = (mark.line + 1, mark.column + 1)
             if isinstance(event, CollectionStartEvent):
                 depth += 1
                 if depth > MAX_DEPTH:
-                    mark = event.start_mark
-                    return Problem(mark.line + 1, mark.column + 1, f"nested more than {MAX_DEPTH} levels deep")
+                    return Problem(*where, f"nested more than {MAX_DEPTH} levels deep" +
+                                   ("; a trigger spec needs two" if refuse else ""))
             elif isinstance(event, CollectionEndEvent):
                 depth -= 1
+            if not refuse:
+                continue
+            if isinstance(event, AliasEvent) or (isinstance(event, NodeEvent) and event.anchor):
+                return Problem(*where, "YAML anchors and aliases (&name, *name) are not accepted in trigger "
+                                       "specs: write each value out")
+            if isinstance(event, ScalarEvent) and event.value == "<<" and event.implicit[0]:
+                return Problem(*where, "YAML merge keys (<<) are not accepted in trigger specs: write each key out")
+            if isinstance(event, CollectionStartEvent | ScalarEvent) and event.tag is not None and \
+                    not (isinstance(event, ScalarEvent) and event.tag == "!"):
+                tag = str(event.tag).replace("tag:yaml.org,2002:", "!!")
+                return Problem(*where, f"explicit YAML tags ({tag}) are not accepted in trigger specs: "
+                                       "quote a value to make it text")
     except YAMLError:
         pass
     finally:
         parser.dispose()
     return None
+
+
+def nesting_problem(text: str) -> Problem | None:
+    """Where a YAML text (the operator's config) nests deeper than MAX_DEPTH."""
+    return structure_problem(text, refuse=False)
 
 
 def _yaml_problem(e: MarkedYAMLError) -> Problem:
@@ -285,8 +364,13 @@ def _yaml_problem(e: MarkedYAMLError) -> Problem:
 
 
 def _locate(text: str, error: ValidationError) -> list[Problem]:
-    """Re-read the text keeping positions, to put each validation error on its line and column."""
-    tree = YAML(typ="rt").load(text)
+    """Re-read the text keeping positions, to put each validation error on its line and column. The
+    pure-Python reader is stricter than the C one in places (a tab inside a key): where it cannot
+    read the text, the errors stay, at the top of the file."""
+    try:
+        tree = YAML(typ="rt").load(text)
+    except YAMLError:
+        tree = None
     problems = []
     for err in error.errors():
         loc = tuple(err["loc"])
@@ -316,9 +400,11 @@ def _describe(loc: tuple[Any, ...], err: Any) -> str:
     where = ".".join(str(p) for p in _value_loc(loc))
     if not loc:
         return err["msg"].removeprefix("Value error, ")
+    if loc[0] == "parameters" and loc[-1] == "[key]":
+        return f"parameters: a parameter name is text, not {_yaml_type(err['input'])}: quote it"
     if loc[0] == "parameters" and len(loc) > 1:
-        return f"{where}: a parameter value is a string, number or boolean, not {type(err['input']).__name__}"
-    if loc[0] == "parameters":
+        return f"{where}: a parameter value is a string, number or boolean, not {_yaml_type(err['input'])}"
+    if loc[0] == "parameters" and err["type"] != "value_error":
         return "parameters: expected a mapping of NAME: value"
     expected = {"job": "a string", "server": "a string", "cause": "a string", "run": "an integer ≥ 1",
                 "suspend": "true or false", "run_id_parameter": "a string", "schedule": "a string",
@@ -332,9 +418,10 @@ def _describe(loc: tuple[Any, ...], err: Any) -> str:
 
 
 def _yaml_type(value: Any) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-             list: "a list", dict: "a mapping", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
+    """A value's kind in YAML's words (bool before int: a bool is an int in Python)."""
+    names = ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"),
+             (bytes, "binary data"), (list, "a list"), (dict, "a mapping"), (set, "a set"), (type(None), "null"))
+    return next((name for kind, name in names if isinstance(value, kind)), "a value of another kind")
 
 
 def _position(tree: Any, loc: tuple[Any, ...], *, key: bool) -> tuple[int, int]:

@@ -69,7 +69,7 @@ def test_wrong_types_are_each_reported_at_their_value():
     assert errors_of("wrong-types.yaml") == [
         "wrong-types.yaml:2:6: run: expected an integer ≥ 1, got a string",
         "wrong-types.yaml:3:10: suspend: expected true or false, got a string",
-        "wrong-types.yaml:5:9: parameters.LIST: a parameter value is a string, number or boolean, not list",
+        "wrong-types.yaml:5:9: parameters.LIST: a parameter value is a string, number or boolean, not a list",
     ]
 
 
@@ -91,7 +91,7 @@ def test_a_spec_nested_deeper_than_any_needs_is_refused_where_it_gets_too_deep()
     assert str(e.value) == "t.yaml:3:36: nested more than 32 levels deep; a trigger spec needs two"
     with pytest.raises(SpecError) as e:  # shallower, it is an ordinary error, found where it is
         parse(nested(30), name="t", path="t.yaml")
-    assert str(e.value) == "t.yaml:3:6: parameters.A: a parameter value is a string, number or boolean, not list"
+    assert str(e.value) == "t.yaml:3:6: parameters.A: a parameter value is a string, number or boolean, not a list"
 
 
 def test_yaml_1_2_keeps_yes_a_string():
@@ -164,3 +164,27 @@ def test_parsing_keeps_nothing_behind():
     grown = held() - before
     tracemalloc.stop()
     assert grown < 50_000, f"{grown} bytes retained by 5000 parses"
+
+
+@pytest.mark.parametrize("job", ["..", "team/../other", "./deploy", "team/."])
+def test_a_job_path_reaches_only_the_job_it_names(job):
+    with pytest.raises(SpecError, match=r"`\.` or `\.\.` segment"):
+        parse(f"job: '{job}'\n", name="t", path="t.yaml")
+
+
+@pytest.mark.parametrize("text", ["job: a\nparameters: {delay: 0sec}\n", "job: a\nparameters: {json: x}\n",
+                                  "job: a\nrun_id_parameter: token\n",
+                                  "job: a\nschedule: '@daily'\nscheduled_time_parameter: cause\n"])
+def test_parameters_named_like_jenkins_own_fields_are_refused(text):
+    with pytest.raises(SpecError, match="Jenkins reads these fields itself"):
+        parse(text, name="t", path="t.yaml")
+
+
+def test_a_date_is_sent_as_written_and_yaml_that_costs_more_than_its_size_is_refused():
+    assert parse("job: a\nparameters: {DAY: 2026-12-01}\n", name="t", path="t.yaml").parameters == \
+        (("DAY", "2026-12-01"),)
+    for text, message in [("job: &j a\n", "anchors and aliases"), ("job: !!str a\n", r"explicit YAML tags \(!!str\)"),
+                          ("job: a\n<<: {run: 2}\n", "merge keys")]:
+        with pytest.raises(SpecError, match=message):
+            parse(text, name="t", path="t.yaml")
+    assert parse("job: a\ncause: '<< & * !'\n", name="t", path="t.yaml").cause == "<< & * !"  # in text, harmless
