@@ -6,11 +6,12 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import Problem, SpecError
-from .spec import SPEC_SUFFIXES, Spec, parse, trigger_name
+from .spec import CONFIG_FILES, SPEC_SUFFIXES, Spec, parse, trigger_name
 
 MAX_SPEC_BYTES = 256 * 1024
 """More than any trigger spec takes (a few hundred bytes): a big file committed by mistake, or a link
@@ -49,35 +50,88 @@ class Changes:
         return bool(self.changed or self.removed)
 
 
+CONFIG_IN_TREE = ("server configuration does not belong in the triggers repository: anyone who can commit here "
+                  "could send requests and credentials elsewhere. Give it to the reconciler with --config (or "
+                  "RECONCILER_CONFIG) from outside this directory, and delete this file")
+LINKED_FOLDER = ("a symlink to a folder, not followed: each spec in it would be a second trigger; move or copy "
+                 "the specs instead")
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """One path of the walk: a file to read as a spec, or a path refused with the reason."""
+
+    rel: str
+    stamp: Stamp
+    source: str | None = None
+    """Where the spec's bytes are read from: the file itself, or the target of a link within the tree."""
+    refused: str | None = None
+
+
+def _judge(root: str, real_root: str, rel: str, st: os.stat_result) -> _Found | None:
+    """What one directory entry is (by its lstat): a spec to read, a refused path, or nothing of ours.
+    The tree is written by anyone who can commit, so nothing in it is followed out of it: a link is read
+    only when it leads to a plain file inside the tree that is not a trigger of its own."""
+    full = os.path.join(root, rel)
+    if rel in CONFIG_FILES:
+        return _Found(rel, _stamp(st), refused=CONFIG_IN_TREE)
+    if stat.S_ISLNK(st.st_mode):
+        target = os.path.realpath(full)
+        try:
+            target_st = os.stat(target)
+        except OSError:
+            return _Found(rel, _stamp(st), refused="a symlink to nothing") if rel.endswith(SPEC_SUFFIXES) else None
+        if stat.S_ISDIR(target_st.st_mode):
+            return _Found(rel, _stamp(st), refused=LINKED_FOLDER)
+        if not rel.endswith(SPEC_SUFFIXES):
+            return None
+        if not target.startswith(real_root + os.sep):
+            return _Found(rel, _stamp(st), refused="a symlink that leads out of the triggers directory: not read")
+        target_rel = os.path.relpath(target, real_root).replace(os.sep, "/")
+        if trigger_name(target_rel) is not None:
+            return _Found(rel, _stamp(st), refused=f"a symlink to {target_rel}, which is a trigger of its own: "
+                                                   "one file, one trigger")
+        if not stat.S_ISREG(target_st.st_mode):
+            return _Found(rel, _stamp(st), refused="a symlink to something that is not a regular file")
+        return _Found(rel, _stamp(target_st), source=target)
+    if stat.S_ISDIR(st.st_mode) or not rel.endswith(SPEC_SUFFIXES):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return _Found(rel, _stamp(st), refused="not a regular file (a pipe, socket or device): not read")
+    return _Found(rel, _stamp(st), source=full)
+
+
 class Catalog:
     def __init__(self, root: Path):
         self.root = root
         self.entries: dict[str, Entry] = {}
         self.rejected: dict[str, Entry] = {}
-        """Files that cannot be triggers, by path: a second file for a trigger another file defines, or a
-        name that is not UTF-8. Counted among the errors, and reported once per change."""
+        """Paths that cannot be triggers: a second file for a trigger another file defines, a name that is
+        not UTF-8, a link or folder not followed, the config file. Counted among the errors, and reported
+        once per change."""
 
     def scan(self) -> Changes:
         """Walk the whole directory; only files whose stamp moved are read and parsed again."""
-        seen: dict[str, tuple[str, Stamp]] = {}
+        seen: dict[str, _Found] = {}
         rejected: dict[str, tuple[str, str, Stamp]] = {}
-        for rel, stamp in sorted(self._walk(), key=lambda item: item[0]):
-            name = trigger_name(rel)
-            if name is None:
-                continue
+        for found in sorted(self._walk(), key=lambda f: f.rel):
+            rel = found.rel
+            name = trigger_name(rel) or rel
             shown = _printable(rel)
             if shown != rel:  # a trigger is named by its path, in git, logs and Jenkins causes: text
-                rejected[shown] = (_printable(name), NOT_TEXT_NAME, stamp)
+                rejected[shown] = (_printable(name), NOT_TEXT_NAME, found.stamp)
+            elif found.refused is not None:
+                rejected[rel] = (name, found.refused, found.stamp)
             elif name in seen:  # `a.yaml` beside `a.yml`: the first in sort order wins, loudly
-                rejected[rel] = (name, _defined_by(name, seen[name][0]), stamp)
+                rejected[rel] = (name, _defined_by(name, seen[name].rel), found.stamp)
             else:
-                seen[name] = (rel, stamp)
+                seen[name] = found
         changes = Changes()
         self.rejected = {rel: self._reject(rel, *why, changes) for rel, why in rejected.items()}
-        for name, (rel, stamp) in seen.items():
+        for name, found in seen.items():
             old = self.entries.get(name)
-            if old is None or old.stamp != stamp or old.path != rel:
-                self._reread(name, rel, stamp, changes)
+            if old is None or old.stamp != found.stamp or old.path != found.rel:
+                self._reread(name, found, changes)
         for name in list(self.entries):
             if name not in seen:
                 del self.entries[name]
@@ -85,7 +139,7 @@ class Catalog:
         return changes
 
     def refresh(self, paths: list[str]) -> Changes:
-        """Re-read just the files a watcher named; anything else (a directory moved) means a full scan."""
+        """Re-read just the files a watcher named; anything else (a directory moved, a link) means a full scan."""
         root = os.path.abspath(self.root)
         real_root = os.path.realpath(self.root)  # watchers may report paths under a symlink's target
         targets: list[tuple[str, str]] = []
@@ -96,39 +150,51 @@ class Catalog:
             rel = os.path.relpath(path, base).replace(os.sep, "/")
             if rel.startswith("../") or any(part.startswith(".") for part in rel.split("/")):
                 continue
-            if _printable(rel) != rel:
-                return self.scan()  # a name that is not UTF-8: the scan reports it
+            if _printable(rel) != rel or rel in CONFIG_FILES:
+                return self.scan()  # a name that is not UTF-8, the config file: the scan reports them
             name = trigger_name(rel)
             if name is None and not rel.endswith(SPEC_SUFFIXES):
                 return self.scan()  # a directory appeared, vanished or moved
+            folder = os.path.dirname(rel)
+            if folder and os.path.realpath(os.path.join(root, folder)) != os.path.join(real_root, folder):
+                return self.scan()  # a path through a linked folder: never a trigger of its own
             old = self.entries.get(name) if name else None
-            if old is not None and old.path != rel:
-                return self.scan()  # `a.yml` beside `a.yaml`: let the scan sort it out
+            if (old is not None and old.path != rel) or rel in self.rejected:
+                return self.scan()  # `a.yml` beside `a.yaml`, or a refused path: let the scan sort it out
             if name is not None:
                 targets.append((name, rel))
         changes = Changes()
         for name, rel in dict.fromkeys(targets):
             old = self.entries.get(name)
             try:
-                st = os.stat(os.path.join(root, rel))
+                st = os.lstat(os.path.join(root, rel))
             except FileNotFoundError:
                 if old is not None:
                     del self.entries[name]
                     changes.removed.append(name)
                 continue
-            stamp = _stamp(st)
-            if old is None or old.stamp != stamp:
-                self._reread(name, rel, stamp, changes)
+            found = _judge(root, real_root, rel, st)
+            if found is None or found.refused is not None or found.source != os.path.join(root, rel):
+                return self.scan()  # a link, a pipe, a folder: the scan judges it with the rest
+            if old is None or old.stamp != found.stamp:
+                self._reread(name, found, changes)
         return changes
 
-    def _walk(self) -> list[tuple[str, Stamp]]:
-        out: list[tuple[str, Stamp]] = []
+    def _walk(self) -> list[_Found]:
+        """Every path of ours under the root, links not followed; a folder that cannot be read is refused
+        on its own and the walk goes on."""
+        out: list[_Found] = []
+        root = os.fspath(self.root)
+        real_root = os.path.realpath(root)
         stack = [""]
         while stack:
             rel_dir = stack.pop()
             try:
-                it = os.scandir(os.path.join(self.root, rel_dir) if rel_dir else self.root)
+                it = os.scandir(os.path.join(root, rel_dir) if rel_dir else root)
             except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as e:  # unreadable (EACCES), or gone strange (ELOOP): that folder only
+                out.append(_Found(rel_dir, (0, 0, 0), refused=f"cannot read this folder: {e.strerror}"))
                 continue
             with it:
                 for de in it:
@@ -136,12 +202,15 @@ class Catalog:
                         continue
                     rel = f"{rel_dir}/{de.name}" if rel_dir else de.name
                     try:
-                        if de.is_dir():
+                        st = de.stat(follow_symlinks=False)
+                        if de.is_dir(follow_symlinks=False):
                             stack.append(rel)
-                        elif de.name.endswith(SPEC_SUFFIXES):
-                            out.append((rel, _stamp(de.stat())))
+                            continue
+                        found = _judge(root, real_root, rel, st)
                     except FileNotFoundError:  # removed between readdir and stat
                         continue
+                    if found is not None:
+                        out.append(found)
         return out
 
     def _reject(self, rel: str, name: str, why: str, stamp: Stamp, changes: Changes) -> Entry:
@@ -151,13 +220,14 @@ class Catalog:
             changes.changed.append(entry)
         return entry
 
-    def _reread(self, name: str, rel: str, stamp: Stamp, changes: Changes) -> None:
+    def _reread(self, name: str, found: _Found, changes: Changes) -> None:
         """Read a file whose stamp moved; parse and report it only if its bytes moved too. A git-sync
         swap re-creates every file of the tree (new inodes, new mtimes), mostly with the same bytes:
-        10,000 of them parsed again were a second of CPU before the one changed spec could fire."""
+        parsing them all again would delay the one changed spec by the whole tree's parse."""
         old = self.entries.get(name)
+        rel, stamp = found.rel, found.stamp
         try:
-            raw = _read(os.path.join(self.root, rel), rel)
+            raw = _read(found.source or os.path.join(self.root, rel), rel)
         except SpecError as e:
             entry = Entry(name, rel, stamp, error=e)
         else:
@@ -184,22 +254,51 @@ class Catalog:
         return errors
 
 
-def check_file(path: str) -> SpecError | None:
+def folders(root: str) -> list[str]:
+    """The real folders of the tree, `root` first, as the walk sees them: hidden ones and links left out.
+    A watcher is given these one by one, never the tree: a recursive watch follows links (`ln -s /`
+    would have it walk the whole filesystem) where the walk does not."""
+    out = [os.path.realpath(root)]
+    i = 0
+    while i < len(out):
+        try:
+            with os.scandir(out[i]) as it:
+                out += [de.path for de in it if not de.name.startswith(".") and de.is_dir(follow_symlinks=False)]
+        except OSError:  # unreadable or gone: the scan reports it
+            pass
+        i += 1
+    return out
+
+
+def check_file(path: str, triggers: str | None = None) -> SpecError | None:
     """One spec file judged as a scan of its folder judges it, for `validate FILE` (pre-commit passes
-    the files a commit touched): its name, a sibling that defines its trigger first, its bytes."""
+    the files a commit touched): its name, a link, a sibling that defines its trigger first, its bytes.
+    `triggers` is the triggers directory, if the file lies in it: links are judged against it."""
     shown = _printable(path)
     if shown != path:
         return SpecError(shown, [Problem(1, 1, NOT_TEXT_NAME)])
     folder, file = os.path.split(path)
+    root = triggers if triggers is not None and _within(path, triggers) else folder or "."
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root)).replace(os.sep, "/")
+    try:
+        found = _judge(root, os.path.realpath(root), rel, os.lstat(path))
+    except OSError as e:
+        return SpecError(path, [Problem(1, 1, f"cannot read: {e.strerror}")])
+    if found is not None and found.refused is not None:
+        return SpecError(path, [Problem(1, 1, found.refused)])
     name = trigger_name(file) or os.path.splitext(file)[0]
     for first in (name + suffix for suffix in SPEC_SUFFIXES):
         if first < file and os.path.isfile(os.path.join(folder, first)):
             return SpecError(path, [Problem(1, 1, _defined_by(name, first))])
     try:
-        _parse(_read(path, path), name, path)
+        _parse(_read(found.source if found and found.source else path, path), name, path)
     except SpecError as e:
         return e
     return None
+
+
+def _within(path: str, folder: str) -> bool:
+    return os.path.abspath(path).startswith(os.path.abspath(folder) + os.sep)
 
 
 def _defined_by(name: str, first: str) -> str:
@@ -217,11 +316,11 @@ def _printable(rel: str) -> str:
 
 
 def _read(path: str, shown: str) -> bytes:
-    """A whole file in four system calls; `open(path, "rb")` makes nine (a tty check, seeks, stats),
-    once per spec in a pass. Not pathlib either: it interns every name it sees. Non-blocking, so that
-    a named pipe cannot stall the pass; and no more than MAX_SPEC_BYTES of it."""
+    """A whole file in four system calls (`open(path, "rb")` makes nine, once per spec in a pass).
+    Non-blocking, not through a link swapped in since the walk judged the path, and no more than
+    MAX_SPEC_BYTES of it: nothing a committer puts in the tree can stall or fill the pass."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
         try:
             chunks = []
             size = 0

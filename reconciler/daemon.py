@@ -18,7 +18,7 @@ import watchfiles
 
 from . import logs
 from . import schedule as cron
-from .catalog import Catalog, Changes
+from .catalog import Catalog, Changes, folders
 from .config import Server
 from .errors import StateError
 from .execute import Executor
@@ -318,6 +318,10 @@ class Daemon:
         old target would go quiet. Twice a second the watcher checks where the path resolves to, and
         on a swap rescans and watches the new target.
 
+        Each real folder is watched on its own, never the tree recursively: a recursive watch
+        follows symlinks, and a committed `ln -s / loop` would have it walk the whole filesystem. When
+        a folder appears or goes, the watch starts again over the new set of folders.
+
         A file changed after a scan but before its watch is in place would go unseen until the next
         resync, so once each watch is in place (its first answer) the directory is scanned again.
         """
@@ -328,11 +332,12 @@ class Daemon:
                 stop.wait(1.0)
                 continue
             target = os.path.realpath(root)
+            watched = set(folders(target))
             watching = False
             try:
-                for batch in watchfiles.watch(target, watch_filter=None, debounce=500, step=WATCH_STEP_MS,
+                for batch in watchfiles.watch(*sorted(watched), watch_filter=None, debounce=500, step=WATCH_STEP_MS,
                                               stop_event=stop, rust_timeout=500, yield_on_timeout=True,
-                                              raise_interrupt=False):
+                                              raise_interrupt=False, recursive=False):
                     if not watching:
                         watching = True
                         self._rescan_soon()
@@ -340,6 +345,8 @@ class Daemon:
                         with self._paths_lock:
                             self._paths.update(path for _, path in batch)
                         self._wake.set()
+                        if any(_folder_moved(path, watched) for _, path in batch):
+                            break  # watch the new set of folders; the first answer rescans
                     if os.path.realpath(root) != target:
                         self.log.info("triggers_moved", path=str(root), target=os.path.realpath(root))
                         self._rescan_soon()
@@ -366,6 +373,12 @@ class Daemon:
         for client in self.executor.clients.values():
             client.close()
         return in_flight
+
+
+def _folder_moved(path: str, watched: set[str]) -> bool:
+    """A watched folder that went, or a real folder that came: the set of folders to watch changed."""
+    is_folder = os.path.isdir(path) and not os.path.islink(path)
+    return (path in watched) != is_folder and not os.path.basename(path).startswith(".")
 
 
 def assemble(triggers: Path, state: Path, history: Path | None, servers: Mapping[str, Server], *,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from reconciler.catalog import Catalog
 
 
@@ -48,3 +50,31 @@ def test_a_tree_swapped_in_with_the_same_bytes_is_no_change_but_what_differs_in_
     assert [(e.name, e.spec.parameters) for e in changes.changed] == [("team/deploy", (("V", "2"),))]
     assert catalog.specs["cleanup"] is cleanup and "broken" in catalog.errors
     assert not catalog.scan()  # the new files' stamps were taken: they are not read again either
+
+
+def test_a_watcher_event_through_a_linked_folder_is_not_a_trigger(tmp_path):
+    (tmp_path / "team").mkdir()
+    (tmp_path / "team" / "a.yaml").write_text("job: a\n")
+    (tmp_path / "alias").symlink_to("team")
+    catalog = Catalog(tmp_path)
+    catalog.scan()
+    assert set(catalog.specs) == {"team/a"}
+    assert not catalog.refresh([str(tmp_path / "alias" / "a.yaml")])
+    assert set(catalog.specs) == {"team/a"} and "alias" in catalog.errors
+
+
+def test_an_unreadable_folder_is_refused_on_its_own(tmp_path):
+    (tmp_path / "ok.yaml").write_text("job: a\n")
+    (tmp_path / "sealed").mkdir()
+    (tmp_path / "sealed" / "b.yaml").write_text("job: b\n")
+    (tmp_path / "sealed").chmod(0)
+    try:
+        catalog = Catalog(tmp_path)
+        catalog.scan()
+        if os.access(tmp_path / "sealed", os.R_OK):  # root reads anything: nothing to refuse
+            assert set(catalog.specs) == {"ok", "sealed/b"}
+        else:
+            assert set(catalog.specs) == {"ok"}
+            assert str(catalog.errors["sealed"]) == "sealed:1:1: cannot read this folder: Permission denied"
+    finally:
+        (tmp_path / "sealed").chmod(0o755)
