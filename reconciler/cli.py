@@ -37,7 +37,7 @@ def _add_common(p: argparse.ArgumentParser, *, state: bool = True, history: bool
     p.add_argument("--triggers", type=Path, default=Path(_env("triggers", "triggers")),
                    help="directory of trigger specs (default: ./triggers; env RECONCILER_TRIGGERS)")
     p.add_argument("--config", type=Path, default=_env("config"),
-                   help="servers config (default: TRIGGERS/reconciler.yaml if present; env RECONCILER_CONFIG)")
+                   help="the operator's servers config, outside the triggers directory (env RECONCILER_CONFIG)")
     if state:
         p.add_argument("--state", type=Path, default=Path(_env("state", ".reconciler/state.db")),
                        help="SQLite state store (default: .reconciler/state.db; env RECONCILER_STATE)")
@@ -147,8 +147,7 @@ def _timestamp(text: str) -> datetime:
 
 
 def _servers(args: argparse.Namespace) -> dict[str, Server]:
-    config = args.config if args.config else args.triggers / "reconciler.yaml"
-    servers = load_servers(Path(config))
+    servers = load_servers(Path(args.config) if args.config else None, triggers=args.triggers)
     for server in servers.values():
         logs.add_secrets(server.secrets)
     return servers
@@ -175,11 +174,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     servers = _servers(args)
     if not servers:
         print("reconciler: no Jenkins server configured: set JENKINS_URL (and JENKINS_USER, JENKINS_API_TOKEN) "
-              f"or add servers to {args.triggers / 'reconciler.yaml'}", file=sys.stderr)
+              "or give a servers config with --config", file=sys.stderr)
         return EXIT_ERROR
     daemon = assemble(args.triggers, args.state, args.history, servers, resync_interval=args.resync_interval,
                       poll_max=args.poll_interval)
     log = logs.get()
+    for server in servers.values():
+        for warning in server.warnings():
+            log.warning("server_insecure", server=server.name, warning=warning)
     probes = None
     if args.listen and not args.once:
         from .probes import Probes
@@ -220,7 +222,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             errors += [SpecError(str(path / e.path), e.problems) for e in catalog.errors.values()]
         elif path.exists():
             count += 1
-            error = check_file(str(path))
+            error = check_file(str(path), str(args.triggers))
             if error is not None:
                 errors.append(error)
         else:

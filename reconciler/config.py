@@ -1,16 +1,22 @@
-"""Jenkins servers and their credentials: from the environment and an optional config file.
+"""Jenkins servers and their credentials: from the environment and the operator's config file.
 
-Credentials are only ever references (`{env: NAME}` or `{file: PATH}`), resolved here; the values
-live in `Server` fields excluded from repr, and are registered with the log redactor.
+Both belong to the operator, never to the triggers repository: whoever can commit a spec can make a
+job run, but must not be able to choose where requests (and the credentials they carry) go. So the
+config file may not lie inside the triggers directory. Credentials are only ever references
+(`{env: NAME}` or `{file: PATH}`), resolved here; the values live in `Server` fields excluded from
+repr, and are registered with the log redactor.
 """
 
 from __future__ import annotations
 
+import base64
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
@@ -40,12 +46,42 @@ class Server:
 
     @property
     def secrets(self) -> list[str]:
-        return [s for s in (self.token, self.job_token) if s]
+        """Every value that must never be written anywhere, the Authorization header's included."""
+        values = [s for s in (self.token, self.job_token) if s]
+        if self.user and self.token:
+            values.append(base64.b64encode(f"{self.user}:{self.token}".encode()).decode())
+        return values
+
+    def warnings(self) -> list[str]:
+        """Settings that work but expose something: said once at start."""
+        out = []
+        if self.verify is False:
+            out.append(f"server {self.name}: TLS certificates are not verified (verify: false): anyone on the path "
+                       "can read the API token; give ca_bundle instead")
+        parts = urlsplit(self.url)
+        if parts.scheme == "http" and (self.token or self.job_token) and not _loopback(parts.hostname or ""):
+            out.append(f"server {self.name}: credentials are sent over plain http to {parts.hostname}: use https")
+        return out
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _normalize_url(url: str, where: str) -> str:
     if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"{where}: url {url!r} must start with http:// or https://")
+        scheme = url.split(":", 1)[0] if ":" in url else url[:20]
+        raise ConfigError(f"{where}: the url must start with http:// or https:// (it starts {scheme!r})")
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{where}: the url carries credentials (user:password@host), which would be written "
+                          "wherever the url is; give the user as JENKINS_USER (or `user:`) and the API token as "
+                          "JENKINS_API_TOKEN (or a `token:` reference)")
     return url if url.endswith("/") else url + "/"
 
 
@@ -110,24 +146,37 @@ def server_from_mapping(name: str, raw: Any, env: Mapping[str, str], where: str)
         raise ConfigError(f"{where}: {e}") from None
 
 
-def load_servers(config_path: Path | None, env: Mapping[str, str] | None = None) -> dict[str, Server]:
+def load_servers(config_path: Path | None, env: Mapping[str, str] | None = None, *,
+                 triggers: Path | None = None) -> dict[str, Server]:
+    """The servers of the environment and of `config_path`, which must not lie inside `triggers`."""
     env = os.environ if env is None else env
     servers: dict[str, Server] = {}
     default = server_from_env(env)
     if default is not None:
         servers["default"] = default
-    if config_path is None or not config_path.exists():
+    if config_path is None:
         return servers
+    if triggers is not None and _inside(config_path, triggers):
+        raise ConfigError(f"{config_path}: the servers config is inside the triggers directory {triggers}, where "
+                          "anyone who can commit could rewrite it; keep it outside (a ConfigMap or a file of the "
+                          "deployment's own)")
     try:
         text = config_path.read_text(encoding="utf-8")
         deep = nesting_problem(text)
         if deep is not None:
             raise ConfigError(f"{config_path}:{deep.line}:{deep.column}: {deep.message}")
         raw = YAML(typ="safe").load(text) or {}
-    except (YAMLError, OSError) as e:
+    except OSError as e:
+        raise ConfigError(f"cannot read the servers config {config_path}: {e.strerror}") from None
+    except (YAMLError, ValueError, OverflowError, KeyError, TypeError) as e:  # a bad `!!int`, say
         raise ConfigError(f"{config_path}: {e}") from None
     if not isinstance(raw, dict) or set(raw) - {"servers"}:
         raise ConfigError(f"{config_path}: expected a mapping with `servers:`")
     for name, entry in (raw.get("servers") or {}).items():
         servers[str(name)] = server_from_mapping(str(name), entry, env, str(config_path))
     return servers
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    real, top = os.path.realpath(path), os.path.realpath(folder)
+    return real == top or real.startswith(top + os.sep)

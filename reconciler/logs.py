@@ -11,7 +11,8 @@ import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-_secrets: set[str] = set()
+_secrets: tuple[str, ...] = ()
+"""Longest first: a longer form (URL-encoded) may contain a shorter one."""
 _pending: tuple[str, TextIO | None, str] | None = ("json", None, "info")
 """How logs are to be written, until the first logger applies it."""
 _root: Any = None
@@ -20,8 +21,19 @@ new logger (factory, processors, wrapper) on every `get_logger().bind()`, once p
 
 
 def add_secrets(values: Iterable[str]) -> None:
-    """Register secret values; they are replaced by `***` wherever they would be written."""
-    _secrets.update(v for v in values if v and len(v) >= 4)
+    """Register secret values; they are replaced by `***` wherever they would be written, in the forms
+    they travel in too: URL-encoded (a form body or query Jenkins echoes), JSON-escaped, base64."""
+    import base64
+    import json
+    from urllib.parse import quote, quote_plus
+
+    global _secrets
+    forms = set(_secrets)
+    for value in values:
+        if value and len(value) >= 4:
+            forms.update((value, quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1],
+                          json.dumps(value, ensure_ascii=False)[1:-1], base64.b64encode(value.encode()).decode()))
+    _secrets = tuple(sorted(forms, key=len, reverse=True))
 
 
 def redact(text: str) -> str:

@@ -1,7 +1,13 @@
-"""`--listen`: /healthz (the loop is alive), /readyz (ready to work), /metrics (Prometheus)."""
+"""`--listen`: /healthz (the loop is alive), /readyz (ready to work), /metrics (Prometheus).
+
+Whoever reaches the port may hold connections open; each costs a thread and a descriptor. So a
+request must arrive within READ_TIMEOUT, and beyond MAX_CONNECTIONS at once new ones are closed
+unanswered: the probes may fail for a moment, the daemon does not run out of descriptors.
+"""
 
 from __future__ import annotations
 
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -11,9 +17,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from .daemon import Daemon
 from .metrics import Metrics
 
+MAX_CONNECTIONS = 32
+READ_TIMEOUT = 5.0
+"""Seconds a connection may take to send its request; kubelet and Prometheus send theirs at once."""
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _ProbeServer
+    timeout = READ_TIMEOUT
 
     def log_message(self, format: str, *args: Any) -> None:
         """Probes are polled every few seconds; they do not belong in the log."""
@@ -44,11 +55,25 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _ProbeServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 64
 
     def __init__(self, address: tuple[str, int], daemon: Daemon, metrics: Metrics):
         self.daemon = daemon
         self.metrics = metrics
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: socket.socket, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class Probes:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import StateError
+from .logs import redact
 
 OPEN = ("decided", "posting", "queued", "building")
 """A run in one of these states still has work to do: post it, or follow it."""
@@ -98,7 +99,13 @@ def new_run_id() -> str:
 def _encode(run: Run) -> tuple[Any, ...]:
     values = [getattr(run, c) for c in COLUMNS]
     values[COLUMNS.index("parameters")] = None if run.parameters is None else json.dumps(run.parameters)
+    values[COLUMNS.index("last_error")] = _text(run.last_error)
     return tuple(values)
+
+
+def _text(error: str | None) -> str | None:
+    """An error's text as stored: Jenkins or a proxy may echo a credential back in an error page."""
+    return None if error is None else redact(error)
 
 
 def _decode(row: tuple[Any, ...]) -> Run:
@@ -200,7 +207,8 @@ class Store:
         durable one."""
         statements = []
         for run, changes in steps:
-            values = [json.dumps(v) if k == "parameters" and v is not None else v for k, v in changes.items()]
+            values = [json.dumps(v) if k == "parameters" and v is not None else _text(v) if k == "last_error" else v
+                      for k, v in changes.items()]
             statements.append((f"UPDATE runs SET {','.join(f'{k} = ?' for k in changes)} WHERE run_id = ?",
                                (*values, run.run_id)))
         with self._writing("write state store", durable=durable):

@@ -37,6 +37,8 @@ class Fault:
     latency: float = 0.0
     drop: str | None = None  # "before": nothing processed; "after": processed, response lost
     sso: bool = False
+    echo: bool = False
+    """With `status`: the error page repeats the request's headers and body, as some proxies' debug pages do."""
     times: int | None = None  # None: until cleared
 
     def matches(self, method: str, path: str) -> bool:
@@ -397,7 +399,7 @@ class _Handler(BaseHTTPRequestHandler):
         caller: _Caller | None = None
         try:
             if fault is not None and (fault.sso or fault.status or fault.drop == "before"):
-                response = self._faulted(fault, url)
+                response = self._faulted(fault, url, body)
             else:
                 caller = sim.authenticate(self.headers)
                 sim.check_crumb(method, self.headers, caller)
@@ -418,10 +420,15 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send(response, head=method == "HEAD")
 
-    def _faulted(self, fault: Fault, url: Any) -> _Response:
+    def _faulted(self, fault: Fault, url: Any, body: bytes) -> _Response:
         if fault.sso:
             target = f"{self.server.sso_root}sso/login?from={quote(url.path)}"
             return _Response(302, b"", {"Location": target})
+        if fault.status and fault.echo:
+            echoed = f"Authorization: {self.headers.get('Authorization')} {body.decode('latin-1')} " + \
+                " ".join(f"{k}: {v}" for k, v in self.headers.items())
+            return _Response(fault.status, f"<html><body><h1>Error {fault.status}</h1><p>Bad request: {echoed}</p>"
+                                           f"</body></html>".encode())
         if fault.status:
             return _Response(fault.status, f"<html><body>Error {fault.status} (injected)</body></html>".encode())
         return _Response(0)
