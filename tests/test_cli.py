@@ -89,15 +89,18 @@ def test_validate_refuses_a_huge_file_a_pipe_and_a_link_to_dev_zero_without_stal
                             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)))
     too_big = "1:1: cannot read: larger than 256 KiB, where a trigger spec takes a few hundred bytes"
     assert result.stdout.splitlines() == [f"{tmp_path}/big.yaml:{too_big}",
-                                          f"{tmp_path}/pipe.yaml:1:1: empty file: a trigger spec needs at least "
-                                          "`job: NAME`",
-                                          f"{tmp_path}/zero.yaml:{too_big}"]
+                                          f"{tmp_path}/pipe.yaml:1:1: not a regular file (a pipe, socket or "
+                                          "device): not read",
+                                          f"{tmp_path}/zero.yaml:1:1: a symlink that leads out of the triggers "
+                                          "directory: not read"]
     assert result.returncode == 1
 
 
 def test_run_refuses_a_server_config_nested_a_hundred_thousand_deep_in_one_line(tmp_path, simulator):
     (tmp_path / "reconciler.yaml").write_text("servers: " + "[" * 100_000 + "]" * 100_000 + "\n")
-    result = reconciler("run", "--once", "--triggers", str(tmp_path), "--state", str(tmp_path / "s.db"),
+    (tmp_path / "triggers").mkdir()
+    result = reconciler("run", "--once", "--triggers", str(tmp_path / "triggers"), "--config",
+                        str(tmp_path / "reconciler.yaml"), "--state", str(tmp_path / "s.db"),
                         "--history", str(tmp_path / "h"), env=jenkins_env(simulator))
     assert (result.returncode, result.stderr.splitlines()[-1]) == (
         2, f"reconciler: {tmp_path}/reconciler.yaml:1:41: nested more than 32 levels deep")

@@ -45,3 +45,40 @@ def test_a_missing_environment_variable_is_named(tmp_path):
     config.write_text("servers:\n  x:\n    url: https://x/\n    token: {env: NOPE}\n")
     with pytest.raises(ConfigError, match="environment variable NOPE is not set"):
         load_servers(config, {})
+
+
+def test_credentials_in_a_url_are_refused_without_repeating_them(tmp_path):
+    with pytest.raises(ConfigError, match="JENKINS_USER") as e:
+        load_servers(None, {"JENKINS_URL": "https://bot:s3cr3t-pass@ci.example.com/"})
+    assert "s3cr3t-pass" not in str(e.value)
+
+
+def test_the_servers_config_may_not_live_in_the_triggers_directory(tmp_path):
+    triggers = tmp_path / "triggers"
+    (triggers / "team").mkdir(parents=True)
+    config = triggers / "team" / "servers.yaml"
+    config.write_text("servers:\n  x:\n    url: https://x/\n")
+    with pytest.raises(ConfigError, match="inside the triggers directory"):
+        load_servers(config, {}, triggers=triggers)
+    outside = tmp_path / "servers.yaml"
+    outside.symlink_to(config)  # a link from outside into the tree is the tree's file all the same
+    with pytest.raises(ConfigError, match="inside the triggers directory"):
+        load_servers(outside, {}, triggers=triggers)
+
+
+def test_a_servers_config_named_but_missing_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the servers config"):
+        load_servers(tmp_path / "nope.yaml", {})
+
+
+def test_the_basic_auth_header_and_encoded_forms_of_secrets_are_redacted():
+    import base64
+
+    from reconciler import logs
+    from reconciler.config import Server
+
+    server = Server(name="s", url="https://x/", user="bot", token="tok+en/with&marks", job_token="jt-1234")
+    logs.add_secrets(server.secrets)
+    basic = base64.b64encode(b"bot:tok+en/with&marks").decode()
+    text = f"Authorization: Basic {basic}; body token=tok%2Ben%2Fwith%26marks&x=jt-1234; raw tok+en/with&marks"
+    assert logs.redact(text) == "Authorization: Basic ***; body token=***&x=***; raw ***"

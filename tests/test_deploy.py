@@ -110,6 +110,13 @@ def test_the_deployment_wires_git_sync_secrets_probes_and_a_locked_down_reconcil
     assert reconciler["resources"]["requests"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes["git"] and "persistentVolumeClaim" in volumes["state"]
+    # The servers config is the operator's: a ConfigMap mounted outside what git-sync writes.
+    config = env["RECONCILER_CONFIG"]["value"]
+    mounts = {m["mountPath"]: m["name"] for m in reconciler["volumeMounts"]}
+    assert not config.startswith("/git/") and volumes[mounts[os.path.dirname(config)]]["configMap"]
+    [configmap] = [m for m in manifests() if m["kind"] == "ConfigMap"]
+    assert configmap["metadata"]["name"] == volumes[mounts[os.path.dirname(config)]]["configMap"]["name"]
+    assert "servers:" in configmap["data"][os.path.basename(config)]
     # Every RECONCILER_* variable the manifest sets is one the command line reads.
     help_text = subprocess.run([sys.executable, "-m", "reconciler", "run", "--help"], capture_output=True,
                                text=True, timeout=60).stdout
