@@ -25,7 +25,7 @@ from .errors import ConfigError
 from .spec import nesting_problem
 
 SERVER_KEYS = {"url", "user", "token", "job_token", "verify", "ca_bundle", "concurrency",
-               "connect_timeout", "read_timeout"}
+               "connect_timeout", "read_timeout", "proxy", "client_cert", "client_key"}
 
 
 @dataclass(frozen=True)
@@ -37,17 +37,23 @@ class Server:
     job_token: str | None = field(default=None, repr=False)
     verify: bool | str = True
     concurrency: int = 32
-    """POSTs in flight to this server. Jenkins serves them in parallel; a sequential client waits
-    out every round trip, which is what a burst of fires is bound by against a remote Jenkins: at
-    20 ms a round trip, 16 in flight cap a burst at 800 fires/s, 32 lift it to where our CPU binds.
-    A POST in flight costs one socket on the event loop, and Jenkins only queues the build."""
+    """Requests in flight to this server at most. Jenkins serves them in parallel, so a burst of fires
+    is bound by this over the round trip; and it is the most one reconciler asks of a Jenkins at once."""
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    proxy: str | None = field(default=None, repr=False)
+    """A proxy for this server's requests; without it, HTTPS_PROXY/HTTP_PROXY/NO_PROXY apply."""
+    client_cert: str | None = None
+    client_key: str | None = None
+    """A client certificate (and its key, if not in the same file) for ingresses that ask for one."""
 
     @property
     def secrets(self) -> list[str]:
         """Every value that must never be written anywhere, the Authorization header's included."""
         values = [s for s in (self.token, self.job_token) if s]
+        proxy_password = urlsplit(self.proxy).password if self.proxy else None
+        if proxy_password:
+            values.append(proxy_password)
         if self.user and self.token:
             values.append(base64.b64encode(f"{self.user}:{self.token}".encode()).decode())
         return values
@@ -83,6 +89,18 @@ def _normalize_url(url: str, where: str) -> str:
                           "wherever the url is; give the user as JENKINS_USER (or `user:`) and the API token as "
                           "JENKINS_API_TOKEN (or a `token:` reference)")
     return url if url.endswith("/") else url + "/"
+
+
+def _normalize_proxy(proxy: Any, where: str) -> str | None:
+    if proxy is None:
+        return None
+    if not str(proxy).startswith(("http://", "https://", "socks5://", "socks5h://")):
+        raise ConfigError(f"{where}: proxy must be an http://, https:// or socks5:// url")
+    return str(proxy)
+
+
+def _path(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _read_secret_file(path: str, where: str) -> str:
@@ -141,7 +159,9 @@ def server_from_mapping(name: str, raw: Any, env: Mapping[str, str], where: str)
                       job_token=resolve_secret(raw.get("job_token"), f"{where}.job_token", env),
                       verify=verify, concurrency=int(raw.get("concurrency", Server.concurrency)),
                       connect_timeout=float(raw.get("connect_timeout", 5.0)),
-                      read_timeout=float(raw.get("read_timeout", 30.0)))
+                      read_timeout=float(raw.get("read_timeout", 30.0)),
+                      proxy=_normalize_proxy(raw.get("proxy"), where),
+                      client_cert=_path(raw.get("client_cert")), client_key=_path(raw.get("client_key")))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from None
 

@@ -9,17 +9,25 @@ at any line resumes from what the store says (see README, "What is guaranteed"):
   it; not found → POST. Without a tag there is no way to tell, so the run is recorded `lost`
   rather than risk a second build.
 - `queued` / `building`: follow the queue item, then the build.
+
+How it runs: every step of a run (a lookup, a POST, a look at its queue item or build) is a call on
+its server's pool of worker threads, as many as the server's `concurrency`, which is therefore the
+most requests one Jenkins gets from us at once; a slow answer holds only its own thread. A step that
+has to wait (a retry's backoff, the next look at a queued build) goes on a timer heap, and one timer
+thread hands it to the pool when it is due, putting the looks at runs of one job due together into
+one call, so that one read of the job's recent builds answers them all. Each step records itself in
+the store before it schedules the run's next step, so whichever thread runs a step, the store says
+how far the run got.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import heapq
 import itertools
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -27,15 +35,14 @@ from typing import Any
 from . import logs
 from .errors import JenkinsError, JenkinsRefused, JenkinsUnavailable, StateError
 from .history import History
-from .jenkins import Client, Found, Poster, RecentBuilds
+from .jenkins import Client, Found, RecentBuilds
 from .metrics import Metrics
 from .state import Run, Store
 
-FOLLOWERS = 8
-"""Threads that read queue items and builds. Reads are short and grouped by job (one answers many):
-more threads would only take turns on the GIL with the loop that POSTs."""
 GROUP_WINDOW = 0.25
 """Follow-ups due within this many seconds of each other are made together, one read per job."""
+REPOSTS = 3
+"""How often a tagged run whose queue item vanished, and that no build carries, is posted again."""
 
 
 def _queue_id(run: Run) -> int:
@@ -55,35 +62,15 @@ class _Fire:
     """The wait before the next attempt, should this one fail."""
 
 
-class _Slots:
-    """A server's POSTs in flight, at most its `concurrency`. A fire waiting for a slot is an entry in a
-    queue and becomes a task only once it holds one: in a burst of a thousand, a task each parked on a
-    semaphore cost ten times what a queue entry does."""
+@dataclass(frozen=True, slots=True)
+class _Look:
+    """A followed run's next look at its queue item or build."""
 
-    def __init__(self, limit: int):
-        self.free = limit
-        self.waiting: deque[Callable[[], None]] = deque()
-
-    def admit(self, start: Callable[[], None]) -> None:
-        """Call `start` holding a slot: now, or when one is released."""
-        if self.free:
-            self.free -= 1
-            start()
-        else:
-            self.waiting.append(start)
-
-    def release(self) -> None:
-        if self.waiting:
-            self.waiting.popleft()()
-        else:
-            self.free += 1
+    run: Run
+    interval: float
 
 
 class Executor:
-    """Fires run as tasks on one asyncio loop, on its own thread: POSTs in flight wait on sockets,
-    not on threads taking turns on the GIL. Following (reads of queue items and builds) runs on a
-    few threads, handed work by the tracker when each check is due."""
-
     def __init__(self, store: Store, history: History, clients: Mapping[str, Client], *,
                  stop: threading.Event, clock: Callable[[], float] = time.time,
                  poll_min: float = 0.5, poll_max: float = 5.0, retry_min: float = 1.0, retry_max: float = 300.0,
@@ -97,36 +84,23 @@ class Executor:
         self.poll_min, self.poll_max = poll_min, poll_max
         self.retry_min, self.retry_max = retry_min, retry_max
         self._note_warned: set[str] = set()
-        self._pool = ThreadPoolExecutor(max_workers=FOLLOWERS, thread_name_prefix="follow")
-        self._loop = asyncio.new_event_loop()
-        self._firing = threading.Thread(target=self._loop.run_forever, name="fire", daemon=True)
-        self._firing.start()
-        self._posters: dict[str, Poster] = {}
-        self._incoming: list[_Fire] = []
-        self._fires: set[asyncio.Task[None]] = set()
-        self._steps: list[tuple[Run, dict[str, Any], bool, asyncio.Future[Run]]] = []
-        self._slots = {name: _Slots(c.server.concurrency) for name, c in clients.items()}
-        self._resting: set[asyncio.Future[None]] = set()
-        """Fires waiting out a retry delay, each on a timer; woken early only when the executor stops."""
-        self._due: list[tuple[float, int, Run, float]] = []
+        self._pools = {name: ThreadPoolExecutor(max_workers=client.server.concurrency,
+                                                thread_name_prefix=f"jenkins-{name}")
+                       for name, client in clients.items()}
+        self._cv = threading.Condition()
+        self._timers: list[tuple[float, int, _Look | _Fire]] = []
         self._seq = itertools.count()
-        lock = threading.RLock()
-        self._cv = threading.Condition(lock)
-        self._due_changed = threading.Condition(lock)
-        """Wakes the tracker only when its next check moved earlier, not on every step of every run."""
         self._active: dict[str, Run] = {}
-        self._tracker = threading.Thread(target=self._track, name="tracker", daemon=True)
-        self._tracker.start()
+        self._timer = threading.Thread(target=self._run_timers, name="timers", daemon=True)
+        self._timer.start()
         self.metrics.count_in_flight(lambda: len(self._active))
 
     # -- entry points -----------------------------------------------------------------------
     def submit(self, runs: list[Run]) -> None:
-        """Fresh decisions: write each one's history line, then POST it. Handed over together, a
-        burst wakes the loop once instead of taking turns with it on the GIL for every run."""
-        if not runs:
-            return
+        """Fresh decisions: write each one's history line, then POST it."""
         self._set_active(runs)
-        self._spawn([_Fire(run, False, True, self.retry_min) for run in runs])
+        for run in runs:
+            self._start(_Fire(run, False, True, self.retry_min))
 
     def resume(self, run: Run) -> None:
         """A run left open by an earlier process, or by a step that failed. Raises OSError, taking
@@ -138,9 +112,9 @@ class Executor:
             fire = _Fire(run, True, False, self.retry_min)
         self._set_active([run])
         if fire is None:
-            self._follow_in(run, 0.0, self.poll_min)
+            self._later(0.0, _Look(run, self.poll_min))
         else:
-            self._spawn([fire])
+            self._start(fire)
 
     def replace(self, runs: list[Run]) -> None:
         """Cancel queued runs and stop running builds (`concurrency: replace`); their follow-up records it."""
@@ -179,19 +153,55 @@ class Executor:
             return True
 
     def shutdown(self) -> list[Run]:
-        """Stop following; runs still open stay open in the store and resume on the next start."""
+        """Stop: no new step starts, steps under way end; runs still open stay open in the store and
+        resume on the next start."""
         self.stop.set()
         with self._cv:
             self._cv.notify_all()
-            self._due_changed.notify()
-        if not self._loop.is_closed():  # shutting down twice is harmless
-            asyncio.run_coroutine_threadsafe(self._drain(), self._loop).result()
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._firing.join()
-            self._loop.close()
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._tracker.join(timeout=5)
+        self._timer.join(timeout=5)
+        for pool in self._pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
         return self.active()
+
+    # -- scheduling -------------------------------------------------------------------------
+    def _start(self, fire: _Fire) -> None:
+        self._submit(fire.run, self._fire, fire)
+
+    def _submit(self, run: Run, step: Callable[..., None], *args: Any) -> None:
+        if self.stop.is_set():
+            return  # the run stays open in the store, for the next start
+        with contextlib.suppress(RuntimeError):  # the pool shut down meanwhile: the same
+            self._pools[run.server].submit(self._guarded, step, run, *args)
+
+    def _later(self, delay: float, entry: _Look | _Fire) -> None:
+        with self._cv:
+            heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), entry))
+            if self._timers[0][2] is entry:
+                self._cv.notify_all()
+
+    def _run_timers(self) -> None:
+        """Hand each waiting step to its pool when it is due; sleeps in between."""
+        while not self.stop.is_set():
+            with self._cv:
+                now = time.monotonic()
+                if not self._timers or self._timers[0][0] > now:
+                    self._cv.wait(None if not self._timers else self._timers[0][0] - now)
+                    continue
+                fires: list[_Fire] = []
+                looks: dict[tuple[str, str], list[_Look]] = {}
+                while self._timers and self._timers[0][0] <= now + GROUP_WINDOW:
+                    _, _, entry = heapq.heappop(self._timers)
+                    if isinstance(entry, _Fire):
+                        fires.append(entry)
+                    else:
+                        looks.setdefault((entry.run.server, entry.run.job), []).append(entry)
+            for fire in fires:
+                self._start(fire)
+            for group in looks.values():
+                if len(group) == 1:
+                    self._submit(group[0].run, self._check, group[0].interval)
+                else:
+                    self._submit(group[0].run, self._check_group, group)
 
     # -- bookkeeping ------------------------------------------------------------------------
     def _set_active(self, runs: list[Run]) -> None:
@@ -200,115 +210,35 @@ class Executor:
             self._cv.notify_all()
 
     def _update(self, run: Run, durable: bool = False, **changes: Any) -> Run:
-        return self._update_many([(run, changes)], durable)[0]
-
-    def _update_many(self, steps: list[tuple[Run, dict[str, Any]]], durable: bool = False) -> list[Run]:
-        runs = self.store.update_many(steps, durable=durable)
+        [run] = self.store.update_many([(run, changes)], durable=durable)
         with self._cv:
-            for run in runs:
-                if run.is_open:
-                    self._active[run.run_id] = run
-                else:
-                    self._active.pop(run.run_id, None)
+            if run.is_open:
+                self._active[run.run_id] = run
+            else:
+                self._active.pop(run.run_id, None)
             self._cv.notify_all()
-        return runs
-
-    async def _step(self, run: Run, durable: bool = False, **changes: Any) -> Run:
-        """Record a step from the loop. Steps asked for close together share one commit (fsynced if
-        any of them must be): a commit blocks every POST in flight, and in a burst one commit per step
-        was half the loop's time. Each step is still recorded before its caller goes on.
-
-        The commit waits one more pass of the loop's ready queue: answers read in this pass wake
-        their tasks only in the next, and those admit the next fires, whose posting marks join the
-        same commit. A burst then takes a third fewer commits (`bench/`)."""
-        recorded: asyncio.Future[Run] = self._loop.create_future()
-        self._steps.append((run, changes, durable, recorded))
-        if len(self._steps) == 1:
-            self._loop.call_soon(self._loop.call_soon, self._commit_steps)
-        return await recorded
-
-    def _commit_steps(self) -> None:
-        steps, self._steps = self._steps, []
-        try:
-            runs = self._update_many([(run, changes) for run, changes, _, _ in steps],
-                                     any(durable for _, _, durable, _ in steps))
-        except Exception as e:
-            for *_, recorded in steps:
-                recorded.set_exception(e)
-            return
-        for (*_, recorded), run in zip(steps, runs, strict=True):
-            recorded.set_result(run)
+        return run
 
     def _log(self, run: Run) -> Any:
         return logs.get(trigger=run.trigger, run_id=run.run_id, job=run.job, server=run.server)
 
-    def _guarded(self, fn: Callable[..., None], run: Run, *args: Any) -> None:
+    def _guarded(self, step: Callable[..., None], run: Run, *args: Any) -> None:
         """A step that fails unexpectedly leaves its run open in the store, to be taken up again by the
         daemon's next full pass."""
         try:
-            fn(run, *args)
+            step(run, *args)
         except Exception as e:
-            self._crashed(run, e)
-
-    def _spawn(self, fires: list[_Fire]) -> None:
-        """Hand fires to the loop, waking it only if it is not already due to take some."""
-        with self._cv:
-            first = not self._incoming
-            self._incoming.extend(fires)
-        if first:
-            self._loop.call_soon_threadsafe(self._start_incoming)
-
-    def _start_incoming(self) -> None:
-        with self._cv:
-            incoming, self._incoming = self._incoming, []
-        for fire in incoming:
-            self._attempt(fire)
-
-    def _attempt(self, fire: _Fire) -> None:
-        """Start a fire's next attempt: a lookup needs no slot, a POST waits for one."""
-        if self.stop.is_set():
-            return  # the run stays open in the store, for the next start
-        if fire.search_first:
-            self._start(fire.run, self._search(fire))
-        else:
-            self._slots[fire.run.server].admit(lambda: self._start(fire.run, self._post(fire)))
-
-    def _start(self, run: Run, attempt: Coroutine[Any, Any, None]) -> None:
-        task = self._loop.create_task(self._guarded_attempt(run, attempt))
-        self._fires.add(task)
-        task.add_done_callback(self._fires.discard)
-
-    async def _guarded_attempt(self, run: Run, attempt: Coroutine[Any, Any, None]) -> None:
-        try:
-            await attempt
-        except Exception as e:
-            self._crashed(run, e)
-
-    def _crashed(self, run: Run, e: Exception) -> None:
-        log = self._log(run)
-        if isinstance(e, StateError):
-            self.metrics.state_errors.inc()
-            log.error("state_write_failed", error=str(e))
-        elif isinstance(e, OSError):  # the history: a full disk, a read-only volume
-            log.error("history_write_failed", error=str(e))
-        else:
-            log.exception("run_step_crashed", exc_info=e)
-        with self._cv:
-            self._active.pop(run.run_id, None)
-            self._cv.notify_all()
-
-    async def _drain(self) -> None:
-        """Let the fires in flight end (on stop, none starts a POST or a retry), then close the posters."""
-        self._start_incoming()  # handed over as the executor stopped: they see `stop` and end
-        for slots in self._slots.values():
-            slots.waiting.clear()  # never started: they stay open in the store, for the next start
-        for rested in self._resting:
-            if not rested.done():
-                rested.set_result(None)
-        if self._fires:
-            await asyncio.wait(set(self._fires))
-        for poster in self._posters.values():
-            await poster.close()
+            log = self._log(run)
+            if isinstance(e, StateError):
+                self.metrics.state_errors.inc()
+                log.error("state_write_failed", error=str(e))
+            elif isinstance(e, OSError):  # the history: a full disk, a read-only volume
+                log.error("history_write_failed", error=str(e))
+            else:
+                log.exception("run_step_crashed", exc_info=e)
+            with self._cv:
+                self._active.pop(run.run_id, None)
+                self._cv.notify_all()
 
     def _finish(self, run: Run, status: str, **fields: Any) -> Run:
         now = self.clock()
@@ -329,97 +259,64 @@ class Executor:
                            tag_param=run.tag_param, queue_id=queue_id)
 
     # -- firing -----------------------------------------------------------------------------
-    async def _search(self, fire: _Fire) -> None:
-        """Before POSTing again a run whose POST may have arrived, look it up in Jenkins by its tag."""
-        run = fire.run
+    def _fire(self, run: Run, fire: _Fire) -> None:
+        """One attempt: a lookup first if an earlier POST may have arrived, then the POST. The run's
+        `decided` history line is written just before its posting mark, the mark (durable: a POST may
+        follow) before the POST."""
+        if self.stop.is_set():
+            return
         client = self.clients[run.server]
-        if not self.taggable(run, client):
-            self._finish(run, "lost", reason="the reconciler stopped while posting and the run carries no tag to "
-                         "look it up by (no job token, no run_id_parameter); Jenkins may or may not have built it. "
-                         "Bump `run` in the spec to fire it again")
-            self._log(run).error("run_lost", reason="stopped while posting, untagged")
-            return
-        try:
-            found = await self._loop.run_in_executor(self._pool, self._find, client, run)
-        except JenkinsError as e:
-            await self._retry(fire, e)
-            return
-        if found is not None:
-            await self._adopt(run, found, self._log(run))
-            return
-        fire.search_first = False
-        self._attempt(fire)
-
-    async def _post(self, fire: _Fire) -> None:
-        """One POST, holding one of the server's slots. The run's `decided` history line is written here,
-        just before the posting mark: in a burst, lines are written as fast as POSTs go out, not all up front.
-        The slot is released once Jenkins answers: the next fire's posting mark then shares a commit with
-        this run's `queued` step instead of waiting for it."""
-        run = fire.run
-        client = self.clients[run.server]
-        try:
-            if self.stop.is_set():
+        log = self._log(run)
+        if fire.search_first:
+            if not self.taggable(run, client):
+                self._finish(run, "lost", reason="the reconciler stopped while posting and the run carries no tag to "
+                             "look it up by (no job token, no run_id_parameter); Jenkins may or may not have built "
+                             "it. Bump `run` in the spec to fire it again")
+                log.error("run_lost", reason="stopped while posting, untagged")
                 return
-            if fire.record:
-                self.history.decided(run, run.decided_at)
-                fire.record = False
-            # The one step besides the decision that must survive a power loss: a POST may follow.
-            run = fire.run = await self._step(run, True, status="posting", attempts=run.attempts + 1)
-            poster = self._posters.get(run.server)
-            if poster is None:  # made on the loop, which its connections belong to
-                poster = self._posters[run.server] = Poster(client)
-            error: JenkinsError | None = None
             try:
-                queue_url = await poster.trigger(run.job, run.parameters, run.cause)
-            except (JenkinsRefused, JenkinsUnavailable) as e:
-                error = e
-        finally:
-            self._slots[run.server].release()
-        if isinstance(error, JenkinsRefused):
-            self._finish(run, "failed", reason=str(error))
-            self._log(run).error("fire_refused", error=str(error), status=error.status)
-        elif isinstance(error, JenkinsUnavailable):
-            fire.search_first = error.maybe_received and self.taggable(run, client)
-            await self._retry(fire, error)
-        else:
-            run = await self._queued(run, queue_url)
-            self.metrics.fire_latency.observe(max(0.0, (run.posted_at or 0.0) - run.decided_at))
-            self._log(run).info("fire_posted", queue_url=queue_url, attempts=run.attempts)
-            self._follow_in(run, self._first_look(), self.poll_min)
+                found = self._find(client, run)
+            except JenkinsError as e:
+                self._retry(fire, e)
+                return
+            if found is not None:
+                self._adopt(run, found, log)
+                return
+            fire.search_first = False
+        if fire.record:
+            self.history.decided(run, run.decided_at)
+            fire.record = False
+        run = fire.run = self._update(run, True, status="posting", attempts=run.attempts + 1)
+        try:
+            accepted = client.trigger(run.job, run.parameters, run.cause)
+        except JenkinsRefused as e:
+            self._finish(run, "failed", reason=str(e))
+            log.error("fire_refused", error=str(e), status=e.status)
+            return
+        except JenkinsUnavailable as e:
+            fire.search_first = e.maybe_received and self.taggable(run, client)
+            self._retry(fire, e)
+            return
+        run = self._queued(run, accepted.queue_url)
+        self.metrics.fire_latency.observe(max(0.0, (run.posted_at or 0.0) - run.decided_at))
+        log.info("fire_posted", queue_url=accepted.queue_url, attempts=run.attempts,
+                 **({"joined": "an identical request already waiting"} if accepted.joined else {}))
+        self._later(self._first_look(), _Look(run, self.poll_min))
 
-    async def _retry(self, fire: _Fire, error: JenkinsError) -> None:
-        """Record why the attempt failed, wait holding no slot, and attempt again. A run that may have
+    def _retry(self, fire: _Fire, error: JenkinsError) -> None:
+        """Record why the attempt failed and attempt again after a growing delay. A run that may have
         reached Jenkins stays `posting` until a lookup says otherwise: after a kill, it is looked up first."""
         maybe_posted = fire.search_first or (isinstance(error, JenkinsUnavailable) and error.maybe_received)
         run = fire.run = self._update(fire.run, status="posting" if maybe_posted else "decided",
                                       last_error=str(error))
         self._log(run).warning("fire_retrying", error=str(error), attempts=run.attempts,
                                retry_in=round(fire.delay, 1))
-        if await self._rest(fire.delay):
-            return
-        fire.delay = min(fire.delay * 2, self.retry_max)
-        self._attempt(fire)
+        delay, fire.delay = fire.delay, min(fire.delay * 2, self.retry_max)
+        self._later(delay, fire)
 
-    async def _rest(self, seconds: float) -> bool:
-        """Wait out a retry delay; True if the executor stopped meanwhile. A timer, not a poll of
-        `stop`: ten thousand runs waiting for Jenkins to come back polling ten times a second
-        were a CPU's worth of wake-ups."""
-        if self.stop.is_set():
-            return True
-        rested = self._loop.create_future()
-        timer = self._loop.call_later(seconds, lambda: rested.done() or rested.set_result(None))
-        self._resting.add(rested)
-        try:
-            await rested
-        finally:
-            timer.cancel()
-            self._resting.discard(rested)
-        return self.stop.is_set()
-
-    async def _queued(self, run: Run, queue_url: str) -> Run:
+    def _queued(self, run: Run, queue_url: str) -> Run:
         now = self.clock()
-        run = await self._step(run, status="queued", queue_url=queue_url, posted_at=run.posted_at or now,
-                               last_error=None)
+        run = self._update(run, status="queued", queue_url=queue_url, posted_at=run.posted_at or now, last_error=None)
         self.history.append(run, "queued", now, queue_url=queue_url)
         return run
 
@@ -430,13 +327,13 @@ class Executor:
         self.history.append(run, "started", now, number=number, url=url)
         return run
 
-    async def _adopt(self, run: Run, found: Found, log: Any) -> None:
+    def _adopt(self, run: Run, found: Found, log: Any) -> None:
         if found.build_url:
             run = self._started(run, found.build_number, found.build_url)
         else:
-            run = await self._queued(run, found.queue_url or "")
+            run = self._queued(run, found.queue_url or "")
         log.info("fire_found", queue_url=found.queue_url, build_url=found.build_url)
-        self._follow_in(run, 0.0, self.poll_min)
+        self._later(0.0, _Look(run, self.poll_min))
 
     # -- following --------------------------------------------------------------------------
     def _first_look(self) -> float:
@@ -445,44 +342,15 @@ class Executor:
             in_flight = len(self._active)
         return max(self.poll_min, min(in_flight * 0.003, self.poll_max))
 
-    def _follow_in(self, run: Run, delay: float, interval: float) -> None:
-        with self._cv:
-            entry = (time.monotonic() + delay, next(self._seq), run, interval)
-            heapq.heappush(self._due, entry)
-            if self._due[0] is entry:
-                self._due_changed.notify()
-
-    def _track(self) -> None:
-        """Hand each followed run to the pool when its next check is due; sleeps in between."""
-        while not self.stop.is_set():
-            with self._cv:
-                now = time.monotonic()
-                if not self._due or self._due[0][0] > now:
-                    self._due_changed.wait(None if not self._due else self._due[0][0] - now)
-                    continue
-                groups: dict[tuple[str, str], list[tuple[Run, float]]] = {}
-                while self._due and self._due[0][0] <= now + GROUP_WINDOW:
-                    _, _, run, interval = heapq.heappop(self._due)
-                    groups.setdefault((run.server, run.job), []).append((run, interval))
-            try:
-                for group in groups.values():
-                    if len(group) == 1:
-                        self._pool.submit(self._guarded, self._check, *group[0])
-                    else:
-                        self._pool.submit(self._check_group, group)
-            except RuntimeError:  # pool shut down
-                return
-
-    def _check_group(self, group: list[tuple[Run, float]]) -> None:
+    def _check_group(self, run: Run, group: list[_Look]) -> None:
         """Runs of one job due together: one read of the job's recent builds answers most of them
         (started: found by queue id; finished: by number); each checks alone only what it lacks."""
-        run = group[0][0]
         try:
             recent = self.clients[run.server].recent_builds(run.job)
         except (JenkinsError, ValueError, KeyError, TypeError):
             recent = None  # each run's own check retries, and says why
-        for run, interval in group:
-            self._pool.submit(self._guarded, self._check, run, interval, recent)
+        for look in group:
+            self._guarded(self._check, look.run, look.interval, recent)
 
     def _check(self, run: Run, interval: float, recent: RecentBuilds | None = None) -> None:
         client = self.clients[run.server]
@@ -497,28 +365,28 @@ class Executor:
                 else:
                     run = self._check_queue(client, run, log)
                 if run.status == "queued":
-                    self._follow_in(run, interval, next_interval)
+                    self._later(interval, _Look(run, next_interval))
                     return
             if run.status == "building":
                 build = (recent.by_number.get(run.build_number or 0) if recent else None) or \
                     client.build(run.build_url or "")
                 self._check_note(client, run, build.notes, log)
                 if build.result is None:
-                    self._follow_in(run, interval, next_interval)
+                    self._later(interval, _Look(run, next_interval))
                     return
                 run = self._finish(run, "completed", result=build.result, duration_ms=build.duration_ms)
-                log.info("build_completed", result=build.result, number=build.number, url=build.url,
-                         duration_ms=build.duration_ms)
+                log.log(20 if build.result == "SUCCESS" else 30, "build_completed", result=build.result,
+                        number=build.number, url=build.url, duration_ms=build.duration_ms)
         except JenkinsUnavailable as e:
             log.warning("follow_retrying", error=str(e))
-            self._follow_in(run, next_interval, next_interval)
+            self._later(next_interval, _Look(run, next_interval))
         except JenkinsRefused as e:
             if e.status == 404:
                 self._finish(run, "lost", reason=f"the build vanished from Jenkins: {e}")
                 log.error("run_lost", error=str(e))
             else:
                 log.error("follow_refused", error=str(e))
-                self._follow_in(run, self.poll_max, self.poll_max)
+                self._later(self.poll_max, _Look(run, self.poll_max))
 
     def _check_note(self, client: Client, run: Run, notes: tuple[str, ...], log: Any) -> None:
         """Jenkins keeps the cause note only for jobs with a build token; say so once if it was dropped."""
@@ -545,6 +413,14 @@ class Executor:
                 log.info("build_started", number=found.build_number, url=found.build_url, via="search")
             elif found is not None and found.queue_url:
                 run = self._update(run, queue_url=found.queue_url)
+            elif self.taggable(run, client) and run.attempts <= REPOSTS:
+                # Its tag is in no queue item and no recent build: Jenkins lost it (a restart forgets the
+                # queue) and it never ran. Posting it again is the one way it runs; bounded, logged.
+                run = self._update(run, status="decided", queue_url=None,
+                                   last_error="the queue item vanished and no build carries the run id")
+                log.warning("fire_reposted", reason="queue item vanished, no build carries the run id",
+                            attempts=run.attempts)
+                self._start(_Fire(run, False, False, self.retry_min))
             else:
                 run = self._finish(run, "lost", reason="the queue item vanished (Jenkins restarted?) and no build "
                                                        "carries its queue id or run id")

@@ -1,47 +1,62 @@
 """The Jenkins edge: triggering, following the queue and builds, finding a run after a crash.
 
-Builds are triggered by `Poster`, from the executor's event loop (an asyncio Protocol feeding
-httptools): many POSTs in flight on one thread. Everything else goes through `Client`, one urllib3
-pool per server (keep-alive, sized, explicit timeouts; urllib3 called directly costs a third of the
-CPU of requests). Both classify Jenkins' answers and back off the same way. Redirects are never
-followed: behind an SSO proxy they lead to a login page, possibly on another host, and following one
-would drop the POST and could hand credentials to that host.
+One `requests.Session` per server carries every request: pooled keep-alive connections (as many as
+the server's `concurrency`), the proxy from the config or `HTTPS_PROXY`/`NO_PROXY`, the CA bundle, a
+client certificate for mTLS ingresses, connect and read timeouts. Redirects are never followed:
+behind an SSO proxy they lead to a login page, possibly on another host, and following one would
+drop the POST and could hand credentials to that host.
+
+Jenkins builds every absolute URL it returns from its configured root URL, which is often not the
+address we reach it at (a Service name versus the public ingress). So URLs from Jenkins are read for
+their path only (the queue item id, the job's segments, the build number) and rebuilt on our base.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 import random
 import re
-import ssl
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, quote_plus, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
-import httptools
+import requests
 import urllib3
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ProtocolError, ReadTimeoutError, SSLError
+from requests.adapters import HTTPAdapter
 
 from .config import Server
 from .errors import JenkinsRefused, JenkinsUnavailable, LoginRedirect
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-_UNSAFE_IN_HEADER = re.compile(r"[\r\n\0]")
-_NOTHING_TO_QUOTE = re.compile(r"[A-Za-z0-9_.~-]*")
-
-
-def _form_quote(text: str) -> str:
-    """`urlencode`'s quoting, without its cost for the usual value that has nothing to quote."""
-    return text if _NOTHING_TO_QUOTE.fullmatch(text) else quote_plus(text)
+ACCEPTED = frozenset({200, 201, 303})
+"""A trigger POST answered with a queue item: 201 queued it; 303 (Jenkins 2.308 to mid-2024) and 200
+(since jenkinsci/jenkins#9446) mean an identical request was already waiting and this one joined it."""
+_QUEUE_ITEM = re.compile(r"/queue/item/(\d+)/?$")
 
 
 def job_url(base: str, job: str) -> str:
     """`a b/ü` → `<base>job/a%20b/job/%C3%BC/`: every folder segment encoded on its own."""
     return base + "".join(f"job/{quote(seg, safe='')}/" for seg in job.split("/"))
+
+
+def job_of(url: str) -> str | None:
+    """The job a Jenkins URL names, by its decoded `job/NAME` segments, whatever the host or the root
+    URL's path prefix: `https://ci.example.com/jenkins/job/a%20b/job/c/` → `a b/c`."""
+    segments = [unquote(s) for s in urlsplit(url).path.split("/") if s]
+    if "job" not in segments:
+        return None
+    segments = segments[segments.index("job"):]
+    names = [segments[i + 1] for i in range(0, len(segments) - 1, 2) if segments[i] == "job"]
+    return "/".join(names) or None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """Jenkins' answer to a trigger POST: the queue item, and whether it already existed."""
+
+    queue_url: str
+    joined: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,7 +87,6 @@ BUILD_TREE = "number,building,result,duration,actions[causes[note]]"
 
 
 def _build_state(b: dict[str, Any], url: str) -> BuildState:
-    """The build as we record it; its URL is rebuilt on our base, like every URL Jenkins gives."""
     notes = tuple(c["note"] for a in b.get("actions") or () for c in (a or {}).get("causes") or ()
                   if c.get("note"))
     return BuildState(number=int(b["number"]), url=url, building=bool(b.get("building")),
@@ -95,7 +109,27 @@ def _snippet(text: str) -> str:
     return " ".join(plain.split())[:200]
 
 
+def session_for(server: Server) -> requests.Session:
+    """A session as the operator configured the server: pool size, credentials, client certificate.
+    TLS verification and the proxy go with each request (`Client._options`): set on the session,
+    requests lets REQUESTS_CA_BUNDLE and the proxy variables override them (psf/requests#3829)."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(server.concurrency, 4), max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = "reconciler/0.1"
+    if server.user and server.token:
+        session.auth = (server.user, server.token)
+    if server.client_cert:
+        session.cert = (server.client_cert, server.client_key) if server.client_key else server.client_cert
+    if server.verify is False:  # said once at start (`server_insecure`), not on every request
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+    return session
+
+
 class Client:
+    """One server's requests, safe to call from many threads at once."""
+
     def __init__(self, server: Server, *, attempts: int = 4, backoff: float = 0.5, max_backoff: float = 30.0,
                  stop: threading.Event | None = None, sleep: Callable[[float], bool] | None = None):
         self.server = server
@@ -105,47 +139,43 @@ class Client:
         self.max_backoff = max_backoff
         self.stop = stop or threading.Event()
         self._sleep = sleep or self.stop.wait
-        self.headers: dict[str, str] = {"User-Agent": "reconciler/0.1"}
-        if server.user and server.token:
-            self.headers.update(urllib3.make_headers(basic_auth=f"{server.user}:{server.token}"))
-        tls: dict[str, Any] = {"cert_reqs": "CERT_REQUIRED" if server.verify else "CERT_NONE"}
-        if isinstance(server.verify, str):
-            tls["ca_certs"] = server.verify
-        self.pool = urllib3.PoolManager(
-            num_pools=1, maxsize=max(server.concurrency * 2, 4), retries=False,
-            timeout=urllib3.Timeout(connect=server.connect_timeout, read=server.read_timeout), **tls)
+        self.session = session_for(server)
+        self._options: dict[str, Any] = {"timeout": (server.connect_timeout, server.read_timeout),
+                                         "verify": server.verify, "allow_redirects": False}
+        if server.proxy:
+            self._options["proxies"] = {"http": server.proxy, "https": server.proxy}
+        self._crumb: dict[str, str] = {}
+        """The CSRF crumb header, once Jenkins asked for one; replaced whole, never changed in place."""
         self._crumb_lock = threading.Lock()
 
     def close(self) -> None:
-        self.pool.clear()
+        self.session.close()
 
-    # -- reads, and the POSTs that are safe to repeat (stop, cancel); builds go through `Poster`
-    def _request(self, method: str, url: str, what: str, *,
-                 params: dict[str, str] | None = None) -> urllib3.BaseHTTPResponse:
-        """Send with bounded retries, exponential backoff and jitter on what may pass."""
-        if params:
-            url += "?" + urlencode(params)
+    @property
+    def _host(self) -> str:
+        return urlsplit(self.base).netloc
+
+    # -- one request ------------------------------------------------------------------------
+    def _request(self, method: str, url: str, what: str, *, params: dict[str, str] | None = None,
+                 data: list[tuple[str, str]] | None = None, retry_ambiguous: bool = True,
+                 accept: Callable[[requests.Response], bool] | None = None) -> requests.Response:
+        """Send with bounded retries, exponential backoff and jitter on what may pass. `accept` says
+        which answers are success beyond 2xx. Without `retry_ambiguous`, an attempt that may have
+        reached Jenkins is not repeated here: the caller decides, as only it can look the run up."""
         crumb_refreshed = False
         attempt = 0
         while True:
             attempt += 1
             retry_after = ""
             try:
-                response = self.pool.request(method, url, headers=self.headers, redirect=False)
-                error = self._classify(response.status, response.headers.get("Location", ""), response.data, what)
+                response = self.session.request(method, url, params=params, data=data, headers=self._crumb,
+                                                **self._options)
+                if accept is not None and accept(response):
+                    return response
+                error = self._classify(response, what)
                 retry_after = response.headers.get("Retry-After") or ""
-            except NewConnectionError as e:  # before ConnectTimeoutError, its base class: nothing was sent
-                error = JenkinsUnavailable(f"{what}: connection to {self._host} failed: {_reason(e)}")
-            except ConnectTimeoutError:
-                error = JenkinsUnavailable(f"{what}: connection to {self._host} timed out")
-            except ReadTimeoutError:
-                error = JenkinsUnavailable(f"{what}: no answer from {self._host} within "
-                                           f"{self.server.read_timeout:g}s", maybe_received=True)
-            except SSLError as e:
-                raise JenkinsRefused(f"{what}: TLS failed with {self._host}: {_reason(e)}; check ca_bundle") from None
-            except ProtocolError as e:
-                error = JenkinsUnavailable(f"{what}: connection to {self._host} failed: {_reason(e)}",
-                                           maybe_received=True)
+            except requests.RequestException as e:
+                error = self._transport_error(e, what)
             if error is None:
                 return response
             if _crumb_refused(error) and not crumb_refreshed:
@@ -153,7 +183,7 @@ class Client:
                 self._refresh_crumb()
                 attempt -= 1
                 continue
-            if self._sleep(self._retry_delay(error, attempt, retry_after, retry_ambiguous=True)):
+            if self._sleep(self._retry_delay(error, attempt, retry_after, retry_ambiguous)):
                 raise error
 
     def _retry_delay(self, error: JenkinsUnavailable | JenkinsRefused, attempt: int, retry_after: str,
@@ -166,22 +196,45 @@ class Client:
             return min(self.max_backoff, float(retry_after))
         return min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
-    @property
-    def _host(self) -> str:
-        return urlsplit(self.base).netloc
+    def _transport_error(self, e: requests.RequestException, what: str) -> JenkinsUnavailable | JenkinsRefused:
+        host = self._host
+        if isinstance(e, requests.exceptions.SSLError):
+            reason = _reason(e)
+            if "wrong version number" in reason.lower():
+                return JenkinsRefused(f"{what}: {host} does not speak TLS on that port (it answered like plain "
+                                      "HTTP): use an http:// url, or the port Jenkins serves HTTPS on")
+            if "certificate required" in reason and not self.server.client_cert:
+                return JenkinsRefused(f"{what}: {host} asks for a client certificate (mTLS): set client_cert "
+                                      "(and client_key) for this server")
+            return JenkinsRefused(f"{what}: TLS failed with {host}: {reason}; check ca_bundle, or client_cert "
+                                  "if the ingress asks for one")
+        if isinstance(e, requests.exceptions.ProxyError):
+            return JenkinsUnavailable(f"{what}: the proxy in front of {host} failed: {_reason(e)}")
+        if isinstance(e, requests.exceptions.ConnectTimeout):  # nothing was sent
+            return JenkinsUnavailable(f"{what}: connection to {host} timed out")
+        if isinstance(e, requests.exceptions.ReadTimeout):
+            return JenkinsUnavailable(f"{what}: no answer from {host} within {self.server.read_timeout:g}s",
+                                      maybe_received=True)
+        if isinstance(e, requests.exceptions.InvalidHeader):
+            return JenkinsRefused(f"{what}: Jenkins' crumb or session cookie is not a valid header value "
+                                  "(a line break would smuggle headers into our requests); not sending it")
+        reason = _reason(e)
+        refused = "NewConnectionError" in repr(e) or "Name or service not known" in reason
+        return JenkinsUnavailable(f"{what}: connection to {host} failed: {reason}", maybe_received=not refused)
 
-    def _classify(self, status: int, location: str, data: bytes,
-                  what: str) -> JenkinsUnavailable | JenkinsRefused | None:
+    def _classify(self, response: requests.Response, what: str) -> JenkinsUnavailable | JenkinsRefused | None:
+        status = response.status_code
         if status < 300:
             return None
         if 300 <= status < 400:
+            location = response.headers.get("Location", "")
             target = location.split("?", 1)[0]
             if urlsplit(location).netloc not in ("", self._host) or "login" in location.lower():
                 return LoginRedirect(f"{what}: redirected to {target}: is an SSO proxy in front of Jenkins? "
                                      f"Point the server url at an address that takes API tokens directly; "
                                      f"the redirect was not followed", status)
             return JenkinsRefused(f"{what}: unexpected redirect ({status}) to {target}", status)
-        body = _snippet(data.decode("utf-8", "replace"))
+        body = _snippet(response.content.decode("utf-8", "replace"))
         user = self.server.user or "anonymous"
         if status in RETRY_STATUSES and not (status == 500 and "not parameterized" in body):
             return JenkinsUnavailable(f"{what}: Jenkins answered {status}{': ' + body if body else ''}", status,
@@ -202,46 +255,49 @@ class Client:
         return JenkinsRefused(f"{what}: {text}", status)
 
     def _refresh_crumb(self) -> None:
-        """Jenkins binds a crumb to the web session it was issued in: keep that session's cookie."""
+        """Jenkins binds a crumb to the web session it was issued in; the session keeps its cookie."""
         with self._crumb_lock:
-            self.headers.pop("Cookie", None)
-            r = self._request("GET", self.base + "crumbIssuer/api/json", "fetching a CSRF crumb")
-            crumb = r.json()
-            cookies = [c.split(";", 1)[0].strip() for c in r.headers.getlist("Set-Cookie")]
-            field, value = str(crumb["crumbRequestField"]), str(crumb["crumb"])
-            if any(_UNSAFE_IN_HEADER.search(v) for v in (field, value, *cookies)):
-                raise JenkinsRefused("fetching a CSRF crumb: Jenkins' crumb or session cookie holds a line break, "
-                                     "which would smuggle headers into our requests; not sending it")
-            if cookies:
-                self.headers["Cookie"] = "; ".join(cookies)
-            self.headers[field] = value
+            self.session.cookies.clear()
+            self._crumb = {}
+            crumb = self._request("GET", self.base + "crumbIssuer/api/json", "fetching a CSRF crumb").json()
+            field_name, value = str(crumb["crumbRequestField"]), str(crumb["crumb"])
+            if any(c in field_name + value for c in "\r\n\0"):
+                raise JenkinsRefused("fetching a CSRF crumb: Jenkins' crumb holds a line break, which would "
+                                     "smuggle headers into our requests; not sending it")
+            self._crumb = {field_name: value}
 
     # -- triggering -------------------------------------------------------------------------
-    def _trigger_form(self, parameters: tuple[tuple[str, str], ...] | None, cause: str | None) -> str:
+    def trigger(self, job: str, parameters: tuple[tuple[str, str], ...] | None, cause: str | None) -> Accepted:
+        """POST build or buildWithParameters; returns the queue item Jenkins answers with.
+
+        Ambiguous failures (the request may have arrived) are not retried here: the caller decides,
+        because only it knows whether it can look the run up in Jenkins first.
+        """
         form: list[tuple[str, str]] = list(parameters or ())
         if self.server.job_token:
             form.append(("token", self.server.job_token))
             if cause:
                 form.append(("cause", cause))
-        return "&".join(f"{_form_quote(k)}={_form_quote(v)}" for k, v in form)
-
-    def _queue_url(self, job: str, status: int, location: str) -> str:
-        m = re.search(r"/queue/item/(\d+)/?$", location)
-        if status != 201 or not m:
-            raise JenkinsRefused(f"triggering {job}: Jenkins answered {status} without a queue item "
-                                 "(a QueueDecisionHandler may have vetoed the build)", status)
-        # Rebuilt on our base URL: Jenkins' configured root URL is often not the address we reach it at.
-        return f"{self.base}queue/item/{m.group(1)}/"
+        endpoint = "build" if parameters is None else "buildWithParameters"
+        response = self._request("POST", job_url(self.base, job) + endpoint, f"triggering {job}", data=form,
+                                 retry_ambiguous=False, accept=_queued)
+        item = _QUEUE_ITEM.search(urlsplit(response.headers.get("Location", "")).path)
+        if response.status_code not in ACCEPTED or item is None:
+            raise JenkinsRefused(f"triggering {job}: Jenkins answered {response.status_code} without a queue item "
+                                 "(a QueueDecisionHandler may have vetoed the build)", response.status_code)
+        return Accepted(f"{self.base}queue/item/{item.group(1)}/", joined=response.status_code != 201)
 
     # -- following --------------------------------------------------------------------------
+    def _json(self, url: str, what: str, tree: str | None = None) -> Any:
+        return self._request("GET", url + "api/json", what, params={"tree": tree} if tree else None).json()
+
     def queue_item(self, queue_url: str, job: str) -> QueueState:
         try:
-            r = self._request("GET", queue_url + "api/json", "reading a queue item")
+            item = self._json(queue_url, "reading a queue item")
         except JenkinsRefused as e:
             if e.status == 404:
                 return QueueState("gone")
             raise
-        item = r.json()
         if not item.get("_class", "").endswith("$LeftItem"):
             return QueueState("waiting", why=item.get("why"))
         if item.get("cancelled"):
@@ -253,17 +309,15 @@ class Client:
         return QueueState("left", build_url=f"{job_url(self.base, job)}{number}/", build_number=number)
 
     def build(self, build_url: str) -> BuildState:
-        r = self._request("GET", build_url + "api/json", "reading a build", params={"tree": BUILD_TREE})
-        return _build_state(r.json(), build_url)
+        return _build_state(self._json(build_url, "reading a build", BUILD_TREE), build_url)
 
     def recent_builds(self, job: str, count: int = 100) -> RecentBuilds:
         """A job's latest builds in one read: following many runs of one job costs one request a
         round instead of one per run, for us and for Jenkins."""
         url = job_url(self.base, job)
-        r = self._request("GET", url + "api/json", "reading recent builds",
-                          params={"tree": f"builds[queueId,{BUILD_TREE}]{{0,{count}}}"})
         recent = RecentBuilds()
-        for b in r.json().get("builds") or ():
+        for b in self._json(url, "reading recent builds", f"builds[queueId,{BUILD_TREE}]{{0,{count}}}").get(
+                "builds") or ():
             build = _build_state(b, f"{url}{b['number']}/")
             recent.by_number[build.number] = build
             if b.get("queueId") is not None:
@@ -272,7 +326,8 @@ class Client:
 
     def find(self, job: str, *, run_id: str | None = None, tag_param: str | None = None,
              queue_id: int | None = None) -> Found | None:
-        """Look a run up by what Jenkins kept of it: the cause note, a tag parameter, a queue id."""
+        """Look a run up by what Jenkins kept of it: the cause note, a tag parameter, a queue id. Queue
+        items are matched to the job by their task's path, not its URL: Jenkins writes its own root."""
 
         def matches(obj: dict[str, Any]) -> bool:
             if queue_id is not None and obj.get("queueId", obj.get("id")) == queue_id:
@@ -290,15 +345,13 @@ class Client:
 
         url = job_url(self.base, job)
         if run_id is not None:
-            queue = self._request("GET", self.base + "queue/api/json", "searching the queue",
-                                  params={"tree": "items[id,url,task[url],actions[causes[note],"
-                                                  "parameters[name,value]]]"}).json()
+            queue = self._json(self.base + "queue/", "searching the queue",
+                               "items[id,url,task[url],actions[causes[note],parameters[name,value]]]")
             for item in queue.get("items") or ():
-                if (item.get("task") or {}).get("url") == url and matches(item):
-                    return Found(queue_url=self.base + item["url"])
-        builds = self._request("GET", url + "api/json", "searching builds",
-                               params={"tree": "builds[number,url,queueId,actions[causes[note],"
-                                               "parameters[name,value]]]{0,100}"}).json()
+                if job_of((item.get("task") or {}).get("url") or "") == job and matches(item):
+                    return Found(queue_url=f"{self.base}queue/item/{int(item['id'])}/")
+        builds = self._json(url, "searching builds",
+                            "builds[number,url,queueId,actions[causes[note],parameters[name,value]]]{0,100}")
         for b in builds.get("builds") or ():
             if matches(b):
                 return Found(build_url=f"{url}{b['number']}/", build_number=int(b["number"]))
@@ -309,288 +362,27 @@ class Client:
         self._request("POST", self.base + "queue/cancelItem", "cancelling a queue item", params={"id": item_id})
 
     def stop_build(self, build_url: str) -> None:
-        try:
-            self._request("POST", build_url + "stop", "stopping a build")
-        except JenkinsRefused as e:
-            if e.status != 302:
-                raise
+        """Jenkins answers a stop with a redirect back to the build's page: that is success."""
+        self._request("POST", build_url + "stop", "stopping a build", accept=lambda r: r.status_code == 302)
 
 
-_HEADERS_READ = frozenset((b"location", b"retry-after", b"content-length", b"transfer-encoding"))
-"""The answer's headers anything here reads; the rest (Jenkins sends a dozen) are not decoded."""
-
-
-class _Answer:
-    """One response, as httptools' parser calls back with it."""
-
-    __slots__ = ("body", "complete", "headers", "keep_alive", "parser", "status")
-
-    def __init__(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        self.headers: dict[str, str] = {}
-        self.body = bytearray()
-        self.complete = self.keep_alive = False
-        self.status = 0
-        """Set once the headers are in."""
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if name in _HEADERS_READ:
-            self.headers[name.decode()] = value.decode("latin-1")
-
-    def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
-
-    def on_body(self, body: bytes) -> None:
-        self.body += body
-
-    def on_message_complete(self) -> None:
-        if self.status < 200:  # an interim answer (100 Continue): the real one follows
-            self.headers.clear()
-            self.status = 0
-            return
-        self.complete = True
-        self.keep_alive = self.parser.should_keep_alive()
-
-    def ended_by_close(self) -> bool:
-        """At EOF: a body framed by neither length nor chunks ends with the connection (RFC 9112 6.3)."""
-        self.complete = bool(self.status) and not {"content-length", "transfer-encoding"} & self.headers.keys()
-        return self.complete
-
-
-class _Connection(asyncio.Protocol):
-    """A kept-alive connection to Jenkins, fed straight into the parser of the answer it waits for.
-    Streams added a buffer, a future per read and a timer per read: a sixth of a POST's CPU."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.answer: _Answer | None = None
-        self.answered: asyncio.Future[None] | None = None
-        self.deadline = 0.0
-        self.closed = False
-
-    def expect(self, answered: asyncio.Future[None], deadline: float) -> _Answer:
-        self.answer, self.answered, self.deadline = _Answer(), answered, deadline
-        return self.answer
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        if self.answer is None:  # bytes nobody asked for: what follows on this connection is not to be trusted
-            self.close()
-            return
-        try:
-            self.answer.parser.feed_data(data)
-        except httptools.HttpParserError as e:
-            if not self.answer.complete:
-                self.settle(e)
-                return
-            self.close()  # a whole answer, then bytes that are none: keep the answer, not the connection
-        if self.answer.complete:
-            self.settle(None)
-
-    def eof_received(self) -> None:
-        self.connection_lost(None)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """At EOF an answer framed by neither length nor chunks is whole (RFC 9112 6.3); any other is cut short."""
-        self.closed = True
-        if self.answer is not None and not self.answer.complete:
-            self.settle(None if self.answer.ended_by_close() else
-                        exc or ConnectionResetError("Jenkins closed the connection before it answered"))
-
-    def settle(self, error: BaseException | None) -> None:
-        answered = self.answered
-        if answered is not None and not answered.done():
-            if error is None:
-                answered.set_result(None)
-            else:
-                answered.set_exception(error)
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
-
-
-class _NotConnected(Exception):
-    """The connection was never made: nothing was sent."""
-
-
-class _TLSFailed(Exception):
-    """The TLS handshake failed: a configuration to fix (CA bundle, plain http), not an outage."""
-
-
-class Poster:
-    """A server's build POSTs, sent from an asyncio loop: many in flight on one thread. In a burst
-    that costs a third less CPU per fire than worker threads taking turns on the GIL (`bench/`).
-    Answers are parsed by httptools (llhttp, Node's parser, in C) as their bytes arrive; the request,
-    a few headers we make ourselves, is written out by hand. h11 did the same in pure Python at a
-    fifth of the daemon's CPU per fire in a burst; aiohttp cost 14 MB of RSS. Answers overdue are
-    found by one sweep of the POSTs in flight every second (or quarter read timeout), not a timer each.
-    Everything else (following, finding, crumbs) stays on the blocking client: it is not hot.
-    """
-
-    def __init__(self, client: Client):
-        self.client = client
-        parts = urlsplit(client.base)
-        self._hostname = parts.hostname or ""
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._tls = _tls_context(client.server.verify) if parts.scheme == "https" else None
-        self._idle: list[_Connection] = []
-        """Keep-alive connections; at most `concurrency` exist, as the executor sends no more at once."""
-        self._busy: set[_Connection] = set()
-        self._sweeping = False
-        self._targets: dict[tuple[str, str], str] = {}
-        """Each job's request path, quoted once: a few hundred jobs serve ten thousand triggers."""
-
-    async def close(self) -> None:
-        for conn in self._idle:
-            conn.close()
-        self._idle.clear()
-
-    async def trigger(self, job: str, parameters: tuple[tuple[str, str], ...] | None, cause: str | None) -> str:
-        """POST build or buildWithParameters; returns the queue item URL Jenkins answers with.
-
-        Ambiguous failures (the request may have arrived) are not retried here: the caller
-        decides, because only it knows whether it can look the run up in Jenkins first.
-        """
-        c = self.client
-        endpoint = "build" if parameters is None else "buildWithParameters"
-        target = self._targets.get((job, endpoint))
-        if target is None:
-            target = self._targets[job, endpoint] = urlsplit(job_url(c.base, job)).path + endpoint
-        body = c._trigger_form(parameters, cause).encode()
-        what, host = f"triggering {job}", c._host
-        crumb_refreshed = False
-        attempt = 0
-        while True:
-            attempt += 1
-            headers = [("Host", host), *c.headers.items(), ("Content-Type", "application/x-www-form-urlencoded"),
-                       ("Content-Length", str(len(body)))]
-            retry_after = ""
-            try:
-                status, answer, data = await self._exchange(_request_head(target, headers) + body)
-                location = answer.get("location", "")
-                error = c._classify(status, location, data, what)
-                retry_after = answer.get("retry-after", "")
-                if error is None:
-                    return c._queue_url(job, status, location)
-            except _TLSFailed as e:
-                raise JenkinsRefused(f"{what}: TLS failed with {host}: {e}; check ca_bundle") from None
-            except _NotConnected as e:
-                error = JenkinsUnavailable(f"{what}: connection to {host} {e}")
-            except TimeoutError:
-                error = JenkinsUnavailable(f"{what}: no answer from {host} within {c.server.read_timeout:g}s",
-                                           maybe_received=True)
-            except (OSError, httptools.HttpParserError) as e:
-                error = JenkinsUnavailable(f"{what}: connection to {host} failed: {_reason(e)}", maybe_received=True)
-            if _crumb_refused(error) and not crumb_refreshed:
-                crumb_refreshed = True
-                await asyncio.to_thread(c._refresh_crumb)
-                attempt -= 1
-                continue
-            if await sleep_unless_stopped(c.stop, c._retry_delay(error, attempt, retry_after, retry_ambiguous=False)):
-                raise error
-
-    async def _exchange(self, request: bytes) -> tuple[int, dict[str, str], bytes]:
-        """One request and its whole answer: status, the headers we read (lower-cased names), body."""
-        conn = self._reuse() or await self._connect()
-        loop = asyncio.get_running_loop()
-        answered = loop.create_future()
-        answer = conn.expect(answered, loop.time() + self.client.server.read_timeout)
-        self._busy.add(conn)
-        if not self._sweeping:
-            self._sweeping = True
-            loop.call_later(self._sweep_every(), self._sweep)
-        try:
-            assert conn.transport is not None
-            conn.transport.write(request)
-            await answered
-        except BaseException:
-            conn.close()
-            raise
-        finally:
-            conn.answer = conn.answered = None
-            self._busy.discard(conn)
-        if answer.keep_alive and not conn.closed:
-            self._idle.append(conn)
-        else:
-            conn.close()
-        return answer.status, answer.headers, bytes(answer.body)
-
-    def _sweep_every(self) -> float:
-        return min(1.0, self.client.server.read_timeout / 4)
-
-    def _sweep(self) -> None:
-        """Time out answers past their deadline: one timer for every POST in flight, not one each."""
-        now = asyncio.get_running_loop().time()
-        for conn in list(self._busy):
-            if conn.deadline <= now:
-                conn.settle(TimeoutError())
-        self._sweeping = bool(self._busy)
-        if self._sweeping:
-            asyncio.get_running_loop().call_later(self._sweep_every(), self._sweep)
-
-    def _reuse(self) -> _Connection | None:
-        """An idle connection Jenkins has not closed meanwhile (a POST on one it has would be ambiguous)."""
-        while self._idle:
-            conn = self._idle.pop()
-            if not conn.closed:
-                return conn
-            conn.close()
-        return None
-
-    async def _connect(self) -> _Connection:
-        server = self.client.server
-        try:
-            _, conn = await asyncio.wait_for(
-                asyncio.get_running_loop().create_connection(
-                    _Connection, self._hostname, self._port, ssl=self._tls,
-                    server_hostname=self._hostname if self._tls else None),
-                server.connect_timeout)
-        except TimeoutError:
-            raise _NotConnected("timed out") from None
-        except ssl.SSLError as e:  # an OSError too: first
-            raise _TLSFailed(_reason(e)) from None
-        except OSError as e:  # asyncio words a refusal "Connect call failed (addr)": say it plainly
-            reason = os.strerror(e.errno) if e.errno and e.errno > 0 else e.strerror or _reason(e)
-            raise _NotConnected(f"failed: {reason}") from None
-        return conn
-
-
-def _request_head(target: str, headers: list[tuple[str, str]]) -> bytes:
-    """The request line and headers. Every value is ours or checked where it came in (the crumb)."""
-    return (f"POST {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n").encode("latin-1")
-
-
-def _tls_context(verify: bool | str) -> ssl.SSLContext:
-    if not verify:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
-    return ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
-
-
-async def sleep_unless_stopped(stop: threading.Event, seconds: float) -> bool:
-    """`stop.wait(seconds)` for code on an event loop: True, early, if `stop` is set."""
-    end = time.monotonic() + seconds
-    while not stop.is_set() and (left := end - time.monotonic()) > 0:
-        await asyncio.sleep(min(left, 0.1))
-    return stop.is_set()
+def _queued(response: requests.Response) -> bool:
+    return response.status_code in ACCEPTED and \
+        _QUEUE_ITEM.search(urlsplit(response.headers.get("Location", "")).path) is not None
 
 
 def _crumb_refused(error: JenkinsUnavailable | JenkinsRefused) -> bool:
     return error.status == 403 and "No valid crumb" in str(error)
 
 
-def _reason(e: Exception) -> str:
-    """The innermost useful words of a transport error (urllib3, ssl, OS), without URLs or object reprs."""
-    inner = e.args[-1] if isinstance(e, ProtocolError) and e.args else e  # ("Connection aborted.", cause)
-    text = str(inner.args[0] if isinstance(inner, SSLError) and inner.args else inner)
-    m = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text) or re.search(r"(\w+Error\(.*?\))", text)
+def _reason(e: BaseException) -> str:
+    """The innermost useful words of a transport error (requests, urllib3, ssl, OS), without URLs or reprs."""
+    text = str(e)
+    if "IncompleteRead" in text or "RemoteDisconnected" in text or "Response ended prematurely" in text:
+        return "Jenkins closed the connection before it answered"
+    m = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text) or \
+        re.search(r"\[SSL: [A-Z0-9_]+\] ([^(')\"]+?)\s*\(_ssl", text) or \
+        re.search(r"(\w+(?:Error|Disconnected)\(.*?\))", text)
     if m:
         return m.group(1).strip()
     return re.sub(r"<[^>]+>", "", text)[:160]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import os
+import re
+import shutil
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +22,7 @@ from reconciler import logs
 from reconciler.config import Server
 from reconciler.daemon import Daemon, assemble
 from reconciler.history import History
-from reconciler.jenkins import Client, Poster
+from reconciler.jenkins import Client
 from reconciler.simulator import Simulator, from_mapping
 from reconciler.state import Store
 
@@ -72,16 +75,8 @@ def simulator(make_simulator: Callable[..., Simulator]) -> Simulator:
 
 def posts(client: Client, job: str, parameters: tuple[tuple[str, str], ...] | None, cause: str | None,
           count: int) -> list[str]:
-    """Build POSTs in a row the way the daemon makes them (one Poster on an event loop); their queue URLs."""
-
-    async def in_a_row() -> list[str]:
-        poster = Poster(client)
-        try:
-            return [await poster.trigger(job, parameters, cause) for _ in range(count)]
-        finally:
-            await poster.close()
-
-    return asyncio.run(in_a_row())
+    """Build POSTs in a row, as the daemon makes them; their queue URLs."""
+    return [client.trigger(job, parameters, cause).queue_url for _ in range(count)]
 
 
 def post(client: Client, job: str, parameters: tuple[tuple[str, str], ...] | None, cause: str | None) -> str:
@@ -199,3 +194,40 @@ def make_harness(tmp_path: Path, make_simulator: Callable[..., Simulator]) -> It
     yield make
     for h in made:
         h.stop()
+
+
+@dataclass
+class Proxy:
+    """A real forwarding proxy (tinyproxy) on loopback, and its log of what it forwarded."""
+
+    url: str
+    log: Path
+
+    def forwarded(self) -> list[str]:
+        """The request lines it received: `POST http://…/build HTTP/1.1`, `CONNECT host:port HTTP/1.1`."""
+        text = self.log.read_text() if self.log.exists() else ""
+        return re.findall(r"Request \(file descriptor \d+\): (.*)", text)
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[Proxy]:
+    binary = shutil.which("tinyproxy")
+    if binary is None:
+        pytest.skip("tinyproxy is not installed (Debian package tinyproxy; .ci/run installs it)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "tinyproxy.log"
+    config = tmp_path / "tinyproxy.conf"
+    config.write_text(f'Port {port}\nListen 127.0.0.1\nTimeout 30\nLogFile "{log}"\nLogLevel Connect\n'
+                      "MaxClients 64\nAllow 127.0.0.1\n")
+    proc = subprocess.Popen([binary, "-d", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def listening() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_for(listening, what="tinyproxy to listen")
+    yield Proxy(f"http://127.0.0.1:{port}", log)
+    proc.terminate()
+    proc.wait(timeout=10)

@@ -240,7 +240,7 @@ def test_a_crumb_that_would_smuggle_a_header_in_is_refused_and_never_sent(script
         return b"HTTP/1.1 403 Forbidden\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
 
     client, received = scripted(jenkins)
-    with pytest.raises(JenkinsRefused, match="crumb or session cookie holds a line break"):
+    with pytest.raises(JenkinsRefused, match="crumb holds a line break"):
         post(client, "plain", None, None)
     assert [r.split(b" ", 2)[:2] for r in received] == [[b"POST", b"/job/plain/build"],
                                                         [b"GET", b"/crumbIssuer/api/json"]]
@@ -313,3 +313,59 @@ def test_verification_can_be_turned_off_for_a_lab_jenkins(tls_simulator):
     sim, _ = tls_simulator
     queue_url = post(client_for(sim, verify=False), "plain", None, None)
     assert queue_url.startswith("https://") and len(sim.triggers("plain")) == 1
+
+
+@pytest.fixture
+def mtls_simulator(tmp_path: Path) -> Iterator[tuple[Simulator, str, str]]:
+    """A simulator behind HTTPS that demands a client certificate, as an mTLS ingress does; yields it,
+    the CA bundle and a client certificate (with its key) issued by that CA."""
+    ca = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    context.verify_mode = ssl.CERT_REQUIRED
+    ca.configure_trust(context)
+    bundle, cert = tmp_path / "ca.pem", tmp_path / "client.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    ca.issue_cert("reconciler@example.com").private_key_and_cert_chain_pem.write_to_path(str(cert))
+    sim = Simulator(sim_config(), tls=context).start()
+    yield sim, str(bundle), str(cert)
+    sim.stop()
+
+
+def test_requests_go_through_the_proxy_the_operator_configured(simulator, proxy):
+    server = Server(name="default", url=simulator.url, user=USER, token=TOKEN, proxy=proxy.url)
+    client = Client(server, backoff=0.01)
+    queue_url = post(client, "plain", None, None)
+    assert client.queue_item(queue_url, "plain").kind in ("waiting", "left")
+    assert f"POST {simulator.url}job/plain/build HTTP/1.1" in proxy.forwarded()
+    assert f"GET {queue_url}api/json HTTP/1.1" in proxy.forwarded()
+    assert len(simulator.triggers("plain")) == 1
+
+
+def test_https_proxy_from_the_environment_is_used_unless_no_proxy_names_the_host(tls_simulator, proxy, monkeypatch):
+    sim, bundle = tls_simulator
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)  # what an operator exports; the request itself is real
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    post(client_for(sim, verify=bundle), "plain", None, None)
+    host = sim.url.removeprefix("https://").rstrip("/")
+    assert [line for line in proxy.forwarded() if line.startswith(f"CONNECT {host} HTTP/")]
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    before = len(proxy.forwarded())
+    post(client_for(sim, verify=bundle), "plain", None, None)
+    assert len(proxy.forwarded()) == before and len(sim.triggers("plain")) == 2
+
+
+def test_a_client_certificate_is_presented_to_an_ingress_that_demands_one(mtls_simulator):
+    sim, bundle, cert = mtls_simulator
+    server = Server(name="default", url=sim.url, user=USER, token=TOKEN, verify=bundle, client_cert=cert)
+    assert post(Client(server), "plain", None, None).startswith("https://")
+    with pytest.raises(JenkinsRefused, match=r"asks for a client certificate .*set client_cert"):
+        post(client_for(sim, verify=bundle), "plain", None, None)
+    assert len(sim.triggers("plain")) == 1
+
+
+def test_https_against_a_plain_http_port_is_named_as_such(simulator):
+    server = Server(name="default", url=simulator.url.replace("http://", "https://"), user=USER, token=TOKEN)
+    with pytest.raises(JenkinsRefused, match=r"does not speak TLS on that port .* use an http:// url"):
+        post(Client(server), "plain", None, None)
