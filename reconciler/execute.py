@@ -41,6 +41,8 @@ from .state import Run, Store
 
 GROUP_WINDOW = 0.25
 """Follow-ups due within this many seconds of each other are made together, one read per job."""
+MAX_RECENT = 2000
+"""The most builds one read of a job's recent builds asks for."""
 REPOSTS = 3
 """How often a tagged run whose queue item vanished, and that no build carries, is posted again."""
 
@@ -345,8 +347,8 @@ class Executor:
     def _check_group(self, run: Run, group: list[_Look]) -> None:
         """Runs of one job due together: one read of the job's recent builds answers most of them
         (started: found by queue id; finished: by number); each checks alone only what it lacks."""
-        try:
-            recent = self.clients[run.server].recent_builds(run.job)
+        try:  # a burst of one job's runs: read as many of its builds as there are runs to look at
+            recent = self.clients[run.server].recent_builds(run.job, min(max(100, 2 * len(group)), MAX_RECENT))
         except (JenkinsError, ValueError, KeyError, TypeError):
             recent = None  # each run's own check retries, and says why
         for look in group:

@@ -28,16 +28,18 @@ from reconciler.state import Store
 
 USER, TOKEN = "alice", "alice-api-token"
 
-DEFAULT_JOBS: list[Any] = [
-    {"name": "plain", "duration": 0},
-    {"name": "manual", "duration": None, "token": "deploy-job-token"},
-    {"name": "deploy", "duration": None, "token": "deploy-job-token",
+DEFAULT_JOBS: list[Any] = [  # concurrent, unlike a FreeStyle job's default: tests run several builds at once
+    {"name": "plain", "duration": 0, "concurrent": True},
+    {"name": "manual", "duration": None, "token": "deploy-job-token", "concurrent": True},
+    {"name": "deploy", "duration": None, "token": "deploy-job-token", "concurrent": True,
      "parameters": [{"name": "ENV", "type": "choice", "choices": ["staging", "prod"]},
                     {"name": "VERSION", "default": "1.0"},
                     {"name": "DRY_RUN", "type": "boolean", "default": True},
                     {"name": "SECRET", "type": "password"}]},
-    {"name": "team a/dëploy ü", "duration": 0, "parameters": ["TARGET"]},
+    {"name": "team a/dëploy ü", "duration": 0, "parameters": ["TARGET"], "concurrent": True},
     {"name": "off", "disabled": True},
+    {"name": "serial", "duration": None, "token": "deploy-job-token", "parameters": ["N"]},  # FreeStyle's default
+    {"name": "pipe", "kind": "pipeline", "duration": None, "token": "deploy-job-token", "parameters": ["N"]},
 ]
 
 
@@ -108,6 +110,9 @@ class Harness:
     job_token: str | None = None
     concurrency: int = Server.concurrency
     retry_min: float = 0.02
+    other_name: bool = False
+    """Reach Jenkins as `localhost` while it calls itself 127.0.0.1 (its root URL), as a sidecar reaches
+    a Service name while Jenkins answers with its public URL."""
     logs: LogBuffer = field(default_factory=LogBuffer)
     _running: list[Any] = field(default_factory=list)
 
@@ -131,8 +136,12 @@ class Harness:
         tmp.write_text(text)
         os.replace(tmp, path)
 
+    @property
+    def url(self) -> str:
+        return self.sim.url.replace("127.0.0.1", "localhost") if self.other_name else self.sim.url
+
     def server(self) -> Server:
-        return Server(name="default", url=self.sim.url, user=USER, token=TOKEN, job_token=self.job_token,
+        return Server(name="default", url=self.url, user=USER, token=TOKEN, job_token=self.job_token,
                       concurrency=self.concurrency)
 
     def build(self, clock: Callable[[], float] = time.time, resync_interval: float = 60.0) -> Daemon:

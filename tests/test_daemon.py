@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import requests
 
 from reconciler.history import History
 from reconciler.jenkins import Client
@@ -290,7 +291,7 @@ def test_killed_mid_post_without_a_tag_is_recorded_lost_rather_than_risk_a_secon
 
 def daemon_process(harness) -> subprocess.Popen[bytes]:
     """`reconciler run` on the harness's directories as its own process, to be killed for real."""
-    env = {**os.environ, "JENKINS_URL": harness.sim.url, "JENKINS_USER": USER, "JENKINS_API_TOKEN": TOKEN,
+    env = {**os.environ, "JENKINS_URL": harness.url, "JENKINS_USER": USER, "JENKINS_API_TOKEN": TOKEN,
            "JENKINS_JOB_TOKEN": harness.job_token or ""}
     return subprocess.Popen([sys.executable, "-m", "reconciler", "run", "--triggers", str(harness.triggers),
                              "--state", str(harness.state), "--history", str(harness.history)],
@@ -499,3 +500,108 @@ def test_sigterm_during_a_post_finishes_recording_it_and_a_restart_completes_it(
     harness.start()
     wait_for(lambda: harness.runs("deploy")[0].status == "building")
     assert len(harness.sim.builds("manual")) == 1
+
+
+# -- Real Jenkins' ways ----------------------------------------------------------------------
+
+def db_status(harness) -> str | None:
+    try:
+        db = sqlite3.connect(harness.state)
+        row = db.execute("SELECT status FROM runs").fetchone()
+        db.close()
+        return row and row[0]
+    except sqlite3.Error:
+        return None
+
+
+def test_killed_while_posting_under_another_host_name_than_jenkins_root_url_builds_once(make_harness):
+    """Jenkins writes its own root URL into the queue item; the lookup must still know it for our job."""
+    harness = make_harness(job_token="deploy-job-token", quiet_period=3)
+    harness.other_name = True
+    slow = harness.sim.fault(path="/build$", method="POST", process=True, latency=1.0, times=1)
+    harness.write("deploy", "job: manual\n")
+    proc = daemon_process(harness)
+    try:
+        wait_for(lambda: db_status(harness) == "posting" and slow.times == 0 and harness.sim.state.jenkins.queue,
+                 what="Jenkins to have queued the POST whose answer is still on its way")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    [item] = harness.sim.state.jenkins.queue.values()
+    assert item.state == "waiting"  # still in the quiet period: a second POST now would be a second item later
+    harness.start()
+    wait_for(lambda: harness.runs("deploy")[0].status == "queued" and
+             any(e["event"] == "fire_found" for e in harness.logs.events()), what="the run to be found")
+    harness.sim.state.jenkins.quiet_period = 0
+    wait_for(lambda: harness.runs("deploy")[0].status == "building", what="the build to start")
+    assert len([r for r in harness.sim.requests if r.path == "/job/manual/build"]) == 1
+    assert len(harness.sim.builds("manual")) == 1
+    assert harness.runs("deploy")[0].queue_url.startswith(harness.url)  # rebuilt on the address we use
+
+
+@pytest.mark.parametrize(("version", "status"), [("2.300", 201), ("2.400", 303), ("2.479.3", 303)])
+def test_a_retry_that_joins_the_item_already_waiting_is_followed_in_every_answer_style(make_harness, version,
+                                                                                         status):
+    """An untagged run whose answer was lost is posted again at once and coalesces with the first."""
+    harness = make_harness(quiet_period=1, version=version)
+    harness.sim.fault(path="/buildWithParameters$", method="POST", drop="after", times=1)
+    harness.write("deploy", DEPLOY)
+    harness.start()
+    wait_for(lambda: harness.runs("deploy")[0].status == "building", what="the coalesced run to build")
+    posts = [r.status for r in harness.sim.requests if r.path == "/job/deploy/buildWithParameters"]
+    assert posts == [201, status]  # the first processed (its answer dropped), the second joined it
+    assert len(harness.sim.builds("deploy")) == 1
+    posted = [e for e in harness.logs.events() if e["event"] == "fire_posted"]
+    assert len(posted) == 1 and ("joined" in posted[0]) == (status == 303)
+
+
+def test_a_freestyle_job_builds_two_specs_one_after_the_other(harness):
+    harness.job_token = "deploy-job-token"
+    harness.write("first", "job: serial\nparameters: {N: '1'}\n")
+    harness.write("second", "job: serial\nparameters: {N: '2'}\n")
+    harness.start()
+    wait_for(lambda: sorted(r.status for r in harness.runs()) == ["building", "queued"], what="one to build")
+    waiting = next(r for r in harness.runs() if r.status == "queued")
+    item = requests.get(waiting.queue_url + "api/json", auth=(USER, TOKEN), timeout=10).json()
+    assert item["_class"] == "hudson.model.Queue$BlockedItem"
+    harness.sim.finish("serial", 1, "SUCCESS")
+    wait_for(lambda: sorted(r.status for r in harness.runs()) == ["building", "completed"], what="the next")
+    harness.sim.finish("serial", 2, "FAILURE")
+    wait_for(lambda: sorted((r.status, r.result) for r in harness.runs()) ==
+             [("completed", "FAILURE"), ("completed", "SUCCESS")], what="both outcomes")
+
+
+def test_a_pipeline_job_end_to_end(harness):
+    harness.job_token = "deploy-job-token"
+    harness.write("pipeline", "job: pipe\nparameters: {N: '7'}\n")
+    harness.start()
+    wait_for(lambda: harness.runs("pipeline")[0].status == "building", what="the pipeline to run")
+    harness.sim.finish("pipe", 1, "UNSTABLE")
+    wait_for(lambda: harness.runs("pipeline")[0].status == "completed", what="its outcome")
+    assert harness.runs("pipeline")[0].result == "UNSTABLE"
+    wait_for(lambda: harness.events("pipeline") == ["decided", "queued", "started", "completed"])
+
+
+def test_a_tagged_run_whose_queue_item_jenkins_forgot_is_posted_again_once(make_harness):
+    harness = make_harness(job_token="deploy-job-token", quiet_period=60)
+    harness.write("deploy", "job: manual\n")
+    harness.start()
+    wait_for(lambda: harness.runs("deploy")[0].status == "queued", what="the run to be queued")
+    harness.sim.restart()  # the queue is forgotten: the item never ran, and no build carries the run id
+    harness.sim.state.jenkins.quiet_period = 0
+    wait_for(lambda: harness.runs("deploy")[0].status == "building", what="the run posted again to build")
+    assert len([r for r in harness.sim.requests if r.path == "/job/manual/build"]) == 2
+    assert len(harness.sim.builds("manual")) == 1
+    assert [e["event"] for e in harness.logs.events() if e["event"] == "fire_reposted"] == ["fire_reposted"]
+
+
+def test_a_500_after_jenkins_queued_the_build_is_looked_up_not_posted_again(make_harness):
+    """The seed's intermittent "Failed to persist config.xml": processed, then an error."""
+    harness = make_harness(job_token="deploy-job-token")
+    harness.sim.fault(path="/build$", method="POST", status=500, process=True, times=1)
+    harness.write("deploy", "job: manual\n")
+    harness.start()
+    wait_for(lambda: harness.runs("deploy")[0].status == "building", what="the build to be found and followed")
+    assert [r.status for r in harness.sim.requests if r.path == "/job/manual/build"] == [500]
+    assert len(harness.sim.builds("manual")) == 1
+    assert any(e["event"] == "fire_found" for e in harness.logs.events())

@@ -360,7 +360,7 @@ def test_a_client_certificate_is_presented_to_an_ingress_that_demands_one(mtls_s
     sim, bundle, cert = mtls_simulator
     server = Server(name="default", url=sim.url, user=USER, token=TOKEN, verify=bundle, client_cert=cert)
     assert post(Client(server), "plain", None, None).startswith("https://")
-    with pytest.raises(JenkinsRefused, match=r"asks for a client certificate .*set client_cert"):
+    with pytest.raises(JenkinsRefused, match=r"client_cert"):  # the alert, or an EOF if the alert loses the race
         post(client_for(sim, verify=bundle), "plain", None, None)
     assert len(sim.triggers("plain")) == 1
 

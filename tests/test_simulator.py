@@ -197,15 +197,60 @@ def test_delay_zero_overrides_the_quiet_period(make_simulator):
     assert requests.get(location + "api/json", auth=AUTH, timeout=10).json()["executable"]
 
 
-def test_identical_requests_in_the_quiet_period_coalesce_into_one_item(make_simulator):
-    sim = make_simulator(quiet_period=60)
+@pytest.mark.parametrize(("version", "joined", "page"), [("2.300", 201, 404), ("2.400", 303, 404),
+                                                        ("2.479.3", 303, 200)])
+def test_identical_requests_in_the_quiet_period_coalesce_into_one_item(make_simulator, version, joined, page):
+    """201 before JENKINS-66105 (2.308), 303 after; since jenkinsci/jenkins#9446 the page it points to exists."""
+    sim = make_simulator(quiet_period=60, version=version)
     a = post(sim, "job/deploy/buildWithParameters", params={"VERSION": "1"})
     b = post(sim, "job/deploy/buildWithParameters", params={"VERSION": "1"})
     c = post(sim, "job/deploy/buildWithParameters", params={"VERSION": "2"})
-    assert a.status_code == b.status_code == c.status_code == 201
+    assert (a.status_code, b.status_code, c.status_code) == (201, joined, 201)
     assert a.headers["Location"] == b.headers["Location"] != c.headers["Location"]
+    assert a.headers["X-Jenkins"] == version
     items = get(sim, "queue/api/json").json()["items"]
     assert len(items) == 2
+    assert requests.get(a.headers["Location"], auth=AUTH, timeout=10).status_code == page
+    assert [post(sim, "job/plain/build").status_code for _ in range(2)] == [201, 201]  # /build: always 201
+
+
+def test_a_coalesced_request_keeps_the_shorter_due_time(make_simulator):
+    sim = make_simulator(quiet_period=60)
+    location = post(sim, "job/deploy/buildWithParameters", params={"VERSION": "1"}).headers["Location"]
+    assert post(sim, "job/deploy/buildWithParameters", params={"VERSION": "1", "delay": "0sec"}).status_code == 303
+    assert requests.get(location + "api/json", auth=AUTH, timeout=10).json()["executable"]["number"] == 1
+
+
+def test_delay_is_milliseconds_unless_it_says_sec(make_simulator):
+    sim = make_simulator(quiet_period=60)
+    location = post(sim, "job/plain/build", params={"delay": "200"}).headers["Location"]
+    assert requests.get(location + "api/json", auth=AUTH, timeout=10).json()["_class"].endswith("$WaitingItem")
+    time.sleep(0.3)
+    assert requests.get(location + "api/json", auth=AUTH, timeout=10).json()["executable"]["number"] == 1
+    assert post(sim, "job/plain/build", params={"delay": "soon"}).status_code == 500
+
+
+def test_a_freestyle_job_builds_one_at_a_time_and_the_next_item_is_blocked(make_simulator):
+    sim = make_simulator()
+    post(sim, "job/serial/buildWithParameters", params={"N": "1", "token": "deploy-job-token"})
+    second = post(sim, "job/serial/buildWithParameters", params={"N": "2", "token": "deploy-job-token"})
+    item = requests.get(second.headers["Location"] + "api/json", auth=AUTH, timeout=10).json()
+    assert item["_class"] == "hudson.model.Queue$BlockedItem" and item["blocked"] and not item["buildable"]
+    assert item["why"].startswith("Build #1 is already in progress")
+    assert get(sim, "job/serial/api/json").json()["concurrentBuild"] is False
+    sim.finish("serial", 1)
+    assert requests.get(second.headers["Location"] + "api/json", auth=AUTH, timeout=10).json()[
+        "executable"]["number"] == 2
+
+
+def test_a_pipeline_job_runs_concurrently_with_workflow_classes(make_simulator):
+    sim = make_simulator()
+    for n in ("1", "2"):
+        post(sim, "job/pipe/buildWithParameters", params={"N": n, "token": "deploy-job-token"})
+    job = get(sim, "job/pipe/api/json").json()
+    assert job["_class"] == "org.jenkinsci.plugins.workflow.job.WorkflowJob" and job["concurrentBuild"] is True
+    build = get(sim, "job/pipe/2/api/json").json()
+    assert build["_class"] == "org.jenkinsci.plugins.workflow.job.WorkflowRun" and build["building"]
 
 
 def test_a_buildable_item_waits_for_a_free_executor(make_simulator):
@@ -229,7 +274,7 @@ def test_cancelling_a_queue_item(make_simulator):
     item = requests.get(location + "api/json", auth=AUTH, timeout=10).json()
     assert item["_class"] == "hudson.model.Queue$LeftItem" and item["cancelled"] is True
     assert item["executable"] is None
-    assert post(sim, "queue/cancelItem", params={"id": item_id}).status_code == 422
+    assert post(sim, "queue/cancelItem", params={"id": item_id}).status_code == 500  # "Could not cancel run"
     assert post(sim, "queue/cancelItem", params={"id": "999"}).status_code == 404
 
 

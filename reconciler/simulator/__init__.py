@@ -27,7 +27,7 @@ class Simulator:
         self.state = SimulatedJenkins(config)
         self._server = _Server(self.state, port, tls)
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self._server.server_address[1]}/"
-        self.state.root = self.url
+        self.state.root = config.root_url or self.url
         self._thread = threading.Thread(target=self._server.serve_forever, name="jenkins-simulator",
                                         kwargs={"poll_interval": 0.1}, daemon=True)
 

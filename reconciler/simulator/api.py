@@ -7,9 +7,18 @@ from urllib.parse import quote
 
 from .model import PARAM_CLASSES, Build, Jenkins, JobDef, QueueItem, _ms
 
-JOB_CLASS = "hudson.model.FreeStyleProject"
-BUILD_CLASS = "hudson.model.FreeStyleBuild"
+JOB_CLASSES = {"freestyle": ("hudson.model.FreeStyleProject", "hudson.model.FreeStyleBuild"),
+               "pipeline": ("org.jenkinsci.plugins.workflow.job.WorkflowJob",
+                            "org.jenkinsci.plugins.workflow.job.WorkflowRun")}
 FOLDER_CLASS = "com.cloudbees.hudson.plugins.folder.Folder"
+
+
+def job_class(job: JobDef) -> str:
+    return JOB_CLASSES[job.kind][0]
+
+
+def build_class(job: JobDef) -> str:
+    return JOB_CLASSES[job.kind][1]
 
 
 def job_path(full_name: str) -> str:
@@ -40,7 +49,7 @@ def build_json(root: str, build: Build) -> dict[str, Any]:
     job = build.job
     now_duration = 0 if build.finished is None else _ms(build.finished) - _ms(build.started)
     return {
-        "_class": BUILD_CLASS,
+        "_class": build_class(job),
         "actions": actions_json(build.parameters, build.causes, job.parameters is not None),
         "building": build.building,
         "description": None,
@@ -60,7 +69,7 @@ def build_json(root: str, build: Build) -> dict[str, Any]:
 def build_ref(root: str, build: Build | None) -> dict[str, Any] | None:
     if build is None:
         return None
-    return {"_class": BUILD_CLASS, "number": build.number,
+    return {"_class": build_class(build.job), "number": build.number,
             "url": f"{root}{job_path(build.job.full_name)}{build.number}/"}
 
 
@@ -75,7 +84,7 @@ def queue_item_json(root: str, item: QueueItem, now: float) -> dict[str, Any]:
         "params": "".join(f"\n{p.name}={'****' if p.type == 'password' else v}"
                           for p, v in item.parameters),
         "stuck": False,
-        "task": {"_class": JOB_CLASS, "name": job.full_name.rsplit("/", 1)[-1],
+        "task": {"_class": job_class(job), "name": job.full_name.rsplit("/", 1)[-1],
                  "url": f"{root}{job_path(job.full_name)}", "color": color(None, job)},
         "url": f"queue/item/{item.id}/",
     }
@@ -83,6 +92,10 @@ def queue_item_json(root: str, item: QueueItem, now: float) -> dict[str, Any]:
         out["_class"] = "hudson.model.Queue$WaitingItem"
         out["timestamp"] = _ms(item.ready_at)
         out["why"] = f"In the quiet period. Expires in {max(item.ready_at - now, 0):.1f} sec"
+    elif item.state == "buildable" and item.blocked_by is not None:
+        out["_class"] = "hudson.model.Queue$BlockedItem"
+        out["blocked"] = True
+        out["why"] = f"Build #{item.blocked_by} is already in progress (ETA: N/A)"
     elif item.state == "buildable":
         out["_class"] = "hudson.model.Queue$BuildableItem"
         out["buildableStartMilliseconds"] = _ms(item.buildable_since or now)
@@ -93,7 +106,7 @@ def queue_item_json(root: str, item: QueueItem, now: float) -> dict[str, Any]:
         out["cancelled"] = item.cancelled
         out["executable"] = build_ref(root, item.build)
         out["why"] = None
-    out["buildable"] = item.state == "buildable"
+    out["buildable"] = item.state == "buildable" and item.blocked_by is None
     return out
 
 
@@ -123,9 +136,11 @@ def job_json(root: str, jenkins: Jenkins, job: JobDef, full: bool, all_builds: b
         properties.append({"_class": "hudson.model.ParametersDefinitionProperty",
                            "parameterDefinitions": [p.definition_json() for p in job.parameters]})
     return {
-        "_class": JOB_CLASS,
+        "_class": job_class(job),
         "actions": [],
         "buildable": not job.disabled,
+        "concurrentBuild": job.runs_concurrently,
+        "disabled": job.disabled,
         "builds": [item_json(b) for b in builds[:100]],
         **({"allBuilds": [item_json(b) for b in builds]} if all_builds else {}),
         "color": color(jenkins, job),
@@ -138,6 +153,9 @@ def job_json(root: str, jenkins: Jenkins, job: JobDef, full: bool, all_builds: b
         "lastBuild": item_json(builds[0]) if builds else None,
         "lastCompletedBuild": item_json(done[0]) if done else None,
         "lastSuccessfulBuild": next((item_json(b) for b in done if b.result == "SUCCESS"), None),
+        "lastStableBuild": next((item_json(b) for b in done if b.result == "SUCCESS"), None),
+        "lastFailedBuild": next((item_json(b) for b in done if b.result == "FAILURE"), None),
+        "lastUnsuccessfulBuild": next((item_json(b) for b in done if b.result != "SUCCESS"), None),
         "name": job.full_name.rsplit("/", 1)[-1],
         "nextBuildNumber": job.next_build_number,
         "property": properties,
@@ -150,14 +168,16 @@ def folder_json(root: str, jenkins: Jenkins, prefix: str) -> dict[str, Any]:
     jobs = []
     for name in jenkins.folder_children(prefix):
         job = jenkins.jobs.get(name)
-        jobs.append({"_class": JOB_CLASS if job else FOLDER_CLASS,
+        jobs.append({"_class": job_class(job) if job else FOLDER_CLASS,
                      "name": name.rsplit("/", 1)[-1], "url": f"{root}{job_path(name)}",
                      **({"color": color(jenkins, job)} if job else {})})
     if not prefix:
         return {"_class": "hudson.model.Hudson", "mode": "NORMAL", "nodeDescription":
                 "the Jenkins controller's built-in node (simulated)", "nodeName": "",
                 "numExecutors": jenkins.executors, "quietingDown": False, "url": root,
-                "useCrumbs": None, "useSecurity": True, "jobs": jobs}
+                "useCrumbs": True, "useSecurity": True, "jobs": jobs,
+                "primaryView": {"_class": "hudson.model.AllView", "name": "all", "url": root},
+                "views": [{"_class": "hudson.model.AllView", "name": "all", "url": root}]}
     return {"_class": FOLDER_CLASS, "fullName": prefix, "name": prefix.rsplit("/", 1)[-1],
             "url": f"{root}{job_path(prefix)}", "jobs": jobs}
 

@@ -35,6 +35,10 @@ class SimConfig:
     quiet_period: float = 5.0
     executors: int = 2
     left_item_ttl: float = 300.0
+    root_url: str | None = None
+    """The "Jenkins URL" every absolute URL in an answer is built from; default: the address it listens on."""
+    version: str = "2.479.3"
+    """The Jenkins version emulated (X-Jenkins, and how a coalesced request is answered)."""
 
 
 def _param(raw: Any, where: str) -> ParamDef:
@@ -53,11 +57,19 @@ def _param(raw: Any, where: str) -> ParamDef:
                     description=str(raw.get("description", "")))
 
 
+JOB_KEYS = {"name", "parameters", "duration", "result", "token", "disabled", "next_build_number", "kind",
+            "concurrent"}
+
+
 def job_from_mapping(raw: Any, where: str = "job") -> JobDef:
     if isinstance(raw, str):
         raw = {"name": raw}
     if not isinstance(raw, dict) or not raw.get("name"):
         raise SimConfigError(f"{where}: a job is a name or a mapping with `name`")
+    unknown = set(raw) - JOB_KEYS
+    if unknown:
+        raise SimConfigError(f"{where}: unknown job settings: {', '.join(sorted(map(str, unknown)))} "
+                             f"(known: {', '.join(sorted(JOB_KEYS))})")
     results = raw.get("result", "SUCCESS")
     results = (results,) if isinstance(results, str) else tuple(results)
     for r in results:
@@ -73,7 +85,15 @@ def job_from_mapping(raw: Any, where: str = "job") -> JobDef:
         token=raw.get("token"),
         disabled=bool(raw.get("disabled", False)),
         next_build_number=int(raw.get("next_build_number", 1)),
+        kind=_kind(raw.get("kind", "freestyle"), where),
+        concurrent=None if raw.get("concurrent") is None else bool(raw["concurrent"]),
     )
+
+
+def _kind(value: Any, where: str) -> str:
+    if value not in ("freestyle", "pipeline"):
+        raise SimConfigError(f"{where}: kind {value!r} is not freestyle or pipeline")
+    return str(value)
 
 
 def user_from_mapping(name: str, raw: Any) -> User:
@@ -88,7 +108,7 @@ def user_from_mapping(name: str, raw: Any) -> User:
 
 def from_mapping(raw: dict[str, Any]) -> SimConfig:
     known = {"jobs", "users", "csrf", "csrf_exempt_api_token", "anonymous_read", "quiet_period",
-             "executors", "left_item_ttl"}
+             "executors", "left_item_ttl", "root_url", "version"}
     unknown = set(raw) - known
     if unknown:
         raise SimConfigError(f"unknown simulator settings: {', '.join(sorted(unknown))}")
@@ -101,6 +121,8 @@ def from_mapping(raw: dict[str, Any]) -> SimConfig:
         quiet_period=float(raw.get("quiet_period", 5.0)),
         executors=int(raw.get("executors", 2)),
         left_item_ttl=float(raw.get("left_item_ttl", 300.0)),
+        root_url=None if raw.get("root_url") is None else str(raw["root_url"]).rstrip("/") + "/",
+        version=str(raw.get("version", SimConfig.version)),
     )
 
 

@@ -87,9 +87,18 @@ class JobDef:
     token: str | None = None
     disabled: bool = False
     next_build_number: int = 1
+    kind: str = "freestyle"
+    """`freestyle` (hudson.model.FreeStyleProject) or `pipeline` (WorkflowJob)."""
+    concurrent: bool | None = None
+    """Builds that may run at once; by default a FreeStyle job runs one at a time
+    (AbstractProject.concurrentBuild is false) and a Pipeline job many (unless disableConcurrentBuilds)."""
 
     def param(self, name: str) -> ParamDef | None:
         return next((p for p in self.parameters or () if p.name == name), None)
+
+    @property
+    def runs_concurrently(self) -> bool:
+        return self.kind == "pipeline" if self.concurrent is None else self.concurrent
 
 
 @dataclass
@@ -123,6 +132,8 @@ class QueueItem:
     left_at: float | None = None
     cancelled: bool = False
     build: Build | None = None
+    blocked_by: int | None = None
+    """The running build of a job that does not run concurrently, which this item waits for."""
 
 
 def _ms(t: float) -> int:
@@ -191,13 +202,18 @@ class Jenkins:
         self._left.append((when, item.id))
 
     def _assign_executors(self, at: float) -> None:
+        """Buildable items take free executors in order; an item of a job that does not run concurrently
+        is blocked while a build of it runs (Queue's BlockedItem, AbstractProject.getCauseOfBlockage)."""
         free = self.executors - len(self._running_builds)
-        if free <= 0:
-            return
         waiting = sorted((q for q in self._pending.values() if q.state == "buildable"),
                          key=lambda q: (q.buildable_since or 0.0, q.id))
-        for item in waiting[:max(free, 0)]:
-            self._start(item, max(at, item.buildable_since or at))
+        for item in waiting:
+            running = None if item.job.runs_concurrently else next(
+                (b for (name, _), b in self._running_builds.items() if name == item.job.full_name), None)
+            item.blocked_by = None if running is None else running.number
+            if running is None and free > 0:
+                self._start(item, max(at, item.buildable_since or at))
+                free -= 1
 
     def _start(self, item: QueueItem, when: float) -> None:
         job = item.job
@@ -226,22 +242,25 @@ class Jenkins:
 
     # -- triggering -------------------------------------------------------------------------
     def schedule(self, job: JobDef, parameters: list[tuple[ParamDef, Any]],
-                 cause: dict[str, Any], delay: float | None) -> QueueItem:
-        """Queue.schedule2: fold into an identical queued item, as Jenkins does, or add one."""
+                 cause: dict[str, Any], delay: float | None) -> tuple[QueueItem, bool]:
+        """Queue.scheduleInternal: fold into an identical item still in the queue (its causes join; if it
+        is in its quiet period, the shorter due time wins) or add one. Returns the item and whether it is new."""
         self.advance()
         now = self.clock()
+        wait = self.quiet_period if delay is None else delay
         with self.lock:
-            for item in self._pending.values():
-                if item.job is job and item.parameters == parameters:
-                    item.causes.append(cause)
-                    return item
-            wait = self.quiet_period if delay is None else delay
-            item = QueueItem(id=next(self._ids), job=job, parameters=parameters, causes=[cause],
-                             in_queue_since=now, ready_at=now + wait)
-            self.queue[item.id] = item
-            self._pending[item.id] = item
+            same = next((q for q in self._pending.values() if q.job is job and q.parameters == parameters), None)
+            if same is not None:  # waiting, blocked or buildable: ParametersAction.shouldSchedule says no
+                same.causes.append(cause)
+                if same.state == "waiting":
+                    same.ready_at = min(same.ready_at, now + wait)
+            else:
+                same = QueueItem(id=next(self._ids), job=job, parameters=parameters, causes=[cause],
+                                 in_queue_since=now, ready_at=now + wait)
+                self.queue[same.id] = same
+                self._pending[same.id] = same
         self.advance()
-        return item
+        return same, len(same.causes) == 1
 
     def cancel(self, item_id: int) -> None:
         self.advance()
@@ -249,8 +268,8 @@ class Jenkins:
             item = self.queue.get(item_id)
             if item is None:
                 raise JenkinsError(404, f"no queue item {item_id}")
-            if item.state == "left":
-                raise JenkinsError(422, f"queue item {item_id} has already left the queue")
+            if item.state == "left":  # Queue.doCancelItem: cancel() found nothing to cancel
+                raise JenkinsError(500, "Could not cancel run for id " + str(item_id))
             item.cancelled = True
             self._leave(item, self.clock())
 

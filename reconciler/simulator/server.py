@@ -23,8 +23,15 @@ from .config import SimConfig, User
 from .model import Jenkins, JenkinsError, JobDef
 
 JENKINS_VERSION = "2.479.3"
+"""The default `version`: an LTS line that answers a coalesced buildWithParameters with 303."""
+SEE_OTHER_SINCE = (2, 308)
+"""JENKINS-66105 (jenkinsci/jenkins#5615): a request folded into an item already queued answers 303."""
+QUEUE_PAGE_SINCE = (2, 467)
+"""jenkinsci/jenkins#9446 (July 2024): the queue item page a 303 points to answers 200, not 404, so a
+client that follows the redirect lands on something. 2.467 is the first weekly after its merge."""
 CRUMB_FIELD = "Jenkins-Crumb"
 SESSION_COOKIE = "JSESSIONID.simulator"
+_CHALLENGE = {"WWW-Authenticate": 'Basic realm="Jenkins"'}
 
 
 @dataclass
@@ -36,6 +43,11 @@ class Fault:
     status: int | None = None
     latency: float = 0.0
     drop: str | None = None  # "before": nothing processed; "after": processed, response lost
+    process: bool = False
+    """With `status`: handle the request first, then answer the status anyway, as Jenkins does when an
+    exception follows the queueing ("Failed to persist config.xml"); with `latency`, wait after handling."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """Headers the faulted answer carries (`Retry-After`)."""
     sso: bool = False
     echo: bool = False
     """With `status`: the error page repeats the request's headers and body, as some proxies' debug pages do."""
@@ -87,20 +99,21 @@ def _json(obj: Any, status: int = 200) -> _Response:
     return _Response(status, json.dumps(obj).encode(), content_type="application/json;charset=utf-8")
 
 
-_UNITS = {"": 1.0, "ms": 0.001, "millis": 0.001, "milliseconds": 0.001,
-          "s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0,
-          "m": 60.0, "min": 60.0, "mins": 60.0, "minute": 60.0, "minutes": 60.0,
-          "h": 3600.0, "hour": 3600.0, "hours": 3600.0}
-
-
 def _parse_delay(text: str | None) -> float | None:
-    """TimeDuration.fromString: a bare number is seconds."""
+    """TimeDuration.fromString: a bare number is milliseconds, `sec`/`secs` mark seconds; anything else
+    is an IllegalArgumentException, which reaches the client as a 500."""
     if text is None:
         return None
-    m = re.fullmatch(r"\s*(\d+)\s*([a-z]*)\s*", text)
-    if not m or m.group(2) not in _UNITS:
-        raise JenkinsError(400, f"Invalid delay: {text}")
-    return int(m.group(1)) * _UNITS[m.group(2)]
+    value, multiplier = text.strip(), 0.001
+    if value.endswith("sec") or value.endswith("secs"):
+        value, multiplier = value[:value.rindex("sec")].strip(), 1.0
+    if not re.fullmatch(r"-?\d+", value):
+        raise JenkinsError(500, f"java.lang.IllegalArgumentException: Invalid time duration value: {text}")
+    return int(value) * multiplier
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version))
 
 
 class SimulatedJenkins:
@@ -130,25 +143,26 @@ class SimulatedJenkins:
         try:
             name, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
         except ValueError:
-            raise JenkinsError(401, "Malformed Authorization header") from None
+            raise JenkinsError(401, "Malformed Authorization header", _CHALLENGE) from None
         user = self.config.users.get(name)
         if user is not None and user.token is not None and secrets.compare_digest(secret, user.token):
             return _Caller(user, True, session)
         if user is not None and user.password is not None and secrets.compare_digest(secret, user.password):
             return _Caller(user, False, session)
-        raise JenkinsError(401, f"Invalid password/token for user: {name}")
+        raise JenkinsError(401, f"Invalid password/token for user: {name}", _CHALLENGE)
 
     def _crumb(self, session: str, caller: _Caller) -> str:
         who = caller.user.name if caller.user else "anonymous"
         return hashlib.sha256(f"{session}:{who}:{self._salt}".encode()).hexdigest()
 
-    def check_crumb(self, method: str, headers: Any, caller: _Caller) -> None:
-        """CrumbFilter: POSTs need a crumb bound to the session, unless made with an API token."""
+    def check_crumb(self, method: str, headers: Any, caller: _Caller, params: dict[str, list[str]]) -> None:
+        """CrumbFilter: POSTs need a crumb bound to the session, unless made with an API token. The crumb
+        may come as a header, or as a form field or query parameter of the same name."""
         if not self.config.csrf or method != "POST":
             return
         if caller.by_api_token and self.config.csrf_exempt_api_token:
             return
-        sent = headers.get(CRUMB_FIELD)
+        sent = headers.get(CRUMB_FIELD) or (params.get(CRUMB_FIELD) or [None])[0]
         if caller.session is None or sent is None or \
                 not secrets.compare_digest(sent, self._crumb(caller.session, caller)):
             raise JenkinsError(403, "No valid crumb was included in the request")
@@ -190,6 +204,11 @@ class SimulatedJenkins:
                      if q.state != "left"]
             return _json(self._tree({"_class": "hudson.model.Queue", "discoverableItems": [],
                                      "items": items}, params))
+        m = re.fullmatch(r"queue/item/(\d+)/?", rest)
+        if m and version_tuple(self.config.version) >= QUEUE_PAGE_SINCE:  # where a followed 303 lands
+            self.jenkins.queue_item(int(m.group(1)))
+            return _Response(200, b"<html><body>Queue item. For its state, read api/json?tree=... "
+                                  b"(executable[number,url] once it has left the queue)</body></html>")
         m = re.fullmatch(r"queue/item/(\d+)/api/json", rest)
         if m:
             item = self.jenkins.queue_item(int(m.group(1)))
@@ -281,8 +300,8 @@ class SimulatedJenkins:
         if endpoint == "build":
             if job.disabled:
                 raise JenkinsError(409, f"{job.full_name} is not buildable")
-            if job.parameters is not None and method != "POST":
-                return _Response(200, b"<html><body>This build requires parameters</body></html>")
+            if job.parameters is not None and method != "POST":  # the parameter form, refused for API use
+                raise JenkinsError(405, "This build requires parameters: POST them", {"Allow": "POST"})
         self._check_build_token(method, job, first, caller)
         if endpoint == "buildWithParameters" and job.disabled:
             raise JenkinsError(409, f"{job.full_name} is not buildable!")
@@ -295,8 +314,12 @@ class SimulatedJenkins:
             values = self._form_parameters(job, first)
         else:
             values = []
-        item = self.jenkins.schedule(job, values, self._cause(job, first, caller, remote), delay)
-        return _Response(201, headers={"Location": f"{self.root}{item_url(item.id)}"})
+        item, created = self.jenkins.schedule(job, values, self._cause(job, first, caller, remote), delay)
+        status = 201
+        if not created and endpoint == "buildWithParameters" and \
+                version_tuple(self.config.version) >= SEE_OTHER_SINCE:
+            status = 303  # /build always answers 201 (ParameterizedJobMixIn.doBuild: "TODO JENKINS-66105")
+        return _Response(status, headers={"Location": f"{self.root}{item_url(item.id)}"})
 
     def _check_build_token(self, method: str, job: JobDef, first: dict[str, str], caller: _Caller) -> None:
         """BuildAuthorizationToken.checkPermission: the right token allows any method."""
@@ -394,16 +417,20 @@ class _Handler(BaseHTTPRequestHandler):
             self._record(method, url.path, params, None, 200, None, arrived)
             return
         fault = self.server.take_fault(method, url.path)
-        if fault is not None and fault.latency:
+        if fault is not None and fault.latency and not fault.process:
             time.sleep(fault.latency)
         caller: _Caller | None = None
         try:
-            if fault is not None and (fault.sso or fault.status or fault.drop == "before"):
+            if fault is not None and not fault.process and (fault.sso or fault.status or fault.drop == "before"):
                 response = self._faulted(fault, url, body)
             else:
                 caller = sim.authenticate(self.headers)
-                sim.check_crumb(method, self.headers, caller)
+                sim.check_crumb(method, self.headers, caller, params)
                 response = sim.handle(method, url.path, params, caller, self.client_address[0])
+                if fault is not None and fault.process:
+                    time.sleep(fault.latency)
+                    if fault.status:
+                        response = self._faulted(fault, url, body)
         except JenkinsError as e:
             response = _Response(e.status, f"<html><body><h1>Error {e.status}</h1><p>{e.message}</p>"
                                             f"</body></html>".encode(), dict(e.headers))
@@ -412,6 +439,8 @@ class _Handler(BaseHTTPRequestHandler):
         user = caller.user.name if caller and caller.user else None
         fault_name = None if fault is None else ("sso" if fault.sso else "drop" if fault.drop else
                                                  f"status {fault.status}" if fault.status else "latency")
+        if fault is not None and fault.process and fault.status and caller is not None:
+            fault_name = f"status {fault.status} after processing"
         self._record(method, url.path, params, user, response.status, fault_name, arrived)
         if caller is not None and caller.new_session:
             response.headers["Set-Cookie"] = f"{SESSION_COOKIE}={caller.new_session}; Path=/; HttpOnly"
@@ -424,13 +453,20 @@ class _Handler(BaseHTTPRequestHandler):
         if fault.sso:
             target = f"{self.server.sso_root}sso/login?from={quote(url.path)}"
             return _Response(302, b"", {"Location": target})
+        if fault.status == 503 and not fault.echo:  # Jenkins starting or restarting
+            return _Response(503, b"<html><body><p>Please wait while Jenkins is getting ready to work</p>"
+                                  b"</body></html>", dict(fault.headers))
+        if fault.status and fault.process:
+            return _Response(fault.status, b"<html><body><h1>Error 500</h1><p>java.io.IOException: Failed to "
+                                           b"persist config.xml</p></body></html>", dict(fault.headers))
         if fault.status and fault.echo:
             echoed = f"Authorization: {self.headers.get('Authorization')} {body.decode('latin-1')} " + \
                 " ".join(f"{k}: {v}" for k, v in self.headers.items())
             return _Response(fault.status, f"<html><body><h1>Error {fault.status}</h1><p>Bad request: {echoed}</p>"
                                            f"</body></html>".encode())
         if fault.status:
-            return _Response(fault.status, f"<html><body>Error {fault.status} (injected)</body></html>".encode())
+            return _Response(fault.status, f"<html><body>Error {fault.status} (injected)</body></html>".encode(),
+                             dict(fault.headers))
         return _Response(0)
 
     def _record(self, method: str, path: str, params: dict[str, list[str]], user: str | None,
@@ -447,7 +483,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, response: _Response, head: bool = False) -> None:
         self.send_response(response.status)
-        self.send_header("X-Jenkins", JENKINS_VERSION)
+        self.send_header("X-Jenkins", self.server.sim.config.version)
         self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(response.body)))
         for k, v in response.headers.items():
