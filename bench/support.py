@@ -29,9 +29,11 @@ executors: 64
 left_item_ttl: 300
 users:
   {USER}: {{token: {TOKEN}}}
-jobs:
+jobs:  # concurrent, as a job meant to take bursts is configured; a FreeStyle job's default runs one at a time
   - name: bench
+    concurrent: true
   - name: bench-p
+    concurrent: true
     parameters: [N, SEQ]
 """
 

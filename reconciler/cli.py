@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Credentials come from the environment (JENKINS_URL, JENKINS_USER, JENKINS_API_TOKEN or "
                "JENKINS_API_TOKEN_FILE, JENKINS_JOB_TOKEN or JENKINS_JOB_TOKEN_FILE) or from references in the "
                "config file; never from specs. Exit codes: 0 ok, 1 invalid specs, 2 error.")
+    parser.add_argument("--version", action="version", version=f"reconciler {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="watch the triggers and fire what is due (the daemon)")
@@ -123,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the demo keeps its state and history (wiped at start)")
     p.add_argument("--keep-running", action="store_true", help="keep watching after the demo runs complete")
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("reconciler")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

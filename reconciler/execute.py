@@ -339,10 +339,11 @@ class Executor:
 
     # -- following --------------------------------------------------------------------------
     def _first_look(self) -> float:
-        """In a burst, look at outcomes only once the burst is posted: Jenkins serves the POSTs first."""
+        """In a burst, look at outcomes only once the burst is posted: Jenkins serves the POSTs first,
+        and the looks, due together, then share reads of each job's builds."""
         with self._cv:
-            in_flight = len(self._active)
-        return max(self.poll_min, min(in_flight * 0.003, self.poll_max))
+            unposted = sum(r.status in ("decided", "posting") for r in self._active.values())
+        return self.poll_min if not unposted else self.poll_max
 
     def _check_group(self, run: Run, group: list[_Look]) -> None:
         """Runs of one job due together: one read of the job's recent builds answers most of them

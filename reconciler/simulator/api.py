@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import quote
 
@@ -164,13 +165,27 @@ def job_json(root: str, jenkins: Jenkins, job: JobDef, full: bool, all_builds: b
     }
 
 
-def folder_json(root: str, jenkins: Jenkins, prefix: str) -> dict[str, Any]:
+def folder_items(root: str, jenkins: Jenkins, prefix: str, visible: Any) -> list[dict[str, Any]]:
+    """A folder's `jobs`: each job with its color, each sub-folder with its own `jobs`, as deep as
+    they go (a `tree=` query then keeps only the levels it asks for)."""
     jobs = []
     for name in jenkins.folder_children(prefix):
         job = jenkins.jobs.get(name)
-        jobs.append({"_class": job_class(job) if job else FOLDER_CLASS,
-                     "name": name.rsplit("/", 1)[-1], "url": f"{root}{job_path(name)}",
-                     **({"color": color(jenkins, job)} if job else {})})
+        if job is not None and not visible(job):
+            continue
+        entry: dict[str, Any] = {"_class": job_class(job) if job else FOLDER_CLASS,
+                                 "name": name.rsplit("/", 1)[-1], "url": f"{root}{job_path(name)}"}
+        if job is not None:
+            entry["color"] = color(jenkins, job)
+            entry["fullname"] = name
+        else:
+            entry["jobs"] = folder_items(root, jenkins, name, visible)
+        jobs.append(entry)
+    return jobs
+
+
+def folder_json(root: str, jenkins: Jenkins, prefix: str, visible: Any = lambda job: True) -> dict[str, Any]:
+    jobs = folder_items(root, jenkins, prefix, visible)
     if not prefix:
         return {"_class": "hudson.model.Hudson", "mode": "NORMAL", "nodeDescription":
                 "the Jenkins controller's built-in node (simulated)", "nodeName": "",
@@ -243,3 +258,42 @@ def apply_tree(value: Any, tree: dict[str, Any] | None) -> Any:
                 out[key] = apply_tree(value[key], sub)
         return out
     return value
+
+
+def user_json(root: str, name: str, full_name: str) -> dict[str, Any]:
+    """`/me/api/json`: who the request is authenticated as (python-jenkins' get_whoami)."""
+    return {"_class": "hudson.model.User", "absoluteUrl": f"{root}user/{quote(name)}", "description": None,
+            "fullName": full_name, "id": name, "property": []}
+
+
+def node_json(root: str, jenkins: Jenkins) -> dict[str, Any]:
+    """The built-in node: FreeStyle builds on its executors, Pipeline runs on one-off (flyweight) ones."""
+    running = sorted(jenkins.running(), key=lambda b: (b.job.full_name, b.number))
+    heavy = [b for b in running if b.job.kind == "freestyle"]
+    light = [b for b in running if b.job.kind != "freestyle"]
+
+    def executor(number: int, build: Any) -> dict[str, Any]:
+        return {"_class": "hudson.model.Executor", "number": number, "idle": build is None,
+                "currentExecutable": build_ref(root, build), "progress": -1 if build is None else 50}
+
+    return {"_class": "hudson.model.Hudson$MasterComputer", "displayName": "Built-In Node",
+            "executors": [executor(i, heavy[i] if i < len(heavy) else None) for i in range(jenkins.executors)],
+            "oneOffExecutors": [executor(i, b) for i, b in enumerate(light)],
+            "idle": not running, "numExecutors": jenkins.executors, "offline": False, "temporarilyOffline": False}
+
+
+def computers_json(root: str, jenkins: Jenkins) -> dict[str, Any]:
+    node = node_json(root, jenkins)
+    return {"_class": "hudson.model.ComputerSet", "busyExecutors": sum(not e["idle"] for e in node["executors"]),
+            "computer": [node], "displayName": "Nodes", "totalExecutors": jenkins.executors}
+
+
+def python_literal(obj: Any) -> str:
+    """`api/python`, as Stapler's PythonDataWriter writes it: JSON, but None, True and False."""
+    if obj is None or isinstance(obj, bool):
+        return repr(obj)
+    if isinstance(obj, list):
+        return "[" + ",".join(python_literal(v) for v in obj) + "]"
+    if isinstance(obj, dict):
+        return "{" + ",".join(f"{json.dumps(str(k))}:{python_literal(v)}" for k, v in obj.items()) + "}"
+    return json.dumps(obj)

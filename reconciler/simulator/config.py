@@ -58,7 +58,7 @@ def _param(raw: Any, where: str) -> ParamDef:
 
 
 JOB_KEYS = {"name", "parameters", "duration", "result", "token", "disabled", "next_build_number", "kind",
-            "concurrent"}
+            "concurrent", "readers"}
 
 
 def job_from_mapping(raw: Any, where: str = "job") -> JobDef:
@@ -87,6 +87,7 @@ def job_from_mapping(raw: Any, where: str = "job") -> JobDef:
         next_build_number=int(raw.get("next_build_number", 1)),
         kind=_kind(raw.get("kind", "freestyle"), where),
         concurrent=None if raw.get("concurrent") is None else bool(raw["concurrent"]),
+        readers=None if raw.get("readers") is None else tuple(str(r) for r in raw["readers"]),
     )
 
 

@@ -89,6 +89,8 @@ class JobDef:
     next_build_number: int = 1
     kind: str = "freestyle"
     """`freestyle` (hudson.model.FreeStyleProject) or `pipeline` (WorkflowJob)."""
+    readers: tuple[str, ...] | None = None
+    """Users who may see the job (its Item/Read); None: everyone who may read. To anyone else it is a 404."""
     concurrent: bool | None = None
     """Builds that may run at once; by default a FreeStyle job runs one at a time
     (AbstractProject.concurrentBuild is false) and a Pipeline job many (unless disableConcurrentBuilds)."""
@@ -305,6 +307,11 @@ class Jenkins:
             self._left.clear()
 
     # -- lookup -----------------------------------------------------------------------------
+    def running(self) -> list[Build]:
+        self.advance()
+        with self.lock:
+            return list(self._running_builds.values())
+
     def job(self, full_name: str) -> JobDef:
         job = self.jobs.get(full_name)
         if job is None:

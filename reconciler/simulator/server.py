@@ -178,13 +178,34 @@ class SimulatedJenkins:
     # -- routing --------------------------------------------------------------------------
     def handle(self, method: str, path: str, params: dict[str, list[str]], caller: _Caller,
                remote: str) -> _Response:
+        if path.rstrip("/").endswith("api/python"):  # the same object as a Python literal (jenkinsapi reads it)
+            response = self.handle(method, path.rstrip("/").removesuffix("python") + "json", params, caller, remote)
+            if response.content_type.startswith("application/json"):
+                response = _Response(response.status, api.python_literal(json.loads(response.body)).encode(),
+                                     response.headers, "text/x-python;charset=UTF-8")
+            return response
         self.check_read(caller)
         segments = [unquote(s) for s in path.strip("/").split("/")] if path.strip("/") else []
         if segments[:1] == ["job"]:
             return self._job_route(method, segments, params, caller, remote)
         rest = "/".join(segments)
+        visible = self._visible_to(caller)
         if rest in ("api/json", "api/json/"):
-            return _json(self._tree(api.folder_json(self.root, self.jenkins, ""), params))
+            return _json(self._tree(api.folder_json(self.root, self.jenkins, "", visible), params))
+        if rest in ("me/api/json", "whoAmI/api/json"):
+            who = caller.user
+            return _json(self._tree(api.user_json(self.root, who.name if who else "anonymous",
+                                                  who.full_name if who else "anonymous"), params))
+        m = re.fullmatch(r"user/([^/]+)/api/json", rest)
+        if m:
+            user = self.config.users.get(m.group(1))
+            if user is None:
+                raise JenkinsError(404, f"No user {m.group(1)}")
+            return _json(self._tree(api.user_json(self.root, user.name, user.full_name), params))
+        if rest == "computer/api/json":
+            return _json(self._tree(api.computers_json(self.root, self.jenkins), params))
+        if rest in ("computer/(master)/api/json", "computer/(built-in)/api/json"):
+            return _json(self._tree(api.node_json(self.root, self.jenkins), params))
         if rest == "":
             return _Response(200, b"<html><body>Jenkins (simulated)</body></html>")
         if rest == "crumbIssuer/api/json":
@@ -222,6 +243,11 @@ class SimulatedJenkins:
             return _Response(204)
         raise JenkinsError(404, "Not Found")
 
+    @staticmethod
+    def _visible_to(caller: _Caller) -> Any:
+        name = caller.user.name if caller.user else None
+        return lambda job: job.readers is None or name in job.readers
+
     def _tree(self, obj: Any, params: dict[str, list[str]]) -> Any:
         tree = params.get("tree")
         return api.apply_tree(obj, api.parse_tree(tree[0])) if tree else obj
@@ -239,11 +265,12 @@ class SimulatedJenkins:
             names.append(segments[i + 1])
             i += 2
         full_name, rest = "/".join(names), "/".join(segments[i:])
-        if full_name not in self.jenkins.jobs:
-            if rest in ("api/json", "") and self.jenkins.folder_children(full_name):
-                return _json(self._tree(api.folder_json(self.root, self.jenkins, full_name), params))
+        job = self.jenkins.jobs.get(full_name)
+        if job is None or not self._visible_to(caller)(job):  # unreadable answers as absent does
+            if job is None and rest in ("api/json", "") and self.jenkins.folder_children(full_name):
+                return _json(self._tree(api.folder_json(self.root, self.jenkins, full_name,
+                                                        self._visible_to(caller)), params))
             raise JenkinsError(404, f"No job named {full_name}")
-        job = self.jenkins.jobs[full_name]
         if rest in ("build", "buildWithParameters"):
             return self._trigger(method, job, rest, params, caller, remote)
         if rest in ("api/json", ""):
@@ -251,11 +278,13 @@ class SimulatedJenkins:
             full = "tree" in params
             everything = full and "allBuilds" in params["tree"][0]
             return _json(self._tree(api.job_json(self.root, self.jenkins, job, full, everything), params))
-        m = re.fullmatch(r"(\d+|lastBuild|lastCompletedBuild)/(.*)", rest)
+        m = re.fullmatch(r"(\d+|lastBuild|lastCompletedBuild)(?:/(.*))?", rest)
         if not m:
             raise JenkinsError(404, "Not Found")
         build = self._resolve_build(job, m.group(1))
-        action = m.group(2).rstrip("/")
+        action = (m.group(2) or "").rstrip("/")
+        if action == "":  # the build's page, where stop's redirect leads
+            return _Response(200, f"<html><body>{job.full_name} #{build.number}</body></html>".encode())
         if action == "api/json":
             return _json(self._tree(api.build_json(self.root, build), params))
         if action == "consoleText":
