@@ -22,7 +22,9 @@ from .errors import Problem, ReconcilerError, SpecError
 from .history import History, iso
 from .plan import Action, plan
 
-EXIT_OK, EXIT_INVALID, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_INVALID, EXIT_ERROR, EXIT_RUN_FAILED, EXIT_TIMEOUT = 0, 1, 2, 3, 4
+"""`run --once`: 3 when a run was refused, failed, lost or cancelled, or (with --wait) its build ended
+other than SUCCESS; 4 when --timeout passed first. Invalid specs (1) win over both."""
 
 
 def _env(name: str, default: Any = None) -> Any:
@@ -66,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", default=_env_flag("once"),
                    help="one pass: fire what is due, wait until it is posted, exit (env RECONCILER_ONCE)")
     p.add_argument("--wait", action="store_true", default=_env_flag("wait"),
-                   help="with --once, also follow the fired runs to their results")
+                   help="with --once, also follow the fired runs to their results (env RECONCILER_WAIT)")
+    p.add_argument("--timeout", type=_duration, default=_duration(_env("timeout", "30m")), metavar="DURATION",
+                   help="with --once, the longest wait, e.g. 90s, 10m, 1h; then exit 4 (default 30m; 0: no limit; "
+                        "env RECONCILER_TIMEOUT)")
     p.add_argument("--resync-interval", type=float, default=float(_env("resync_interval", 60)),
                    help="seconds between full rescans, so no missed event loses a trigger (default 60)")
     p.add_argument("--poll-interval", type=float, default=float(_env("poll_interval", 5)),
@@ -100,6 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("adopt", help="mark every current one-shot as fired, without firing (bringing an "
                                      "existing directory under the reconciler)")
     _add_common(p)
+
+    p = sub.add_parser("retry", help="post refused runs again now (after fixing a token, a job name, a proxy)",
+                       description="Runs Jenkins refused (401, 403, 404, a login redirect, TLS) are retried with "
+                                   "growing delays and at every start; this makes them due at once. The running "
+                                   "daemon takes them up within seconds.",
+                       epilog="example: reconciler retry team/deploy nightly/regression")
+    p.add_argument("names", nargs="*", metavar="NAME", help="triggers (default: every refused run)")
+    p.add_argument("--state", type=Path, default=Path(_env("state", ".reconciler/state.db")),
+                   help="SQLite state store (env RECONCILER_STATE)")
 
     p = sub.add_parser("simulator", help="serve a simulated Jenkins on 127.0.0.1 until stopped",
                        description="A Jenkins stand-in speaking Jenkins' remote API: jobs, parameters, tokens, "
@@ -148,6 +162,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _duration(text: str) -> float:
+    from .schedule import ScheduleError, parse_duration
+
+    try:
+        return parse_duration(str(text)).total_seconds()
+    except ScheduleError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _timestamp(text: str) -> datetime:
     try:
         value = datetime.fromisoformat(text)
@@ -178,6 +201,25 @@ def _fired(args: argparse.Namespace) -> tuple[set[tuple[str, str]], dict[str, da
     return fired, cursors(stored, fired)
 
 
+def _refused(args: argparse.Namespace) -> dict[tuple[str, str], str]:
+    """Refused runs by (trigger, revision): why, and when the daemon posts them again."""
+    from .state import Store
+
+    if not args.state.exists():
+        return {}
+    store = Store(args.state)
+    try:
+        runs = store.refused_due(float("inf"))
+    finally:
+        store.close()
+    return {(r.trigger, r.fire_key): f"Jenkins refused it; next attempt {_next_attempt(r)}: {r.last_error}"
+            for r in runs}
+
+
+def _next_attempt(run: Any) -> str:
+    return iso(run.retry_at) if run.retry_at else "at the daemon's next turn"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import assemble
 
@@ -200,12 +242,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info("probes_listening", address=probes.address)
     try:
         if args.once:
-            daemon.bootstrap()
-            fired = daemon.pass_once()
-            daemon.executor.wait_idle(posted_only=not args.wait)
-            log.info("pass_completed", specs=len(daemon.catalog.entries), fired=len(fired),
-                     invalid=len(daemon.catalog.errors))
-            return EXIT_INVALID if daemon.catalog.errors else EXIT_OK
+            return _run_once(daemon, args, log)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, daemon.request_stop)
         log.info("daemon_started", triggers=str(args.triggers), state=str(args.state), history=str(args.history),
@@ -218,6 +255,43 @@ def cmd_run(args: argparse.Namespace) -> int:
         in_flight = daemon.close()
         log.info("daemon_stopped", in_flight=len(in_flight),
                  **({"runs": {r.run_id: f"{r.trigger}: {r.status}" for r in in_flight}} if in_flight else {}))
+
+
+def _run_once(daemon: Any, args: argparse.Namespace, log: Any) -> int:
+    """One pass, then wait for its runs (posted, or with --wait finished) and say how they went."""
+    daemon.bootstrap()
+    started = {r.run_id for r in daemon.executor.active()}
+    fired = daemon.pass_once()
+    started |= {r.run_id for r in fired}
+    done = daemon.executor.wait_idle(args.timeout or None, posted_only=not args.wait)
+    log.info("pass_completed", specs=len(daemon.catalog.entries), fired=len(fired),
+             invalid=len(daemon.catalog.errors))
+    if daemon.catalog.errors:
+        return EXIT_INVALID
+    if not done:
+        waiting = [r for r in daemon.executor.active() if r.run_id in started]
+        log.error("wait_timed_out", timeout_s=args.timeout, runs={r.trigger: r.status for r in waiting})
+        return EXIT_TIMEOUT
+    runs = [r for r in daemon.store.runs(limit=100_000) if r.run_id in started]
+    bad = {r.trigger: r.result or r.status for r in runs
+           if r.status in ("refused", "failed", "lost", "cancelled") or
+           (args.wait and r.status == "completed" and r.result != "SUCCESS")}
+    if bad:
+        log.error("runs_failed", runs=bad)
+        return EXIT_RUN_FAILED
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from .state import Store
+
+    store = Store(args.state)
+    try:
+        count = store.retry_now(args.names or None)
+    finally:
+        store.close()
+    print(f"{count} refused run(s) due again; a running daemon posts them within seconds", file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -248,7 +322,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     catalog.scan()
     fired, cursors = _fired(args)
     verdicts = plan(catalog.specs, catalog.errors, fired, _servers(args), now=args.at or datetime.now(UTC),
-                    cursors=cursors)
+                    cursors=cursors, refused=_refused(args))
     if args.json:
         print(json.dumps([{"trigger": v.trigger, "action": v.action.value, "detail": v.detail,
                            "job": v.spec.job if v.spec else None,
@@ -292,13 +366,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     store.close()
     if args.json:
         print(json.dumps([{"trigger": r.trigger, "run_id": r.run_id, "status": r.status, "result": r.result,
-                           "build_url": r.build_url, "decided_at": iso(r.decided_at), "attempts": r.attempts,
-                           "last_error": r.last_error} for r in latest.values()], indent=2))
+                           "job": r.job, "server": r.server, "build_number": r.build_number,
+                           "build_url": r.build_url, "queue_url": r.queue_url, "decided_at": iso(r.decided_at),
+                           "posted_at": r.posted_at and iso(r.posted_at),
+                           "finished_at": r.finished_at and iso(r.finished_at), "duration_ms": r.duration_ms,
+                           "attempts": r.attempts, "last_error": r.last_error,
+                           "retry_at": r.retry_at and iso(r.retry_at)} for r in latest.values()], indent=2))
         return EXIT_OK
     width = max((len(t) for t in latest), default=7)
     for r in latest.values():
         outcome = r.result or r.status
         where = r.build_url or r.queue_url or (r.last_error or "")
+        if r.status == "refused":
+            where = f"next attempt {_next_attempt(r)}: {r.last_error}"
         print(f"{r.trigger:<{width}}  {iso(r.decided_at)}  {outcome:<10}  {where}")
     return EXIT_OK
 
@@ -383,7 +463,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.triggers, args.workdir, keep_running=args.keep_running)
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "status": cmd_status,
+COMMANDS = {"run": cmd_run, "retry": cmd_retry, "validate": cmd_validate, "plan": cmd_plan, "status": cmd_status,
             "history": cmd_history, "adopt": cmd_adopt, "simulator": cmd_simulator, "demo": cmd_demo, "next": cmd_next,
             "schema": cmd_schema}
 

@@ -98,6 +98,25 @@ class Daemon:
                 self.log.info("state_rebuilt", runs=len(runs), source=str(self.history.root))
         self.cursors = cron.cursors(self.store.cursors(), self.store.last_ticks().items())
         self._resume(self.store.open_runs())
+        self.store.retry_now()  # a start is when the operator's configuration may have changed: try again
+
+    def retry_refused(self) -> list[Run]:
+        """Post again the refused runs that are due, if their spec still asks for them; supersede the others."""
+        now = self.clock()
+        retried = []
+        for run in self.store.refused_due(now):
+            spec = self.catalog.specs.get(run.trigger)
+            if run.server not in self.executor.clients or (spec is not None and spec.suspend):
+                continue  # stays refused until it can be posted
+            reason = _superseded(run, spec, now)
+            if reason is not None:
+                self.executor.supersede(run, reason)
+                continue
+            [run] = self.store.update_many([(run, {"status": "decided", "retry_at": None})])
+            self.log.info("fire_retried", trigger=run.trigger, run_id=run.run_id, last_error=run.last_error)
+            self.executor.resume(run)
+            retried.append(run)
+        return retried
 
     def _resume(self, runs: list[Run]) -> None:
         """Hand open runs to the executor, each on its own: one that cannot be taken up now (its
@@ -235,6 +254,7 @@ class Daemon:
             changes = self.catalog.scan()
             fired = self.reconcile(changes, full=True)
             self._resume_stranded()
+            fired += self.retry_refused()
         if len(changes.changed) >= TRIM_AFTER:
             trim_heap()
         metrics.invalid_specs.set(len(self.catalog.errors))
@@ -276,6 +296,9 @@ class Daemon:
             timeout = min(next_resync - time.monotonic(), HEARTBEAT)
             if self.next_due:
                 timeout = min(timeout, min(self.next_due.values()).timestamp() - self.clock())
+            refusal = self.store.next_retry_at()
+            if refusal is not None:
+                timeout = min(timeout, refusal - self.clock())
             self._wake.wait(max(0.0, timeout))
             if stop.is_set():
                 break
@@ -299,8 +322,10 @@ class Daemon:
         watcher.join(timeout=2)
 
     def _turn(self, resync: bool) -> None:
-        """One turn of the loop: due ticks, the files the watcher named, and a full pass if one is due."""
+        """One turn of the loop: due ticks, the files the watcher named, refused runs due again, and a full
+        pass if one is due."""
         self.tick()
+        self.retry_refused()
         with self._paths_lock:
             paths, self._paths = list(self._paths), set()
         if paths:
@@ -373,6 +398,22 @@ class Daemon:
         for client in self.executor.clients.values():
             client.close()
         return in_flight
+
+
+def _superseded(run: Run, spec: Spec | None, now: float) -> str | None:
+    """Why a refused run is not to be posted again, if it is not: what it was decided for has gone."""
+    if spec is None:
+        return "not posted again: the spec was removed"
+    if not run.fire_key.startswith("@"):
+        if spec.schedule is not None or spec.revision != run.fire_key:
+            return f"not posted again: the spec changed since (now revision {spec.revision})"
+        return None
+    if spec.schedule is None:
+        return "not posted again: the spec is no longer scheduled"
+    tick = datetime.fromisoformat(run.fire_key[1:].replace("Z", "+00:00"))
+    if now - tick.timestamp() > spec.starting_deadline.total_seconds():
+        return "not posted again: refused until past its tick's starting_deadline"
+    return None
 
 
 def _folder_moved(path: str, watched: set[str]) -> bool:

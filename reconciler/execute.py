@@ -34,7 +34,7 @@ from typing import Any
 
 from . import logs
 from .errors import JenkinsError, JenkinsRefused, JenkinsUnavailable, StateError
-from .history import History
+from .history import History, iso
 from .jenkins import Client, Found, RecentBuilds
 from .metrics import Metrics
 from .state import Run, Store
@@ -76,7 +76,7 @@ class Executor:
     def __init__(self, store: Store, history: History, clients: Mapping[str, Client], *,
                  stop: threading.Event, clock: Callable[[], float] = time.time,
                  poll_min: float = 0.5, poll_max: float = 5.0, retry_min: float = 1.0, retry_max: float = 300.0,
-                 metrics: Metrics | None = None):
+                 refused_min: float = 30.0, refused_max: float = 3600.0, metrics: Metrics | None = None):
         self.store = store
         self.metrics = metrics or Metrics()
         self.history = history
@@ -85,6 +85,7 @@ class Executor:
         self.clock = clock
         self.poll_min, self.poll_max = poll_min, poll_max
         self.retry_min, self.retry_max = retry_min, retry_max
+        self.refused_min, self.refused_max = refused_min, refused_max
         self._note_warned: set[str] = set()
         self._pools = {name: ThreadPoolExecutor(max_workers=client.server.concurrency,
                                                 thread_name_prefix=f"jenkins-{name}")
@@ -133,6 +134,11 @@ class Executor:
                 log.info("run_replaced", status=run.status)
             except JenkinsError as e:
                 log.warning("replace_failed", error=str(e))
+
+    def supersede(self, run: Run, reason: str) -> None:
+        """A refused run that will not be posted again: its spec changed, went, or its tick is too late."""
+        self._finish(run, "failed", reason=reason)
+        self._log(run).warning("fire_superseded", reason=reason)
 
     def active(self) -> list[Run]:
         with self._cv:
@@ -292,8 +298,7 @@ class Executor:
         try:
             accepted = client.trigger(run.job, run.parameters, run.cause)
         except JenkinsRefused as e:
-            self._finish(run, "failed", reason=str(e))
-            log.error("fire_refused", error=str(e), status=e.status)
+            self._refused(run, e, log)
             return
         except JenkinsUnavailable as e:
             fire.search_first = e.maybe_received and self.taggable(run, client)
@@ -304,6 +309,18 @@ class Executor:
         log.info("fire_posted", queue_url=accepted.queue_url, attempts=run.attempts,
                  **({"joined": "an identical request already waiting"} if accepted.joined else {}))
         self._later(self._first_look(), _Look(run, self.poll_min))
+
+    def _refused(self, run: Run, error: JenkinsRefused, log: Any) -> None:
+        """Jenkins said no before any queue item existed (401, 403, 404, a redirect to a login page, TLS):
+        nothing was accepted, so nothing can have been built. The revision is not done: the run waits,
+        longer after each refusal, and the daemon posts it again when it is due, at its next start, or on
+        `reconciler retry`. What to fix is in the error."""
+        now = self.clock()
+        delay = min(self.refused_min * 2 ** max(run.attempts - 1, 0), self.refused_max)
+        run = self._update(run, status="refused", last_error=str(error), retry_at=now + delay)
+        self.metrics.fires.labels(run.server, run.job, "refused").inc()
+        self.history.append(run, "refused", now, reason=str(error), status=error.status, retry_at=iso(now + delay))
+        log.error("fire_refused", error=str(error), status=error.status, retry_in=round(delay))
 
     def _retry(self, fire: _Fire, error: JenkinsError) -> None:
         """Record why the attempt failed and attempt again after a growing delay. A run that may have

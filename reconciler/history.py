@@ -20,7 +20,8 @@ from .state import Run
 
 STATUS_OF_EVENT = {"decided": "posting", "queued": "queued", "started": "building",
                    "completed": "completed", "failed": "failed", "cancelled": "cancelled",
-                   "lost": "lost", "adopted": "adopted", "missed": "missed", "skipped": "skipped"}
+                   "lost": "lost", "adopted": "adopted", "missed": "missed", "skipped": "skipped",
+                   "refused": "refused"}
 """How a run's last history event maps to its state when state is rebuilt from history.
 A run whose history stops at `decided` may have been posted: it is resolved like a crash."""
 

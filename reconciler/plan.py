@@ -18,6 +18,8 @@ class Action(StrEnum):
     INVALID = "invalid"
     SUSPENDED = "suspended"
     SCHEDULED = "scheduled"
+    PENDING = "pending"
+    """Jenkins refused the revision's run; it will be posted again."""
 
 
 @dataclass(frozen=True)
@@ -73,10 +75,15 @@ def _show(schedule: cron.Schedule, tick: datetime) -> str:
 
 def plan(specs: Mapping[str, Spec], errors: Mapping[str, SpecError],
          fired: Container[tuple[str, str]], servers: Collection[str], *,
-         now: datetime | None = None, cursors: Mapping[str, datetime] | None = None) -> list[Verdict]:
-    """One verdict per trigger, sorted by name. A deleted spec has no verdict: it fires nothing."""
+         now: datetime | None = None, cursors: Mapping[str, datetime] | None = None,
+         refused: Mapping[tuple[str, str], str] | None = None) -> list[Verdict]:
+    """One verdict per trigger, sorted by name. A deleted spec has no verdict: it fires nothing.
+    `refused` says, by (trigger, revision), why Jenkins refused a run and when it is tried again."""
     verdicts = [decide_scheduled(spec, (cursors or {}).get(spec.name), now, servers)
                 if spec.schedule is not None and now is not None else decide(spec, fired, servers)
                 for spec in specs.values()]
+    verdicts = [Verdict(v.trigger, Action.PENDING, (refused or {})[v.trigger, v.spec.revision], v.spec)
+                if v.action is Action.UP_TO_DATE and v.spec and (v.trigger, v.spec.revision) in (refused or {})
+                else v for v in verdicts]
     verdicts += [Verdict(name, Action.INVALID, str(err)) for name, err in errors.items()]
     return sorted(verdicts, key=lambda v: v.trigger)

@@ -21,7 +21,8 @@ from .errors import StateError
 from .logs import redact
 
 OPEN = ("decided", "posting", "queued", "building")
-"""A run in one of these states still has work to do: post it, or follow it."""
+"""A run in one of these states still has work to do: post it, or follow it. A `refused` run (Jenkins
+never accepted it) waits for its `retry_at`, when the daemon posts it again."""
 _OPEN_SQL = ",".join(f"'{status}'" for status in OPEN)
 """OPEN as SQL literals: SQLite uses the partial index of open runs only for a query that names its
 values, not one that binds them as parameters (that one read every run ever recorded)."""
@@ -59,6 +60,10 @@ MIGRATIONS = [
         after   REAL NOT NULL
     );
     """,
+    """
+    ALTER TABLE runs ADD COLUMN retry_at REAL;
+    CREATE INDEX runs_refused ON runs (retry_at) WHERE status = 'refused';
+    """,
 ]
 
 
@@ -83,6 +88,8 @@ class Run:
     finished_at: float | None = None
     attempts: int = 0
     last_error: str | None = None
+    retry_at: float | None = None
+    """For a run Jenkins refused (status `refused`): when to post it again."""
 
     @property
     def is_open(self) -> bool:
@@ -263,6 +270,26 @@ class Store:
         rows = self._read(f"SELECT {','.join(COLUMNS)} FROM runs r WHERE decided_at = "
                           "(SELECT MAX(decided_at) FROM runs WHERE trigger = r.trigger) ORDER BY trigger")
         return {run.trigger: run for run in map(_decode, rows)}
+
+    def refused_due(self, now: float) -> list[Run]:
+        """Refused runs whose next attempt is due."""
+        rows = self._read(f"SELECT {','.join(COLUMNS)} FROM runs WHERE status = 'refused' AND "
+                          "COALESCE(retry_at, 0) <= ? ORDER BY decided_at", (now,))
+        return [_decode(r) for r in rows]
+
+    def next_retry_at(self) -> float | None:
+        """When the next refused run is due (the daemon's loop wakes for it)."""
+        return self._read("SELECT MIN(COALESCE(retry_at, 0)) FROM runs WHERE status = 'refused'")[0][0]
+
+    def retry_now(self, triggers: Collection[str] | None = None) -> int:
+        """Make refused runs (of `triggers`, or all) due at once; how many there were."""
+        with self._writing("write state store", durable=False):
+            if triggers is None:
+                cur = self._db.execute("UPDATE runs SET retry_at = 0 WHERE status = 'refused'")
+            else:
+                cur = self._db.execute("UPDATE runs SET retry_at = 0 WHERE status = 'refused' AND trigger IN "
+                                       "(SELECT value FROM json_each(?))", (json.dumps(list(triggers)),))
+            return cur.rowcount
 
     def writable(self) -> str | None:
         """None if a write transaction can start; otherwise why not (for /readyz)."""

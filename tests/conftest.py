@@ -110,6 +110,8 @@ class Harness:
     job_token: str | None = None
     concurrency: int = Server.concurrency
     retry_min: float = 0.02
+    refused_min: float = 60.0
+    """How long a refused run waits before its next attempt; tests that retry one make it short."""
     other_name: bool = False
     """Reach Jenkins as `localhost` while it calls itself 127.0.0.1 (its root URL), as a sidecar reaches
     a Service name while Jenkins answers with its public URL."""
@@ -151,7 +153,8 @@ class Harness:
         self.triggers.mkdir(parents=True, exist_ok=True)
         daemon = assemble(self.triggers, self.state, self.history, {"default": self.server()}, clock=clock,
                           resync_interval=resync_interval, client_options={"backoff": 0.01, "max_backoff": 0.05},
-                          poll_min=0.01, poll_max=0.05, retry_min=self.retry_min, retry_max=max(0.1, self.retry_min))
+                          poll_min=0.01, poll_max=0.05, retry_min=self.retry_min, retry_max=max(0.1, self.retry_min),
+                          refused_min=self.refused_min, refused_max=self.refused_min * 4)
         self._running.append((daemon, None))
         return daemon
 

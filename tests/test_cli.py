@@ -216,3 +216,39 @@ def test_the_checked_in_schema_matches_the_code():
 def test_adopt_leaves_schedules_alone(tmp_path, simulator):
     _, adopted = adopt_one(tmp_path, simulator, "nightly", "job: plain\nschedule: '@daily'\n")
     assert adopted.returncode == 0 and "0 trigger(s) adopted" in adopted.stderr
+
+
+
+def test_run_once_wait_exits_3_when_a_build_fails_or_a_run_is_refused_and_0_when_all_succeed(tmp_path, make_simulator):
+    sim = make_simulator(jobs=[{"name": "good", "duration": 0}, {"name": "bad", "duration": 0, "result": "FAILURE"}])
+    triggers = tmp_path / "t"
+    triggers.mkdir()
+    (triggers / "good.yaml").write_text("job: good\n")
+    common = ["--triggers", str(triggers), "--state", str(tmp_path / "s.db"), "--history", str(tmp_path / "h")]
+    assert reconciler("run", "--once", "--wait", *common, env=jenkins_env(sim)).returncode == 0
+    (triggers / "bad.yaml").write_text("job: bad\n")
+    failed = reconciler("run", "--once", "--wait", *common, env=jenkins_env(sim))
+    assert failed.returncode == 3 and '"runs_failed"' in failed.stdout and '"bad": "FAILURE"' in failed.stdout
+    (triggers / "missing.yaml").write_text("job: missing\n")
+    refused = reconciler("run", "--once", *common, env=jenkins_env(sim))
+    assert refused.returncode == 3 and '"missing": "refused"' in refused.stdout
+    wrong_token = reconciler("run", "--once", *common, env={**jenkins_env(sim), "JENKINS_API_TOKEN": "wrong"})
+    assert wrong_token.returncode == 3  # the refused run is tried again at start, and refused again
+    planned = {line.split()[0]: line.split()[1] for line in reconciler("plan", *common, env=jenkins_env(sim)).stdout
+               .splitlines()}
+    assert planned == {"bad": "up", "good": "up", "missing": "pending"}  # "up to date", and the refused one
+
+
+def test_run_once_timeout_bounds_the_wait_and_exits_4(tmp_path, make_simulator):
+    sim = make_simulator(jobs=[{"name": "slow", "duration": None}])
+    triggers = tmp_path / "t"
+    triggers.mkdir()
+    (triggers / "slow.yaml").write_text("job: slow\n")
+    result = reconciler("run", "--once", "--wait", "--timeout", "2s", "--triggers", str(triggers), "--state",
+                        str(tmp_path / "s.db"), "--history", str(tmp_path / "h"), env=jenkins_env(sim))
+    assert result.returncode == 4 and '"wait_timed_out"' in result.stdout
+
+
+def test_version_is_printed():
+    result = reconciler("--version")
+    assert result.returncode == 0 and result.stdout.startswith("reconciler 0.")

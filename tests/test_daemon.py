@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from reconciler.history import History
+from reconciler.simulator import JobDef
 from reconciler.jenkins import Client
 from reconciler.state import Run, Store
 
@@ -367,17 +368,17 @@ def test_fires_with_csrf_protection_that_demands_a_crumb(make_harness):
     assert [r.status for r in harness.sim.requests if r.path == "/job/plain/build"] == [403, 201]
 
 
-def test_an_sso_redirect_fails_the_run_with_a_plain_reason(harness):
+def test_an_sso_redirect_is_refused_with_a_plain_reason(harness):
     harness.sim.sso()
     harness.write("deploy", "job: plain\n")
     harness.start()
-    wait_for(lambda: harness.runs("deploy") and harness.runs("deploy")[0].status == "failed")
+    wait_for(lambda: harness.runs("deploy") and harness.runs("deploy")[0].status == "refused")
     reason = harness.runs("deploy")[0].last_error
     assert "is an SSO proxy in front of Jenkins?" in reason
     refused = [e for e in harness.logs.events() if e["event"] == "fire_refused"]
     assert refused and refused[0]["trigger"] == "deploy"
     assert not [r for r in harness.sim.requests if r.path.startswith("/sso")]
-    wait_for(lambda: harness.events("deploy") == ["decided", "failed"])
+    wait_for(lambda: harness.events("deploy") == ["decided", "refused"])
 
 
 def test_503_then_recovery_builds_once(harness):
@@ -426,7 +427,7 @@ def test_secrets_appear_in_no_log_history_or_state(make_harness):
     harness.write("deploy", DEPLOY)
     harness.write("nope", "job: does-not-exist\n")
     harness.start()
-    wait_for(lambda: harness.runs("nope") and harness.runs("nope")[0].status == "failed")
+    wait_for(lambda: harness.runs("nope") and harness.runs("nope")[0].status == "refused")
     wait_for(lambda: harness.runs("deploy") and harness.runs("deploy")[0].status == "building")
     harness.stop()
     written = harness.logs.getvalue() + "".join(p.read_text() for p in harness.history.rglob("*.jsonl"))
@@ -605,3 +606,44 @@ def test_a_500_after_jenkins_queued_the_build_is_looked_up_not_posted_again(make
     assert [r.status for r in harness.sim.requests if r.path == "/job/manual/build"] == [500]
     assert len(harness.sim.builds("manual")) == 1
     assert any(e["event"] == "fire_found" for e in harness.logs.events())
+
+
+# -- Refused is not fired ------------------------------------------------------------------------
+
+def test_a_refusal_is_not_a_fire_the_run_is_posted_again_once_jenkins_accepts(harness):
+    """A job that does not exist yet: 404, and the revision is not done. Once the job exists, it fires."""
+    harness.refused_min = 0.05
+    harness.write("later", "job: not-yet\n")
+    harness.start()
+    wait_for(lambda: harness.runs("later") and harness.runs("later")[0].status == "refused", what="the refusal")
+    assert "404" in harness.runs("later")[0].last_error
+    harness.sim.state.jenkins.jobs["not-yet"] = JobDef("not-yet", concurrent=True)
+    harness.sim.state.jenkins.builds["not-yet"] = {}
+    wait_for(lambda: harness.runs("later")[0].status in ("building", "completed"), what="the run posted again")
+    [run] = harness.runs("later")
+    assert len(harness.sim.builds("not-yet")) == 1 and run.attempts >= 2
+    assert "refused" in harness.events("later") and "queued" in harness.events("later")
+
+
+def test_reconciler_retry_makes_a_refused_run_due_at_once(harness):
+    harness.refused_min = 3600.0  # without `retry`, an hour
+    harness.sim.fault(path="/build$", status=403, times=1)
+    harness.write("deploy", "job: plain\n")
+    harness.start()
+    wait_for(lambda: harness.runs("deploy") and harness.runs("deploy")[0].status == "refused")
+    result = subprocess.run([sys.executable, "-m", "reconciler", "retry", "deploy", "--state", str(harness.state)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "1 refused run(s) due again" in result.stderr
+    wait_for(lambda: harness.runs("deploy")[0].status == "completed", timeout=30, what="the retried run")
+    assert len(harness.sim.builds("plain")) == 1
+
+
+def test_a_refused_run_whose_spec_changed_is_superseded_not_retried(harness):
+    harness.refused_min = 0.05
+    harness.write("deploy", "job: not-there\n")
+    harness.start()
+    wait_for(lambda: harness.runs("deploy") and harness.runs("deploy")[0].status == "refused")
+    harness.write("deploy", "job: plain\n")  # the fix: a new revision, which fires
+    wait_for(lambda: sorted(r.status for r in harness.runs("deploy")) == ["completed", "failed"])
+    old = next(r for r in harness.runs("deploy") if r.status == "failed")
+    assert old.job == "not-there" and "the spec changed since" in old.last_error
