@@ -14,8 +14,8 @@ import pytest
 import requests
 
 from reconciler.history import History
-from reconciler.simulator import JobDef
 from reconciler.jenkins import Client
+from reconciler.simulator import JobDef
 from reconciler.state import Run, Store
 
 from .conftest import TOKEN, USER, post, wait_for
