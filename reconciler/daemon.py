@@ -285,7 +285,7 @@ class Daemon:
         self.log.info("pass_completed", specs=len(self.catalog.entries), fired=len(fired),
                       invalid=len(self.catalog.errors))
         # What the first pass built lives as long as the process: a full collection walked it to find
-        # nothing (~30 ms at 10,000 specs, holding the GIL). Frozen (after one last collection, so no
+        # nothing, holding the GIL the while. Frozen (after one last collection, so no
         # garbage is kept), later collections see only newer objects.
         gc.collect()
         gc.freeze()

@@ -1,6 +1,6 @@
 """structlog, configured once: JSON lines (or console) on stdout, with every known secret scrubbed.
 
-structlog is imported when something first logs, not before: it brings asyncio with it (~40 ms),
+structlog is imported when something first logs, not before: it brings asyncio with it,
 and the commands a pre-commit hook runs (`validate`, `plan`) never log.
 """
 
