@@ -110,6 +110,13 @@ class Catalog:
         not UTF-8, a link or folder not followed, the config file. Counted among the errors, and reported
         once per change."""
 
+    @classmethod
+    def scanned(cls, root: Path) -> Catalog:
+        """A catalog of `root` as it is now: what the commands that only read it need."""
+        catalog = cls(root)
+        catalog.scan()
+        return catalog
+
     def scan(self) -> Changes:
         """Walk the whole directory; only files whose stamp moved are read and parsed again."""
         seen: dict[str, _Found] = {}

@@ -93,13 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=5)
     p.add_argument("--triggers", type=Path, default=Path(_env("triggers", "triggers")))
 
-    p = sub.add_parser("status", help="the last run of every trigger")
+    p = sub.add_parser("status", help="every trigger and its newest run",
+                       description="Every trigger, from the specs on disk and the state store: never run, "
+                                   "pending (refused, with the next attempt), queued, building, its result; "
+                                   "invalid and deleted triggers marked.",
+                       epilog="example: reconciler status --json | jq '.[] | select(.status == \"refused\")'")
     _add_common(p, history=False)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("history", help="the recorded events of one trigger")
+    p = sub.add_parser("history", help="the recorded events of one trigger",
+                       description="Each event of the trigger's runs, oldest first: what was asked of Jenkins "
+                                   "(parameters, cause), the queue item, the build and its result.",
+                       epilog="example: reconciler history team/deploy --json")
     p.add_argument("name", help="trigger name, e.g. team/deploy")
-    p.add_argument("--history", type=Path, default=Path(_env("history", "history")))
+    p.add_argument("--history", type=Path, default=Path(_env("history", "history")),
+                   help="history directory (env RECONCILER_HISTORY)")
+    p.add_argument("--triggers", type=Path, default=Path(_env("triggers", "triggers")),
+                   help="to tell a trigger with no runs yet from no trigger (env RECONCILER_TRIGGERS)")
     p.add_argument("--json", action="store_true", help="raw JSON lines")
 
     p = sub.add_parser("adopt", help="mark every current one-shot as fired, without firing (bringing an "
@@ -325,8 +335,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
                     cursors=cursors, refused=_refused(args))
     if args.json:
         print(json.dumps([{"trigger": v.trigger, "action": v.action.value, "detail": v.detail,
-                           "job": v.spec.job if v.spec else None,
-                           "endpoint": v.spec.endpoint if v.spec else None} for v in verdicts], indent=2))
+                           "server": v.spec.server if v.spec else None, "job": v.spec.job if v.spec else None,
+                           "endpoint": v.spec.endpoint if v.spec else None,
+                           "parameters": dict(v.spec.parameters) if v.spec and v.spec.parameters else None,
+                           "revision": v.spec.revision if v.spec else None} for v in verdicts], indent=2))
     else:
         width = max((len(v.trigger) for v in verdicts), default=7)
         for v in verdicts:
@@ -344,8 +356,11 @@ def cmd_next(args: argparse.Namespace) -> int:
         print(catalog.errors[args.name], file=sys.stderr)
         return EXIT_INVALID
     spec = catalog.specs.get(args.name)
-    if spec is None or spec.schedule is None:
-        print(f"reconciler: {args.name} is not a scheduled trigger in {args.triggers}", file=sys.stderr)
+    if spec is None:
+        print(f"reconciler: no trigger {args.name} in {args.triggers}", file=sys.stderr)
+        return EXIT_ERROR
+    if spec.schedule is None:
+        print(f"reconciler: {args.name} is a one-shot trigger (no `schedule:`): it has no ticks", file=sys.stderr)
         return EXIT_ERROR
     print(f"{spec.name}: {spec.schedule.expression!r} → {spec.schedule.cron!r} in {spec.schedule.timezone}")
     upcoming = ticks(spec.schedule, datetime.now(UTC))
@@ -356,45 +371,86 @@ def cmd_next(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """Every trigger: the specs on disk and every trigger the store has runs of, each with its newest run."""
     from .state import Store
 
-    if not args.state.exists():
-        print(f"reconciler: no state store at {args.state} yet", file=sys.stderr)
-        return EXIT_OK
-    store = Store(args.state)
-    latest = store.latest()
-    store.close()
+    latest = {}
+    if args.state.exists():
+        store = Store(args.state)
+        try:
+            latest = store.latest()
+        finally:
+            store.close()
+    catalog = Catalog.scanned(args.triggers)
+    now = time.time()
+    rows = []
+    for name in sorted(set(catalog.specs) | set(catalog.errors) | set(latest)):
+        run = latest.get(name)
+        spec = "valid" if name in catalog.specs else "invalid" if name in catalog.errors else "deleted"
+        status = run.status if run else ("invalid" if spec == "invalid" else "never run")
+        where = ""
+        if run is not None:
+            where = run.build_url or run.queue_url or run.last_error or ""
+            if run.status == "refused":
+                where = f"next attempt {_next_attempt(run)}: {run.last_error}"
+        elif spec == "invalid":
+            where = str(catalog.errors[name]).splitlines()[0]
+        rows.append((name, spec, status, run, where))
     if args.json:
-        print(json.dumps([{"trigger": r.trigger, "run_id": r.run_id, "status": r.status, "result": r.result,
-                           "job": r.job, "server": r.server, "build_number": r.build_number,
-                           "build_url": r.build_url, "queue_url": r.queue_url, "decided_at": iso(r.decided_at),
-                           "posted_at": r.posted_at and iso(r.posted_at),
-                           "finished_at": r.finished_at and iso(r.finished_at), "duration_ms": r.duration_ms,
-                           "attempts": r.attempts, "last_error": r.last_error,
-                           "retry_at": r.retry_at and iso(r.retry_at)} for r in latest.values()], indent=2))
+        print(json.dumps([{"trigger": name, "spec": spec, "status": status, **(_run_json(run) if run else {})}
+                          for name, spec, status, run, _ in rows], indent=2))
         return EXIT_OK
-    width = max((len(t) for t in latest), default=7)
-    for r in latest.values():
-        outcome = r.result or r.status
-        where = r.build_url or r.queue_url or (r.last_error or "")
-        if r.status == "refused":
-            where = f"next attempt {_next_attempt(r)}: {r.last_error}"
-        print(f"{r.trigger:<{width}}  {iso(r.decided_at)}  {outcome:<10}  {where}")
+    table = [("TRIGGER", "STATUS", "RESULT", "BUILD", "AGE", "URL OR ERROR")]
+    for name, spec, status, run, where in rows:
+        shown = name + (" (deleted)" if spec == "deleted" else "")
+        table.append((shown, status, (run.result or "") if run else "", str(run.build_number or "") if run else "",
+                      _age(now - run.decided_at) if run else "", where))
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[5])
     return EXIT_OK
+
+
+def _run_json(run: Any) -> dict[str, Any]:
+    return {"run_id": run.run_id, "result": run.result, "job": run.job, "server": run.server,
+            "build_number": run.build_number, "build_url": run.build_url, "queue_url": run.queue_url,
+            "decided_at": iso(run.decided_at), "posted_at": run.posted_at and iso(run.posted_at),
+            "finished_at": run.finished_at and iso(run.finished_at), "duration_ms": run.duration_ms,
+            "attempts": run.attempts, "last_error": run.last_error, "retry_at": run.retry_at and iso(run.retry_at),
+            "parameters": dict(run.parameters) if run.parameters else None, "cause": run.cause}
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
 
 
 def cmd_history(args: argparse.Namespace) -> int:
     events = History(args.history).read(args.name)
     if not events:
-        print(f"reconciler: no history for {args.name} in {args.history}", file=sys.stderr)
-        return EXIT_ERROR
+        known = args.name in Catalog.scanned(args.triggers).entries
+        print(f"reconciler: {args.name} has no runs yet" if known else
+              f"reconciler: no trigger {args.name} in {args.triggers}, and no history for it in {args.history}",
+              file=sys.stderr)
+        return EXIT_OK if known else EXIT_ERROR
     for ev in events:
         if args.json:
             print(json.dumps(ev, sort_keys=True))
             continue
-        extra = " ".join(f"{k}={ev[k]}" for k in ("result", "number", "url", "queue_url", "reason") if k in ev)
+        shown = [("scheduled_for", "tick"), ("server", "server"), ("job", "job"), ("parameters", "parameters"),
+                 ("cause", "cause"), ("queue_url", "queue"), ("number", "build"), ("result", "result"),
+                 ("url", "url"), ("duration_ms", "ms"), ("reason", "reason")]
+        extra = "  ".join(f"{label}={_plain(ev[key])}" for key, label in shown if key in ev)
         print(f"{ev.get('at')}  {ev.get('event'):<10} run {ev.get('run_id')}  {extra}".rstrip())
     return EXIT_OK
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
 
 
 def cmd_adopt(args: argparse.Namespace) -> int:

@@ -110,8 +110,9 @@ def _read_secret_file(path: str, where: str) -> str:
         raise ConfigError(f"{where}: cannot read secret file {path}: {e.strerror}") from None
 
 
-def resolve_secret(ref: Any, where: str, env: Mapping[str, str]) -> str | None:
-    """`{env: NAME}` or `{file: PATH}` → the secret; a literal is refused so none lands in git."""
+def resolve_secret(ref: Any, where: str, env: Mapping[str, str], base: Path | None = None) -> str | None:
+    """`{env: NAME}` or `{file: PATH}` → the secret; a literal is refused so none lands in git. A
+    relative PATH is read from `base`, the config file's folder, not from wherever the daemon started."""
     if ref is None:
         return None
     if not isinstance(ref, dict) or len(ref) != 1 or next(iter(ref)) not in ("env", "file"):
@@ -123,7 +124,8 @@ def resolve_secret(ref: Any, where: str, env: Mapping[str, str]) -> str | None:
         if not value:
             raise ConfigError(f"{where}: environment variable {name} is not set")
         return value
-    return _read_secret_file(str(name), where)
+    path = Path(str(name))
+    return _read_secret_file(str(base / path if base is not None and not path.is_absolute() else path), where)
 
 
 def _env_secret(env: Mapping[str, str], name: str) -> str | None:
@@ -142,7 +144,7 @@ def server_from_env(env: Mapping[str, str]) -> Server | None:
                   token=_env_secret(env, "JENKINS_API_TOKEN"), job_token=_env_secret(env, "JENKINS_JOB_TOKEN"))
 
 
-def server_from_mapping(name: str, raw: Any, env: Mapping[str, str], where: str) -> Server:
+def server_from_mapping(name: str, raw: Any, env: Mapping[str, str], where: str, base: Path | None = None) -> Server:
     where = f"{where}: servers.{name}"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping with at least `url`")
@@ -155,8 +157,8 @@ def server_from_mapping(name: str, raw: Any, env: Mapping[str, str], where: str)
     verify: bool | str = raw.get("ca_bundle") or bool(raw.get("verify", True))
     try:
         return Server(name=name, url=_normalize_url(str(raw["url"]), where), user=raw.get("user"),
-                      token=resolve_secret(raw.get("token"), f"{where}.token", env),
-                      job_token=resolve_secret(raw.get("job_token"), f"{where}.job_token", env),
+                      token=resolve_secret(raw.get("token"), f"{where}.token", env, base),
+                      job_token=resolve_secret(raw.get("job_token"), f"{where}.job_token", env, base),
                       verify=verify, concurrency=int(raw.get("concurrency", Server.concurrency)),
                       connect_timeout=float(raw.get("connect_timeout", 5.0)),
                       read_timeout=float(raw.get("read_timeout", 30.0)),
@@ -193,7 +195,7 @@ def load_servers(config_path: Path | None, env: Mapping[str, str] | None = None,
     if not isinstance(raw, dict) or set(raw) - {"servers"}:
         raise ConfigError(f"{config_path}: expected a mapping with `servers:`")
     for name, entry in (raw.get("servers") or {}).items():
-        servers[str(name)] = server_from_mapping(str(name), entry, env, str(config_path))
+        servers[str(name)] = server_from_mapping(str(name), entry, env, str(config_path), config_path.parent)
     return servers
 
 

@@ -149,6 +149,8 @@ class Daemon:
         for name in changes.removed:
             self.log.info("spec_removed", trigger=name)
             self.next_due.pop(name, None)
+        if changes:
+            self.executor.metrics.invalid_specs.set(len(self.catalog.errors))
         candidates = self.catalog.specs.values() if full else \
             [e.spec for e in changes.changed if e.spec is not None]
         now = self.clock()

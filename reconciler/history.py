@@ -45,6 +45,8 @@ class History:
             return
         record = {"at": iso(at), "event": event, "trigger": run.trigger, "run_id": run.run_id,
                   "fire_key": run.fire_key, **{k: v for k, v in fields.items() if v is not None}}
+        if run.fire_key.startswith("@"):  # every line of a tick says which tick
+            record["scheduled_for"] = run.fire_key[1:]
         line = redact(json.dumps(record, sort_keys=True, ensure_ascii=False)) + "\n"
         path = os.path.join(self._dir, f"{run.trigger}.jsonl")
         try:
@@ -64,8 +66,7 @@ class History:
         """The first line of a run carries all it takes to rebuild the run from history."""
         self.append(run, event, at, server=run.server, job=run.job,
                     parameters=None if run.parameters is None else dict(run.parameters),
-                    cause=run.cause, tag_param=run.tag_param, reason=run.last_error,
-                    scheduled_for=run.fire_key[1:] if run.fire_key.startswith("@") else None)
+                    cause=run.cause, tag_param=run.tag_param, reason=run.last_error)
 
     def has(self, run: Run) -> bool:
         """Whether the run's first line is written (read back only when resuming a run)."""

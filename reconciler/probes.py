@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .daemon import Daemon
+from .errors import ConfigError
 from .metrics import Metrics
 
 MAX_CONNECTIONS = 32
@@ -79,7 +80,12 @@ class _ProbeServer(ThreadingHTTPServer):
 class Probes:
     def __init__(self, listen: str, daemon: Daemon, metrics: Metrics):
         host, _, port = listen.rpartition(":")
-        self._server = _ProbeServer((host or "0.0.0.0", int(port)), daemon, metrics)
+        if not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"--listen {listen!r}: expected HOST:PORT with a port number, e.g. 0.0.0.0:9090")
+        try:
+            self._server = _ProbeServer((host.strip("[]") or "0.0.0.0", int(port)), daemon, metrics)
+        except OSError as e:
+            raise ConfigError(f"--listen {listen}: cannot listen there: {e.strerror}") from None
         self.address = f"{self._server.server_address[0]}:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="probes", daemon=True)
 

@@ -23,7 +23,10 @@ MACROS = {
     "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
     "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *",
 }
+FIELDS = ("minute", "hour", "day of month", "month", "day of week")
 LOWER = (0, 0, 1, 1, 0)
+UPPER = (59, 23, 31, 12, 7)
+ALLOWED = ("0-59", "0-23", "1-31", "1-12 or JAN-DEC", "0-7 or SUN-SAT")
 UPPER_FOR_HASH = (59, 23, 28, 12, 6)
 """Jenkins' CronTab bounds for H: day of month stops at 28 (valid in every month), day of week at 6."""
 
@@ -70,8 +73,9 @@ def _hash_field(item: str, index: int, rnd: JavaRandom) -> str:
         raise ScheduleError(f"cannot read {item!r}: H takes the forms H, H/STEP, H(A-B) and H(A-B)/STEP")
     low, high = (int(m.group(1)), int(m.group(2))) if m.group(1) else (LOWER[index], UPPER_FOR_HASH[index])
     step = int(m.group(3) or 1)
-    if low > high or low < LOWER[index]:
-        raise ScheduleError(f"H({low}-{high}) is out of range for this field")
+    if low > high or low < LOWER[index] or high > UPPER_FOR_HASH[index]:
+        raise ScheduleError(f"{FIELDS[index]} field {item!r}: H's range must lie within "
+                            f"{LOWER[index]}-{UPPER_FOR_HASH[index]}, low to high")
     if step > high - low + 1:
         raise ScheduleError(f"step {step} of {item!r} is larger than its range {low}-{high}")
     if step > 1:
@@ -115,8 +119,21 @@ def parse(expression: str, timezone: str = "UTC", seed: str = "") -> Schedule:
     try:
         CronSim(cron, datetime(2000, 1, 1, tzinfo=tz))
     except CronSimError as e:
-        raise ScheduleError(f"invalid cron expression {expression!r}: {e}") from None
+        raise ScheduleError(f"invalid cron expression {expression!r}: {_which_field(cron) or e}") from None
     return Schedule(expression=expression, cron=cron, timezone=timezone, tz=tz)
+
+
+def _which_field(cron: str) -> str | None:
+    """The first field cronsim cannot read on its own, named with its value and what it allows."""
+    fields = cron.split()
+    for index, value in enumerate(fields):
+        alone = ["*"] * 5
+        alone[index] = value
+        try:
+            CronSim(" ".join(alone), datetime(2000, 1, 1, tzinfo=UTC))
+        except CronSimError:
+            return f"{FIELDS[index]} field {value!r} is not valid: it allows {ALLOWED[index]}, lists, ranges and steps"
+    return "its day of month and month never meet (as 30 February), so it would never fire"
 
 
 def ticks(schedule: Schedule, after: datetime) -> Iterator[datetime]:

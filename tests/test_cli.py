@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -252,3 +253,54 @@ def test_run_once_timeout_bounds_the_wait_and_exits_4(tmp_path, make_simulator):
 def test_version_is_printed():
     result = reconciler("--version")
     assert result.returncode == 0 and result.stdout.startswith("reconciler 0.")
+
+
+def test_status_lists_every_trigger_never_run_invalid_and_deleted_marked(tmp_path, simulator):
+    triggers = tmp_path / "t"
+    triggers.mkdir()
+    (triggers / "done.yaml").write_text("job: plain\n")
+    (triggers / "gone.yaml").write_text("job: plain\nrun: 2\n")
+    common = ["--triggers", str(triggers), "--state", str(tmp_path / "s.db")]
+    assert reconciler("run", "--once", "--wait", *common, "--history", str(tmp_path / "h"),
+                      env=jenkins_env(simulator)).returncode == 0
+    (triggers / "gone.yaml").unlink()
+    (triggers / "new.yaml").write_text("job: plain\nrun: 3\n")
+    (triggers / "broken.yaml").write_text("jbo: plain\n")
+    lines = reconciler("status", *common).stdout.splitlines()
+    assert lines[0].split()[:5] == ["TRIGGER", "STATUS", "RESULT", "BUILD", "AGE"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert rows["done"][:3] == ["completed", "SUCCESS", "1"] and rows["done"][4].startswith(simulator.url)
+    assert rows["gone"][:3] == ["(deleted)", "completed", "SUCCESS"]
+    assert rows["new"] == ["never", "run"] and rows["broken"][0] == "invalid"
+    [done] = [r for r in json.loads(reconciler("status", "--json", *common).stdout) if r["trigger"] == "done"]
+    assert (done["spec"], done["job"], done["server"], done["build_number"]) == ("valid", "plain", "default", 1)
+    assert done["duration_ms"] is not None and done["build_url"].startswith(simulator.url)
+
+
+def test_bad_listen_values_and_busy_addresses_are_one_line_with_exit_2(tmp_path, simulator):
+    triggers = tmp_path / "t"
+    triggers.mkdir()
+    common = ["run", "--triggers", str(triggers), "--state", str(tmp_path / "s.db"), "--history", str(tmp_path / "h")]
+    bad = reconciler(*common, "--listen", "localhost:notaport", env=jenkins_env(simulator))
+    assert (bad.returncode, bad.stderr.strip().splitlines()[-1]) == (
+        2, "reconciler: --listen 'localhost:notaport': expected HOST:PORT with a port number, e.g. 0.0.0.0:9090")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = reconciler(*common, "--listen", f"127.0.0.1:{port}", env=jenkins_env(simulator))
+    assert taken.returncode == 2 and "Traceback" not in taken.stderr
+    assert taken.stderr.strip().splitlines()[-1] == \
+        f"reconciler: --listen 127.0.0.1:{port}: cannot listen there: Address already in use"
+
+
+def test_next_and_history_tell_a_missing_trigger_from_one_without_ticks_or_runs(tmp_path):
+    triggers = tmp_path / "t"
+    triggers.mkdir()
+    (triggers / "once.yaml").write_text("job: plain\n")
+    (triggers / "nightly.yaml").write_text("job: plain\nschedule: '@daily'\n")
+    assert "no trigger nope" in reconciler("next", "nope", "--triggers", str(triggers)).stderr
+    assert "one-shot trigger" in reconciler("next", "once", "--triggers", str(triggers)).stderr
+    fresh = reconciler("history", "nightly", "--triggers", str(triggers), "--history", str(tmp_path / "h"))
+    assert (fresh.returncode, fresh.stderr.strip()) == (0, "reconciler: nightly has no runs yet")
+    assert reconciler("history", "nope", "--triggers", str(triggers), "--history", str(tmp_path / "h")).returncode == 2

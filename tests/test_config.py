@@ -82,3 +82,12 @@ def test_the_basic_auth_header_and_encoded_forms_of_secrets_are_redacted():
     basic = base64.b64encode(b"bot:tok+en/with&marks").decode()
     text = f"Authorization: Basic {basic}; body token=tok%2Ben%2Fwith%26marks&x=jt-1234; raw tok+en/with&marks"
     assert logs.redact(text) == "Authorization: Basic ***; body token=***&x=***; raw ***"
+
+
+def test_a_relative_secret_file_is_read_beside_the_config_file(tmp_path, monkeypatch):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "token").write_text("from-beside-the-config\n")
+    config = tmp_path / "conf" / "servers.yaml"
+    config.write_text("servers:\n  x:\n    url: https://x/\n    user: u\n    token: {file: token}\n")
+    monkeypatch.chdir(tmp_path)  # the daemon started elsewhere
+    assert load_servers(config, {})["x"].token == "from-beside-the-config"

@@ -50,3 +50,15 @@ def test_a_run_whose_history_stops_at_decided_is_treated_as_maybe_posted(tmp_pat
     history.decided(run(), 1.0)
     [rebuilt] = list(history.runs())
     assert rebuilt.status == "posting"
+
+
+def test_every_line_of_a_tick_says_which_tick(tmp_path):
+    from reconciler.state import Run
+
+    history = History(tmp_path)
+    run = Run(run_id="r1", trigger="nightly", fire_key="@2026-12-01T02:00:00Z", server="default", job="j",
+              parameters=None, cause=None, tag_param=None, status="decided", decided_at=0.0)
+    history.decided(run, 1.0)
+    history.append(run, "queued", 2.0, queue_url="q")
+    history.append(run, "completed", 3.0, result="SUCCESS")
+    assert {e["scheduled_for"] for e in history.read("nightly")} == {"2026-12-01T02:00:00Z"}

@@ -83,9 +83,13 @@ def test_h_spreads_many_nightly_triggers_over_the_night():
 
 
 @pytest.mark.parametrize(("expression", "message"), [
-    ("61 * * * *", "Bad minute"),
+    ("61 * * * *", "minute field '61' is not valid: it allows 0-59"),
+    ("* 24 * * *", "hour field '24' is not valid: it allows 0-23"),
+    ("* * * 13 *", "month field '13' is not valid: it allows 1-12 or JAN-DEC"),
+    ("0 0 30 2 *", r"never meet \(as 30 February\)"),
+    ("H(70-80) * * * *", "minute field 'H\\(70-80\\)': H's range must lie within 0-59"),
     ("* * *", "expected 5 fields"),
-    ("H(5-3) * * * *", "out of range"),
+    ("H(5-3) * * * *", "range must lie within 0-59, low to high"),
     ("H/90 * * * *", "larger than its range"),
     ("Hx * * * *", "H takes the forms"),
 ])
