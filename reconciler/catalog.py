@@ -277,7 +277,7 @@ def folders(root: str) -> list[str]:
     return out
 
 
-def check_file(path: str, triggers: str | None = None) -> SpecError | None:
+def check_file(path: str, triggers: str | None = None) -> Spec | SpecError:
     """One spec file judged as a scan of its folder judges it, for `validate FILE` (pre-commit passes
     the files a commit touched): its name, a link, a sibling that defines its trigger first, its bytes.
     `triggers` is the triggers directory, if the file lies in it: links are judged against it."""
@@ -298,10 +298,9 @@ def check_file(path: str, triggers: str | None = None) -> SpecError | None:
         if first < file and os.path.isfile(os.path.join(folder, first)):
             return SpecError(path, [Problem(1, 1, _defined_by(name, first))])
     try:
-        _parse(_read(found.source if found and found.source else path, path), name, path)
+        return _parse(_read(found.source if found and found.source else path, path), name, path)
     except SpecError as e:
         return e
-    return None
 
 
 def _within(path: str, folder: str) -> bool:

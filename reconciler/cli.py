@@ -81,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check specs; prints file:line:col: message per error, exit 1 if any")
     p.add_argument("paths", nargs="*", type=Path, help="files or directories (default: --triggers)")
-    p.add_argument("--triggers", type=Path, default=Path(_env("triggers", "triggers")))
+    p.add_argument("--triggers", type=Path, default=Path(_env("triggers", "triggers")),
+                   help="the triggers directory, for links and the config file's place (env RECONCILER_TRIGGERS)")
+    p.add_argument("--config", type=Path, default=_env("config"),
+                   help="the operator's servers config: specs naming another server are invalid "
+                        "(env RECONCILER_CONFIG; JENKINS_URL makes `default` known)")
 
     p = sub.add_parser("plan", help="what a pass would do now (or --at TIME), per trigger")
     _add_common(p)
@@ -275,8 +279,8 @@ def _run_once(daemon: Any, args: argparse.Namespace, log: Any) -> int:
     started |= {r.run_id for r in fired}
     done = daemon.executor.wait_idle(args.timeout or None, posted_only=not args.wait)
     log.info("pass_completed", specs=len(daemon.catalog.entries), fired=len(fired),
-             invalid=len(daemon.catalog.errors))
-    if daemon.catalog.errors:
+             invalid=len(daemon.catalog.errors) + len(daemon.unconfigured))
+    if daemon.catalog.errors or daemon.unconfigured:
         return EXIT_INVALID
     if not done:
         waiting = [r for r in daemon.executor.active() if r.run_id in started]
@@ -305,26 +309,51 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Specs judged as the daemon judges them: their files, and the servers they name where servers are
+    configured (a --config, or JENKINS_URL; in another repository's pre-commit hook there are none)."""
     paths = args.paths or [args.triggers]
+    servers = _servers(args) if args.config or os.environ.get("JENKINS_URL") else None
     errors: list[SpecError] = []
+    specs: list[tuple[str, Any]] = []
     count = 0
     for path in paths:
         if path.is_dir():
-            catalog = Catalog(path)
-            catalog.scan()
+            catalog = Catalog.scanned(path)
             count += len(catalog.entries) + len(catalog.rejected)
             errors += [SpecError(str(path / e.path), e.problems) for e in catalog.errors.values()]
+            specs += [(str(path / e.path), e.spec) for e in catalog.entries.values() if e.spec is not None]
         elif path.exists():
             count += 1
-            error = check_file(str(path), str(args.triggers))
-            if error is not None:
-                errors.append(error)
+            judged = check_file(str(path), str(args.triggers))
+            if isinstance(judged, SpecError):
+                errors.append(judged)
+            else:
+                specs.append((str(path), judged))
         else:
             errors.append(SpecError(str(path), [Problem(1, 1, "no such file or directory")]))
+    if servers is not None:
+        errors += [SpecError(shown, [Problem(*_key_position(shown, "server"), _unknown_server(spec.server, servers))])
+                   for shown, spec in specs if spec.server not in servers]
     for err in errors:
         print(err)
     print(f"{count} spec(s) checked, {len(errors)} invalid", file=sys.stderr)
     return EXIT_INVALID if errors else EXIT_OK
+
+
+def _unknown_server(name: str, servers: Any) -> str:
+    return f"server {name!r} is not configured (known: {', '.join(sorted(servers)) or 'none'})"
+
+
+def _key_position(path: str, key: str) -> tuple[int, int]:
+    """Where a top-level key's value starts in a spec file, for an error found after parsing."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return 1, 1
+    for number, line in enumerate(lines, start=1):
+        if line.startswith(f"{key}:"):
+            return number, len(line) - len(line[len(key) + 1:].lstrip()) + 1
+    return 1, 1
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

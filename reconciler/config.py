@@ -67,6 +67,10 @@ class Server:
         parts = urlsplit(self.url)
         if parts.scheme == "http" and (self.token or self.job_token) and not _loopback(parts.hostname or ""):
             out.append(f"server {self.name}: credentials are sent over plain http to {parts.hostname}: use https")
+        if not (self.user and self.token):
+            out.append(f"server {self.name}: no API token{' or user' if not self.user else ''} is configured, so "
+                       "requests are anonymous and Jenkins will likely refuse them: set JENKINS_USER and "
+                       "JENKINS_API_TOKEN (or user: and token: in the config)")
         return out
 
 

@@ -88,6 +88,9 @@ class Daemon:
         self._watcher: threading.Thread | None = None
         self.cursors: dict[str, datetime] = {}
         self.next_due: dict[str, datetime] = {}
+        self.unconfigured: dict[str, str] = {}
+        """Valid specs that name a server the operator has not configured, with the error: invalid, like
+        a broken file, and reported once per change."""
 
     def bootstrap(self) -> None:
         """Rebuild a fresh store from history, then resume whatever an earlier process left open."""
@@ -149,14 +152,19 @@ class Daemon:
         for name in changes.removed:
             self.log.info("spec_removed", trigger=name)
             self.next_due.pop(name, None)
-        if changes:
-            self.executor.metrics.invalid_specs.set(len(self.catalog.errors))
         candidates = self.catalog.specs.values() if full else \
             [e.spec for e in changes.changed if e.spec is not None]
         now = self.clock()
         fired = self.store.fired_among([(s.name, s.revision) for s in candidates if s.schedule is None])
         to_fire: list[Run] = []
+        for name in changes.removed:
+            self.unconfigured.pop(name, None)
+        for entry in changes.changed:
+            if entry.spec is None:
+                self.unconfigured.pop(entry.name, None)
         for spec in candidates:
+            if self._unconfigured(spec):
+                continue
             if spec.schedule is not None:
                 self._arm(spec, now)
                 continue
@@ -164,13 +172,24 @@ class Daemon:
             verdict = decide(spec, fired, self.servers)
             if verdict.action is Action.FIRE:
                 to_fire.append(new_run(spec, now))
-            elif verdict.action is Action.INVALID and not full:
-                self.log.error("spec_invalid", trigger=spec.name, errors=[verdict.detail])
+        self.executor.metrics.invalid_specs.set(len(self.catalog.errors) + len(self.unconfigured))
         inserted = self.store.decide(to_fire)
         for run in inserted:
             self.log.info("fire_decided", trigger=run.trigger, run_id=run.run_id, job=run.job, revision=run.fire_key)
         self.executor.submit(inserted)
         return inserted
+
+    def _unconfigured(self, spec: Spec) -> bool:
+        """A spec naming a server the operator has not configured: invalid, said once per change."""
+        if spec.server in self.servers:
+            self.unconfigured.pop(spec.name, None)
+            return False
+        error = f"server {spec.server!r} is not configured (known: {', '.join(sorted(self.servers)) or 'none'})"
+        if self.unconfigured.get(spec.name) != error:
+            self.unconfigured[spec.name] = error
+            self.log.error("spec_invalid", trigger=spec.name, errors=[error])
+        self.next_due.pop(spec.name, None)
+        return True
 
     def _arm(self, spec: Spec, now: float) -> None:
         """Set when a schedule next needs attention; a new schedule starts from now, not from a backlog."""
@@ -259,7 +278,6 @@ class Daemon:
             fired += self.retry_refused()
         if len(changes.changed) >= TRIM_AFTER:
             trim_heap()
-        metrics.invalid_specs.set(len(self.catalog.errors))
         metrics.last_pass.set(self.clock())
         self.passes += 1
         return fired

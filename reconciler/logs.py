@@ -6,6 +6,7 @@ and the commands a pre-commit hook runs (`validate`, `plan`) never log.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from collections.abc import Iterable
@@ -57,6 +58,22 @@ def _scrub_processor(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, A
     return {k: _scrub(v) for k, v in event_dict.items()} if _secrets else event_dict
 
 
+class _Tolerant:
+    """The log stream, minus the exception when its reader is gone: a closed stdout (a pipe whose reader
+    exited) must cost the log lines, never the daemon."""
+
+    def __init__(self, stream: TextIO):
+        self._stream = stream
+
+    def write(self, text: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.write(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
+
+
 def configure(fmt: str = "json", stream: TextIO | None = None, level: str = "info") -> None:
     """Takes effect for loggers got from now on."""
     global _pending
@@ -78,7 +95,7 @@ def _apply(fmt: str, stream: TextIO | None, level: str) -> Any:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.WriteLoggerFactory(stream or sys.stdout),  # one write a line, not print's two
+        logger_factory=structlog.WriteLoggerFactory(_Tolerant(stream or sys.stdout)),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     return structlog.get_logger("reconciler").bind()

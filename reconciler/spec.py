@@ -355,6 +355,11 @@ def nesting_problem(text: str) -> Problem | None:
 
 
 def _yaml_problem(e: MarkedYAMLError) -> Problem:
+    context = e.context or ""
+    if context.startswith("while parsing a flow") and e.context_mark is not None:  # an unclosed [ or {
+        bracket = "[" if "sequence" in context else "{"
+        return Problem(e.context_mark.line + 1, e.context_mark.column + 1,
+                       f"this {bracket} is never closed ({e.problem})")
     mark = e.problem_mark or e.context_mark
     line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
     problem = e.problem or "invalid YAML"

@@ -304,3 +304,22 @@ def test_next_and_history_tell_a_missing_trigger_from_one_without_ticks_or_runs(
     fresh = reconciler("history", "nightly", "--triggers", str(triggers), "--history", str(tmp_path / "h"))
     assert (fresh.returncode, fresh.stderr.strip()) == (0, "reconciler: nightly has no runs yet")
     assert reconciler("history", "nope", "--triggers", str(triggers), "--history", str(tmp_path / "h")).returncode == 2
+
+
+def test_a_spec_naming_an_unknown_server_is_invalid_to_validate_run_once_and_the_daemon(tmp_path, simulator):
+    triggers = tmp_path / "t"
+    triggers.mkdir()
+    (triggers / "ok.yaml").write_text("job: plain\n")
+    (triggers / "elsewhere.yaml").write_text("# deploys to the release Jenkins\njob: plain\nserver: release\n")
+    env = jenkins_env(simulator)
+    checked = reconciler("validate", str(triggers), env=env)
+    assert checked.returncode == 1
+    assert checked.stdout.strip() == f"{triggers}/elsewhere.yaml:3:9: server 'release' is not configured " \
+                                     "(known: default)"
+    assert reconciler("validate", str(triggers / "elsewhere.yaml"), env=env).returncode == 1
+    assert reconciler("validate", str(triggers), env={"JENKINS_URL": ""}).returncode == 0  # no servers known here
+    once = reconciler("run", "--once", "--triggers", str(triggers), "--state", str(tmp_path / "s.db"),
+                      "--history", str(tmp_path / "h"), env=env)
+    assert once.returncode == 1 and len(simulator.triggers("plain")) == 1
+    invalid = [json.loads(line) for line in once.stdout.splitlines() if '"spec_invalid"' in line]
+    assert [e["trigger"] for e in invalid] == ["elsewhere"]

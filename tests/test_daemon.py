@@ -647,3 +647,22 @@ def test_a_refused_run_whose_spec_changed_is_superseded_not_retried(harness):
     wait_for(lambda: sorted(r.status for r in harness.runs("deploy")) == ["completed", "failed"])
     old = next(r for r in harness.runs("deploy") if r.status == "failed")
     assert old.job == "not-there" and "the spec changed since" in old.last_error
+
+
+def test_a_closed_stdout_costs_the_log_lines_not_the_daemon(harness):
+    """A pipe whose reader exited: writing a log line raises BrokenPipeError."""
+    read, write = os.pipe()
+    os.close(read)
+    env = {**os.environ, "JENKINS_URL": harness.url, "JENKINS_USER": USER, "JENKINS_API_TOKEN": TOKEN}
+    harness.triggers.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "--triggers", str(harness.triggers),
+                             "--state", str(harness.state), "--history", str(harness.history)],
+                            env=env, stdout=write, stderr=subprocess.DEVNULL)
+    os.close(write)
+    try:
+        harness.write("later", "job: plain\n")
+        wait_for(lambda: harness.sim.triggers("plain"), timeout=30, what="a fire with no one reading the logs")
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0

@@ -79,7 +79,7 @@ def test_an_empty_file_is_an_error():
 
 def test_broken_yaml_syntax_is_reported_with_its_position():
     [line] = errors_of("broken-syntax.yaml")
-    assert line.startswith("broken-syntax.yaml:4:1: ")
+    assert line == "broken-syntax.yaml:3:8: this [ is never closed (did not find expected ',' or ']')"
 
 
 def test_a_spec_nested_deeper_than_any_needs_is_refused_where_it_gets_too_deep():
@@ -188,3 +188,9 @@ def test_a_date_is_sent_as_written_and_yaml_that_costs_more_than_its_size_is_ref
         with pytest.raises(SpecError, match=message):
             parse(text, name="t", path="t.yaml")
     assert parse("job: a\ncause: '<< & * !'\n", name="t", path="t.yaml").cause == "<< & * !"  # in text, harmless
+
+
+def test_an_unclosed_bracket_is_reported_where_it_opened():
+    with pytest.raises(SpecError) as e:
+        parse("job: plain\nparameters: {A: '1'\ncause: x\n", name="t", path="t.yaml")
+    assert str(e.value) == "t.yaml:2:13: this { is never closed (did not find expected ',' or '}')"

@@ -229,7 +229,8 @@ def test_held_connections_to_the_probe_port_do_not_stop_fires(tmp_path, triggers
 def test_insecure_server_settings_are_warned_about_at_start(tmp_path, triggers):
     (triggers / "ok.yaml").unlink()  # nothing to fire: no request is made to these made-up hosts
     config = tmp_path / "servers.yaml"
-    config.write_text("servers:\n  lax:\n    url: https://jenkins.example.com/\n    verify: false\n")
+    config.write_text("servers:\n  lax:\n    url: https://jenkins.example.com/\n    verify: false\n"
+                      "  anonymous:\n    url: https://other.example.com/\n")
     result = run_once(tmp_path, None, "--config", str(config),
                       env={"JENKINS_URL": "http://jenkins.example.com/", "JENKINS_USER": USER,
                            "JENKINS_API_TOKEN": TOKEN})
@@ -237,4 +238,10 @@ def test_insecure_server_settings_are_warned_about_at_start(tmp_path, triggers):
     warnings = [e["warning"] for e in map(json.loads, result.stdout.splitlines()) if e["event"] == "server_insecure"]
     assert warnings == ["server default: credentials are sent over plain http to jenkins.example.com: use https",
                         "server lax: TLS certificates are not verified (verify: false): anyone on the path can "
-                        "read the API token; give ca_bundle instead"]
+                        "read the API token; give ca_bundle instead",
+                        "server lax: no API token or user is configured, so requests are anonymous and Jenkins "
+                        "will likely refuse them: set JENKINS_USER and JENKINS_API_TOKEN (or user: and token: in "
+                        "the config)",
+                        "server anonymous: no API token or user is configured, so requests are anonymous and "
+                        "Jenkins will likely refuse them: set JENKINS_USER and JENKINS_API_TOKEN (or user: and "
+                        "token: in the config)"]
