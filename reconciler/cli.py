@@ -59,11 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
                     "its outcome is on record.",
         epilog="Credentials come from the environment (JENKINS_URL, JENKINS_USER, JENKINS_API_TOKEN or "
                "JENKINS_API_TOKEN_FILE, JENKINS_JOB_TOKEN or JENKINS_JOB_TOKEN_FILE) or from references in the "
-               "config file; never from specs. Exit codes: 0 ok, 1 invalid specs, 2 error.")
+               "operator's config file (--config); never from specs. Exit codes: 0 ok, 1 invalid specs, 2 error, "
+               "3 a run of run --once failed or was refused, 4 run --once timed out.")
     parser.add_argument("--version", action="version", version=f"reconciler {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="watch the triggers and fire what is due (the daemon)")
+    p = sub.add_parser("run", help="watch the triggers and fire what is due (the daemon)",
+                       description="The daemon: watch --triggers, fire each one-shot once per revision and each "
+                                   "schedule once per tick, follow every run to its result, and record it in the "
+                                   "state store and the history. With --once: one pass, then exit with a code a "
+                                   "CI job can gate on (0 ok, 1 invalid specs, 2 error, 3 a run failed or was "
+                                   "refused, 4 --timeout).",
+                       epilog="examples: reconciler run --listen 0.0.0.0:9090\n"
+                              "          reconciler run --once --wait --timeout 20m",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(p)
     p.add_argument("--once", action="store_true", default=_env_flag("once"),
                    help="one pass: fire what is due, wait until it is posted, exit (env RECONCILER_ONCE)")
@@ -79,7 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default=_env("listen"), metavar="HOST:PORT",
                    help="serve /healthz, /readyz and /metrics (env RECONCILER_LISTEN), e.g. 0.0.0.0:9090")
 
-    p = sub.add_parser("validate", help="check specs; prints file:line:col: message per error, exit 1 if any")
+    p = sub.add_parser("validate", help="check specs; prints file:line:col: message per error, exit 1 if any",
+                       description="Judge spec files as the daemon does, without Jenkins: YAML, schema, links, "
+                                   "names, and the servers they name when servers are configured. Fast enough "
+                                   "for a pre-commit hook.",
+                       epilog="examples: reconciler validate triggers/\n"
+                              "          reconciler validate triggers/team/deploy.yaml --config /etc/reconciler/"
+                              "servers.yaml",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="*", type=Path, help="files or directories (default: --triggers)")
     p.add_argument("--triggers", type=Path, default=Path(_env("triggers", "triggers")),
                    help="the triggers directory, for links and the config file's place (env RECONCILER_TRIGGERS)")
@@ -87,15 +103,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the operator's servers config: specs naming another server are invalid "
                         "(env RECONCILER_CONFIG; JENKINS_URL makes `default` known)")
 
-    p = sub.add_parser("plan", help="what a pass would do now (or --at TIME), per trigger")
+    p = sub.add_parser("plan", help="what a pass would do now (or --at TIME), per trigger",
+                       description="Per trigger: fire, up to date, pending (refused by Jenkins, to be posted "
+                                   "again), scheduled (with the next tick), suspended or invalid. Reads the state "
+                                   "store and the history; sends nothing.",
+                       epilog="example: reconciler plan --at 2026-12-24T03:00:00+01:00 --json")
     _add_common(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--at", type=_timestamp, help="ISO 8601 time to plan for (default: now); naive means UTC")
 
-    p = sub.add_parser("next", help="upcoming fire times of a scheduled trigger")
+    p = sub.add_parser("next", help="upcoming fire times of a scheduled trigger",
+                       description="The next ticks of a schedule, with H resolved, in its time zone and in UTC.",
+                       epilog="example: reconciler next nightly/regression --count 10")
     p.add_argument("name", help="trigger name, e.g. nightly/regression")
-    p.add_argument("--count", type=int, default=5)
-    p.add_argument("--triggers", type=Path, default=Path(_env("triggers", "triggers")))
+    p.add_argument("--count", type=int, default=5, help="how many ticks (default 5)")
+    p.add_argument("--triggers", type=Path, default=Path(_env("triggers", "triggers")),
+                   help="directory of trigger specs (env RECONCILER_TRIGGERS)")
 
     p = sub.add_parser("status", help="every trigger and its newest run",
                        description="Every trigger, from the specs on disk and the state store: never run, "
@@ -117,7 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="raw JSON lines")
 
     p = sub.add_parser("adopt", help="mark every current one-shot as fired, without firing (bringing an "
-                                     "existing directory under the reconciler)")
+                                     "existing directory under the reconciler)",
+                       description="Record every one-shot's current revision as fired, so that only later changes "
+                                   "fire: for a directory of specs that already ran by other means.",
+                       epilog="example: reconciler adopt --triggers triggers --state .reconciler/state.db")
     _add_common(p)
 
     p = sub.add_parser("retry", help="post refused runs again now (after fixing a token, a job name, a proxy)",
@@ -132,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulator", help="serve a simulated Jenkins on 127.0.0.1 until stopped",
                        description="A Jenkins stand-in speaking Jenkins' remote API: jobs, parameters, tokens, "
                                    "CSRF crumbs, the queue, builds, consoles; with faults injectable at run time "
-                                   "through /_sim/faults. See README, 'The Jenkins simulator'.")
+                                   "through /_sim/faults. See README, 'The Jenkins simulator'.",
+                       epilog="example: reconciler simulator --port 8080 --job deploy --user alice:alice-token")
     p.add_argument("--port", type=int, default=int(_env("sim_port", 8080)), help="0 picks a free port")
     p.add_argument("--config", type=Path, default=_env("sim_config"), help="simulator YAML (jobs, users, ...)")
     p.add_argument("--job", action="append", default=[], metavar="NAME",
@@ -144,10 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet-period", type=float, help="seconds a queued build waits (Jenkins: 5)")
     p.add_argument("--executors", type=int, help="builds that run at once (Jenkins' built-in node: 2)")
 
-    sub.add_parser("schema", help="print the JSON Schema of a trigger spec (for editors and CI)")
+    sub.add_parser("schema", help="print the JSON Schema of a trigger spec (for editors and CI)",
+                   description="The JSON Schema of a trigger spec, for editors (yaml-language-server) and CI.",
+                   epilog="example: reconciler schema > schema/trigger.schema.json")
 
-    p = sub.add_parser("demo", help="run the daemon on ./triggers against a bundled simulator")
-    p.add_argument("--triggers", type=Path, default=Path(_env("triggers", "triggers")))
+    p = sub.add_parser("demo", help="run the daemon on ./triggers against a bundled simulator",
+                       description="Start a simulated Jenkins on a free loopback port and run the daemon on the "
+                                   "example specs against it, showing each fire decided, posted, started and "
+                                   "completed.",
+                       epilog="example: reconciler demo --keep-running")
+    p.add_argument("--triggers", type=Path, default=Path(_env("triggers", "triggers")),
+                   help="directory of trigger specs (default ./triggers)")
     p.add_argument("--workdir", type=Path, default=Path(".reconciler/demo"),
                    help="where the demo keeps its state and history (wiped at start)")
     p.add_argument("--keep-running", action="store_true", help="keep watching after the demo runs complete")

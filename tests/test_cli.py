@@ -323,3 +323,12 @@ def test_a_spec_naming_an_unknown_server_is_invalid_to_validate_run_once_and_the
     assert once.returncode == 1 and len(simulator.triggers("plain")) == 1
     invalid = [json.loads(line) for line in once.stdout.splitlines() if '"spec_invalid"' in line]
     assert [e["trigger"] for e in invalid] == ["elsewhere"]
+
+
+def test_every_subcommand_has_a_description_and_an_example():
+    for command in ("run", "validate", "plan", "next", "status", "history", "adopt", "retry", "simulator",
+                    "schema", "demo"):
+        text = reconciler(command, "--help").stdout
+        _, _, rest = text.partition("\n\n")  # after the usage lines
+        assert rest.strip() and not rest.startswith(("positional", "options")), command  # a description
+        assert "example" in text, command
