@@ -18,7 +18,7 @@ from typing import Any
 from . import logs
 from .catalog import Catalog, check_file
 from .config import Server, load_servers
-from .errors import Problem, ReconcilerError, SpecError
+from .errors import ConfigError, Problem, ReconcilerError, SpecError
 from .history import History, iso
 from .plan import Action, plan
 
@@ -346,11 +346,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Specs judged as the daemon judges them: their files, and the servers they name where servers are
     configured (a --config, or JENKINS_URL; in another repository's pre-commit hook there are none)."""
     paths = args.paths or [args.triggers]
-    servers = _servers(args) if args.config or os.environ.get("JENKINS_URL") else None
-    errors: list[SpecError] = []
+    errors: list[SpecError | ConfigError] = []
+    servers = None
+    if args.config or os.environ.get("JENKINS_URL"):
+        try:
+            servers = _servers(args)
+        except ConfigError as e:  # judged like any file: one more invalid one, with its position
+            errors.append(e)
+    config = Path(args.config).resolve() if args.config else None
     specs: list[tuple[str, Any]] = []
     count = 0
     for path in paths:
+        if config is not None and path.resolve() == config:  # `validate triggers/*.yaml servers.yaml`
+            count += 1
+            continue
         if path.is_dir():
             catalog = Catalog.scanned(path)
             count += len(catalog.entries) + len(catalog.rejected)

@@ -10,6 +10,7 @@ repr, and are registered with the log redactor.
 from __future__ import annotations
 
 import base64
+import difflib
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -19,10 +20,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from .errors import ConfigError
-from .spec import nesting_problem
+from .spec import nesting_problem, yaml_problem
 
 SERVER_KEYS = {"url", "user", "token", "job_token", "verify", "ca_bundle", "concurrency",
                "connect_timeout", "read_timeout", "proxy", "client_cert", "client_key"}
@@ -152,15 +153,12 @@ def server_from_mapping(name: str, raw: Any, env: Mapping[str, str], where: str,
     where = f"{where}: servers.{name}"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping with at least `url`")
-    unknown = set(raw) - SERVER_KEYS
-    if unknown:
-        known = ", ".join(sorted(SERVER_KEYS))
-        raise ConfigError(f"{where}: unknown keys {', '.join(sorted(unknown))} (known: {known})")
     if "url" not in raw:
         raise ConfigError(f"{where}: `url` is required")
     verify: bool | str = raw.get("ca_bundle") or bool(raw.get("verify", True))
     try:
-        return Server(name=name, url=_normalize_url(str(raw["url"]), where), user=raw.get("user"),
+        return Server(name=name, url=_normalize_url(str(raw["url"]), where),
+                      user=None if raw.get("user") is None else str(raw["user"]),
                       token=resolve_secret(raw.get("token"), f"{where}.token", env, base),
                       job_token=resolve_secret(raw.get("job_token"), f"{where}.job_token", env, base),
                       verify=verify, concurrency=int(raw.get("concurrency", Server.concurrency)),
@@ -191,16 +189,43 @@ def load_servers(config_path: Path | None, env: Mapping[str, str] | None = None,
         deep = nesting_problem(text)
         if deep is not None:
             raise ConfigError(f"{config_path}:{deep.line}:{deep.column}: {deep.message}")
-        raw = YAML(typ="safe").load(text) or {}
+        raw = YAML(typ="rt").load(text) or {}  # round-trip: keys keep their positions, for the errors below
     except OSError as e:
         raise ConfigError(f"cannot read the servers config {config_path}: {e.strerror}") from None
+    except MarkedYAMLError as e:
+        problem = yaml_problem(e)
+        raise ConfigError(f"{config_path}:{problem.line}:{problem.column}: {problem.message}") from None
     except (YAMLError, ValueError, OverflowError, KeyError, TypeError) as e:  # a bad `!!int`, say
         raise ConfigError(f"{config_path}: {e}") from None
-    if not isinstance(raw, dict) or set(raw) - {"servers"}:
-        raise ConfigError(f"{config_path}: expected a mapping with `servers:`")
-    for name, entry in (raw.get("servers") or {}).items():
-        servers[str(name)] = server_from_mapping(str(name), entry, env, str(config_path), config_path.parent)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{config_path}:1:1: expected a mapping with `servers:`")
+    _known_keys(raw, {"servers"}, config_path, "")
+    entries = raw.get("servers") or {}
+    if not isinstance(entries, dict):
+        raise ConfigError(f"{_at(config_path, raw, 'servers')}: `servers` is a mapping of NAME: settings")
+    for name, entry in entries.items():
+        if isinstance(entry, dict):
+            _known_keys(entry, SERVER_KEYS, config_path, f"servers.{name}.")
+        servers[str(name)] = server_from_mapping(str(name), entry, env, _at(config_path, entries, name),
+                                                 config_path.parent)
     return servers
+
+
+def _at(path: Path, mapping: Any, key: Any) -> str:
+    """`path:line:col` of a key in a round-trip mapping (or the path alone where it has no position)."""
+    try:
+        line, col = mapping.lc.key(key)
+    except (AttributeError, KeyError, TypeError):
+        return str(path)
+    return f"{path}:{line + 1}:{col + 1}"
+
+
+def _known_keys(mapping: Any, known: set[str], path: Path, prefix: str) -> None:
+    for key in mapping:
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), sorted(known), n=1)
+            raise ConfigError(f"{_at(path, mapping, key)}: unknown key {prefix}{key}" +
+                              (f" (did you mean {hint[0]!r}?)" if hint else f"; known: {', '.join(sorted(known))}"))
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -281,7 +281,7 @@ def _parse(text: str, name: str, path: str) -> Spec:
     try:
         data = loader.get_single_data()
     except MarkedYAMLError as e:
-        raise SpecError(path, [_yaml_problem(e)]) from None
+        raise SpecError(path, [yaml_problem(e)]) from None
     except YAMLError as e:
         raise SpecError(path, [Problem(1, 1, f"invalid YAML: {e}")]) from None
     finally:
@@ -354,7 +354,8 @@ def nesting_problem(text: str) -> Problem | None:
     return structure_problem(text, refuse=False)
 
 
-def _yaml_problem(e: MarkedYAMLError) -> Problem:
+def yaml_problem(e: MarkedYAMLError) -> Problem:
+    """Where a YAML error is and what it is, in a person's words (shared with the servers config)."""
     context = e.context or ""
     if context.startswith("while parsing a flow") and e.context_mark is not None:  # an unclosed [ or {
         bracket = "[" if "sequence" in context else "{"

@@ -332,3 +332,16 @@ def test_every_subcommand_has_a_description_and_an_example():
         _, _, rest = text.partition("\n\n")  # after the usage lines
         assert rest.strip() and not rest.startswith(("positional", "options")), command  # a description
         assert "example" in text, command
+
+
+def test_validate_judges_the_servers_config_as_config_with_its_position(tmp_path):
+    triggers = tmp_path / "t"
+    triggers.mkdir()
+    (triggers / "ok.yaml").write_text("job: plain\n")
+    config = tmp_path / "servers.yaml"
+    config.write_text("servers:\n  default:\n    url: https://ci.example.com/\n    ussr: bot\n")
+    result = reconciler("validate", str(triggers / "ok.yaml"), str(config), "--config", str(config))
+    assert result.returncode == 1
+    assert result.stdout.strip() == f"{config}:4:5: unknown key servers.default.ussr (did you mean 'user'?)"
+    config.write_text("servers:\n  default:\n    url: https://ci.example.com/\n")
+    assert reconciler("validate", str(triggers / "ok.yaml"), str(config), "--config", str(config)).returncode == 0

@@ -91,3 +91,18 @@ def test_a_relative_secret_file_is_read_beside_the_config_file(tmp_path, monkeyp
     config.write_text("servers:\n  x:\n    url: https://x/\n    user: u\n    token: {file: token}\n")
     monkeypatch.chdir(tmp_path)  # the daemon started elsewhere
     assert load_servers(config, {})["x"].token == "from-beside-the-config"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("servers:\n  x:\n    url: https://x/\n    tokne: {env: T}\n",
+     ":4:5: unknown key servers.x.tokne (did you mean 'token'?)"),
+    ("server:\n  x: {url: https://x/}\n", ":1:1: unknown key server (did you mean 'servers'?)"),
+    ("servers:\n  x:\n    url: [https://x/\n", ":3:10: this [ is never closed"),
+    ("servers:\n  x:\n    user: bot\n", ":2:3: servers.x: `url` is required"),
+])
+def test_config_errors_say_where_and_suggest(tmp_path, text, message):
+    config = tmp_path / "servers.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_servers(config, {"T": "t"})
+    assert str(e.value).startswith(str(config)) and message in str(e.value)
