@@ -403,8 +403,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     catalog = Catalog(args.triggers)
     catalog.scan()
     fired, cursors = _fired(args)
-    verdicts = plan(catalog.specs, catalog.errors, fired, _servers(args), now=args.at or datetime.now(UTC),
-                    cursors=cursors, refused=_refused(args))
+    real_now = datetime.now(UTC)
+    verdicts = plan(catalog.specs, catalog.errors, fired, _servers(args), now=args.at or real_now,
+                    cursors=cursors, refused=_refused(args), since=min(real_now, args.at or real_now))
     if args.json:
         print(json.dumps([{"trigger": v.trigger, "action": v.action.value, "detail": v.detail,
                            "server": v.spec.server if v.spec else None, "job": v.spec.job if v.spec else None,

@@ -57,7 +57,9 @@ def decide(spec: Spec, fired: Container[tuple[str, str]], servers: Collection[st
 
 
 def decide_scheduled(spec: Spec, cursor: datetime | None, now: datetime, servers: Collection[str]) -> Verdict:
-    """A schedule never seen before starts at `now`: it fires from its next tick, not a backlog."""
+    """A schedule never seen before starts at `now`: it fires from its next tick, not a backlog. (`plan
+    --at` passes the real time as the cursor of such a schedule: a daemon started now would have been
+    watching it until then.)"""
     assert spec.schedule is not None
     held = _held(spec, servers)
     if held is not None:
@@ -76,10 +78,11 @@ def _show(schedule: cron.Schedule, tick: datetime) -> str:
 def plan(specs: Mapping[str, Spec], errors: Mapping[str, SpecError],
          fired: Container[tuple[str, str]], servers: Collection[str], *,
          now: datetime | None = None, cursors: Mapping[str, datetime] | None = None,
-         refused: Mapping[tuple[str, str], str] | None = None) -> list[Verdict]:
+         refused: Mapping[tuple[str, str], str] | None = None, since: datetime | None = None) -> list[Verdict]:
     """One verdict per trigger, sorted by name. A deleted spec has no verdict: it fires nothing.
-    `refused` says, by (trigger, revision), why Jenkins refused a run and when it is tried again."""
-    verdicts = [decide_scheduled(spec, (cursors or {}).get(spec.name), now, servers)
+    `refused` says, by (trigger, revision), why Jenkins refused a run and when it is tried again.
+    `since` is where a schedule without a cursor starts (default: `now`)."""
+    verdicts = [decide_scheduled(spec, (cursors or {}).get(spec.name) or since, now, servers)
                 if spec.schedule is not None and now is not None else decide(spec, fired, servers)
                 for spec in specs.values()]
     verdicts = [Verdict(v.trigger, Action.PENDING, (refused or {})[v.trigger, v.spec.revision], v.spec)

@@ -8,6 +8,7 @@ import resource
 import socket
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import requests
@@ -345,3 +346,15 @@ def test_validate_judges_the_servers_config_as_config_with_its_position(tmp_path
     assert result.stdout.strip() == f"{config}:4:5: unknown key servers.default.ussr (did you mean 'user'?)"
     config.write_text("servers:\n  default:\n    url: https://ci.example.com/\n")
     assert reconciler("validate", str(triggers / "ok.yaml"), str(config), "--config", str(config)).returncode == 0
+
+
+def test_plan_at_a_later_time_agrees_on_a_fresh_store_and_after_the_daemon_ran(tmp_path, simulator):
+    triggers = tmp_path / "t"
+    triggers.mkdir()
+    (triggers / "hourly.yaml").write_text("job: plain\nschedule: '0 * * * *'\nstarting_deadline: 59m\n")
+    at = (datetime.now(UTC) + timedelta(hours=2)).replace(minute=30).isoformat()
+    common = ["--triggers", str(triggers), "--state", str(tmp_path / "s.db"), "--history", str(tmp_path / "h")]
+    fresh = reconciler("plan", *common, "--at", at, env=jenkins_env(simulator)).stdout.split()[:2]
+    assert reconciler("run", "--once", *common, env=jenkins_env(simulator)).returncode == 0
+    after = reconciler("plan", *common, "--at", at, env=jenkins_env(simulator)).stdout.split()[:2]
+    assert fresh == after == ["hourly", "fire"]
