@@ -479,9 +479,24 @@ def cmd_status(args: argparse.Namespace) -> int:
         table.append((shown, status, (run.result or "") if run else "", str(run.build_number or "") if run else "",
                       _age(now - run.decided_at) if run else "", where))
     widths = [max(len(row[i]) for row in table) for i in range(5)]
+    paint = _painter(sys.stdout)
     for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[5])
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        cells[1], cells[2] = paint(row[1], cells[1]), paint(row[2], cells[2])
+        print("  ".join(cells) + "  " + row[5])
     return EXIT_OK
+
+
+_COLOURS = {"SUCCESS": "32", "completed": "32", "UNSTABLE": "33", "refused": "31", "failed": "31", "lost": "31",
+            "FAILURE": "31", "ABORTED": "33", "cancelled": "33", "invalid": "31", "building": "36", "queued": "36"}
+"""ANSI colours of the words a status table shows: green done, yellow partly, red for what needs a person."""
+
+
+def _painter(stream: Any) -> Any:
+    """Colour on a terminal (unless NO_COLOR is set), plain text when piped."""
+    if not stream.isatty() or os.environ.get("NO_COLOR"):
+        return lambda word, cell: cell
+    return lambda word, cell: f"\033[{_COLOURS[word]}m{cell}\033[0m" if word in _COLOURS else cell
 
 
 def _run_json(run: Any) -> dict[str, Any]:

@@ -358,3 +358,28 @@ def test_plan_at_a_later_time_agrees_on_a_fresh_store_and_after_the_daemon_ran(t
     assert reconciler("run", "--once", *common, env=jenkins_env(simulator)).returncode == 0
     after = reconciler("plan", *common, "--at", at, env=jenkins_env(simulator)).stdout.split()[:2]
     assert fresh == after == ["hourly", "fire"]
+
+
+def test_status_is_coloured_on_a_terminal_and_plain_when_piped(tmp_path):
+    import pty
+
+    triggers = tmp_path / "t"
+    triggers.mkdir()
+    (triggers / "broken.yaml").write_text("jbo: x\n")
+    args = [sys.executable, "-m", "reconciler", "status", "--triggers", str(triggers), "--state", str(tmp_path / "s")]
+    assert "\033[" not in subprocess.run(args, capture_output=True, text=True, timeout=60).stdout
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(args, stdout=follower, stderr=subprocess.DEVNULL, env={**os.environ, "NO_COLOR": ""})
+    os.close(follower)
+    proc.wait(timeout=60)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert b"\033[31minvalid" in shown

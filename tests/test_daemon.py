@@ -570,6 +570,8 @@ def test_a_freestyle_job_builds_two_specs_one_after_the_other(harness):
     harness.sim.finish("serial", 2, "FAILURE")
     wait_for(lambda: sorted((r.status, r.result) for r in harness.runs()) ==
              [("completed", "FAILURE"), ("completed", "SUCCESS")], what="both outcomes")
+    levels = {e["result"]: e["level"] for e in harness.logs.events() if e["event"] == "build_completed"}
+    assert levels == {"SUCCESS": "info", "FAILURE": "warning"}
 
 
 def test_a_pipeline_job_end_to_end(harness):

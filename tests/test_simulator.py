@@ -432,3 +432,10 @@ def test_control_api_drives_a_simulator_in_another_process(simulator):
     assert r.json() == {"number": 1, "result": "FAILURE"}
     recorded = requests.get(simulator.url + "_sim/requests", timeout=10).json()
     assert [r["status"] for r in recorded if r["path"].endswith("/build")] == [502, 201]
+
+
+def test_a_mistyped_job_setting_is_refused_with_the_known_ones():
+    from reconciler.simulator import SimConfigError, job_from_mapping
+
+    with pytest.raises(SimConfigError, match=r"unknown job settings: duraton \(known: .*duration"):
+        job_from_mapping({"name": "x", "duraton": 5})
