@@ -103,14 +103,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the operator's servers config: specs naming another server are invalid "
                         "(env RECONCILER_CONFIG; JENKINS_URL makes `default` known)")
 
+    p = sub.add_parser("check", help="check specs against the live Jenkins, read-only (GETs only)",
+                       description="For each spec, against the configured server: the job exists and we may read "
+                                   "it, is buildable, its parameter definitions match (unknown names, choices, "
+                                   "booleans, parameters without defaults), the endpoint fits, and nothing "
+                                   "redirects to a login page. One read per job however many specs name it; never "
+                                   "a POST.",
+                       epilog="example: reconciler check triggers/ --config /etc/reconciler/servers.yaml --json")
+    p.add_argument("paths", nargs="*", type=Path, help="files or directories (default: --triggers)")
+    p.add_argument("--triggers", type=Path, default=Path(_env("triggers", "triggers")),
+                   help="directory of trigger specs (env RECONCILER_TRIGGERS)")
+    p.add_argument("--config", type=Path, default=_env("config"),
+                   help="the operator's servers config (env RECONCILER_CONFIG)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--timeout", type=_duration, default=_duration("30s"), metavar="DURATION",
+                   help="the longest a server's checks may take (default 30s)")
+
     p = sub.add_parser("plan", help="what a pass would do now (or --at TIME), per trigger",
                        description="Per trigger: fire, up to date, pending (refused by Jenkins, to be posted "
                                    "again), scheduled (with the next tick), suspended or invalid. Reads the state "
                                    "store and the history; sends nothing.",
                        epilog="example: reconciler plan --at 2026-12-24T03:00:00+01:00 --json")
     _add_common(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help="machine-readable output (same as --format json)")
     p.add_argument("--at", type=_timestamp, help="ISO 8601 time to plan for (default: now); naive means UTC")
+    p.add_argument("--base", metavar="REV", help="preview a change: compare the triggers at this git revision "
+                                                 "(e.g. origin/main) with --head; offline, no Jenkins, no state")
+    p.add_argument("--head", metavar="REV", help="with --base: the revision to merge (default: the working tree)")
+    p.add_argument("--format", choices=("text", "markdown", "json"), default="text",
+                   help="with --base: text, a markdown pull-request comment, or JSON")
+    p.add_argument("--check", action="store_true",
+                   help="with --base: also check what will fire against the live Jenkins (read-only)")
 
     p = sub.add_parser("next", help="upcoming fire times of a scheduled trigger",
                        description="The next ticks of a schedule, with H resolved, in its time zone and in UTC.",
@@ -345,7 +368,6 @@ def cmd_retry(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Specs judged as the daemon judges them: their files, and the servers they name where servers are
     configured (a --config, or JENKINS_URL; in another repository's pre-commit hook there are none)."""
-    paths = args.paths or [args.triggers]
     errors: list[SpecError | ConfigError] = []
     servers = None
     if args.config or os.environ.get("JENKINS_URL"):
@@ -353,14 +375,30 @@ def cmd_validate(args: argparse.Namespace) -> int:
             servers = _servers(args)
         except ConfigError as e:  # judged like any file: one more invalid one, with its position
             errors.append(e)
-    config = Path(args.config).resolve() if args.config else None
+    count, invalid, specs = _collect(args.paths or [args.triggers], args)
+    errors += invalid
+    if servers is not None:
+        errors += [SpecError(shown, [Problem(*_value_position(shown, "server"), _unknown_server(spec.server,
+                                                                                                servers))])
+                   for shown, spec in specs if spec.server not in servers]
+    for err in errors:
+        print(err)
+    print(f"{count} spec(s) checked, {len(errors)} invalid", file=sys.stderr)
+    return EXIT_INVALID if errors else EXIT_OK
+
+
+def _collect(paths: list[Path], args: argparse.Namespace) -> tuple[int, list[SpecError], list[tuple[str, Any]]]:
+    """The spec files under `paths` (folders scanned, files judged as a scan would): how many, the
+    invalid ones, and the valid ones with the path to show. The servers config, if among them, is
+    left to whoever judges it as config."""
+    config = Path(args.config).resolve() if getattr(args, "config", None) else None
+    errors: list[SpecError] = []
     specs: list[tuple[str, Any]] = []
     count = 0
     for path in paths:
         if config is not None and path.resolve() == config:  # `validate triggers/*.yaml servers.yaml`
             count += 1
-            continue
-        if path.is_dir():
+        elif path.is_dir():
             catalog = Catalog.scanned(path)
             count += len(catalog.entries) + len(catalog.rejected)
             errors += [SpecError(str(path / e.path), e.problems) for e in catalog.errors.values()]
@@ -374,32 +412,55 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 specs.append((str(path), judged))
         else:
             errors.append(SpecError(str(path), [Problem(1, 1, "no such file or directory")]))
-    if servers is not None:
-        errors += [SpecError(shown, [Problem(*_key_position(shown, "server"), _unknown_server(spec.server, servers))])
-                   for shown, spec in specs if spec.server not in servers]
-    for err in errors:
-        print(err)
-    print(f"{count} spec(s) checked, {len(errors)} invalid", file=sys.stderr)
-    return EXIT_INVALID if errors else EXIT_OK
+    return count, errors, specs
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """The live contract check: each spec against the job it names, read-only."""
+    from . import contract
+    from .jenkins import Client
+
+    servers = _servers(args)
+    count, invalid, specs = _collect(args.paths or [args.triggers], args)
+    clients = {name: Client(server, attempts=2, backoff=0.2, max_backoff=1.0) for name, server in servers.items()}
+    try:
+        report = contract.check(specs, clients, per_server=args.timeout)
+    finally:
+        for client in clients.values():
+            client.close()
+    problems = [str(e) for e in invalid] + [str(f) for f in report.findings]
+    if args.json:
+        print(json.dumps({"specs": count, "jobs": report.jobs, "reads": report.reads, "users": report.users,
+                          "problems": [{"path": f.path, "line": f.line, "column": f.column, "message": f.message}
+                                       for f in report.findings] +
+                                      [{"path": e.path, "line": p.line, "column": p.column, "message": p.message}
+                                       for e in invalid for p in e.problems]}, indent=2))
+    else:
+        for line in problems:
+            print(line)
+    users = ", ".join(f"{user} on {server}" for server, user in sorted(report.users.items())) or "no server"
+    print(f"{count} spec(s) checked against {report.jobs} job(s) in {report.reads} read(s), as {users}; "
+          f"{len(problems)} problem(s). Job/Build permission is proven only by a POST, which check never sends",
+          file=sys.stderr)
+    return EXIT_INVALID if problems else EXIT_OK
 
 
 def _unknown_server(name: str, servers: Any) -> str:
     return f"server {name!r} is not configured (known: {', '.join(sorted(servers)) or 'none'})"
 
 
-def _key_position(path: str, key: str) -> tuple[int, int]:
-    """Where a top-level key's value starts in a spec file, for an error found after parsing."""
+def _value_position(path: str, key: str) -> tuple[int, int]:
+    from .spec import position_in
+
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        return position_in(Path(path).read_text(encoding="utf-8"), key, value=True)
     except (OSError, UnicodeDecodeError):
         return 1, 1
-    for number, line in enumerate(lines, start=1):
-        if line.startswith(f"{key}:"):
-            return number, len(line) - len(line[len(key) + 1:].lstrip()) + 1
-    return 1, 1
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    if args.base:
+        return _plan_change(args)
     catalog = Catalog(args.triggers)
     catalog.scan()
     fired, cursors = _fired(args)
@@ -418,6 +479,51 @@ def cmd_plan(args: argparse.Namespace) -> int:
             detail = v.detail.splitlines()[0] if v.detail else ""
             print(f"{v.trigger:<{width}}  {v.action.value:<10}  {detail}")
     return EXIT_INVALID if any(v.action is Action.INVALID for v in verdicts) else EXIT_OK
+
+
+def _plan_change(args: argparse.Namespace) -> int:
+    """`plan --base REV [--head REV]`: what merging would do, from git alone (and the base's history)."""
+    from . import contract, preview
+    from .jenkins import Client
+    from .revisions import Repository
+
+    repo = Repository.of(args.triggers, args.history)
+    now = args.at or datetime.now(UTC)
+    with contextlib.ExitStack() as stack:
+        base, base_history = stack.enter_context(repo.checkout(args.base))
+        head = stack.enter_context(repo.checkout(args.head))[0] if args.head else Catalog.scanned(args.triggers)
+        fired = {(r.trigger, r.fire_key) for r in base_history.runs()}
+        changes = preview.preview(_entries(base), _entries(head), fired, now)
+        findings: list[str] = []
+        if args.check:
+            firing = [(str(head.root / e.path), e.spec) for e in head.entries.values() if e.spec is not None
+                      and any(c.trigger == e.name and c.request is not None for c in changes)]
+            clients = {name: Client(server, attempts=2, backoff=0.2, max_backoff=1.0)
+                       for name, server in _servers(args).items()}
+            report = contract.check(firing, clients, per_server=30.0)
+            root = str(head.root) + os.sep
+            findings = [str(f).replace(root, "") for f in report.findings]
+    fmt = "json" if args.json else args.format
+    if fmt == "json":
+        out = json.loads(preview.as_json(changes))
+        out["check"] = findings if args.check else None
+        print(json.dumps(out, indent=2))
+    elif fmt == "markdown":
+        print(preview.as_markdown(changes, f"reconciler plan {args.base}..{args.head or 'working tree'}"))
+        if findings:
+            print("\n**Live check against Jenkins found problems:**\n")
+            print("\n".join(f"- `{line}`" for line in findings))
+    else:
+        print(preview.as_text(changes))
+        for line in findings:
+            print(f"check: {line}")
+    invalid = any(c.kind is preview.Kind.INVALID for c in changes)
+    return EXIT_INVALID if invalid or findings else EXIT_OK
+
+
+def _entries(catalog: Catalog) -> dict[str, Any]:
+    """A catalog's entries by trigger, the files that cannot be triggers among them."""
+    return {**{e.name: e for e in catalog.rejected.values()}, **catalog.entries}
 
 
 def cmd_next(args: argparse.Namespace) -> int:
@@ -607,9 +713,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.triggers, args.workdir, keep_running=args.keep_running)
 
 
-COMMANDS = {"run": cmd_run, "retry": cmd_retry, "validate": cmd_validate, "plan": cmd_plan, "status": cmd_status,
-            "history": cmd_history, "adopt": cmd_adopt, "simulator": cmd_simulator, "demo": cmd_demo, "next": cmd_next,
-            "schema": cmd_schema}
+COMMANDS = {"run": cmd_run, "retry": cmd_retry, "validate": cmd_validate, "check": cmd_check, "plan": cmd_plan,
+            "status": cmd_status, "history": cmd_history, "adopt": cmd_adopt, "simulator": cmd_simulator,
+            "demo": cmd_demo, "next": cmd_next, "schema": cmd_schema}
 
 
 if __name__ == "__main__":

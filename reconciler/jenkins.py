@@ -95,6 +95,21 @@ def _build_state(b: dict[str, Any], url: str) -> BuildState:
 
 
 @dataclass(frozen=True)
+class ParameterDefinition:
+    type: str
+    """Jenkins' name for it: StringParameterDefinition, ChoiceParameterDefinition, BooleanParameterDefinition…"""
+    choices: tuple[str, ...] = ()
+    has_default: bool = True
+
+
+@dataclass(frozen=True)
+class JobDefinition:
+    buildable: bool
+    parameters: dict[str, ParameterDefinition] | None
+    """None: the job takes no parameters (no ParametersDefinitionProperty)."""
+
+
+@dataclass(frozen=True)
 class Found:
     """Where a run was found in Jenkins: a queue item, or a build."""
 
@@ -366,6 +381,27 @@ class Client:
             if matches(b):
                 return Found(build_url=f"{url}{b['number']}/", build_number=int(b["number"]))
         return None
+
+    def job_definition(self, job: str) -> JobDefinition:
+        """What the job accepts, in one read (no POST): buildable or not, and its parameter definitions."""
+        tree = ("buildable,disabled,property[parameterDefinitions[name,type,choices,"
+                "defaultParameterValue[value]]]")
+        info = self._json(job_url(self.base, job), f"reading job {job}", tree)
+        definitions: dict[str, ParameterDefinition] | None = None
+        for prop in info.get("property") or ():
+            if "parameterDefinitions" in (prop or {}):
+                definitions = {}
+                for d in prop.get("parameterDefinitions") or ():
+                    default = d.get("defaultParameterValue")
+                    definitions[str(d.get("name"))] = ParameterDefinition(
+                        type=str(d.get("type") or ""), choices=tuple(str(c) for c in d.get("choices") or ()),
+                        has_default=default is not None)
+        return JobDefinition(buildable=bool(info.get("buildable", True)) and not info.get("disabled"),
+                             parameters=definitions)
+
+    def whoami(self) -> str:
+        """The user Jenkins takes our credentials for (`anonymous` without them)."""
+        return str(self._json(self.base + "me/", "reading who we are", "id").get("id") or "anonymous")
 
     def cancel(self, queue_url: str) -> None:
         item_id = queue_url.rstrip("/").rsplit("/", 1)[-1]

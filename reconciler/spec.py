@@ -430,6 +430,15 @@ def _yaml_type(value: Any) -> str:
     return next((name for kind, name in names if isinstance(value, kind)), "a value of another kind")
 
 
+def position_in(text: str, *loc: str, value: bool = False) -> tuple[int, int]:
+    """Line and column of a key (or, with `value`, of its value) in a spec's text, `position_in(text,
+    "parameters", "ENV")`, for an error found after parsing; the top of the file where there is none."""
+    try:
+        return _position(YAML(typ="rt").load(text), loc, key=not value)
+    except YAMLError:
+        return 1, 1
+
+
 def _position(tree: Any, loc: tuple[Any, ...], *, key: bool) -> tuple[int, int]:
     node, line, col = tree, 1, 1
     for i, part in enumerate(loc):

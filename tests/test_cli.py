@@ -260,7 +260,7 @@ def test_status_lists_every_trigger_never_run_invalid_and_deleted_marked(tmp_pat
     triggers = tmp_path / "t"
     triggers.mkdir()
     (triggers / "done.yaml").write_text("job: plain\n")
-    (triggers / "gone.yaml").write_text("job: plain\nrun: 2\n")
+    (triggers / "gone.yaml").write_text("job: team a/dëploy ü\nparameters: {TARGET: eu}\n")  # its own job: #1
     common = ["--triggers", str(triggers), "--state", str(tmp_path / "s.db")]
     assert reconciler("run", "--once", "--wait", *common, "--history", str(tmp_path / "h"),
                       env=jenkins_env(simulator)).returncode == 0

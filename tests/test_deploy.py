@@ -138,3 +138,17 @@ def test_the_pre_commit_hook_validates_specs_in_another_repository(tmp_path):
     assert result.returncode == 1, result.stdout + result.stderr
     assert "triggers/bad.yaml:1:1: unknown key 'jbo' (did you mean 'job'?)" in result.stdout
     assert "ok.yaml:" not in result.stdout
+
+
+def test_the_ci_examples_post_the_markdown_plan_of_the_base_branch():
+    yaml = YAML(typ="safe")
+    github = yaml.load((ROOT / "deploy" / "ci" / "github-actions.yml").read_text())
+    steps = github["jobs"]["plan"]["steps"]
+    [plan] = [s for s in steps if "reconciler plan" in s.get("run", "")]
+    assert "--base \"origin/${{ github.base_ref }}\"" in plan["run"] and "--format markdown" in plan["run"]
+    assert any("createComment" in (s.get("with") or {}).get("script", "") for s in steps)
+    assert github["permissions"] == {"contents": "read", "pull-requests": "write"}  # no Jenkins secret in PRs
+    gitlab = yaml.load((ROOT / "deploy" / "ci" / "gitlab-ci.yml").read_text())["reconciler-plan"]
+    script = "\n".join(gitlab["script"])
+    assert "reconciler plan --base \"origin/$CI_MERGE_REQUEST_TARGET_BRANCH_NAME\"" in script
+    assert "--format markdown" in script and "merge_requests/$CI_MERGE_REQUEST_IID/notes" in script

@@ -57,12 +57,14 @@ class ParamDef:
                 # ChoiceParameterDefinition.checkValue throws IllegalArgumentException: a 500.
                 raise JenkinsError(500, f"Illegal choice for parameter {self.name}: {raw}")
             return raw
-        return str(self.default) if raw is None else raw
+        return ("" if self.default is None else str(self.default)) if raw is None else raw
 
     def definition_json(self) -> dict[str, Any]:
         def_class, value_class = PARAM_CLASSES[self.type]
-        default_value: dict[str, Any] = {"_class": value_class, "name": self.name}
-        if self.type != "password":
+        default_value: dict[str, Any] | None = {"_class": value_class, "name": self.name}
+        if self.default is None and self.type == "string":  # a definition without a default value
+            default_value = None
+        elif self.type != "password":
             default_value["value"] = self.value_from(None)
         out: dict[str, Any] = {
             "_class": def_class,

@@ -1,0 +1,139 @@
+"""The live contract check: does each spec match the job it names on the configured Jenkins? Read-only.
+
+Every question is a GET with `tree=`, never a POST, asked once per job however many specs name it:
+the job exists and we may read it (Jenkins answers 404 for both, as it does to anyone who may not
+see a job), it is buildable, its parameter definitions match what the spec sends (Jenkins silently
+drops a parameter it does not define), the endpoint fits (`buildWithParameters` needs parameters,
+`build` of a parameterized job submits none), and nothing redirects to a login page. What a read
+cannot prove is Job/Build permission: Jenkins refuses a GET of the trigger endpoints before it looks
+at permissions, so only a POST would tell; the check says which user it is authenticated as.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import JenkinsError, JenkinsRefused
+from .jenkins import Client, JobDefinition
+from .spec import Spec, position_in
+
+BOOLEAN = "BooleanParameterDefinition"
+CHOICE = "ChoiceParameterDefinition"
+
+
+@dataclass(frozen=True)
+class Finding:
+    path: str
+    line: int
+    column: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Report:
+    findings: list[Finding]
+    jobs: int
+    reads: int
+    users: dict[str, str]
+    """Who each server took our credentials for."""
+
+
+def check(specs: list[tuple[str, Spec]], clients: Mapping[str, Client], *, per_server: float = 30.0) -> Report:
+    """Check (file shown, spec) pairs against their servers; at most `per_server` seconds each."""
+    findings: list[Finding] = []
+    by_job: dict[tuple[str, str], list[tuple[str, Spec]]] = {}
+    for shown, spec in specs:
+        by_job.setdefault((spec.server, spec.job), []).append((shown, spec))
+    reads, users = 0, {}
+    for server in sorted({server for server, _ in by_job}):
+        client = clients.get(server)
+        jobs = [(job, named) for (s, job), named in sorted(by_job.items()) if s == server]
+        if client is None:
+            findings += [_at(shown, spec, ("server",), f"server {server!r} is not configured")
+                         for _, named in jobs for shown, spec in named]
+            continue
+        deadline = time.monotonic() + per_server
+        reads += 1
+        try:
+            users[server] = client.whoami()
+        except JenkinsError as e:
+            findings += [_at(shown, spec, ("server",), str(e)) for _, named in jobs for shown, spec in named]
+            continue
+        for job, named in jobs:
+            if time.monotonic() > deadline:
+                findings += [_at(shown, spec, ("job",), f"not checked: the {per_server:g} s bound for server "
+                                                         f"{server!r} passed") for shown, spec in named]
+                continue
+            reads += 1
+            try:
+                definition = client.job_definition(job)
+            except JenkinsRefused as e:
+                message = str(e)
+                if e.status == 404:
+                    message = f"job {job!r} not found on server {server!r}, or user {users[server]!r} may not read it"
+                findings += [_at(shown, spec, ("job",), message) for shown, spec in named]
+                continue
+            except JenkinsError as e:
+                findings += [_at(shown, spec, ("job",), str(e)) for shown, spec in named]
+                continue
+            for shown, spec in named:
+                findings += compare(shown, spec, definition)
+    return Report(findings, len(by_job), reads, users)
+
+
+def compare(shown: str, spec: Spec, job: JobDefinition) -> list[Finding]:
+    """What is wrong between one spec and the job's definition. Pure."""
+    out = []
+    if not job.buildable:
+        out.append(_at(shown, spec, ("job",), f"job {spec.job!r} is disabled in Jenkins: it would answer 409"))
+    sent = dict(spec.parameters or ())
+    if job.parameters is None:
+        if spec.parameters is not None:
+            out.append(_at(shown, spec, ("parameters",), f"job {spec.job!r} takes no parameters: "
+                           "buildWithParameters would fail; remove `parameters`"))
+        for key in ("run_id_parameter", "scheduled_time_parameter"):
+            if getattr(spec, key):
+                out.append(_at(shown, spec, (key,), f"job {spec.job!r} defines no parameter {getattr(spec, key)!r}: "
+                                                    "Jenkins would drop it"))
+        return out
+    if spec.parameters is None:
+        out.append(_at(shown, spec, ("job",), f"job {spec.job!r} is parameterized: a POST to build without "
+                       "parameters is refused; add `parameters:` (even empty: `parameters: {}`)"))
+    own = {spec.run_id_parameter, spec.scheduled_time_parameter} - {None}
+    for name, value in sent.items():
+        definition = job.parameters.get(name)
+        if definition is None:
+            if name not in own:
+                known = ", ".join(job.parameters) or "none"
+                out.append(_at(shown, spec, ("parameters", name), f"job {spec.job!r} does not define parameter "
+                               f"{name!r} (it defines: {known}): Jenkins would silently drop it"))
+        elif definition.type == CHOICE and definition.choices and value not in definition.choices:
+            out.append(_at(shown, spec, ("parameters", name), f"{value!r} is not one of {name}'s choices: "
+                           f"{', '.join(definition.choices)}"))
+        elif definition.type == BOOLEAN and value not in ("true", "false"):
+            out.append(_at(shown, spec, ("parameters", name), f"{name} is a boolean parameter: write true or false"))
+    for key in ("run_id_parameter", "scheduled_time_parameter"):
+        name = getattr(spec, key)
+        if name and name not in job.parameters:
+            out.append(_at(shown, spec, (key,), f"job {spec.job!r} defines no parameter {name!r}: Jenkins would "
+                                                "drop it, and the run could not be found by it after a crash"))
+    for name, definition in job.parameters.items():
+        if not definition.has_default and name not in sent and name not in own:
+            out.append(_at(shown, spec, ("parameters",) if spec.parameters is not None else ("job",),
+                           f"job parameter {name!r} has no default and the spec does not set it"))
+    return out
+
+
+def _at(shown: str, spec: Spec, loc: tuple[str, ...], message: str) -> Finding:
+    try:
+        text = Path(shown).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return Finding(shown, 1, 1, message)
+    line, column = position_in(text, *loc)
+    return Finding(shown, line, column, message)

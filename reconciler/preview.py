@@ -1,0 +1,231 @@
+"""What merging a change to the triggers would do: pure, over the specs of two revisions and what has fired.
+
+Atlantis-style: before a spec change fires a real job, a reviewer sees which one-shots will fire and
+with exactly which request, which edits will not fire (comments, layout, the cause text), how each
+schedule's ticks move (with `H` resolved, in its time zone and UTC, and the ticks a DST change skips
+or repeats), which specs become invalid, and which triggers go.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Container, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from cronsim import CronSim
+
+from . import schedule as cron
+from .catalog import Entry
+from .jenkins import job_url
+from .spec import Spec
+
+
+class Kind(StrEnum):
+    FIRE = "will fire"
+    NO_FIRE = "will not fire"
+    SCHEDULE_ADDED = "schedule added"
+    SCHEDULE_CHANGED = "schedule changed"
+    SCHEDULE_REMOVED = "schedule removed"
+    INVALID = "becomes invalid"
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True)
+class Request:
+    """The POST a fire would make, as a reviewer checks it (the run id is added to the cause at fire time)."""
+
+    server: str
+    path: str
+    parameters: dict[str, str] | None
+    cause: str
+
+
+@dataclass(frozen=True)
+class Change:
+    trigger: str
+    kind: Kind
+    why: str
+    path: str = ""
+    request: Request | None = None
+    ticks: list[str] = field(default_factory=list)
+    dst: list[str] = field(default_factory=list)
+
+
+def request_of(spec: Spec) -> Request:
+    path = job_url("/", spec.job) + spec.endpoint
+    return Request(spec.server, path, dict(spec.parameters) if spec.parameters is not None else None,
+                   spec.cause or f"reconciler: trigger {spec.name}")
+
+
+def preview(base: Mapping[str, Entry], head: Mapping[str, Entry], fired: Container[tuple[str, str]],
+            now: datetime, ticks: int = 3) -> list[Change]:
+    """One change per trigger that differs between `base` and `head` (catalog entries by trigger),
+    sorted by trigger; `fired` is what the base's history says has fired."""
+    changes = []
+    for name in sorted(set(base) | set(head)):
+        old, new = base.get(name), head.get(name)
+        change = _change(name, old, new, fired, now, ticks)
+        if change is not None:
+            changes.append(change)
+    return changes
+
+
+def _change(name: str, old: Entry | None, new: Entry | None, fired: Container[tuple[str, str]], now: datetime,
+            count: int) -> Change | None:
+    if new is None:
+        assert old is not None
+        was = "schedule" if old.spec is not None and old.spec.schedule is not None else "trigger"
+        kind = Kind.SCHEDULE_REMOVED if was == "schedule" else Kind.DELETED
+        return Change(name, kind, "the spec is deleted: nothing fires, its history is kept", old.path)
+    if new.spec is None:
+        if old is not None and old.spec is None and str(old.error) == str(new.error):
+            return None
+        return Change(name, Kind.INVALID, str(new.error).splitlines()[0].split(": ", 1)[-1], new.path)
+    spec, before = new.spec, old.spec if old is not None else None
+    if spec.schedule is not None:
+        return _schedule_change(name, new, before, now, count)
+    if before is not None and before.schedule is not None:
+        change = _one_shot(name, new, None, fired)
+        return replace(change, why=f"the schedule becomes a one-shot: {change.why}")
+    if before is not None and before.revision == spec.revision:
+        if old is not None and old.digest == new.digest:
+            return None
+        return Change(name, Kind.NO_FIRE, "only comments, layout, key order or the cause text changed", new.path)
+    return _one_shot(name, new, before, fired)
+
+
+def _one_shot(name: str, new: Entry, before: Spec | None, fired: Container[tuple[str, str]]) -> Change:
+    spec = new.spec
+    assert spec is not None
+    if spec.suspend:
+        return Change(name, Kind.NO_FIRE, "suspend: true", new.path)
+    if (name, spec.revision) in fired:
+        return Change(name, Kind.NO_FIRE, f"revision {spec.revision} already fired (history)", new.path)
+    if before is None:
+        why = "a new trigger"
+    else:
+        moved = [what for what, a, b in (("job", before.job, spec.job), ("server", before.server, spec.server),
+                                         ("parameters", before.parameters, spec.parameters),
+                                         ("run", before.run, spec.run)) if a != b]
+        why = ("`run` bumped" if moved == ["run"] else f"{', '.join(moved)} changed") if moved else "changed"
+    return Change(name, Kind.FIRE, why, new.path, request_of(spec))
+
+
+def _schedule_change(name: str, new: Entry, before: Spec | None, now: datetime, count: int) -> Change | None:
+    spec = new.spec
+    assert spec is not None and spec.schedule is not None
+    same = before is not None and before.schedule is not None and \
+        (before.schedule.cron, before.schedule.timezone, before.revision, before.suspend) == \
+        (spec.schedule.cron, spec.schedule.timezone, spec.revision, spec.suspend)
+    if same:
+        return None
+    kind = Kind.SCHEDULE_ADDED if before is None or before.schedule is None else Kind.SCHEDULE_CHANGED
+    resolved = spec.schedule.cron
+    why = f"{spec.schedule.expression!r}" + (f" = {resolved!r}" if resolved != spec.schedule.expression else "") + \
+        f" in {spec.schedule.timezone}" + (", suspended" if spec.suspend else "")
+    upcoming = cron.ticks(spec.schedule, now)
+    shown = [f"{t.astimezone(spec.schedule.tz):%Y-%m-%d %H:%M %Z} ({t:%Y-%m-%d %H:%M} UTC)"
+             for t in (next(upcoming) for _ in range(count))]
+    return Change(name, kind, why, new.path, request_of(spec), shown, dst_notes(spec.schedule, now))
+
+
+def dst_notes(schedule: cron.Schedule, now: datetime, days: int = 366) -> list[str]:
+    """The ticks of the next `days` that a DST change skips (they fire once, right after the jump) or
+    repeats (they fire once), found from the zone's transitions and the expression on the wall clock."""
+    notes = []
+    for when, before, after in _transitions(schedule.tz, now, now + timedelta(days=days)):
+        gap = after > before
+        wall = (when + (before if gap else after)).replace(tzinfo=None)  # where the skipped/repeated hour starts
+        span = abs(after - before)
+        # The expression read on the wall clock, as if it were UTC: its ticks inside the hour that is
+        # skipped (spring forward) or passed twice (fall back).
+        hits = []
+        for tick in CronSim(schedule.cron, (wall - timedelta(minutes=1)).replace(tzinfo=UTC)):
+            if tick.replace(tzinfo=None) >= wall + span:
+                break
+            if tick.replace(tzinfo=None) >= wall:
+                hits.append(f"{tick:%H:%M}")
+        if hits:
+            day = f"{wall:%Y-%m-%d}"
+            notes.append(f"{day}: {', '.join(hits)} skipped by DST (clocks go forward); fires once at "
+                         f"{(wall + span):%H:%M}" if gap else
+                         f"{day}: {', '.join(hits)} repeated by DST (clocks go back); fires once")
+    return notes
+
+
+def _transitions(tz: Any, start: datetime, end: datetime) -> list[tuple[datetime, timedelta, timedelta]]:
+    """The instants (UTC) in [start, end) where the zone's offset changes, with the offsets around them."""
+    out = []
+    step = timedelta(hours=1)
+    t = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    offset = t.astimezone(tz).utcoffset()
+    while t < end:
+        nxt = t + step
+        later = nxt.astimezone(tz).utcoffset()
+        if later != offset:
+            low, high = t, nxt  # to the minute
+            while high - low > timedelta(minutes=1):
+                mid = low + (high - low) / 2
+                if mid.astimezone(tz).utcoffset() == offset:
+                    low = mid
+                else:
+                    high = mid
+            assert offset is not None and later is not None
+            out.append((high.replace(second=0, microsecond=0), offset, later))
+            offset = later
+        t = nxt
+    return out
+
+
+# -- output -----------------------------------------------------------------------------------
+
+def summary(changes: list[Change]) -> str:
+    counts = {kind: sum(c.kind is kind for c in changes) for kind in Kind}
+    parts = [f"{n} {kind.value}" for kind, n in counts.items() if n]
+    return ", ".join(parts) if parts else "no change to any trigger"
+
+
+def as_text(changes: list[Change]) -> str:
+    lines = [summary(changes)]
+    for c in changes:
+        lines.append(f"{c.trigger}: {c.kind.value}: {c.why}")
+        if c.request is not None and c.kind is Kind.FIRE:
+            lines.append(f"    POST {c.request.path} on {c.request.server}"
+                         + (f" with {_params(c.request.parameters)}" if c.request.parameters else "")
+                         + f"; cause {c.request.cause!r}")
+        lines += [f"    next: {tick}" for tick in c.ticks]
+        lines += [f"    DST: {note}" for note in c.dst]
+    return "\n".join(lines)
+
+
+def as_markdown(changes: list[Change], title: str = "reconciler plan") -> str:
+    """A pull-request comment a reviewer reads in ten seconds: a summary line, then a table."""
+    out = [f"**{title}**: {summary(changes)}"]
+    if changes:
+        out += ["", "| trigger | what | details |", "| --- | --- | --- |"]
+        for c in changes:
+            details = [c.why]
+            if c.request is not None and c.kind is Kind.FIRE:
+                details.append(f"`POST {c.request.path}` on `{c.request.server}`"
+                               + (f" with `{_params(c.request.parameters)}`" if c.request.parameters else ""))
+            details += [f"next: {tick}" for tick in c.ticks]
+            details += [f"⚠ DST: {note}" for note in c.dst]
+            cells = [f"`{c.trigger}`", f"**{c.kind.value}**", "<br>".join(_cell(d) for d in details)]
+            out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def as_json(changes: list[Change]) -> str:
+    return json.dumps({"summary": summary(changes),
+                       "changes": [{**asdict(c), "kind": c.kind.value} for c in changes]}, indent=2)
+
+
+def _params(parameters: dict[str, str] | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in (parameters or {}).items())
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")

@@ -1,0 +1,84 @@
+"""`reconciler check`: specs against the live (simulated) Jenkins, read-only, one read per job."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .test_cli import jenkins_env, reconciler
+
+JOBS = [
+    {"name": "deploy", "parameters": [{"name": "ENV", "type": "choice", "choices": ["staging", "prod"]},
+                                      "VERSION", {"name": "DRY_RUN", "type": "boolean", "default": True}]},
+    {"name": "plain"},
+    {"name": "off", "disabled": True},
+    {"name": "needs", "parameters": [{"name": "TICKET", "default": None}, "NOTE"]},
+]
+
+SPECS = {
+    "wrong-values": "job: deploy\nparameters:\n  ENV: qa\n  DRY_RUN: maybe\n  VERSION: '1'\n  TYPO: x\n",
+    "no-params-job": "job: plain\nparameters: {A: '1'}\n",
+    "params-job": "job: deploy\n",
+    "disabled": "job: off\n",
+    "missing": "job: nowhere\n",
+    "tag": "job: deploy\nparameters: {ENV: prod}\nrun_id_parameter: RUN_ID\n",
+    "required": "job: needs\nparameters: {NOTE: hi}\n",
+    "fine": "job: deploy\nparameters: {ENV: prod, VERSION: '2', DRY_RUN: false}\n",
+}
+
+
+@pytest.fixture
+def sim(make_simulator):
+    return make_simulator(jobs=JOBS)
+
+
+def write(tmp_path, specs):
+    triggers = tmp_path / "triggers"
+    triggers.mkdir()
+    for name, text in specs.items():
+        (triggers / f"{name}.yaml").write_text(text)
+    return triggers
+
+
+def test_check_reports_each_mismatch_at_its_position_and_sends_no_post(tmp_path, sim):
+    triggers = write(tmp_path, SPECS)
+    result = reconciler("check", str(triggers), env=jenkins_env(sim))
+    assert result.returncode == 1
+    found = set(result.stdout.splitlines())
+    t = triggers
+    assert found == {
+        f"{t}/wrong-values.yaml:3:3: 'qa' is not one of ENV's choices: staging, prod",
+        f"{t}/wrong-values.yaml:4:3: DRY_RUN is a boolean parameter: write true or false",
+        f"{t}/wrong-values.yaml:6:3: job 'deploy' does not define parameter 'TYPO' (it defines: ENV, VERSION, "
+        "DRY_RUN): Jenkins would silently drop it",
+        f"{t}/no-params-job.yaml:2:1: job 'plain' takes no parameters: buildWithParameters would fail; remove "
+        "`parameters`",
+        f"{t}/params-job.yaml:1:1: job 'deploy' is parameterized: a POST to build without parameters is refused; "
+        "add `parameters:` (even empty: `parameters: {}`)",
+        f"{t}/disabled.yaml:1:1: job 'off' is disabled in Jenkins: it would answer 409",
+        f"{t}/missing.yaml:1:1: job 'nowhere' not found on server 'default', or user 'alice' may not read it",
+        f"{t}/tag.yaml:3:1: job 'deploy' defines no parameter 'RUN_ID': Jenkins would drop it, and the run could "
+        "not be found by it after a crash",
+        f"{t}/required.yaml:2:1: job parameter 'TICKET' has no default and the spec does not set it",
+    }
+    assert "8 spec(s) checked against 5 job(s) in 6 read(s), as alice on default; 9 problem(s)" in result.stderr
+    assert {r.method for r in sim.requests} == {"GET"}
+
+
+def test_check_reads_each_job_once_however_many_specs_name_it(tmp_path, sim):
+    triggers = write(tmp_path, {f"n{i:02}": f"job: plain\nrun: {i + 1}\n" for i in range(40)})
+    result = reconciler("check", str(triggers), "--json", env=jenkins_env(sim))
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 and report["problems"] == []
+    assert (report["specs"], report["jobs"], report["reads"]) == (40, 1, 2)  # who we are, then the job
+    assert len([r for r in sim.requests if r.path == "/job/plain/api/json"]) == 1
+
+
+def test_check_behind_an_sso_proxy_says_so_for_every_spec(tmp_path, sim):
+    sim.sso()
+    triggers = write(tmp_path, {"a": "job: plain\n", "b": "job: deploy\nparameters: {ENV: prod}\n"})
+    result = reconciler("check", str(triggers), env=jenkins_env(sim))
+    assert result.returncode == 1
+    assert all("is an SSO proxy in front of Jenkins?" in line for line in result.stdout.splitlines())
+    assert len(result.stdout.splitlines()) == 2 and {r.method for r in sim.requests} <= {"GET"}
