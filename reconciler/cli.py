@@ -162,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="to tell a trigger with no runs yet from no trigger (env RECONCILER_TRIGGERS)")
     p.add_argument("--json", action="store_true", help="raw JSON lines")
 
+    p = sub.add_parser("logs", help="print the console of a trigger's latest build",
+                       description="The console of the newest build of a trigger's runs, read from Jenkins "
+                                   "(progressiveText); --follow keeps printing until the build ends.",
+                       epilog="example: reconciler logs team/deploy --follow")
+    p.add_argument("name", help="trigger name, e.g. team/deploy")
+    p.add_argument("--follow", action="store_true", help="keep printing while the build runs")
+    _add_common(p, history=False)
+
     p = sub.add_parser("adopt", help="mark every current one-shot as fired, without firing (bringing an "
                                      "existing directory under the reconciler)",
                        description="Record every one-shot's current revision as fired, so that only later changes "
@@ -647,6 +655,41 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    from .jenkins import Client
+    from .state import Store
+
+    if not args.state.exists():
+        print(f"reconciler: no state store at {args.state}", file=sys.stderr)
+        return EXIT_ERROR
+    store = Store(args.state)
+    try:
+        run = next((r for r in store.runs(args.name) if r.build_url), None)
+    finally:
+        store.close()
+    if run is None:
+        print(f"reconciler: {args.name} has no build yet", file=sys.stderr)
+        return EXIT_ERROR
+    servers = _servers(args)
+    if run.server not in servers:
+        print(f"reconciler: server {run.server!r} of {args.name}'s build is not configured", file=sys.stderr)
+        return EXIT_ERROR
+    client = Client(servers[run.server])
+    start, more = 0, True
+    try:
+        while more:
+            text, start, more = client.console(run.build_url or "", start)
+            sys.stdout.write(logs.redact(text))
+            sys.stdout.flush()
+            if not args.follow:
+                break
+            if more:
+                time.sleep(1.0)
+    finally:
+        client.close()
+    return EXIT_OK
+
+
 def cmd_adopt(args: argparse.Namespace) -> int:
     from .daemon import new_run
     from .state import Store
@@ -714,8 +757,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "retry": cmd_retry, "validate": cmd_validate, "check": cmd_check, "plan": cmd_plan,
-            "status": cmd_status, "history": cmd_history, "adopt": cmd_adopt, "simulator": cmd_simulator,
-            "demo": cmd_demo, "next": cmd_next, "schema": cmd_schema}
+            "status": cmd_status, "history": cmd_history, "logs": cmd_logs, "adopt": cmd_adopt,
+            "simulator": cmd_simulator, "demo": cmd_demo, "next": cmd_next, "schema": cmd_schema}
 
 
 if __name__ == "__main__":

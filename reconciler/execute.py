@@ -35,7 +35,7 @@ from typing import Any
 from . import logs
 from .errors import JenkinsError, JenkinsRefused, JenkinsUnavailable, StateError
 from .history import History, iso
-from .jenkins import Client, Found, RecentBuilds
+from .jenkins import MASKED, Client, Found, RecentBuilds
 from .metrics import Metrics
 from .state import Run, Store
 
@@ -87,6 +87,8 @@ class Executor:
         self.retry_min, self.retry_max = retry_min, retry_max
         self.refused_min, self.refused_max = refused_min, refused_max
         self._note_warned: set[str] = set()
+        self._read_back: set[str] = set()
+        """Runs whose build's parameters and causes were read back (once each, in this process)."""
         self._pools = {name: ThreadPoolExecutor(max_workers=client.server.concurrency,
                                                 thread_name_prefix=f"jenkins-{name}")
                        for name, client in clients.items()}
@@ -391,6 +393,7 @@ class Executor:
                 build = (recent.by_number.get(run.build_number or 0) if recent else None) or \
                     client.build(run.build_url or "")
                 self._check_note(client, run, build.notes, log)
+                self._check_ran_with(run, build, log)
                 if build.result is None:
                     self._later(interval, _Look(run, next_interval))
                     return
@@ -407,6 +410,23 @@ class Executor:
             else:
                 log.error("follow_refused", error=str(e))
                 self._later(self.poll_max, _Look(run, self.poll_max))
+
+    def _check_ran_with(self, run: Run, build: Any, log: Any) -> None:
+        """What the build ran with, on record once: Jenkins silently drops a parameter the job does not
+        define (SECURITY-170), and a choice or a default may change what was sent."""
+        if run.run_id in self._read_back:
+            return
+        self._read_back.add(run.run_id)
+        sent = dict(run.parameters or ())
+        ran = build.parameters or {}
+        dropped = sorted(name for name in sent if name not in ran)
+        changed = sorted(name for name in sent if name in ran and ran[name] not in (sent[name], MASKED))
+        self.history.append(run, "ran_with", self.clock(), number=build.number, parameters=build.parameters,
+                            causes=list(build.causes), ignored=dropped or None, changed=changed or None)
+        if dropped or changed:
+            log.warning("parameter_ignored", dropped=dropped, changed={n: ran[n] for n in changed},
+                        advice="the job does not define these parameters (Jenkins drops them) or ran with "
+                               "other values; `reconciler check` compares specs with the job's definitions")
 
     def _check_note(self, client: Client, run: Run, notes: tuple[str, ...], log: Any) -> None:
         """Jenkins keeps the cause note only for jobs with a build token; say so once if it was dropped."""

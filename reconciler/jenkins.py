@@ -76,6 +76,10 @@ class BuildState:
     result: str | None
     duration_ms: int
     notes: tuple[str, ...] = ()
+    causes: tuple[str, ...] = ()
+    """What Jenkins says started it ("Started by remote host … with note: …", "Started by user …")."""
+    parameters: dict[str, str] | None = None
+    """What it ran with (password values masked); None when the build has no parameters at all."""
 
 
 @dataclass
@@ -84,14 +88,29 @@ class RecentBuilds:
     by_queue_id: dict[int, BuildState] = field(default_factory=dict)
 
 
-BUILD_TREE = "number,building,result,duration,actions[causes[note]]"
+BUILD_TREE = ("number,building,result,duration,actions[causes[note,shortDescription],"
+              "parameters[_class,name,value]]")
+MASKED = "****"
 
 
 def _build_state(b: dict[str, Any], url: str) -> BuildState:
-    notes = tuple(c["note"] for a in b.get("actions") or () for c in (a or {}).get("causes") or ()
-                  if c.get("note"))
+    actions = [a or {} for a in b.get("actions") or ()]
+    causes = [c for a in actions for c in a.get("causes") or ()]
+    parameters = None
+    for action in actions:
+        if "parameters" in action:
+            parameters = {str(p.get("name")): MASKED if str(p.get("_class", "")).endswith("PasswordParameterValue")
+                          else _as_sent(p.get("value")) for p in action.get("parameters") or ()}
     return BuildState(number=int(b["number"]), url=url, building=bool(b.get("building")),
-                      result=b.get("result"), duration_ms=int(b.get("duration") or 0), notes=notes)
+                      result=b.get("result"), duration_ms=int(b.get("duration") or 0),
+                      notes=tuple(c["note"] for c in causes if c.get("note")),
+                      causes=tuple(str(c.get("shortDescription")) for c in causes if c.get("shortDescription")),
+                      parameters=parameters)
+
+
+def _as_sent(value: Any) -> str:
+    """A parameter value as we send it: Jenkins answers booleans as JSON booleans."""
+    return ("true" if value else "false") if isinstance(value, bool) else "" if value is None else str(value)
 
 
 @dataclass(frozen=True)
@@ -398,6 +417,13 @@ class Client:
                         has_default=default is not None)
         return JobDefinition(buildable=bool(info.get("buildable", True)) and not info.get("disabled"),
                              parameters=definitions)
+
+    def console(self, build_url: str, start: int = 0) -> tuple[str, int, bool]:
+        """The console from byte `start`: the text, where to start next, and whether the build goes on."""
+        r = self._request("GET", build_url + "logText/progressiveText", "reading a console",
+                          params={"start": str(start)})
+        more = r.headers.get("X-More-Data", "").lower() == "true"
+        return r.content.decode("utf-8", "replace"), int(r.headers.get("X-Text-Size") or start), more
 
     def whoami(self) -> str:
         """The user Jenkins takes our credentials for (`anonymous` without them)."""

@@ -327,8 +327,8 @@ def test_a_spec_naming_an_unknown_server_is_invalid_to_validate_run_once_and_the
 
 
 def test_every_subcommand_has_a_description_and_an_example():
-    for command in ("run", "validate", "plan", "next", "status", "history", "adopt", "retry", "simulator",
-                    "schema", "demo"):
+    for command in ("run", "validate", "check", "plan", "next", "status", "history", "logs", "adopt", "retry",
+                    "simulator", "schema", "demo"):
         text = reconciler(command, "--help").stdout
         _, _, rest = text.partition("\n\n")  # after the usage lines
         assert rest.strip() and not rest.startswith(("positional", "options")), command  # a description
@@ -383,3 +383,16 @@ def test_status_is_coloured_on_a_terminal_and_plain_when_piped(tmp_path):
         shown += chunk
     os.close(leader)
     assert b"\033[31minvalid" in shown
+
+
+def test_logs_prints_the_console_of_the_latest_build(tmp_path, simulator):
+    triggers = tmp_path / "t"
+    triggers.mkdir()
+    (triggers / "deploy.yaml").write_text("job: plain\n")
+    common = ["--triggers", str(triggers), "--state", str(tmp_path / "s.db")]
+    assert reconciler("run", "--once", "--wait", *common, "--history", str(tmp_path / "h"),
+                      env=jenkins_env(simulator)).returncode == 0
+    shown = reconciler("logs", "deploy", "--follow", *common, env=jenkins_env(simulator))
+    assert shown.returncode == 0
+    assert "Started by user Alice Example" in shown.stdout and "Finished: SUCCESS" in shown.stdout
+    assert reconciler("logs", "nope", *common, env=jenkins_env(simulator)).returncode == 2

@@ -668,3 +668,16 @@ def test_a_closed_stdout_costs_the_log_lines_not_the_daemon(harness):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_what_the_build_ran_with_is_on_record_and_a_dropped_parameter_is_called_out(make_harness):
+    """The seed article's gotcha: Jenkins drops a parameter the job does not define, and says nothing."""
+    harness = make_harness(job_token="deploy-job-token")
+    harness.write("deploy", "job: deploy\nparameters: {ENV: prod, VERSION: '2', TYPO: x}\n")
+    harness.start()
+    wait_for(lambda: "ran_with" in harness.events("deploy"), what="the build's parameters read back")
+    [ran] = [e for e in History(harness.history).read("deploy") if e["event"] == "ran_with"]
+    assert ran["parameters"] == {"ENV": "prod", "VERSION": "2", "DRY_RUN": "true", "SECRET": "****"}
+    assert ran["ignored"] == ["TYPO"] and any("Started by remote host" in c for c in ran["causes"])
+    [warning] = [e for e in harness.logs.events() if e["event"] == "parameter_ignored"]
+    assert warning["dropped"] == ["TYPO"] and warning["trigger"] == "deploy"
