@@ -619,7 +619,8 @@ def _run_json(run: Any) -> dict[str, Any]:
             "decided_at": iso(run.decided_at), "posted_at": run.posted_at and iso(run.posted_at),
             "finished_at": run.finished_at and iso(run.finished_at), "duration_ms": run.duration_ms,
             "attempts": run.attempts, "last_error": run.last_error, "retry_at": run.retry_at and iso(run.retry_at),
-            "parameters": dict(run.parameters) if run.parameters else None, "cause": run.cause}
+            "parameters": dict(run.parameters) if run.parameters else None, "cause": run.cause,
+            "provenance": run.provenance}
 
 
 def _age(seconds: float) -> str:

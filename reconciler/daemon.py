@@ -16,7 +16,7 @@ from typing import Any
 
 import watchfiles
 
-from . import logs
+from . import logs, provenance
 from . import schedule as cron
 from .catalog import Catalog, Changes, folders
 from .config import Server
@@ -25,6 +25,7 @@ from .execute import Executor
 from .history import History
 from .jenkins import Client
 from .plan import Action, decide
+from .provenance import Provenance
 from .spec import Spec
 from .state import Run, Store, new_run_id
 
@@ -45,15 +46,18 @@ def trim_heap() -> None:
         ctypes.CDLL(None).malloc_trim(0)
 
 
-def cause_text(spec: Spec, run_id: str, tick: datetime | None = None) -> str:
-    """The `cause` note carries the run id (to find the build after a crash) and the tick, if any."""
+def cause_text(spec: Spec, run_id: str, tick: datetime | None = None, provenance: Provenance | None = None) -> str:
+    """The `cause` note carries who asked (the commit, where git knows it), the run id (to find the build
+    after a crash) and the tick, if any."""
     text = spec.cause or f"reconciler: trigger {spec.name}"
+    if provenance is not None:
+        text += f" — {provenance.short}"
     if tick is not None and spec.schedule is not None:
         text += f" (scheduled for {tick.astimezone(spec.schedule.tz).isoformat()})"
     return f"{text} [reconciler run {run_id}]"
 
 
-def new_run(spec: Spec, at: float, tick: datetime | None = None) -> Run:
+def new_run(spec: Spec, at: float, tick: datetime | None = None, provenance: Provenance | None = None) -> Run:
     """A decision to fire `spec` (for a scheduled spec, its `tick`), with everything the POST needs."""
     run_id = new_run_id()
     params = spec.parameters
@@ -62,8 +66,9 @@ def new_run(spec: Spec, at: float, tick: datetime | None = None) -> Run:
     if tick is not None and spec.scheduled_time_parameter and spec.schedule is not None:
         params = (*(params or ()), (spec.scheduled_time_parameter, tick.astimezone(spec.schedule.tz).isoformat()))
     return Run(run_id=run_id, trigger=spec.name, fire_key=spec.revision if tick is None else cron.tick_key(tick),
-               server=spec.server, job=spec.job, parameters=params, cause=cause_text(spec, run_id, tick),
-               tag_param=spec.run_id_parameter, status="decided", decided_at=at)
+               server=spec.server, job=spec.job, parameters=params, cause=cause_text(spec, run_id, tick, provenance),
+               tag_param=spec.run_id_parameter, status="decided", decided_at=at,
+               provenance=None if provenance is None else provenance.as_dict())
 
 
 class Daemon:
@@ -156,7 +161,7 @@ class Daemon:
             [e.spec for e in changes.changed if e.spec is not None]
         now = self.clock()
         fired = self.store.fired_among([(s.name, s.revision) for s in candidates if s.schedule is None])
-        to_fire: list[Run] = []
+        firing: list[Spec] = []
         for name in changes.removed:
             self.unconfigured.pop(name, None)
         for entry in changes.changed:
@@ -171,13 +176,20 @@ class Daemon:
             self.next_due.pop(spec.name, None)  # it may have been a schedule before
             verdict = decide(spec, fired, self.servers)
             if verdict.action is Action.FIRE:
-                to_fire.append(new_run(spec, now))
+                firing.append(spec)
+        commits = self._provenance(firing)
+        to_fire = [new_run(spec, now, provenance=commits.get(spec.name)) for spec in firing]
         self.executor.metrics.invalid_specs.set(len(self.catalog.errors) + len(self.unconfigured))
         inserted = self.store.decide(to_fire)
         for run in inserted:
             self.log.info("fire_decided", trigger=run.trigger, run_id=run.run_id, job=run.job, revision=run.fire_key)
         self.executor.submit(inserted)
         return inserted
+
+    def _provenance(self, specs: list[Spec]) -> dict[str, Provenance]:
+        """The commit behind each spec about to fire, in one walk of the checkout's git log."""
+        paths = {self.catalog.entries[s.name].path: s.name for s in specs if s.name in self.catalog.entries}
+        return {paths[path]: commit for path, commit in provenance.lookup(self.catalog.root, paths).items()}
 
     def _unconfigured(self, spec: Spec) -> bool:
         """A spec naming a server the operator has not configured: invalid, said once per change."""
@@ -215,14 +227,14 @@ class Daemon:
         running: dict[str, list[Run]] = {}
         for run in self.executor.active():
             running.setdefault(run.trigger, []).append(run)
-        for name, due_at in list(self.next_due.items()):
-            if due_at > now_dt:
-                continue
+        due = [name for name, due_at in self.next_due.items() if due_at <= now_dt]
+        commits = self._provenance([self.catalog.specs[n] for n in due if n in self.catalog.specs]) if due else {}
+        for name in due:
             spec = self.catalog.specs.get(name)
             if spec is None or spec.schedule is None:
                 self.next_due.pop(name, None)
                 continue
-            cursors[name], found = self._due_decisions(spec, now, now_dt, running.get(name, []))
+            cursors[name], found = self._due_decisions(spec, now, now_dt, running.get(name, []), commits.get(name))
             decisions += found
             self.next_due[name] = cron.next_tick(spec.schedule, max(cursors[name], now_dt))
         if not cursors:
@@ -245,8 +257,8 @@ class Daemon:
         self.executor.submit(fired)
         return fired
 
-    def _due_decisions(self, spec: Spec, now: float, now_dt: datetime,
-                       running: list[Run]) -> tuple[datetime, list[tuple[Run, str]]]:
+    def _due_decisions(self, spec: Spec, now: float, now_dt: datetime, running: list[Run],
+                       commit: Provenance | None = None) -> tuple[datetime, list[tuple[Run, str]]]:
         assert spec.schedule is not None
         due = cron.due(spec.schedule, self.cursors[spec.name], now_dt, spec.starting_deadline)
         decisions: list[tuple[Run, str]] = []
@@ -259,7 +271,7 @@ class Daemon:
             self.log.warning("ticks_missed", trigger=spec.name, listed=len(due.missed),
                              note="more ticks were missed than are recorded")
         if due.fire is not None:
-            run = new_run(spec, now, due.fire)
+            run = new_run(spec, now, due.fire, commit)
             if running and spec.concurrency == "forbid":
                 reason = f"concurrency: forbid, and run {running[0].run_id} is still {running[0].status}"
                 decisions.append((replace(run, status="skipped", finished_at=now, last_error=reason), "skipped"))

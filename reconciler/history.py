@@ -66,7 +66,7 @@ class History:
         """The first line of a run carries all it takes to rebuild the run from history."""
         self.append(run, event, at, server=run.server, job=run.job,
                     parameters=None if run.parameters is None else dict(run.parameters),
-                    cause=run.cause, tag_param=run.tag_param, reason=run.last_error)
+                    cause=run.cause, tag_param=run.tag_param, reason=run.last_error, provenance=run.provenance)
 
     def has(self, run: Run) -> bool:
         """Whether the run's first line is written (read back only when resuming a run)."""
@@ -98,7 +98,8 @@ class History:
                         server=str(ev.get("server", "default")), job=str(ev.get("job", "")),
                         parameters=None if params is None else tuple((str(k), str(v)) for k, v in params.items()),
                         cause=ev.get("cause"), tag_param=ev.get("tag_param"),
-                        status=STATUS_OF_EVENT[event], decided_at=at, last_error=ev.get("reason"))
+                        status=STATUS_OF_EVENT[event], decided_at=at, last_error=ev.get("reason"),
+                        provenance=ev.get("provenance") if isinstance(ev.get("provenance"), dict) else None)
                     continue
                 run = runs.get(run_id)
                 if run is None:

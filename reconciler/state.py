@@ -64,6 +64,9 @@ MIGRATIONS = [
     ALTER TABLE runs ADD COLUMN retry_at REAL;
     CREATE INDEX runs_refused ON runs (retry_at) WHERE status = 'refused';
     """,
+    """
+    ALTER TABLE runs ADD COLUMN provenance TEXT;
+    """,
 ]
 
 
@@ -90,6 +93,8 @@ class Run:
     last_error: str | None = None
     retry_at: float | None = None
     """For a run Jenkins refused (status `refused`): when to post it again."""
+    provenance: dict[str, str] | None = None
+    """The commit behind the spec it fired (sha, author, email, date, subject), where git knows it."""
 
     @property
     def is_open(self) -> bool:
@@ -106,6 +111,7 @@ def new_run_id() -> str:
 def _encode(run: Run) -> tuple[Any, ...]:
     values = [getattr(run, c) for c in COLUMNS]
     values[COLUMNS.index("parameters")] = None if run.parameters is None else json.dumps(run.parameters)
+    values[COLUMNS.index("provenance")] = None if run.provenance is None else json.dumps(run.provenance)
     values[COLUMNS.index("last_error")] = _text(run.last_error)
     return tuple(values)
 
@@ -119,6 +125,8 @@ def _decode(row: tuple[Any, ...]) -> Run:
     data = dict(zip(COLUMNS, row, strict=True))
     if data["parameters"] is not None:
         data["parameters"] = tuple(tuple(p) for p in json.loads(data["parameters"]))
+    if data["provenance"] is not None:
+        data["provenance"] = json.loads(data["provenance"])
     return Run(**data)
 
 

@@ -681,3 +681,46 @@ def test_what_the_build_ran_with_is_on_record_and_a_dropped_parameter_is_called_
     assert ran["ignored"] == ["TYPO"] and any("Started by remote host" in c for c in ran["causes"])
     [warning] = [e for e in harness.logs.events() if e["event"] == "parameter_ignored"]
     assert warning["dropped"] == ["TYPO"] and warning["trigger"] == "deploy"
+
+
+# -- Who asked for it ----------------------------------------------------------------------------
+
+def git(repo, *args, author=("Alice", "alice@example.com")):
+    subprocess.run(["git", "-C", str(repo), "-c", f"user.name={author[0]}", "-c", f"user.email={author[1]}", *args],
+                   check=True, capture_output=True)
+
+
+def test_each_fire_names_the_commit_behind_its_spec_in_the_cause_history_and_status(harness):
+    """git-sync's layout: a worktree behind a symlink, in a repository the daemon did not create."""
+    repo = harness.tmp / "repo"
+    (repo / "triggers").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    (repo / "triggers" / "deploy.yaml").write_text("job: manual\ncause: deploy 1.4.2\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "deploy 1.4.2")
+    (repo / "triggers" / "other.yaml").write_text("job: plain\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "other", author=("Bob", "bob@example.com"))
+    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD~1"], capture_output=True, text=True).stdout.strip()
+    git(repo, "worktree", "add", "-q", str(harness.tmp / "wt"), "HEAD")
+    harness.tmp.joinpath("current").symlink_to(harness.tmp / "wt")
+    harness.triggers.symlink_to(harness.tmp / "current" / "triggers")
+    harness.job_token = "deploy-job-token"
+    harness.start()
+    wait_for(lambda: harness.runs("deploy") and harness.runs("deploy")[0].status == "building")
+    [build] = harness.sim.builds("manual")
+    note = build.causes[0]["note"]
+    assert note.startswith(f"deploy 1.4.2 — {sha[:7]} by Alice <alice@example.com> [reconciler run ")
+    [decided] = [e for e in History(harness.history).read("deploy") if e["event"] == "decided"]
+    assert decided["provenance"]["sha"] == sha and decided["provenance"]["subject"] == "deploy 1.4.2"
+    assert harness.runs("deploy")[0].provenance["email"] == "alice@example.com"
+    wait_for(lambda: harness.runs("other") and harness.runs("other")[0].provenance)
+    assert harness.runs("other")[0].provenance["author"] == "Bob"
+
+
+def test_without_git_metadata_a_fire_carries_no_commit_and_nothing_breaks(harness):
+    harness.write("deploy", "job: plain\ncause: no git here\n")
+    harness.start()
+    wait_for(lambda: harness.runs("deploy") and harness.runs("deploy")[0].status in ("building", "completed"))
+    assert harness.runs("deploy")[0].provenance is None
+    assert harness.sim.builds("plain")[0].causes[0]["shortDescription"].startswith("Started by user")
