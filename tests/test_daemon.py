@@ -290,6 +290,17 @@ def test_killed_mid_post_without_a_tag_is_recorded_lost_rather_than_risk_a_secon
     wait_for(lambda: harness.events("deploy") == ["lost"])
 
 
+def db_status(harness) -> str | None:
+    """The one run's status as the store has it, read as another process would."""
+    try:
+        db = sqlite3.connect(harness.state)
+        row = db.execute("SELECT status FROM runs").fetchone()
+        db.close()
+        return row and row[0]
+    except sqlite3.Error:
+        return None
+
+
 def daemon_process(harness) -> subprocess.Popen[bytes]:
     """`reconciler run` on the harness's directories as its own process, to be killed for real."""
     env = {**os.environ, "JENKINS_URL": harness.url, "JENKINS_USER": USER, "JENKINS_API_TOKEN": TOKEN,
@@ -310,18 +321,8 @@ def daemon_process_with_a_slow_post(make_harness):
 def test_a_real_kill_9_during_the_post(make_harness):
     """The process dies while Jenkins is still answering the POST; Jenkins builds all the same."""
     harness, slow, proc = daemon_process_with_a_slow_post(make_harness)
-
-    def status() -> str | None:
-        try:
-            db = sqlite3.connect(harness.state)
-            row = db.execute("SELECT status FROM runs").fetchone()
-            db.close()
-            return row and row[0]
-        except sqlite3.Error:
-            return None
-
     try:
-        wait_for(lambda: status() == "posting" and slow.times == 0, what="the POST to reach Jenkins")
+        wait_for(lambda: db_status(harness) == "posting" and slow.times == 0, what="the POST to reach Jenkins")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
@@ -504,16 +505,6 @@ def test_sigterm_during_a_post_finishes_recording_it_and_a_restart_completes_it(
 
 
 # -- Real Jenkins' ways ----------------------------------------------------------------------
-
-def db_status(harness) -> str | None:
-    try:
-        db = sqlite3.connect(harness.state)
-        row = db.execute("SELECT status FROM runs").fetchone()
-        db.close()
-        return row and row[0]
-    except sqlite3.Error:
-        return None
-
 
 def test_killed_while_posting_under_another_host_name_than_jenkins_root_url_builds_once(make_harness):
     """Jenkins writes its own root URL into the queue item; the lookup must still know it for our job."""
