@@ -47,6 +47,21 @@ REPOSTS = 3
 """How often a tagged run whose queue item vanished, and that no build carries, is posted again."""
 
 
+def _ran_with(run: Run, build: Any) -> dict[str, Any]:
+    """What a build ran with beside what the run sent: its parameters (passwords masked), its causes,
+    the sent parameters Jenkins dropped, and those it ran with another value."""
+    sent = dict(run.parameters or ())
+    ran = build.parameters or {}
+    found: dict[str, Any] = {"ran_with": build.parameters, "causes": list(build.causes) or None}
+    dropped = sorted(name for name in sent if name not in ran)
+    changed = {name: ran[name] for name in sent if name in ran and ran[name] not in (sent[name], MASKED)}
+    if dropped:
+        found["ignored"] = dropped
+    if changed:
+        found["changed"] = changed
+    return found
+
+
 def _queue_id(run: Run) -> int:
     return int((run.queue_url or "0/").rstrip("/").rsplit("/", 1)[-1])
 
@@ -250,14 +265,15 @@ class Executor:
                 self._active.pop(run.run_id, None)
                 self._cv.notify_all()
 
-    def _finish(self, run: Run, status: str, **fields: Any) -> Run:
+    def _finish(self, run: Run, status: str, *, recorded: dict[str, Any] | None = None, **fields: Any) -> Run:
+        """Close a run; `recorded` goes on its history line only (what the build ran with)."""
         now = self.clock()
         reason = fields.pop("reason", None)
         run = self._update(run, status=status, finished_at=now, last_error=reason, **fields)
         outcome = (run.result or "unknown").lower() if status == "completed" else status
         self.metrics.fires.labels(run.server, run.job, outcome).inc()
         self.history.append(run, status, now, reason=reason, result=run.result, number=run.build_number,
-                            url=run.build_url, duration_ms=run.duration_ms)
+                            url=run.build_url, duration_ms=run.duration_ms, **(recorded or {}))
         return run
 
     @staticmethod
@@ -397,7 +413,8 @@ class Executor:
                 if build.result is None:
                     self._later(interval, _Look(run, next_interval))
                     return
-                run = self._finish(run, "completed", result=build.result, duration_ms=build.duration_ms)
+                run = self._finish(run, "completed", result=build.result, duration_ms=build.duration_ms,
+                                   recorded=_ran_with(run, build))
                 log.log(20 if build.result == "SUCCESS" else 30, "build_completed", result=build.result,
                         number=build.number, url=build.url, duration_ms=build.duration_ms)
         except JenkinsUnavailable as e:
@@ -412,19 +429,14 @@ class Executor:
                 self._later(self.poll_max, _Look(run, self.poll_max))
 
     def _check_ran_with(self, run: Run, build: Any, log: Any) -> None:
-        """What the build ran with, on record once: Jenkins silently drops a parameter the job does not
-        define (SECURITY-170), and a choice or a default may change what was sent."""
+        """Say once, as soon as the build is seen, when Jenkins silently dropped a parameter the job does
+        not define (SECURITY-170) or ran with another value; the `completed` line records it."""
         if run.run_id in self._read_back:
             return
         self._read_back.add(run.run_id)
-        sent = dict(run.parameters or ())
-        ran = build.parameters or {}
-        dropped = sorted(name for name in sent if name not in ran)
-        changed = sorted(name for name in sent if name in ran and ran[name] not in (sent[name], MASKED))
-        self.history.append(run, "ran_with", self.clock(), number=build.number, parameters=build.parameters,
-                            causes=list(build.causes), ignored=dropped or None, changed=changed or None)
-        if dropped or changed:
-            log.warning("parameter_ignored", dropped=dropped, changed={n: ran[n] for n in changed},
+        found = _ran_with(run, build)
+        if "ignored" in found or "changed" in found:
+            log.warning("parameter_ignored", dropped=found.get("ignored", []), changed=found.get("changed", {}),
                         advice="the job does not define these parameters (Jenkins drops them) or ran with "
                                "other values; `reconciler check` compares specs with the job's definitions")
 

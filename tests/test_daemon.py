@@ -666,12 +666,15 @@ def test_what_the_build_ran_with_is_on_record_and_a_dropped_parameter_is_called_
     harness = make_harness(job_token="deploy-job-token")
     harness.write("deploy", "job: deploy\nparameters: {ENV: prod, VERSION: '2', TYPO: x}\n")
     harness.start()
-    wait_for(lambda: "ran_with" in harness.events("deploy"), what="the build's parameters read back")
-    [ran] = [e for e in History(harness.history).read("deploy") if e["event"] == "ran_with"]
-    assert ran["parameters"] == {"ENV": "prod", "VERSION": "2", "DRY_RUN": "true", "SECRET": "****"}
-    assert ran["ignored"] == ["TYPO"] and any("Started by remote host" in c for c in ran["causes"])
+    wait_for(lambda: any(e["event"] == "parameter_ignored" for e in harness.logs.events()),
+             what="the dropped parameter to be called out while the build runs")
     [warning] = [e for e in harness.logs.events() if e["event"] == "parameter_ignored"]
     assert warning["dropped"] == ["TYPO"] and warning["trigger"] == "deploy"
+    harness.sim.finish("deploy", 1, "SUCCESS")
+    wait_for(lambda: harness.events("deploy") == ["decided", "queued", "started", "completed"])
+    [done] = [e for e in History(harness.history).read("deploy") if e["event"] == "completed"]
+    assert done["ran_with"] == {"ENV": "prod", "VERSION": "2", "DRY_RUN": "true", "SECRET": "****"}
+    assert done["ignored"] == ["TYPO"] and any("Started by remote host" in c for c in done["causes"])
 
 
 # -- Who asked for it ----------------------------------------------------------------------------

@@ -439,3 +439,18 @@ def test_a_mistyped_job_setting_is_refused_with_the_known_ones():
 
     with pytest.raises(SimConfigError, match=r"unknown job settings: duraton \(known: .*duration"):
         job_from_mapping({"name": "x", "duraton": 5})
+
+
+def test_a_request_cut_off_in_its_body_builds_nothing(simulator):
+    """A client killed between a POST's headers and the end of its body: Jenkins never sees a whole request."""
+    import base64
+    import socket
+
+    host, port = simulator.url.removeprefix("http://").rstrip("/").split(":")
+    auth = base64.b64encode(b"alice:alice-api-token").decode()
+    with socket.create_connection((host, int(port))) as conn:
+        conn.sendall(f"POST /job/deploy/buildWithParameters HTTP/1.1\r\nHost: {host}\r\nAuthorization: Basic {auth}"
+                     "\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 40\r\n\r\nENV=prod"
+                     .encode())
+    time.sleep(0.3)
+    assert simulator.builds("deploy") == [] and simulator.triggers("deploy") == []

@@ -434,6 +434,9 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        if len(body) < length:  # the client went away mid-body: Jetty's read fails (EofException), nothing runs
+            self.close_connection = True
+            return
         params = parse_qs(url.query, keep_blank_values=True)
         if "application/x-www-form-urlencoded" in (self.headers.get("Content-Type") or ""):
             for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items():
