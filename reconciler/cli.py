@@ -20,7 +20,7 @@ from .catalog import Catalog, check_file
 from .config import Server, load_servers
 from .errors import ConfigError, Problem, ReconcilerError, SpecError
 from .history import History, iso
-from .plan import Action, plan
+from .plan import Action, plan, unknown_server
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR, EXIT_RUN_FAILED, EXIT_TIMEOUT = 0, 1, 2, 3, 4
 """`run --once`: 3 when a run was refused, failed, lost or cancelled, or (with --wait) its build ended
@@ -386,8 +386,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     count, invalid, specs = _collect(args.paths or [args.triggers], args)
     errors += invalid
     if servers is not None:
-        errors += [SpecError(shown, [Problem(*_value_position(shown, "server"), _unknown_server(spec.server,
-                                                                                                servers))])
+        errors += [SpecError(shown, [Problem(*_value_position(shown, "server"), unknown_server(spec.server,
+                                                                                               servers))])
                    for shown, spec in specs if spec.server not in servers]
     for err in errors:
         print(err)
@@ -453,10 +453,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_INVALID if problems else EXIT_OK
 
 
-def _unknown_server(name: str, servers: Any) -> str:
-    return f"server {name!r} is not configured (known: {', '.join(sorted(servers)) or 'none'})"
-
-
 def _value_position(path: str, key: str) -> tuple[int, int]:
     from .spec import position_in
 
@@ -469,8 +465,7 @@ def _value_position(path: str, key: str) -> tuple[int, int]:
 def cmd_plan(args: argparse.Namespace) -> int:
     if args.base:
         return _plan_change(args)
-    catalog = Catalog(args.triggers)
-    catalog.scan()
+    catalog = Catalog.scanned(args.triggers)
     fired, cursors = _fired(args)
     real_now = datetime.now(UTC)
     verdicts = plan(catalog.specs, catalog.errors, fired, _servers(args), now=args.at or real_now,
@@ -537,8 +532,7 @@ def _entries(catalog: Catalog) -> dict[str, Any]:
 def cmd_next(args: argparse.Namespace) -> int:
     from .schedule import ticks
 
-    catalog = Catalog(args.triggers)
-    catalog.scan()
+    catalog = Catalog.scanned(args.triggers)
     if args.name in catalog.errors:
         print(catalog.errors[args.name], file=sys.stderr)
         return EXIT_INVALID
@@ -695,8 +689,7 @@ def cmd_adopt(args: argparse.Namespace) -> int:
     from .daemon import new_run
     from .state import Store
 
-    catalog = Catalog(args.triggers)
-    catalog.scan()
+    catalog = Catalog.scanned(args.triggers)
     fired, _ = _fired(args)
     now = time.time()
     one_shots = [spec for spec in catalog.specs.values() if spec.schedule is None]

@@ -24,7 +24,7 @@ from .errors import StateError
 from .execute import Executor
 from .history import History
 from .jenkins import Client
-from .plan import Action, decide
+from .plan import Action, decide, unknown_server
 from .provenance import Provenance
 from .spec import Spec
 from .state import Run, Store, new_run_id
@@ -196,7 +196,7 @@ class Daemon:
         if spec.server in self.servers:
             self.unconfigured.pop(spec.name, None)
             return False
-        error = f"server {spec.server!r} is not configured (known: {', '.join(sorted(self.servers)) or 'none'})"
+        error = unknown_server(spec.server, self.servers)
         if self.unconfigured.get(spec.name) != error:
             self.unconfigured[spec.name] = error
             self.log.error("spec_invalid", trigger=spec.name, errors=[error])
@@ -357,7 +357,8 @@ class Daemon:
         """One turn of the loop: due ticks, the files the watcher named, refused runs due again, and a full
         pass if one is due."""
         self.tick()
-        self.retry_refused()
+        if not resync:  # a full pass takes them up itself
+            self.retry_refused()
         with self._paths_lock:
             paths, self._paths = list(self._paths), set()
         if paths:

@@ -377,8 +377,8 @@ class Executor:
         """In a burst, look at outcomes only once the burst is posted: Jenkins serves the POSTs first,
         and the looks, due together, then share reads of each job's builds."""
         with self._cv:
-            unposted = sum(r.status in ("decided", "posting") for r in self._active.values())
-        return self.poll_min if not unposted else self.poll_max
+            unposted = any(r.status in ("decided", "posting") for r in self._active.values())
+        return self.poll_max if unposted else self.poll_min
 
     def _check_group(self, run: Run, group: list[_Look]) -> None:
         """Runs of one job due together: one read of the job's recent builds answers most of them

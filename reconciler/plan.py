@@ -36,11 +36,14 @@ class Verdict:
         return self.spec.revision
 
 
+def unknown_server(name: str, servers: Collection[str]) -> str:
+    """What is wrong with a spec naming a server the operator has not configured."""
+    return f"server {name!r} is not configured (known: {', '.join(sorted(servers)) or 'none'})"
+
+
 def _held(spec: Spec, servers: Collection[str]) -> Verdict | None:
     if spec.server not in servers:
-        known = ", ".join(sorted(servers)) or "none"
-        return Verdict(spec.name, Action.INVALID, f"server {spec.server!r} is not configured (known: {known})",
-                       spec)
+        return Verdict(spec.name, Action.INVALID, unknown_server(spec.server, servers), spec)
     if spec.suspend:
         return Verdict(spec.name, Action.SUSPENDED, "suspend: true", spec)
     return None
