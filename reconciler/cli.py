@@ -17,7 +17,7 @@ from typing import Any
 
 from . import logs
 from .catalog import Catalog, check_file
-from .config import Server, load_servers
+from .config import Server, load_history_remote, load_servers
 from .errors import ConfigError, Problem, ReconcilerError, SpecError
 from .history import History, iso
 from .plan import Action, plan, unknown_server
@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="history directory (env RECONCILER_HISTORY)")
     p.add_argument("--triggers", type=Path, default=Path(_env("triggers", "triggers")),
                    help="to tell a trigger with no runs yet from no trigger (env RECONCILER_TRIGGERS)")
+    p.add_argument("--config", type=Path, default=_env("config"),
+                   help="the operator's config: with history write-back, the history is read from its clone "
+                        "(env RECONCILER_CONFIG)")
     p.add_argument("--json", action="store_true", help="raw JSON lines")
 
     p = sub.add_parser("logs", help="print the console of a trigger's latest build",
@@ -265,12 +268,21 @@ def _servers(args: argparse.Namespace) -> dict[str, Server]:
     return servers
 
 
+def _history_dir(args: argparse.Namespace) -> Path:
+    """Where the daemon writes history: in its write-back clone when the operator's config names a
+    repository to push to, else --history."""
+    config = getattr(args, "config", None)
+    remote = None if not config else \
+        load_history_remote(Path(config), triggers=args.triggers, state=getattr(args, "state", None))
+    return args.history if remote is None else Path(remote.clone) / remote.path
+
+
 def _fired(args: argparse.Namespace) -> tuple[set[tuple[str, str]], dict[str, datetime]]:
     """What has fired, and where each schedule stands: the state store, and the history behind it."""
     from .schedule import cursors
     from .state import Store
 
-    fired = {(r.trigger, r.fire_key) for r in History(args.history).runs()}
+    fired = {(r.trigger, r.fire_key) for r in History(_history_dir(args)).runs()}
     stored: dict[str, float] = {}
     if args.state.exists():
         store = Store(args.state)
@@ -301,14 +313,17 @@ def _next_attempt(run: Any) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import assemble
+    from .writeback import Writeback
 
     servers = _servers(args)
     if not servers:
         print("reconciler: no Jenkins server configured: set JENKINS_URL (and JENKINS_USER, JENKINS_API_TOKEN) "
               "or give a servers config with --config", file=sys.stderr)
         return EXIT_ERROR
+    remote = load_history_remote(args.config, triggers=args.triggers, state=args.state)
+    writeback = None if remote is None else Writeback(remote)
     daemon = assemble(args.triggers, args.state, args.history, servers, resync_interval=args.resync_interval,
-                      poll_max=args.poll_interval)
+                      poll_max=args.poll_interval, writeback=writeback)
     log = logs.get()
     for server in servers.values():
         for warning in server.warnings():
@@ -324,8 +339,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             return _run_once(daemon, args, log)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, daemon.request_stop)
-        log.info("daemon_started", triggers=str(args.triggers), state=str(args.state), history=str(args.history),
-                 servers=sorted(servers))
+        log.info("daemon_started", triggers=str(args.triggers), state=str(args.state),
+                 history=str(daemon.history.root), servers=sorted(servers),
+                 **({"history_remote": remote.repository, "history_branch": remote.branch} if remote else {}))
         daemon.run(daemon.executor.stop)
         return EXIT_OK
     finally:
@@ -338,6 +354,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_once(daemon: Any, args: argparse.Namespace, log: Any) -> int:
     """One pass, then wait for its runs (posted, or with --wait finished) and say how they went."""
+    daemon.take_in_history(daemon.executor.stop)
     daemon.bootstrap()
     started = {r.run_id for r in daemon.executor.active()}
     fired = daemon.pass_once()
@@ -625,11 +642,12 @@ def _age(seconds: float) -> str:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    events = History(args.history).read(args.name)
+    history = _history_dir(args)
+    events = History(history).read(args.name)
     if not events:
         known = args.name in Catalog.scanned(args.triggers).entries
         print(f"reconciler: {args.name} has no runs yet" if known else
-              f"reconciler: no trigger {args.name} in {args.triggers}, and no history for it in {args.history}",
+              f"reconciler: no trigger {args.name} in {args.triggers}, and no history for it in {history}",
               file=sys.stderr)
         return EXIT_OK if known else EXIT_ERROR
     for ev in events:
@@ -696,7 +714,7 @@ def cmd_adopt(args: argparse.Namespace) -> int:
     runs = [replace(new_run(spec, now), status="adopted", finished_at=now) for spec in one_shots
             if (spec.name, spec.revision) not in fired]
     store = Store(args.state)
-    history = History(args.history)
+    history = History(_history_dir(args))
     for run in store.decide(runs):
         history.decided(run, now, event="adopted")
         print(f"adopted {run.trigger} (revision {run.fire_key})")

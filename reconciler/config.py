@@ -1,4 +1,5 @@
-"""Jenkins servers and their credentials: from the environment and the operator's config file.
+"""The operator's settings: Jenkins servers and their credentials, and where history is pushed, from
+the environment and the operator's config file.
 
 Both belong to the operator, never to the triggers repository: whoever can commit a spec can make a
 job run, but must not be able to choose where requests (and the credentials they carry) go. So the
@@ -13,6 +14,7 @@ import base64
 import difflib
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,10 @@ from .spec import nesting_problem, yaml_problem
 
 SERVER_KEYS = {"url", "user", "token", "job_token", "verify", "ca_bundle", "concurrency",
                "connect_timeout", "read_timeout", "proxy", "client_cert", "client_key"}
+HISTORY_KEYS = {"repository", "branch", "path", "clone", "author", "ssh_key", "known_hosts", "token", "token_user",
+                "interval", "timeout"}
+_SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:[^/]")
+_BRANCH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$")
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,37 @@ class Server:
                        "requests are anonymous and Jenkins will likely refuse them: set JENKINS_USER and "
                        "JENKINS_API_TOKEN (or user: and token: in the config)")
         return out
+
+
+@dataclass(frozen=True)
+class HistoryRemote:
+    """Where the daemon commits and pushes its history: the operator's choice, like the servers. The
+    default branch is one of the history's own, so the daemon's commits start no CI run and meet no
+    branch protection of the specs' branch; `branch: main` (say) puts them beside the specs."""
+
+    repository: str
+    branch: str = "reconciler-history"
+    path: str = "history"
+    """The folder inside the repository the history files live in."""
+    clone: str = "history-clone"
+    """The daemon's own clone (never git-sync's checkout); by default beside the state file."""
+    author_name: str = "reconciler"
+    author_email: str = "reconciler@localhost"
+    ssh_key: str | None = None
+    known_hosts: str | None = None
+    token: str | None = field(default=None, repr=False)
+    """An HTTPS token, sent as basic auth with `token_user`; never in a URL."""
+    token_user: str = "x-access-token"
+    interval: float = 5.0
+    """Seconds from the first unpushed line to its commit: lines written meanwhile share the commit."""
+    timeout: float = 60.0
+    """The longest one git command may take (a fetch or push to a remote that does not answer)."""
+
+    @property
+    def secrets(self) -> list[str]:
+        if not self.token:
+            return []
+        return [self.token, base64.b64encode(f"{self.token_user}:{self.token}".encode()).decode()]
 
 
 def _loopback(host: str) -> bool:
@@ -180,6 +217,89 @@ def load_servers(config_path: Path | None, env: Mapping[str, str] | None = None,
         servers["default"] = default
     if config_path is None:
         return servers
+    raw = _read_config(config_path, triggers)
+    entries = raw.get("servers") or {}
+    if not isinstance(entries, dict):
+        raise ConfigError(f"{_at(config_path, raw, 'servers')}: `servers` is a mapping of NAME: settings")
+    for name, entry in entries.items():
+        if isinstance(entry, dict):
+            _known_keys(entry, SERVER_KEYS, config_path, f"servers.{name}.")
+        servers[str(name)] = server_from_mapping(str(name), entry, env, _at(config_path, entries, name),
+                                                 config_path.parent)
+    return servers
+
+
+def load_history_remote(config_path: Path | None, env: Mapping[str, str] | None = None, *,
+                        triggers: Path | None = None, state: Path | None = None) -> HistoryRemote | None:
+    """The `history:` section of the operator's config: where the daemon pushes its history, if anywhere."""
+    if config_path is None:
+        return None
+    env = os.environ if env is None else env
+    raw = _read_config(config_path, triggers)
+    section = raw.get("history")
+    if section is None:
+        return None
+    where = _at(config_path, raw, "history")
+    if not isinstance(section, dict) or "repository" not in section:
+        raise ConfigError(f"{where}: `history` is a mapping with at least `repository` (the git URL to push to)")
+    _known_keys(section, HISTORY_KEYS, config_path, "history.")
+    base = config_path.parent
+    author = section.get("author") or {}
+    if not isinstance(author, dict) or set(author) - {"name", "email"}:
+        raise ConfigError(f"{_at(config_path, section, 'author')}: `author` is {{name: ..., email: ...}}")
+    clone = Path(str(section.get("clone") or (state.parent if state else Path(".")) / "history-clone"))
+    if triggers is not None and (_inside(clone, triggers) or _inside(triggers, clone)):
+        raise ConfigError(f"{_at(config_path, section, 'clone')}: the history clone {clone} overlaps the triggers "
+                          f"directory {triggers}; the daemon keeps a clone of its own, apart from git-sync's")
+    ssh_key, known_hosts = _path(section.get("ssh_key")), _path(section.get("known_hosts"))
+    if ssh_key and not known_hosts:
+        raise ConfigError(f"{where}: `ssh_key` needs `known_hosts` (the host keys to trust): without them the "
+                          "first connection would trust whoever answers")
+    try:
+        return HistoryRemote(
+            repository=_repository(str(section["repository"]), f"{where}.repository"),
+            branch=_branch(str(section.get("branch", HistoryRemote.branch)), f"{where}.branch"),
+            path=_inner_path(str(section.get("path", HistoryRemote.path)), f"{where}.path"),
+            clone=os.path.abspath(clone),
+            author_name=str(author.get("name", HistoryRemote.author_name)),
+            author_email=str(author.get("email", HistoryRemote.author_email)),
+            ssh_key=None if ssh_key is None else str(base / ssh_key),
+            known_hosts=None if known_hosts is None else str(base / known_hosts),
+            token=resolve_secret(section.get("token"), f"{where}.token", env, base),
+            token_user=str(section.get("token_user", HistoryRemote.token_user)),
+            interval=float(section.get("interval", HistoryRemote.interval)),
+            timeout=float(section.get("timeout", HistoryRemote.timeout)))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _repository(url: str, where: str) -> str:
+    if url.startswith(("http://", "https://")):
+        parts = urlsplit(url)
+        if parts.username is not None or parts.password is not None:
+            raise ConfigError(f"{where}: the url carries credentials, which git would write into its config and "
+                              "its errors; give an HTTPS token as `token: {file: PATH}` instead")
+    elif not (url.startswith(("ssh://", "file://", "/")) or _SCP_LIKE.match(url)):
+        raise ConfigError(f"{where}: expected an ssh://, https://, file:// url, user@host:path, or an absolute "
+                          "path to a repository")
+    return url
+
+
+def _branch(name: str, where: str) -> str:
+    if not _BRANCH.match(name) or ".." in name or name.endswith((".", "/", ".lock")):
+        raise ConfigError(f"{where}: {name!r} is not a branch name git accepts")
+    return name
+
+
+def _inner_path(path: str, where: str) -> str:
+    parts = Path(path).parts
+    if not parts or Path(path).is_absolute() or ".." in parts or parts[0] == ".git":
+        raise ConfigError(f"{where}: the history path is a folder inside the repository, like `history`")
+    return str(Path(*parts))
+
+
+def _read_config(config_path: Path, triggers: Path | None) -> Any:
+    """The operator's config file as a round-trip mapping, which must not lie inside `triggers`."""
     if triggers is not None and _inside(config_path, triggers):
         raise ConfigError(f"{config_path}: the servers config is inside the triggers directory {triggers}, where "
                           "anyone who can commit could rewrite it; keep it outside (a ConfigMap or a file of the "
@@ -199,16 +319,8 @@ def load_servers(config_path: Path | None, env: Mapping[str, str] | None = None,
         raise ConfigError(f"{config_path}: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{config_path}:1:1: expected a mapping with `servers:`")
-    _known_keys(raw, {"servers"}, config_path, "")
-    entries = raw.get("servers") or {}
-    if not isinstance(entries, dict):
-        raise ConfigError(f"{_at(config_path, raw, 'servers')}: `servers` is a mapping of NAME: settings")
-    for name, entry in entries.items():
-        if isinstance(entry, dict):
-            _known_keys(entry, SERVER_KEYS, config_path, f"servers.{name}.")
-        servers[str(name)] = server_from_mapping(str(name), entry, env, _at(config_path, entries, name),
-                                                 config_path.parent)
-    return servers
+    _known_keys(raw, {"servers", "history"}, config_path, "")
+    return raw
 
 
 def _at(path: Path, mapping: Any, key: Any) -> str:

@@ -20,14 +20,15 @@ from . import logs, provenance
 from . import schedule as cron
 from .catalog import Catalog, Changes, folders
 from .config import Server
-from .errors import StateError
+from .errors import HistoryGitError, StateError
 from .execute import Executor
 from .history import History
 from .jenkins import Client
 from .plan import Action, decide, unknown_server
 from .provenance import Provenance
 from .spec import Spec
-from .state import Run, Store, new_run_id
+from .state import Run, Store, run_id_of
+from .writeback import Writeback
 
 WATCH_STEP_MS = 20
 """How long the watcher waits for a burst of events to settle: the floor of change → POST latency."""
@@ -59,13 +60,14 @@ def cause_text(spec: Spec, run_id: str, tick: datetime | None = None, provenance
 
 def new_run(spec: Spec, at: float, tick: datetime | None = None, provenance: Provenance | None = None) -> Run:
     """A decision to fire `spec` (for a scheduled spec, its `tick`), with everything the POST needs."""
-    run_id = new_run_id()
+    fire_key = spec.revision if tick is None else cron.tick_key(tick)
+    run_id = run_id_of(spec.name, fire_key)
     params = spec.parameters
     if spec.run_id_parameter:
         params = (*(params or ()), (spec.run_id_parameter, run_id))
     if tick is not None and spec.scheduled_time_parameter and spec.schedule is not None:
         params = (*(params or ()), (spec.scheduled_time_parameter, tick.astimezone(spec.schedule.tz).isoformat()))
-    return Run(run_id=run_id, trigger=spec.name, fire_key=spec.revision if tick is None else cron.tick_key(tick),
+    return Run(run_id=run_id, trigger=spec.name, fire_key=fire_key,
                server=spec.server, job=spec.job, parameters=params, cause=cause_text(spec, run_id, tick, provenance),
                tag_param=spec.run_id_parameter, status="decided", decided_at=at,
                provenance=None if provenance is None else provenance.as_dict())
@@ -77,6 +79,7 @@ class Daemon:
         self.catalog = catalog
         self.store = store
         self.history = history
+        self.writeback = history.writeback
         self.servers = servers
         self.executor = executor
         self.clock = clock
@@ -88,18 +91,48 @@ class Daemon:
         self.ready = threading.Event()
         self.passes = 0
         self.heartbeat = time.monotonic()
+        self._history_wait: str | None = None
+        """Why an empty store is still waiting for the history branch, while it waits."""
         self._store_failure: str | None = None
         """Why the last turn of the loop could not record its decisions, until one can."""
         self._watcher: threading.Thread | None = None
         self.cursors: dict[str, datetime] = {}
         self.next_due: dict[str, datetime] = {}
+        self.empty_start: float | None = None
+        """When this process started on an empty state store (a fresh pod): what it decides for the
+        moment it started may have been posted by a process whose record of it never reached git."""
         self.unconfigured: dict[str, str] = {}
         """Valid specs that name a server the operator has not configured, with the error: invalid, like
         a broken file, and reported once per change."""
 
+    def take_in_history(self, stop: threading.Event) -> None:
+        """With write-back, take in the history branch before deciding anything. A store with records
+        of its own goes on without it (its lines wait locally); an empty one waits for it, since
+        deciding with no record of what fired is how a fire happens twice."""
+        if self.writeback is None:
+            return
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                self.writeback.prepare()
+            except HistoryGitError as e:
+                self.writeback.last_error = str(e)
+                if not self.store.is_empty():
+                    self.log.warning("history_unavailable", error=str(e), note="firing goes on; lines wait locally")
+                    return
+                self._history_wait = str(e)
+                self.log.error("history_unavailable", error=str(e), retry_in=delay,
+                               note="an empty state store waits for the history before deciding anything")
+                stop.wait(delay)
+                delay = min(delay * 2, 60.0)
+            else:
+                self._history_wait = None
+                return
+
     def bootstrap(self) -> None:
         """Rebuild a fresh store from history, then resume whatever an earlier process left open."""
         if self.store.is_empty():
+            self.empty_start = self.clock()
             runs = list(self.history.runs())
             if runs:
                 self.store.decide(runs)
@@ -183,7 +216,8 @@ class Daemon:
         inserted = self.store.decide(to_fire)
         for run in inserted:
             self.log.info("fire_decided", trigger=run.trigger, run_id=run.run_id, job=run.job, revision=run.fire_key)
-        self.executor.submit(inserted)
+        first = full and self.passes == 0 and self.empty_start is not None
+        self.executor.submit(inserted, unsure={r.run_id for r in inserted} if first else ())
         return inserted
 
     def _provenance(self, specs: list[Spec]) -> dict[str, Provenance]:
@@ -254,8 +288,13 @@ class Daemon:
             else:
                 self.history.decided(run, now, event=event)
                 log.warning(f"tick_{event}", scheduled_for=run.fire_key[1:], reason=run.last_error)
-        self.executor.submit(fired)
+        self.executor.submit(fired, unsure={r.run_id for r in fired if self._before_start(r)})
         return fired
+
+    def _before_start(self, run: Run) -> bool:
+        """A tick due by the time a fresh pod started: the pod before it may have fired it."""
+        tick = cron.tick_of_key(run.fire_key)
+        return self.empty_start is not None and tick is not None and tick.timestamp() <= self.empty_start
 
     def _due_decisions(self, spec: Spec, now: float, now_dt: datetime, running: list[Run],
                        commit: Provenance | None = None) -> tuple[datetime, list[tuple[Run, str]]]:
@@ -300,6 +339,8 @@ class Daemon:
 
     def readiness_problems(self) -> list[str]:
         problems = [] if self.ready.is_set() else ["the first pass has not completed"]
+        if self._history_wait:
+            problems.append(f"waiting for the history branch (the state store is empty): {self._history_wait}")
         unwritable = self.store.writable() or self._store_failure
         if unwritable:
             problems.append(unwritable)
@@ -307,8 +348,17 @@ class Daemon:
             problems.append("the watcher is not running")
         return problems
 
+    def readiness_notes(self) -> list[str]:
+        """What /readyz says beside `ok`."""
+        return [] if self.writeback is None else self.writeback.notes()
+
     def run(self, stop: threading.Event) -> None:
+        self.take_in_history(stop)
+        if stop.is_set():
+            return
         self.bootstrap()
+        if self.writeback is not None:
+            self.writeback.start()
         # The watch starts before the first scan, so it is in place by the time the scan is done.
         watcher = threading.Thread(target=self._watch, args=(stop,), name="watcher", daemon=True)
         watcher.start()
@@ -427,6 +477,8 @@ class Daemon:
     def close(self) -> list[Run]:
         """Stop the executor, close the store and the HTTP sessions; returns the runs left open."""
         in_flight = self.executor.shutdown()
+        if self.writeback is not None:
+            self.writeback.close()
         self.store.close()
         for client in self.executor.clients.values():
             client.close()
@@ -457,12 +509,16 @@ def _folder_moved(path: str, watched: set[str]) -> bool:
 
 def assemble(triggers: Path, state: Path, history: Path | None, servers: Mapping[str, Server], *,
              clock: Callable[[], float] = time.time, resync_interval: float = 60.0,
-             client_options: Mapping[str, Any] | None = None, **executor_options: Any) -> Daemon:
-    """Wire a daemon to its parts: one client per server, the state store, history, the executor."""
+             client_options: Mapping[str, Any] | None = None, writeback: Writeback | None = None,
+             **executor_options: Any) -> Daemon:
+    """Wire a daemon to its parts: one client per server, the state store, history (in the write-back's
+    clone, if there is one), the executor."""
     stop = threading.Event()
     clients = {name: Client(server, stop=stop, **(client_options or {})) for name, server in servers.items()}
     store = Store(state)
-    records = History(history)
+    records = History(writeback.history_dir if writeback is not None else history, writeback)
     executor = Executor(store, records, clients, stop=stop, clock=clock, **executor_options)
+    if writeback is not None:
+        executor.metrics.watch_history(writeback.unpushed_age)
     return Daemon(Catalog(triggers), store, records, servers, executor, clock=clock,
                   resync_interval=resync_interval)

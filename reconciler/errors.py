@@ -36,6 +36,10 @@ class StateError(ReconcilerError):
     """The state store cannot be opened, migrated or written."""
 
 
+class HistoryGitError(ReconcilerError):
+    """The history repository cannot be fetched, committed to or pushed to; the lines wait locally."""
+
+
 class JenkinsError(ReconcilerError):
     """Jenkins did not do what was asked. `retryable` says whether asking again may help."""
 

@@ -27,7 +27,7 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -116,11 +116,13 @@ class Executor:
         self.metrics.count_in_flight(lambda: len(self._active))
 
     # -- entry points -----------------------------------------------------------------------
-    def submit(self, runs: list[Run]) -> None:
-        """Fresh decisions: write each one's history line, then POST it."""
+    def submit(self, runs: list[Run], unsure: Collection[str] = ()) -> None:
+        """Fresh decisions: write each one's history line, then POST it. The runs named in `unsure`
+        may have been posted by a process whose record of them is lost: they are looked up first."""
         self._set_active(runs)
         for run in runs:
-            self._start(_Fire(run, False, True, self.retry_min))
+            look = run.run_id in unsure and self.taggable(run, self.clients[run.server])
+            self._start(_Fire(run, look, True, self.retry_min))
 
     def resume(self, run: Run) -> None:
         """A run left open by an earlier process, or by a step that failed. Raises OSError, taking
@@ -287,12 +289,15 @@ class Executor:
     # -- firing -----------------------------------------------------------------------------
     def _fire(self, run: Run, fire: _Fire) -> None:
         """One attempt: a lookup first if an earlier POST may have arrived, then the POST. The run's
-        `decided` history line is written just before its posting mark, the mark (durable: a POST may
-        follow) before the POST."""
+        `decided` history line is written first, its posting mark (durable: a POST may follow) just
+        before the POST."""
         if self.stop.is_set():
             return
         client = self.clients[run.server]
         log = self._log(run)
+        if fire.record:
+            self.history.decided(run, run.decided_at)
+            fire.record = False
         if fire.search_first:
             if not self.taggable(run, client):
                 self._finish(run, "lost", reason="the reconciler stopped while posting and the run carries no tag to "
@@ -302,6 +307,11 @@ class Executor:
                 return
             try:
                 found = self._find(client, run)
+            except JenkinsRefused as e:
+                if e.status != 404:
+                    self._retry(fire, e)
+                    return
+                found = None  # no such job: nothing of it was built, and the POST will say why
             except JenkinsError as e:
                 self._retry(fire, e)
                 return
@@ -309,9 +319,6 @@ class Executor:
                 self._adopt(run, found, log)
                 return
             fire.search_first = False
-        if fire.record:
-            self.history.decided(run, run.decided_at)
-            fire.record = False
         run = fire.run = self._update(run, True, status="posting", attempts=run.attempts + 1)
         try:
             accepted = client.trigger(run.job, run.parameters, run.cause)

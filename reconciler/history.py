@@ -7,16 +7,20 @@ writer, so it never breaks the lines after it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .logs import redact
 from .state import Run
+
+if TYPE_CHECKING:
+    from .writeback import Writeback
 
 STATUS_OF_EVENT = {"decided": "posting", "queued": "queued", "started": "building",
                    "completed": "completed", "failed": "failed", "cancelled": "cancelled",
@@ -31,10 +35,14 @@ def iso(ts: float) -> str:
 
 
 class History:
-    def __init__(self, root: Path | None):
+    def __init__(self, root: Path | None, writeback: Writeback | None = None):
         self.root = root
         self._dir = None if root is None else os.fspath(root)
         """As a string: an appended line is joined to it on every event, and pathlib's joins cost more."""
+        self.writeback = writeback
+        self._lock: contextlib.AbstractContextManager[Any] = \
+            writeback.lock if writeback is not None else contextlib.nullcontext()
+        """With write-back, git's steps that touch the files and the appends take turns."""
 
     def path_of(self, trigger: str) -> Path:
         assert self.root is not None
@@ -49,18 +57,21 @@ class History:
             record["scheduled_for"] = run.fire_key[1:]
         line = redact(json.dumps(record, sort_keys=True, ensure_ascii=False)) + "\n"
         path = os.path.join(self._dir, f"{run.trigger}.jsonl")
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        except FileNotFoundError:  # a trigger's first line: its folders are made once, not checked on every line
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                line = "\n" + line  # close off a torn line rather than glue onto it
-            os.write(fd, line.encode("utf-8"))
-        finally:
-            os.close(fd)
+        with self._lock:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # a trigger's first line: its folders are made once, not checked each time
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = "\n" + line  # close off a torn line rather than glue onto it
+                os.write(fd, line.encode("utf-8"))
+            finally:
+                os.close(fd)
+            if self.writeback is not None:
+                self.writeback.written(at)
 
     def decided(self, run: Run, at: float, event: str = "decided") -> None:
         """The first line of a run carries all it takes to rebuild the run from history."""
@@ -75,7 +86,8 @@ class History:
     def read(self, trigger: str) -> list[dict[str, Any]]:
         if self.root is None:
             return []
-        return list(_lines(self.path_of(trigger)))
+        with self._lock:  # not while a rebase rewrites the file
+            return list(_lines(self.path_of(trigger)))
 
     def triggers(self) -> list[str]:
         if self.root is None or not self.root.is_dir():

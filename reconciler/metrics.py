@@ -30,6 +30,10 @@ class Metrics:
         self.state_errors = Counter("reconciler_state_store_errors", "Failed reads or writes of the state store.",
                                     registry=self.registry)
 
+    def watch_history(self, age: Callable[[], float]) -> None:
+        Gauge("reconciler_history_unpushed_age_seconds", "How long ago the oldest history line not yet pushed "
+              "to git was written; 0 when every line is pushed.", registry=self.registry).set_function(age)
+
     def count_in_flight(self, count: Callable[[], float]) -> None:
         self.runs_in_flight.set_function(count)
 

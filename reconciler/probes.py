@@ -33,17 +33,19 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         daemon, metrics = self.server.daemon, self.server.metrics
         path = self.path.split("?", 1)[0]
+        notes: list[str] = []
         if path == "/healthz":
             problems = daemon.liveness_problems()
         elif path == "/readyz":
             problems = daemon.readiness_problems()
+            notes = daemon.readiness_notes()
         elif path == "/metrics":
             self._send(200, metrics.render(), CONTENT_TYPE_LATEST)
             return
         else:
             self._send(404, b"not found\n")
             return
-        body = ("ok\n" if not problems else "\n".join(problems) + "\n").encode()
+        body = "".join(f"{line}\n" for line in (problems or ["ok"]) + notes).encode()
         self._send(503 if problems else 200, body)
 
     def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:

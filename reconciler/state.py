@@ -8,10 +8,10 @@ process does in between.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import sqlite3
 import threading
-import uuid
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -104,8 +104,11 @@ class Run:
 COLUMNS = tuple(f.name for f in fields(Run))
 
 
-def new_run_id() -> str:
-    return uuid.uuid4().hex[:16]
+def run_id_of(trigger: str, fire_key: str) -> str:
+    """A run's id follows from what it fires (the trigger and its revision or tick), not from chance: a
+    process that lost the record of a fire (a fresh pod whose last history lines never reached git)
+    derives the same id, and finds the build Jenkins keeps it on, instead of posting it again."""
+    return hashlib.sha256(f"{trigger}\0{fire_key}".encode()).hexdigest()[:16]
 
 
 def _encode(run: Run) -> tuple[Any, ...]:

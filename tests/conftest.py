@@ -19,12 +19,13 @@ from typing import Any
 import pytest
 
 from reconciler import logs
-from reconciler.config import Server
+from reconciler.config import HistoryRemote, Server
 from reconciler.daemon import Daemon, assemble
 from reconciler.history import History
 from reconciler.jenkins import Client
 from reconciler.simulator import Simulator, from_mapping
 from reconciler.state import Store
+from reconciler.writeback import Writeback
 
 USER, TOKEN = "alice", "alice-api-token"
 
@@ -115,6 +116,8 @@ class Harness:
     other_name: bool = False
     """Reach Jenkins as `localhost` while it calls itself 127.0.0.1 (its root URL), as a sidecar reaches
     a Service name while Jenkins answers with its public URL."""
+    remote: HistoryRemote | None = None
+    """Push history to this repository (the daemon's write-back), if set."""
     logs: LogBuffer = field(default_factory=LogBuffer)
     _running: list[Any] = field(default_factory=list)
 
@@ -128,7 +131,7 @@ class Harness:
 
     @property
     def history(self) -> Path:
-        return self.tmp / "history"
+        return self.tmp / "history" if self.remote is None else Path(self.remote.clone) / self.remote.path
 
     def write(self, name: str, text: str) -> None:
         """Write as git does: a temporary file renamed over the target."""
@@ -154,7 +157,8 @@ class Harness:
         daemon = assemble(self.triggers, self.state, self.history, {"default": self.server()}, clock=clock,
                           resync_interval=resync_interval, client_options={"backoff": 0.01, "max_backoff": 0.05},
                           poll_min=0.01, poll_max=0.05, retry_min=self.retry_min, retry_max=max(0.1, self.retry_min),
-                          refused_min=self.refused_min, refused_max=self.refused_min * 4)
+                          refused_min=self.refused_min, refused_max=self.refused_min * 4,
+                          writeback=None if self.remote is None else Writeback(self.remote))
         self._running.append((daemon, None))
         return daemon
 

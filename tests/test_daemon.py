@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -288,6 +289,35 @@ def test_killed_mid_post_without_a_tag_is_recorded_lost_rather_than_risk_a_secon
     assert harness.sim.triggers() == []
     assert "Bump `run`" in harness.runs("deploy")[0].last_error
     wait_for(lambda: harness.events("deploy") == ["lost"])
+
+
+def test_a_process_that_lost_state_and_history_finds_the_build_instead_of_posting_again(make_harness):
+    """A fresh pod whose predecessor's last lines never reached git: the run's id follows from the
+    trigger and its revision, so the new process looks it up and follows the build it finds."""
+    harness = make_harness(job_token="deploy-job-token")
+    harness.write("deploy", DEPLOY)
+    harness.start()
+    wait_for(lambda: harness.runs("deploy")[0].status == "building")
+    [before] = harness.runs("deploy")
+    harness.stop()
+    harness.state.unlink()
+    shutil.rmtree(harness.history)
+    harness.start()
+    wait_for(lambda: harness.runs("deploy") and harness.runs("deploy")[0].status == "building")
+    assert len(harness.sim.triggers("deploy")) == 1
+    assert harness.runs("deploy")[0].run_id == before.run_id
+    assert harness.runs("deploy")[0].build_url == before.build_url
+    assert harness.events("deploy")[:2] == ["decided", "started"]
+
+
+def test_a_fresh_store_posts_what_jenkins_never_saw_after_one_lookup(make_harness):
+    harness = make_harness(job_token="deploy-job-token")
+    harness.write("deploy", DEPLOY)
+    harness.start()
+    wait_for(lambda: harness.runs("deploy") and harness.runs("deploy")[0].status == "building")
+    assert len(harness.sim.triggers("deploy")) == 1
+    searched = [r for r in harness.sim.requests if r.path == "/queue/api/json"]
+    assert len(searched) == 1, "an empty store looks each first decision up once"
 
 
 def db_status(harness) -> str | None:

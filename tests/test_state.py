@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from dataclasses import replace
 
 import pytest
 
 from reconciler.errors import StateError
-from reconciler.state import MIGRATIONS, Run, Store, new_run_id
+from reconciler.state import MIGRATIONS, Run, Store
 
 
 def run(trigger: str = "t", key: str = "rev1", **kw) -> Run:
-    return Run(run_id=new_run_id(), trigger=trigger, fire_key=key, server="default", job="j",
+    """A run with an id of its own, so that only the store's (trigger, fire_key) rule can refuse it."""
+    return Run(run_id=uuid.uuid4().hex[:16], trigger=trigger, fire_key=key, server="default", job="j",
                parameters=(("A", "1"),), cause="c", tag_param=None, status="decided", decided_at=1.0, **kw)
 
 
