@@ -87,6 +87,13 @@ def check(specs: list[tuple[str, Spec]], clients: Mapping[str, Client], *, per_s
     return Report(findings, len(by_job), reads, users)
 
 
+def _own_parameters(spec: Spec) -> list[tuple[tuple[str, ...], str]]:
+    """The parameters the reconciler fills in itself, each with where the spec names it."""
+    named = [((key,), getattr(spec, key)) for key in ("run_id_parameter", "scheduled_time_parameter")]
+    named += [(("provenance_parameters", field), name) for field, name in spec.provenance_parameters or ()]
+    return [(loc, name) for loc, name in named if name]
+
+
 def compare(shown: str, spec: Spec, job: JobDefinition) -> list[Finding]:
     """What is wrong between one spec and the job's definition. Pure."""
     out = []
@@ -97,15 +104,13 @@ def compare(shown: str, spec: Spec, job: JobDefinition) -> list[Finding]:
         if spec.parameters is not None:
             out.append(_at(shown, spec, ("parameters",), f"job {spec.job!r} takes no parameters: "
                            "buildWithParameters would fail; remove `parameters`"))
-        for key in ("run_id_parameter", "scheduled_time_parameter"):
-            if getattr(spec, key):
-                out.append(_at(shown, spec, (key,), f"job {spec.job!r} defines no parameter {getattr(spec, key)!r}: "
-                                                    "Jenkins would drop it"))
+        for loc, name in _own_parameters(spec):
+            out.append(_at(shown, spec, loc, f"job {spec.job!r} defines no parameter {name!r}: Jenkins would drop it"))
         return out
     if spec.parameters is None:
         out.append(_at(shown, spec, ("job",), f"job {spec.job!r} is parameterized: a POST to build without "
                        "parameters is refused; add `parameters:` (even empty: `parameters: {}`)"))
-    own = {spec.run_id_parameter, spec.scheduled_time_parameter} - {None}
+    own = {name for _, name in _own_parameters(spec)}
     for name, value in sent.items():
         definition = job.parameters.get(name)
         if definition is None:
@@ -118,11 +123,11 @@ def compare(shown: str, spec: Spec, job: JobDefinition) -> list[Finding]:
                            f"{', '.join(definition.choices)}"))
         elif definition.type == BOOLEAN and value not in ("true", "false"):
             out.append(_at(shown, spec, ("parameters", name), f"{name} is a boolean parameter: write true or false"))
-    for key in ("run_id_parameter", "scheduled_time_parameter"):
-        name = getattr(spec, key)
-        if name and name not in job.parameters:
-            out.append(_at(shown, spec, (key,), f"job {spec.job!r} defines no parameter {name!r}: Jenkins would "
-                                                "drop it, and the run could not be found by it after a crash"))
+    for loc, name in _own_parameters(spec):
+        if name not in job.parameters:
+            lost = ", and the run could not be found by it after a crash" if loc == ("run_id_parameter",) else ""
+            out.append(_at(shown, spec, loc, f"job {spec.job!r} defines no parameter {name!r}: Jenkins would "
+                                             f"drop it{lost}"))
     for name, definition in job.parameters.items():
         if not definition.has_default and name not in sent and name not in own:
             out.append(_at(shown, spec, ("parameters",) if spec.parameters is not None else ("job",),

@@ -67,6 +67,9 @@ def new_run(spec: Spec, at: float, tick: datetime | None = None, provenance: Pro
         params = (*(params or ()), (spec.run_id_parameter, run_id))
     if tick is not None and spec.scheduled_time_parameter and spec.schedule is not None:
         params = (*(params or ()), (spec.scheduled_time_parameter, tick.astimezone(spec.schedule.tz).isoformat()))
+    if spec.provenance_parameters:
+        commit = {} if provenance is None else provenance.as_dict()
+        params = (*(params or ()), *((name, commit.get(field, "")) for field, name in spec.provenance_parameters))
     return Run(run_id=run_id, trigger=spec.name, fire_key=fire_key,
                server=spec.server, job=spec.job, parameters=params, cause=cause_text(spec, run_id, tick, provenance),
                tag_param=spec.run_id_parameter, status="decided", decided_at=at,

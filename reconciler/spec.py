@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.constructor import ConstructorError, SafeConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
@@ -38,6 +38,8 @@ _STRUCTURE = ("&", "*", "!", "<<")
 MAX_NUMBER_DIGITS = 64
 """A longer number is refused rather than converted: Python's int() of thousands of digits is slow
 or refused, and no parameter needs it as a number (quoted, it is a string of any length)."""
+PROVENANCE_FIELDS = ("sha", "author", "email", "date", "subject")
+"""What `provenance_parameters` may pass on of the commit behind a spec."""
 RESERVED_PARAMETERS = ("token", "cause", "delay", "json")
 """Jenkins reads these form fields itself: a parameter of that name would replace the job token,
 spoof the cause (and drop the run id from it), move the quiet period or change how /build is read."""
@@ -69,6 +71,10 @@ class SpecModel(BaseModel):
                              "replace (cancel or stop it).")
     scheduled_time_parameter: str | None = Field(
         None, description="A job parameter that receives the tick's time (ISO 8601, in `timezone`).")
+    provenance_parameters: dict[Literal[PROVENANCE_FIELDS], str] | None = Field(  # type: ignore[valid-type]
+        None, description="Job parameters that receive the commit behind the spec, e.g. {sha: GIT_COMMIT, "
+                          "author: REQUESTED_BY}; fields: sha, author, email, date, subject. Sent empty where "
+                          "git knows no commit.")
 
     @field_validator("schedule")
     @classmethod
@@ -123,6 +129,20 @@ class SpecModel(BaseModel):
             _not_reserved(v)
         return v
 
+    @field_validator("provenance_parameters")
+    @classmethod
+    def _provenance_names(cls, v: dict[str, str] | None, info: ValidationInfo) -> dict[str, str] | None:
+        """Declared last, so the other parameters are known here: each may be given one value only."""
+        names = list((v or {}).values())
+        _not_reserved(*names)
+        taken = {*(info.data.get("parameters") or ()), info.data.get("run_id_parameter"),
+                 info.data.get("scheduled_time_parameter")}
+        twice = sorted({n for n in names if n in taken or names.count(n) > 1})
+        if twice:
+            raise ValueError(f"parameter {', '.join(map(repr, twice))} would be given two values: name a "
+                             "parameter nothing else sets")
+        return v
+
 
 def _not_reserved(*names: str) -> None:
     reserved = [repr(name) for name in names if name in RESERVED_PARAMETERS]
@@ -152,6 +172,8 @@ class Spec:
     starting_deadline: timedelta = timedelta(minutes=10)
     concurrency: str = "allow"
     scheduled_time_parameter: str | None = None
+    provenance_parameters: tuple[tuple[str, str], ...] | None = None
+    """(commit field, job parameter) pairs."""
 
     @property
     def endpoint(self) -> str:
@@ -303,7 +325,9 @@ def _parse(text: str, name: str, path: str) -> Spec:
                 revision=revision_of(model.server, model.job, params, model.run),
                 schedule=None if model.schedule is None else cron.parse(model.schedule, model.timezone, name),
                 starting_deadline=cron.parse_duration(model.starting_deadline), concurrency=model.concurrency,
-                scheduled_time_parameter=model.scheduled_time_parameter)
+                scheduled_time_parameter=model.scheduled_time_parameter,
+                provenance_parameters=None if model.provenance_parameters is None else
+                tuple(model.provenance_parameters.items()))
 
 
 def structure_problem(text: str, *, refuse: bool = True) -> Problem | None:
@@ -392,7 +416,10 @@ def _locate(text: str, error: ValidationError) -> list[Problem]:
             line, col = _position(tree, loc[:-1], key=False)
         else:
             message = _describe(loc, err)
-            line, col = _position(tree, _value_loc(loc), key=False)
+            if loc and loc[-1] == "[key]":  # a mapping key that is wrong itself: point at the key
+                line, col = _position(tree, _value_loc(loc[:-1]), key=True)
+            else:
+                line, col = _position(tree, _value_loc(loc), key=False)
         problems.append(Problem(line, col, message))
     return sorted(set(problems), key=lambda p: (p.line, p.column, p.message))
 
@@ -410,12 +437,17 @@ def _describe(loc: tuple[Any, ...], err: Any) -> str:
         return f"parameters: a parameter name is text, not {_yaml_type(err['input'])}: quote it"
     if loc[0] == "parameters" and len(loc) > 1:
         return f"{where}: a parameter value is a string, number or boolean, not {_yaml_type(err['input'])}"
+    if loc[0] == "provenance_parameters" and loc[-1] == "[key]":
+        return (f"provenance_parameters: {err['input']!r} is not a commit field; "
+                f"fields: {', '.join(PROVENANCE_FIELDS)}")
     if loc[0] == "parameters" and err["type"] != "value_error":
         return "parameters: expected a mapping of NAME: value"
     expected = {"job": "a string", "server": "a string", "cause": "a string", "run": "an integer ≥ 1",
                 "suspend": "true or false", "run_id_parameter": "a string", "schedule": "a string",
                 "timezone": "a string", "starting_deadline": "a string",
-                "scheduled_time_parameter": "a string"}.get(str(loc[0]) if loc else "")
+                "scheduled_time_parameter": "a string",
+                "provenance_parameters": "a mapping of commit fields (sha, author, email, date, subject) to "
+                                         "parameter names"}.get(str(loc[0]) if loc else "")
     if loc[0] == "concurrency" and err["type"] == "literal_error":
         return f"concurrency: expected allow, forbid or replace, got {err['input']!r}"
     if expected and err["type"] != "value_error":

@@ -24,6 +24,7 @@ SPECS = {
     "missing": "job: nowhere\n",
     "tag": "job: deploy\nparameters: {ENV: prod}\nrun_id_parameter: RUN_ID\n",
     "required": "job: needs\nparameters: {NOTE: hi}\n",
+    "commit": "job: deploy\nparameters: {ENV: prod}\nprovenance_parameters:\n  sha: GIT_COMMIT\n",
     "fine": "job: deploy\nparameters: {ENV: prod, VERSION: '2', DRY_RUN: false}\n",
 }
 
@@ -61,8 +62,9 @@ def test_check_reports_each_mismatch_at_its_position_and_sends_no_post(tmp_path,
         f"{t}/tag.yaml:3:1: job 'deploy' defines no parameter 'RUN_ID': Jenkins would drop it, and the run could "
         "not be found by it after a crash",
         f"{t}/required.yaml:2:1: job parameter 'TICKET' has no default and the spec does not set it",
+        f"{t}/commit.yaml:4:3: job 'deploy' defines no parameter 'GIT_COMMIT': Jenkins would drop it",
     }
-    assert "8 spec(s) checked against 5 job(s) in 6 read(s), as alice on default; 9 problem(s)" in result.stderr
+    assert "9 spec(s) checked against 5 job(s) in 6 read(s), as alice on default; 10 problem(s)" in result.stderr
     assert {r.method for r in sim.requests} == {"GET"}
 
 

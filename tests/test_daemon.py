@@ -742,9 +742,28 @@ def test_each_fire_names_the_commit_behind_its_spec_in_the_cause_history_and_sta
     assert harness.runs("other")[0].provenance["author"] == "Bob"
 
 
+def test_the_commit_behind_a_spec_can_be_sent_as_build_parameters(make_harness):
+    harness = make_harness(jobs=[{"name": "traced", "duration": None, "parameters": ["GIT_COMMIT", "BY", "ENV"]}])
+    repo = harness.triggers
+    repo.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    harness.write("deploy", "job: traced\nparameters: {ENV: prod}\nprovenance_parameters: {sha: GIT_COMMIT, "
+                            "email: BY}\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "deploy")
+    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    harness.start()
+    wait_for(lambda: harness.sim.triggers("traced"))
+    [sent] = harness.sim.triggers("traced")
+    assert (sent.param("GIT_COMMIT"), sent.param("BY"), sent.param("ENV")) == (sha, "alice@example.com", "prod")
+
+
 def test_without_git_metadata_a_fire_carries_no_commit_and_nothing_breaks(harness):
     harness.write("deploy", "job: plain\ncause: no git here\n")
     harness.start()
     wait_for(lambda: harness.runs("deploy") and harness.runs("deploy")[0].status in ("building", "completed"))
     assert harness.runs("deploy")[0].provenance is None
     assert harness.sim.builds("plain")[0].causes[0]["shortDescription"].startswith("Started by user")
+    harness.write("traced", "job: deploy\nparameters: {ENV: prod}\nprovenance_parameters: {sha: VERSION}\n")
+    wait_for(lambda: harness.sim.triggers("deploy"), what="the spec asking for a commit git does not know")
+    assert harness.sim.triggers("deploy")[0].param("VERSION") == ""

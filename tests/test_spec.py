@@ -174,10 +174,23 @@ def test_a_job_path_reaches_only_the_job_it_names(job):
 
 @pytest.mark.parametrize("text", ["job: a\nparameters: {delay: 0sec}\n", "job: a\nparameters: {json: x}\n",
                                   "job: a\nrun_id_parameter: token\n",
-                                  "job: a\nschedule: '@daily'\nscheduled_time_parameter: cause\n"])
+                                  "job: a\nschedule: '@daily'\nscheduled_time_parameter: cause\n",
+                                  "job: a\nprovenance_parameters: {sha: token}\n"])
 def test_parameters_named_like_jenkins_own_fields_are_refused(text):
     with pytest.raises(SpecError, match="Jenkins reads these fields itself"):
         parse(text, name="t", path="t.yaml")
+
+
+def test_provenance_parameters_name_commit_fields_and_parameters_nothing_else_sets():
+    spec = parse("job: a\nparameters: {ENV: prod}\nprovenance_parameters: {sha: GIT_COMMIT, author: BY}\n",
+                 name="t", path="t.yaml")
+    assert spec.provenance_parameters == (("sha", "GIT_COMMIT"), ("author", "BY"))
+    with pytest.raises(SpecError) as unknown:
+        parse("job: a\nprovenance_parameters:\n  sha: A\n  who: B\n", name="t", path="t.yaml")
+    assert str(unknown.value) == ("t.yaml:4:3: provenance_parameters: 'who' is not a commit field; fields: sha, "
+                                  "author, email, date, subject")
+    with pytest.raises(SpecError, match=r"t.yaml:3:24: .*'ENV' would be given two values"):
+        parse("job: a\nparameters: {ENV: x}\nprovenance_parameters: {author: ENV}\n", name="t", path="t.yaml")
 
 
 def test_a_date_is_sent_as_written_and_yaml_that_costs_more_than_its_size_is_refused():
