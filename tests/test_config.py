@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.config import load_servers
+from reconciler.config import load_history_remote, load_servers
 from reconciler.errors import ConfigError
 
 
@@ -106,3 +106,50 @@ def test_config_errors_say_where_and_suggest(tmp_path, text, message):
     with pytest.raises(ConfigError) as e:
         load_servers(config, {"T": "t"})
     assert str(e.value).startswith(str(config)) and message in str(e.value)
+
+
+# -- history write-back -----------------------------------------------------------------------------
+
+def test_the_history_section_names_a_repository_and_credentials_by_reference(tmp_path):
+    config = tmp_path / "etc" / "reconciler.yaml"
+    config.parent.mkdir()
+    config.write_text("history:\n  repository: git@github.com:acme/triggers.git\n  ssh_key: git/id_ed25519\n"
+                      "  known_hosts: git/known_hosts\n  author: {name: ci-bot, email: ci@acme.test}\n")
+    remote = load_history_remote(config, {}, state=tmp_path / "var" / "state.db")
+    assert (remote.branch, remote.path, remote.author_name, remote.interval) == \
+        ("reconciler-history", "history", "ci-bot", 5.0)
+    assert remote.ssh_key == str(config.parent / "git" / "id_ed25519")
+    assert remote.clone == str(tmp_path / "var" / "history-clone"), "the clone lives beside the state"
+    assert load_history_remote(None, {}) is None
+    token = load_history_remote(_write(tmp_path, "history:\n  repository: https://git.acme.test/t.git\n"
+                                                 "  token: {env: GIT_TOKEN}\n"), {"GIT_TOKEN": "s3cret"})
+    assert token.token == "s3cret" and "s3cret" not in repr(token)
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("history:\n  repository: https://bot:pw@git.acme.test/t.git\n", "carries credentials"),
+    ("history:\n  repository: git@h:a/b.git\n  ssh_key: /k\n", "needs `known_hosts`"),
+    ("history:\n  repository: /r.git\n  path: ../elsewhere\n", "a folder inside the repository"),
+    ("history:\n  repository: /r.git\n  branch: 'a..b'\n", "not a branch name"),
+    ("history:\n  repository: /r.git\n  brnch: x\n", r"c.yaml:3:3: unknown key history.brnch \(did you mean 'branch'"),
+    ("history:\n  repository: /r.git\n  token: hunter2\n", "give secrets as a reference"),
+    ("history: {branch: x}\n", "at least `repository`"),
+])
+def test_a_history_section_that_would_misbehave_is_refused_at_start(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        load_history_remote(_write(tmp_path, text), {})
+    assert "pw@" not in str(e.value) and "hunter2" not in str(e.value)
+
+
+def test_the_history_clone_may_not_overlap_the_triggers(tmp_path):
+    triggers = tmp_path / "triggers"
+    triggers.mkdir()
+    with pytest.raises(ConfigError, match="overlaps the triggers directory"):
+        load_history_remote(_write(tmp_path, f"history:\n  repository: /r.git\n  clone: {triggers}/h\n"), {},
+                            triggers=triggers)

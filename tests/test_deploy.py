@@ -6,17 +6,22 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from ruamel.yaml import YAML
+
+from reconciler.config import load_history_remote
 
 from .conftest import TOKEN, USER, wait_for
 
 ROOT = Path(__file__).parent.parent
-MANIFESTS = ROOT / "deploy" / "kubernetes"
+MANIFESTS = ROOT / "deploy" / "kubernetes" / "base"
+OVERLAYS = ROOT / "deploy" / "kubernetes"
 
 
 def dockerfile() -> list[tuple[str, str]]:
@@ -84,15 +89,26 @@ def manifests() -> list[dict]:
 
 
 def test_the_kubernetes_manifests_validate_strictly():
-    files = [str(p) for p in sorted(MANIFESTS.glob("*.yaml")) if p.name != "kustomization.yaml"]
+    files = [str(p) for p in sorted(OVERLAYS.glob("*/*.yaml")) if p.name != "kustomization.yaml"]
     result = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", *files],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    listed = YAML(typ="safe").load((MANIFESTS / "kustomization.yaml").read_text())["resources"]
-    assert all((MANIFESTS / name).exists() for name in listed)
+    for kustomization in OVERLAYS.glob("**/kustomization.yaml"):
+        listed = YAML(typ="safe").load(kustomization.read_text())["resources"]
+        assert all((kustomization.parent / name).exists() for name in listed), kustomization
 
 
-def test_the_deployment_wires_git_sync_secrets_probes_and_a_locked_down_reconciler():
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its kustomize) is not installed")
+def test_every_overlay_builds_with_kustomize():
+    for overlay in [OVERLAYS, *(p.parent for p in OVERLAYS.glob("*/kustomization.yaml") if p.parent != MANIFESTS)]:
+        result = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"{overlay}: {result.stderr}"
+    built = subprocess.run(["kubectl", "kustomize", str(OVERLAYS / "persistent-state")], capture_output=True,
+                           text=True, timeout=60).stdout
+    assert "claimName: jenkins-reconciler-state" in built and "kind: PersistentVolumeClaim" in built
+
+
+def test_the_deployment_wires_git_sync_secrets_probes_and_a_locked_down_reconciler(tmp_path):
     [deployment] = [m for m in manifests() if m["kind"] == "Deployment"]
     pod = deployment["spec"]["template"]["spec"]
     containers = {c["name"]: c for c in pod["containers"]}
@@ -109,7 +125,7 @@ def test_the_deployment_wires_git_sync_secrets_probes_and_a_locked_down_reconcil
     assert pod["securityContext"]["runAsNonRoot"]
     assert reconciler["resources"]["requests"]
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert "emptyDir" in volumes["git"] and "persistentVolumeClaim" in volumes["state"]
+    assert "emptyDir" in volumes["git"] and "emptyDir" in volumes["state"], "state is rebuilt from git"
     # The servers config is the operator's: a ConfigMap mounted outside what git-sync writes.
     config = env["RECONCILER_CONFIG"]["value"]
     mounts = {m["mountPath"]: m["name"] for m in reconciler["volumeMounts"]}
@@ -117,6 +133,12 @@ def test_the_deployment_wires_git_sync_secrets_probes_and_a_locked_down_reconcil
     [configmap] = [m for m in manifests() if m["kind"] == "ConfigMap"]
     assert configmap["metadata"]["name"] == volumes[mounts[os.path.dirname(config)]]["configMap"]["name"]
     assert "servers:" in configmap["data"][os.path.basename(config)]
+    # History goes to git with a deploy key from a Secret, into a clone on the state volume.
+    (tmp_path / "servers.yaml").write_text(configmap["data"][os.path.basename(config)])
+    remote = load_history_remote(tmp_path / "servers.yaml", {})
+    assert remote is not None and remote.branch == "reconciler-history"
+    assert volumes[mounts[os.path.dirname(remote.ssh_key)]]["secret"]["secretName"] == "jenkins-reconciler-git"
+    assert mounts["/var/lib/reconciler"] == "state" and remote.clone.startswith("/var/lib/reconciler/")
     # Every RECONCILER_* variable the manifest sets is one the command line reads.
     help_text = subprocess.run([sys.executable, "-m", "reconciler", "run", "--help"], capture_output=True,
                                text=True, timeout=60).stdout
