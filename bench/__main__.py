@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from reconciler import logs
 from reconciler.config import Server
@@ -82,11 +83,12 @@ def measure_latency(sim: SimulatorProcess, directory: Path, writes: int) -> list
     return latencies
 
 
-def daemon_on_empty_directory(sim: SimulatorProcess, work: Path, name: str) -> tuple[DaemonProcess, Path]:
+def daemon_on_empty_directory(sim: SimulatorProcess, work: Path, name: str,
+                              extra: tuple[str, ...] = ()) -> tuple[DaemonProcess, Path]:
     triggers, state = work / name, work / f"{name}-state"
     triggers.mkdir()
     state.mkdir()
-    daemon = DaemonProcess(sim, triggers, state)
+    daemon = DaemonProcess(sim, triggers, state, extra=extra)
     daemon.start()
     return daemon, triggers
 
@@ -126,11 +128,13 @@ def bench_latency(sim: SimulatorProcess, work: Path, writes: int) -> list[Row]:
 
 # -- 2. burst: many specs in one checkout ----------------------------------------------------
 
-def our_burst(sim: SimulatorProcess, work: Path, n: int, name: str) -> tuple[float, float, float]:
+def our_burst(sim: SimulatorProcess, work: Path, n: int, name: str, extra: tuple[str, ...] = (),
+              then: Callable[[], Any] | None = None) -> tuple[float, float, float]:
     """Fires per second, from the checkout's rename to the simulator receiving the last POST; the
     daemon's CPU per fire (ms) over the same span; and POSTs per second from the first to the last,
-    once the pass that reads, parses and records every spec is done."""
-    daemon, triggers = daemon_on_empty_directory(sim, work, name)
+    once the pass that reads, parses and records every spec is done. `then` runs before the daemon
+    stops."""
+    daemon, triggers = daemon_on_empty_directory(sim, work, name, extra)
     staging = work / f"{name}-staging"
     write_specs(staging, n, prefix="b")
     sim.mark()
@@ -138,6 +142,8 @@ def our_burst(sim: SimulatorProcess, work: Path, n: int, name: str) -> tuple[flo
     os.rename(staging, triggers / "checkout")  # one atomic swap, as a checkout lands
     got = sim.collect_triggers(n, 120)
     cpu = daemon.cpu_seconds() - cpu0
+    if then is not None:
+        then()
     daemon.stop()
     first, last = min(r["at"] for r in got), max(r["at"] for r in got)
     return n / (last - t0), cpu / n * 1000, (n - 1) / (last - first)
@@ -328,6 +334,65 @@ def bench_validate(work: Path, n: int, repeats: int) -> list[Row]:
                 f"yaml.safe_load loop: {ms(peer)}", f"{ours / peer:.2f}× the loop's time")]
 
 
+# -- 7. history pushed to git ----------------------------------------------------------------
+
+def pushed_outcomes(origin: Path) -> int:
+    """How many `completed` lines the history branch of a bare repository holds (one `git grep`)."""
+    out = subprocess.run(["git", "-C", str(origin), "grep", "-c", '"event": "completed"', "reconciler-history",
+                          "--", "history"], capture_output=True, text=True).stdout
+    return sum(int(line.rsplit(":", 1)[1]) for line in out.splitlines() if line.count(":") >= 2)
+
+
+def last_completed_at(origin: Path) -> float:
+    """When the newest outcome line was written: the daemon learned of the last build's end."""
+    out = subprocess.run(["git", "-C", str(origin), "grep", "-h", '"event": "completed"', "reconciler-history",
+                          "--", "history"], capture_output=True, text=True).stdout
+    stamps = [line.split('"at": "', 1)[1].split('"', 1)[0] for line in out.splitlines() if '"at": "' in line]
+    return max(dt.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() for s in stamps)
+
+
+def bench_writeback(sim: SimulatorProcess, work: Path, n: int, repeats: int, latency: float = 0.02) -> list[Row]:
+    """A burst of `n` fires with history pushed to a bare repository on disk (default settings), beside
+    the same burst without write-back, alternated so that both see the same machine."""
+    sim.add_fault({"path": "/build(WithParameters)?$", "method": "POST", "latency": latency})
+    our_burst(sim, work, n, "wb-warm-up")  # the first burst of a run is slower, whichever it is
+    off_rates, on_rates, lags, commits = [], [], [], []
+    for k in range(repeats):
+        if k % 2 == 0:  # which goes first alternates: the simulator slows a little as its builds pile up
+            off_rates.append(our_burst(sim, work, n, f"wb-off-{k}")[0])
+        origin = work / f"wb-origin-{k}.git"
+        run_quiet(["git", "init", "-q", "--bare", "-b", "main", str(origin)])
+        config = work / f"wb-{k}.yaml"
+        config.write_text(f"history:\n  repository: {origin}\n  clone: {work / f'wb-clone-{k}'}\n")
+        pushed_at: list[float] = []
+
+        def all_pushed(origin: Path = origin, pushed_at: list[float] = pushed_at) -> None:
+            wait_for(lambda: pushed_outcomes(origin) >= n, 180, f"{n} outcomes pushed", 0.05)
+            pushed_at.append(time.time())
+
+        on_rates.append(our_burst(sim, work, n, f"wb-on-{k}", ("--config", str(config)), all_pushed)[0])
+        lags.append(pushed_at[0] - last_completed_at(origin))
+        if k % 2 == 1:
+            off_rates.append(our_burst(sim, work, n, f"wb-off-{k}")[0])
+        count = subprocess.run(["git", "-C", str(origin), "rev-list", "--count", "reconciler-history"],
+                               capture_output=True, text=True).stdout
+        commits.append(int(count))
+    sim.clear_faults()
+    sim.mark()
+    off, on, lag = median(off_rates), median(on_rates), median(lags)
+    where = f"Jenkins answers each POST in {latency * 1000:.0f} ms (modelled); median of {repeats}"
+    return [
+        Row(f"history write-back: {n} fires, last outcome line written → every outcome on the remote ({where})",
+            f"{lag:.1f} s (runs {min(lags):.1f}-{max(lags):.1f})", "", "", "≤ 10 s", verdict(max(lags) <= 10)),
+        Row(f"history write-back: commits for the {n} fires and their outcomes", f"{max(commits)} at most "
+            f"(runs {min(commits)}-{max(commits)})", "", "", "≤ 5", verdict(max(commits) <= 5)),
+        Row(f"history write-back: burst fires/s with write-back on vs off ({where})",
+            f"{on:.0f} fires/s (runs {min(on_rates):.0f}-{max(on_rates):.0f})",
+            f"write-back off: {off:.0f} fires/s (runs {min(off_rates):.0f}-{max(off_rates):.0f})", f"{on / off:.0%}",
+            "≥ 90 %", verdict(on >= 0.9 * off)),
+    ]
+
+
 NOTES = """\
 **Reading the burst rows.** Each burst is 1,000 new specs landing in one atomic rename, timed from
 the rename to the simulator receiving the last POST. Jenkins' answer time is modelled by the
@@ -354,7 +419,7 @@ def render(rows: list[Row], quick: bool) -> str:
     return head + "\n".join(lines) + "\n\n" + NOTES.format(missed=why)
 
 
-BENCHMARKS = ("latency", "burst", "scale", "idle", "lateness", "validate")
+BENCHMARKS = ("latency", "burst", "scale", "idle", "lateness", "validate", "writeback")
 
 
 def main() -> int:
@@ -384,6 +449,8 @@ def main() -> int:
             rows += bench_lateness(sim, work, 200 if q else 1000)
         if "validate" in chosen:
             rows += bench_validate(work, 1000, 3 if q else 5)
+        if "writeback" in chosen:
+            rows += bench_writeback(sim, work, 300 if q else 1000, 2 if q else 4)
     finally:
         sim.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -112,6 +112,8 @@ class DaemonProcess:
     triggers: Path
     workdir: Path
     proc: subprocess.Popen[bytes] | None = None
+    extra: tuple[str, ...] = ()
+    """More arguments for `reconciler run` (a --config, say)."""
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -124,7 +126,7 @@ class DaemonProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "reconciler", "run", "--triggers", str(self.triggers),
                  "--state", str(self.workdir / "state.db"), "--history", str(self.workdir / "history"),
-                 "--resync-interval", "3600", "--poll-interval", "1"],
+                 "--resync-interval", "3600", "--poll-interval", "1", *self.extra],
                 env=env_for(self.sim), stdout=out, stderr=subprocess.STDOUT)
         wait_for(lambda: b'"pass_completed"' in self.log.read_bytes(), timeout, "the daemon's first pass", 0.005)
         return time.perf_counter() - started
