@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -21,6 +22,7 @@ from .config import Server, load_history_remote, load_servers
 from .errors import ConfigError, Problem, ReconcilerError, SpecError
 from .history import History, iso
 from .plan import Action, plan, unknown_server
+from .state import open_store, state_location, store_exists
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR, EXIT_RUN_FAILED, EXIT_TIMEOUT = 0, 1, 2, 3, 4
 """`run --once`: 3 when a run was refused, failed, lost or cancelled, or (with --wait) its build ended
@@ -41,8 +43,9 @@ def _add_common(p: argparse.ArgumentParser, *, state: bool = True, history: bool
     p.add_argument("--config", type=Path, default=_env("config"),
                    help="the operator's servers config, outside the triggers directory (env RECONCILER_CONFIG)")
     if state:
-        p.add_argument("--state", type=Path, default=Path(_env("state", ".reconciler/state.db")),
-                       help="SQLite state store (default: .reconciler/state.db; env RECONCILER_STATE)")
+        p.add_argument("--state", type=state_location, default=state_location(_env("state", ".reconciler/state.db")),
+                       help="state store: a SQLite file (default: .reconciler/state.db) or postgresql://HOST/DB, "
+                            "the password from PGPASSWORD or a passfile (env RECONCILER_STATE)")
     if history:
         p.add_argument("--history", type=Path, default=Path(_env("history", "history")),
                        help="history directory, meant to be committed (default: ./history; env RECONCILER_HISTORY)")
@@ -87,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest wait between two looks at a queued or running build (default 5 s)")
     p.add_argument("--listen", default=_env("listen"), metavar="HOST:PORT",
                    help="serve /healthz, /readyz and /metrics (env RECONCILER_LISTEN), e.g. 0.0.0.0:9090")
+    p.add_argument("--lease", type=float, default=float(_env("lease", 3)), metavar="SECONDS",
+                   help="with a PostgreSQL store: how long the leader's lease lasts unrenewed, so how soon a "
+                        "standby replaces a dead leader (default 3; env RECONCILER_LEASE)")
 
     p = sub.add_parser("validate", help="check specs; prints file:line:col: message per error, exit 1 if any",
                        description="Judge spec files as the daemon does, without Jenkins: YAML, schema, links, "
@@ -186,8 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "daemon takes them up within seconds.",
                        epilog="example: reconciler retry team/deploy nightly/regression")
     p.add_argument("names", nargs="*", metavar="NAME", help="triggers (default: every refused run)")
-    p.add_argument("--state", type=Path, default=Path(_env("state", ".reconciler/state.db")),
-                   help="SQLite state store (env RECONCILER_STATE)")
+    p.add_argument("--state", type=state_location, default=state_location(_env("state", ".reconciler/state.db")),
+                   help="state store: a SQLite file or postgresql://HOST/DB (env RECONCILER_STATE)")
 
     p = sub.add_parser("simulator", help="serve a simulated Jenkins on 127.0.0.1 until stopped",
                        description="A Jenkins stand-in speaking Jenkins' remote API: jobs, parameters, tokens, "
@@ -280,12 +286,10 @@ def _history_dir(args: argparse.Namespace) -> Path:
 def _fired(args: argparse.Namespace) -> tuple[set[tuple[str, str]], dict[str, datetime]]:
     """What has fired, and where each schedule stands: the state store, and the history behind it."""
     from .schedule import cursors
-    from .state import Store
-
     fired = {(r.trigger, r.fire_key) for r in History(_history_dir(args)).runs()}
     stored: dict[str, float] = {}
-    if args.state.exists():
-        store = Store(args.state)
+    if store_exists(args.state):
+        store = open_store(args.state)
         fired |= store.fired() | set(store.last_ticks().items())
         stored = store.cursors()
         store.close()
@@ -294,11 +298,9 @@ def _fired(args: argparse.Namespace) -> tuple[set[tuple[str, str]], dict[str, da
 
 def _refused(args: argparse.Namespace) -> dict[tuple[str, str], str]:
     """Refused runs by (trigger, revision): why, and when the daemon posts them again."""
-    from .state import Store
-
-    if not args.state.exists():
+    if not store_exists(args.state):
         return {}
-    store = Store(args.state)
+    store = open_store(args.state)
     try:
         runs = store.refused_due(float("inf"))
     finally:
@@ -323,7 +325,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     remote = load_history_remote(args.config, triggers=args.triggers, state=args.state)
     writeback = None if remote is None else Writeback(remote)
     daemon = assemble(args.triggers, args.state, args.history, servers, resync_interval=args.resync_interval,
-                      poll_max=args.poll_interval, writeback=writeback)
+                      poll_max=args.poll_interval, writeback=writeback, lease=args.lease)
     log = logs.get()
     for server in servers.values():
         for warning in server.warnings():
@@ -339,10 +341,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             return _run_once(daemon, args, log)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, daemon.request_stop)
-        log.info("daemon_started", triggers=str(args.triggers), state=str(args.state),
+        log.info("daemon_started", triggers=str(args.triggers), state=str(daemon.store.path),
                  history=str(daemon.history.root), servers=sorted(servers),
                  **({"history_remote": remote.repository, "history_branch": remote.branch} if remote else {}))
         daemon.run(daemon.executor.stop)
+        if daemon.leadership is not None and daemon.leadership.lost.is_set():
+            log.error("daemon_exiting", reason="leadership lost: starting again makes this a standby")
+            return EXIT_ERROR
         return EXIT_OK
     finally:
         if probes is not None:
@@ -354,6 +359,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_once(daemon: Any, args: argparse.Namespace, log: Any) -> int:
     """One pass, then wait for its runs (posted, or with --wait finished) and say how they went."""
+    if daemon.leadership is not None:  # replicas on PostgreSQL: one pass, as the leader or not at all
+        threading.Thread(target=daemon.leadership.run, args=(daemon.executor.stop,), daemon=True).start()
+        if not daemon.leadership.elected.wait(2 * daemon.leadership.lease):
+            holder, epoch = daemon.leadership.seen
+            log.error("not_leader", leader=holder, epoch=epoch, reason="another replica holds the lease")
+            return EXIT_ERROR
     daemon.take_in_history(daemon.executor.stop)
     daemon.bootstrap()
     started = {r.run_id for r in daemon.executor.active()}
@@ -379,9 +390,7 @@ def _run_once(daemon: Any, args: argparse.Namespace, log: Any) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from .state import Store
-
-    store = Store(args.state)
+    store = open_store(args.state)
     try:
         count = store.retry_now(args.names or None)
     finally:
@@ -570,11 +579,9 @@ def cmd_next(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Every trigger: the specs on disk and every trigger the store has runs of, each with its newest run."""
-    from .state import Store
-
     latest = {}
-    if args.state.exists():
-        store = Store(args.state)
+    if store_exists(args.state):
+        store = open_store(args.state)
         try:
             latest = store.latest()
         finally:
@@ -670,12 +677,10 @@ def _plain(value: Any) -> str:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     from .jenkins import Client
-    from .state import Store
-
-    if not args.state.exists():
+    if not store_exists(args.state):
         print(f"reconciler: no state store at {args.state}", file=sys.stderr)
         return EXIT_ERROR
-    store = Store(args.state)
+    store = open_store(args.state)
     try:
         run = next((r for r in store.runs(args.name) if r.build_url), None)
     finally:
@@ -705,15 +710,13 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_adopt(args: argparse.Namespace) -> int:
     from .daemon import new_run
-    from .state import Store
-
     catalog = Catalog.scanned(args.triggers)
     fired, _ = _fired(args)
     now = time.time()
     one_shots = [spec for spec in catalog.specs.values() if spec.schedule is None]
     runs = [replace(new_run(spec, now), status="adopted", finished_at=now) for spec in one_shots
             if (spec.name, spec.revision) not in fired]
-    store = Store(args.state)
+    store = open_store(args.state)
     history = History(_history_dir(args))
     for run in store.decide(runs):
         history.decided(run, now, event="adopted")

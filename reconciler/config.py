@@ -230,7 +230,7 @@ def load_servers(config_path: Path | None, env: Mapping[str, str] | None = None,
 
 
 def load_history_remote(config_path: Path | None, env: Mapping[str, str] | None = None, *,
-                        triggers: Path | None = None, state: Path | None = None) -> HistoryRemote | None:
+                        triggers: Path | None = None, state: Path | str | None = None) -> HistoryRemote | None:
     """The `history:` section of the operator's config: where the daemon pushes its history, if anywhere."""
     if config_path is None:
         return None
@@ -247,7 +247,8 @@ def load_history_remote(config_path: Path | None, env: Mapping[str, str] | None 
     author = section.get("author") or {}
     if not isinstance(author, dict) or set(author) - {"name", "email"}:
         raise ConfigError(f"{_at(config_path, section, 'author')}: `author` is {{name: ..., email: ...}}")
-    clone = Path(str(section.get("clone") or (state.parent if state else Path(".")) / "history-clone"))
+    beside = state.parent if isinstance(state, Path) else Path(".")  # a database has no folder to be beside
+    clone = Path(str(section.get("clone") or beside / "history-clone"))
     if triggers is not None and (_inside(clone, triggers) or _inside(triggers, clone)):
         raise ConfigError(f"{_at(config_path, section, 'clone')}: the history clone {clone} overlaps the triggers "
                           f"directory {triggers}; the daemon keeps a clone of its own, apart from git-sync's")

@@ -24,10 +24,12 @@ from .errors import HistoryGitError, StateError
 from .execute import Executor
 from .history import History
 from .jenkins import Client
+from .leadership import LEASE, Leadership, identity
+from .pgstore import PgStore
 from .plan import Action, decide, unknown_server
 from .provenance import Provenance
 from .spec import Spec
-from .state import Run, Store, run_id_of
+from .state import Run, StateStore, open_store, run_id_of
 from .writeback import Writeback
 
 WATCH_STEP_MS = 20
@@ -77,12 +79,14 @@ def new_run(spec: Spec, at: float, tick: datetime | None = None, provenance: Pro
 
 
 class Daemon:
-    def __init__(self, catalog: Catalog, store: Store, history: History, servers: Mapping[str, Server],
+    def __init__(self, catalog: Catalog, store: StateStore, history: History, servers: Mapping[str, Server],
                  executor: Executor, *, clock: Callable[[], float] = time.time, resync_interval: float = 60.0):
         self.catalog = catalog
         self.store = store
         self.history = history
         self.writeback = history.writeback
+        self.leadership: Leadership | None = None
+        """With replicas on PostgreSQL: the lease that lets this one fire (see leadership.py)."""
         self.servers = servers
         self.executor = executor
         self.clock = clock
@@ -141,7 +145,8 @@ class Daemon:
                 self.store.decide(runs)
                 self.log.info("state_rebuilt", runs=len(runs), source=str(self.history.root))
         self.cursors = cron.cursors(self.store.cursors(), self.store.last_ticks().items())
-        self._resume(self.store.open_runs())
+        self._resume(self.store.open_runs(), posting_after=0.0 if self.leadership is None else
+                     self.leadership.inherited_posting_delay)
         self.store.retry_now()  # a start is when the operator's configuration may have changed: try again
 
     def retry_refused(self) -> list[Run]:
@@ -162,7 +167,7 @@ class Daemon:
             retried.append(run)
         return retried
 
-    def _resume(self, runs: list[Run]) -> None:
+    def _resume(self, runs: list[Run], posting_after: float = 0.0) -> None:
         """Hand open runs to the executor, each on its own: one that cannot be taken up now (its
         history unreadable) waits for the next full pass, and the others go on."""
         resumed = 0
@@ -170,7 +175,7 @@ class Daemon:
             if run.server not in self.executor.clients:
                 continue
             try:
-                self.executor.resume(run)
+                self.executor.resume(run, posting_after)
             except OSError as e:
                 self.log.error("resume_failed", trigger=run.trigger, run_id=run.run_id, error=str(e))
             else:
@@ -353,19 +358,23 @@ class Daemon:
 
     def readiness_notes(self) -> list[str]:
         """What /readyz says beside `ok`."""
-        return [] if self.writeback is None else self.writeback.notes()
+        notes = [] if self.leadership is None else self.leadership.notes()
+        return notes + ([] if self.writeback is None else self.writeback.notes())
 
     def run(self, stop: threading.Event) -> None:
         self.take_in_history(stop)
         if stop.is_set():
             return
-        self.bootstrap()
-        if self.writeback is not None:
-            self.writeback.start()
         # The watch starts before the first scan, so it is in place by the time the scan is done.
         watcher = threading.Thread(target=self._watch, args=(stop,), name="watcher", daemon=True)
         watcher.start()
         self._watcher = watcher
+        if self.leadership is not None and not self._stand_by(stop):
+            watcher.join(timeout=2)
+            return
+        self.bootstrap()
+        if self.writeback is not None:
+            self.writeback.start()
         fired = self.pass_once()
         self.log.info("pass_completed", specs=len(self.catalog.entries), fired=len(fired),
                       invalid=len(self.catalog.errors))
@@ -405,6 +414,25 @@ class Daemon:
             if resync:
                 next_resync = time.monotonic() + self.resync_interval
         watcher.join(timeout=2)
+
+    def _stand_by(self, stop: threading.Event) -> bool:
+        """A replica that does not lead keeps its catalog parsed, to take over at once, and is ready
+        (a rollout goes on) while it waits; True once it leads, False if stopped first."""
+        assert self.leadership is not None
+        elected = self.leadership.elected
+        threading.Thread(target=self.leadership.run, args=(stop,), name="leadership", daemon=True).start()
+        self.catalog.scan()
+        self.ready.set()
+        self.log.info("standing_by", specs=len(self.catalog.entries))
+        while not stop.is_set() and not elected.is_set():
+            self.heartbeat = time.monotonic()
+            self._wake.wait(HEARTBEAT)
+            self._wake.clear()
+            with self._paths_lock:
+                paths, self._paths = list(self._paths), set()
+            if paths:
+                self.catalog.refresh(paths)
+        return elected.is_set() and not stop.is_set()
 
     def _turn(self, resync: bool) -> None:
         """One turn of the loop: due ticks, the files the watcher named, refused runs due again, and a full
@@ -510,18 +538,25 @@ def _folder_moved(path: str, watched: set[str]) -> bool:
     return (path in watched) != is_folder and not os.path.basename(path).startswith(".")
 
 
-def assemble(triggers: Path, state: Path, history: Path | None, servers: Mapping[str, Server], *,
+def assemble(triggers: Path, state: Path | str, history: Path | None, servers: Mapping[str, Server], *,
              clock: Callable[[], float] = time.time, resync_interval: float = 60.0,
              client_options: Mapping[str, Any] | None = None, writeback: Writeback | None = None,
-             **executor_options: Any) -> Daemon:
+             lease: float = LEASE, **executor_options: Any) -> Daemon:
     """Wire a daemon to its parts: one client per server, the state store, history (in the write-back's
-    clone, if there is one), the executor."""
+    clone, if there is one), the executor; on PostgreSQL, the lease that lets one replica fire."""
     stop = threading.Event()
     clients = {name: Client(server, stop=stop, **(client_options or {})) for name, server in servers.items()}
-    store = Store(state)
+    store = open_store(state, hold=lease)
     records = History(writeback.history_dir if writeback is not None else history, writeback)
     executor = Executor(store, records, clients, stop=stop, clock=clock, **executor_options)
     if writeback is not None:
         executor.metrics.watch_history(writeback.unpushed_age)
-    return Daemon(Catalog(triggers), store, records, servers, executor, clock=clock,
-                  resync_interval=resync_interval)
+    daemon = Daemon(Catalog(triggers), store, records, servers, executor, clock=clock,
+                    resync_interval=resync_interval)
+    if isinstance(store, PgStore):
+        leadership = Leadership(store.connection, identity(), lease=lease, metrics=executor.metrics,
+                                on_elected=daemon._wake.set, on_lost=daemon.request_stop)
+        store.fence = leadership.fence
+        executor.may_post = leadership.may_act
+        daemon.leadership = leadership
+    return daemon

@@ -36,6 +36,14 @@ class StateError(ReconcilerError):
     """The state store cannot be opened, migrated or written."""
 
 
+class NotLeader(StateError):
+    """A write refused because this replica's lease may have lapsed: another may lead now."""
+
+
+class Withheld(ReconcilerError):
+    """A POST not sent: this replica may no longer lead."""
+
+
 class HistoryGitError(ReconcilerError):
     """The history repository cannot be fetched, committed to or pushed to; the lines wait locally."""
 

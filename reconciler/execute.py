@@ -33,11 +33,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import logs
-from .errors import JenkinsError, JenkinsRefused, JenkinsUnavailable, StateError
+from .errors import JenkinsError, JenkinsRefused, JenkinsUnavailable, StateError, Withheld
 from .history import History, iso
 from .jenkins import MASKED, Client, Found, RecentBuilds
 from .metrics import Metrics
-from .state import Run, Store
+from .state import Run, StateStore
 
 GROUP_WINDOW = 0.25
 """Follow-ups due within this many seconds of each other are made together, one read per job."""
@@ -88,7 +88,7 @@ class _Look:
 
 
 class Executor:
-    def __init__(self, store: Store, history: History, clients: Mapping[str, Client], *,
+    def __init__(self, store: StateStore, history: History, clients: Mapping[str, Client], *,
                  stop: threading.Event, clock: Callable[[], float] = time.time,
                  poll_min: float = 0.5, poll_max: float = 5.0, retry_min: float = 1.0, retry_max: float = 300.0,
                  refused_min: float = 30.0, refused_max: float = 3600.0, metrics: Metrics | None = None):
@@ -111,6 +111,8 @@ class Executor:
         self._timers: list[tuple[float, int, _Look | _Fire]] = []
         self._seq = itertools.count()
         self._active: dict[str, Run] = {}
+        self.may_post: Callable[[], bool] | None = None
+        """Asked right before each POST attempt: with replicas, whether this one's lease surely holds."""
         self._timer = threading.Thread(target=self._run_timers, name="timers", daemon=True)
         self._timer.start()
         self.metrics.count_in_flight(lambda: len(self._active))
@@ -124,9 +126,10 @@ class Executor:
             look = run.run_id in unsure and self.taggable(run, self.clients[run.server])
             self._start(_Fire(run, look, True, self.retry_min))
 
-    def resume(self, run: Run) -> None:
+    def resume(self, run: Run, posting_after: float = 0.0) -> None:
         """A run left open by an earlier process, or by a step that failed. Raises OSError, taking
-        nothing on, if the run's history cannot be read."""
+        nothing on, if the run's history cannot be read. A run left `posting` is looked up after
+        `posting_after` seconds: a replica that held the lease before may still be sending it."""
         fire = None
         if run.status == "decided":  # killed before the POST, maybe before the history line too
             fire = _Fire(run, False, not self.history.has(run), self.retry_min)
@@ -135,6 +138,8 @@ class Executor:
         self._set_active([run])
         if fire is None:
             self._later(0.0, _Look(run, self.poll_min))
+        elif fire.search_first and posting_after:
+            self._later(posting_after, fire)
         else:
             self._start(fire)
 
@@ -321,7 +326,10 @@ class Executor:
             fire.search_first = False
         run = fire.run = self._update(run, True, status="posting", attempts=run.attempts + 1)
         try:
-            accepted = client.trigger(run.job, run.parameters, run.cause)
+            accepted = client.trigger(run.job, run.parameters, run.cause, self.may_post)
+        except Withheld as e:  # the next leader looks the run up and posts it
+            log.warning("post_withheld", reason=str(e))
+            return
         except JenkinsRefused as e:
             self._refused(run, e, log)
             return

@@ -27,7 +27,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from .config import Server
-from .errors import JenkinsRefused, JenkinsUnavailable, LoginRedirect
+from .errors import JenkinsRefused, JenkinsUnavailable, LoginRedirect, Withheld
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 ACCEPTED = frozenset({200, 201, 303})
@@ -200,7 +200,8 @@ class Client:
     # -- one request ------------------------------------------------------------------------
     def _request(self, method: str, url: str, what: str, *, params: dict[str, str] | None = None,
                  data: list[tuple[str, str]] | None = None, retry_ambiguous: bool = True,
-                 accept: Callable[[requests.Response], bool] | None = None) -> requests.Response:
+                 accept: Callable[[requests.Response], bool] | None = None,
+                 may_send: Callable[[], bool] | None = None) -> requests.Response:
         """Send with bounded retries, exponential backoff and jitter on what may pass. `accept` says
         which answers are success beyond 2xx. Without `retry_ambiguous`, an attempt that may have
         reached Jenkins is not repeated here: the caller decides, as only it can look the run up."""
@@ -209,6 +210,8 @@ class Client:
         while True:
             attempt += 1
             retry_after = ""
+            if may_send is not None and not may_send():
+                raise Withheld(f"{what}: not sent, this replica's lease may have lapsed")
             try:
                 response = self.session.request(method, url, params=params, data=data, headers=self._crumb,
                                                 timeout=self._timeout, allow_redirects=False)
@@ -309,11 +312,14 @@ class Client:
             self._crumb = {field_name: value}
 
     # -- triggering -------------------------------------------------------------------------
-    def trigger(self, job: str, parameters: tuple[tuple[str, str], ...] | None, cause: str | None) -> Accepted:
+    def trigger(self, job: str, parameters: tuple[tuple[str, str], ...] | None, cause: str | None,
+                may_send: Callable[[], bool] | None = None) -> Accepted:
         """POST build or buildWithParameters; returns the queue item Jenkins answers with.
 
         Ambiguous failures (the request may have arrived) are not retried here: the caller decides,
-        because only it knows whether it can look the run up in Jenkins first.
+        because only it knows whether it can look the run up in Jenkins first. `may_send` is asked
+        right before every attempt (a retry comes after a backoff, by which time a lease may have
+        lapsed); when it says no, Withheld is raised and nothing is sent.
         """
         form: list[tuple[str, str]] = list(parameters or ())
         if self.server.job_token:
@@ -322,7 +328,7 @@ class Client:
                 form.append(("cause", cause))
         endpoint = "build" if parameters is None else "buildWithParameters"
         response = self._request("POST", job_url(self.base, job) + endpoint, f"triggering {job}", data=form,
-                                 retry_ambiguous=False, accept=_queued)
+                                 retry_ambiguous=False, accept=_queued, may_send=may_send)
         item = _QUEUE_ITEM.search(urlsplit(response.headers.get("Location", "")).path)
         if response.status_code not in ACCEPTED or item is None:
             raise JenkinsRefused(f"triggering {job}: Jenkins answered {response.status_code} without a queue item "

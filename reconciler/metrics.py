@@ -34,6 +34,15 @@ class Metrics:
         Gauge("reconciler_history_unpushed_age_seconds", "How long ago the oldest history line not yet pushed "
               "to git was written; 0 when every line is pushed.", registry=self.registry).set_function(age)
 
+    def watch_leadership(self, leading: Callable[[], float], epoch: Callable[[], float]) -> Counter:
+        """Replicas on PostgreSQL: whether this one leads, the lease's epoch, and takeovers by this one."""
+        Gauge("reconciler_leader", "1 while this replica holds the lease and may fire, else 0.",
+              registry=self.registry).set_function(leading)
+        Gauge("reconciler_leader_epoch", "The lease's epoch this replica holds or last saw.",
+              registry=self.registry).set_function(epoch)
+        return Counter("reconciler_leader_takeovers", "Times this replica took the lease over from another.",
+                       registry=self.registry)
+
     def count_in_flight(self, count: Callable[[], float]) -> None:
         self.runs_in_flight.set_function(count)
 

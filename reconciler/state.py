@@ -15,7 +15,7 @@ import threading
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import StateError
 from .logs import redact
@@ -102,6 +102,50 @@ class Run:
 
 
 COLUMNS = tuple(f.name for f in fields(Run))
+
+
+class StateStore(Protocol):
+    """What the daemon asks of a state store; `Store` (SQLite) and `pgstore.PgStore` both answer it."""
+
+    path: Any
+
+    def decide(self, runs: list[Run], cursors: dict[str, float] | None = None) -> list[Run]: ...
+    def update_many(self, steps: list[tuple[Run, dict[str, Any]]], *, durable: bool = False) -> list[Run]: ...
+    def retry_now(self, triggers: Collection[str] | None = None) -> int: ...
+    def fired_among(self, fires: Collection[tuple[str, str]]) -> set[tuple[str, str]]: ...
+    def fired(self) -> set[tuple[str, str]]: ...
+    def last_ticks(self) -> dict[str, str]: ...
+    def cursors(self) -> dict[str, float]: ...
+    def open_runs(self, excluding: Collection[str] = ()) -> list[Run]: ...
+    def runs(self, trigger: str | None = None, limit: int = 1000) -> list[Run]: ...
+    def latest(self) -> dict[str, Run]: ...
+    def refused_due(self, now: float) -> list[Run]: ...
+    def next_retry_at(self) -> float | None: ...
+    def writable(self) -> str | None: ...
+    def is_empty(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+def open_store(location: Path | str, **postgres: Any) -> StateStore:
+    """The state store at `location`: a SQLite file, or a PostgreSQL DSN (`postgresql://…`, which
+    takes the `postgres` options of `PgStore`)."""
+    from .pgstore import PgStore, is_dsn
+
+    return PgStore(str(location), **postgres) if is_dsn(location) else Store(Path(location))
+
+
+def store_exists(location: Path | str) -> bool:
+    """Whether there is a store to read (a database is assumed to be there; a file may not be yet)."""
+    from .pgstore import is_dsn
+
+    return is_dsn(location) or Path(location).exists()
+
+
+def state_location(text: str) -> Path | str:
+    """`--state`: a DSN stays a string (a Path would fold its `//`), anything else is a file."""
+    from .pgstore import is_dsn
+
+    return text if is_dsn(text) else Path(text)
 
 
 def run_id_of(trigger: str, fire_key: str) -> str:

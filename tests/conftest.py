@@ -27,6 +27,8 @@ from reconciler.simulator import Simulator, from_mapping
 from reconciler.state import Store
 from reconciler.writeback import Writeback
 
+from .postgres import Postgres, pg_bin
+
 USER, TOKEN = "alice", "alice-api-token"
 
 DEFAULT_JOBS: list[Any] = [  # concurrent, unlike a FreeStyle job's default: tests run several builds at once
@@ -247,3 +249,20 @@ def proxy(tmp_path: Path) -> Iterator[Proxy]:
     yield Proxy(f"http://127.0.0.1:{port}", log)
     proc.terminate()
     proc.wait(timeout=10)
+
+
+# -- PostgreSQL: a throwaway cluster for the suite, a fresh database per test ---------------------------
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    if pg_bin("initdb") is None:
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql; .ci/run does)")
+    pg = Postgres.start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def pg_dsn(postgres: Postgres, request: pytest.FixtureRequest) -> str:
+    """A database of this test's own."""
+    return postgres.database(re.sub(r"\W", "_", request.node.name)[:60].lower())

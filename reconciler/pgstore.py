@@ -1,0 +1,269 @@
+"""The state store on PostgreSQL, for several replicas sharing the work: the same runs, the same rules.
+
+The schema, its versions and the guarantees are SQLite's (see `state`): `UNIQUE (trigger, fire_key)`,
+the decision committed before the POST, the posting mark, every step after. What PostgreSQL adds is
+that several processes share it, so every write of a leader is fenced: it runs in a transaction that
+first checks, under a share lock on the lease row, that this process still holds the lease it was
+given (`fence`). A leader whose lease may have expired records nothing: its write fails, and the
+run stays where the store says it is for the next leader.
+
+Like the SQLite store, one connection serves the daemon's threads behind a lock. A connection that
+breaks (PostgreSQL restarted, the backend terminated) is opened again on the next call; the call
+that met the break fails with a StateError, which the daemon already handles as a store that
+refused a write. Steps that SQLite writes without fsync are committed with `synchronous_commit =
+off` here: they survive the reconciler's kill -9 (the server has them) but perhaps not the
+server's crash, which leaves the run at its last durable step, as SQLite's power loss does.
+
+The password is never in the DSN the operator writes: PGPASSWORD, PGPASSFILE or a `passfile=`
+parameter, all read by libpq itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import replace
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from . import state
+from .errors import NotLeader, StateError
+from .leadership import identity
+from .state import COLUMNS, OPEN, Run, _decode, _encode, _text
+
+MIGRATIONS = [script.replace(" REAL", " DOUBLE PRECISION").replace("duration_ms  INTEGER", "duration_ms  BIGINT")
+              for script in state.MIGRATIONS] + [
+    """
+    CREATE TABLE leader (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        holder     TEXT,
+        epoch      BIGINT NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    );
+    INSERT INTO leader (id, holder, epoch, expires_at) VALUES (1, NULL, 0, '-infinity');
+    """,
+]
+"""Versions 1-4 are SQLite's, in PostgreSQL's types (a REAL there is a float4 here, too coarse for a
+time); 5 adds the lease (leadership.py)."""
+
+MIGRATION_LOCK = 7_215_001
+"""The advisory lock replicas starting together take to migrate one at a time."""
+
+_COLS = ",".join(COLUMNS)
+
+Fence = Callable[[], tuple[str, int] | None]
+"""The lease this process holds as (holder, epoch), or None while it may not write."""
+
+
+def is_dsn(location: object) -> bool:
+    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
+
+
+def display(dsn: str) -> str:
+    """The DSN as it may be shown: host, port, database and user, never a password."""
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "postgresql://(unreadable DSN)"
+    parts.pop("password", None)
+    host, port = parts.get("host", ""), f":{parts['port']}" if parts.get("port") else ""
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    return f"postgresql://{user}{host}{port}/{parts.get('dbname', '')}"
+
+
+def check_dsn(dsn: str) -> None:
+    """A password written into the DSN would be in every process listing and every copy of the
+    config: refused, with where it belongs instead."""
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as e:
+        raise StateError(f"cannot read the state DSN: {e}") from None
+    if parts.get("password"):
+        raise StateError("the state DSN carries a password; give it as PGPASSWORD, a PGPASSFILE, or "
+                         "`?passfile=PATH`, so it is never written where the DSN is")
+
+
+class PgStore:
+    """The Store interface on one PostgreSQL connection, shared behind a lock."""
+
+    def __init__(self, dsn: str, *, fence: Fence | None = None, connect_timeout: float = 5.0, hold: float = 3.0):
+        """`hold`: the longest a session may sit in a transaction without a word (its process paused or
+        cut off) before the server ends it, so a stalled leader's lock on the lease row cannot keep
+        the next one from taking the lease; and the longest a statement waits for a lock."""
+        check_dsn(dsn)
+        self.dsn = dsn
+        self.path = display(dsn)
+        self.fence = fence
+        """Set by leadership: the lease every write is checked against. None: writes are not fenced
+        (the command line, a single replica)."""
+        limits = f"-c idle_in_transaction_session_timeout={int(hold * 1000)} -c lock_timeout={int(hold * 2000)}"
+        self._conninfo = make_conninfo(dsn, connect_timeout=max(1, int(connect_timeout)),
+                                       application_name=f"reconciler {identity()}"[:63], options=limits)
+        self._lock = threading.Lock()
+        self._db: psycopg.Connection[Any] | None = None
+        self.created = False
+        with self._lock:
+            self._connect()
+
+    # -- the connection -------------------------------------------------------------------
+    def _connect(self) -> psycopg.Connection[Any]:
+        if self._db is not None and not self._db.closed and not self._db.broken:
+            return self._db
+        try:
+            self._db = psycopg.connect(self._conninfo, autocommit=True)
+            self._migrate(self._db)
+        except psycopg.Error as e:
+            self._db = None
+            raise StateError(f"cannot open state store {self.path}: {_first_line(e)}") from None
+        return self._db
+
+    def _migrate(self, db: psycopg.Connection[Any]) -> None:
+        with db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            db.execute("CREATE TABLE IF NOT EXISTS reconciler_schema (version INTEGER NOT NULL)")
+            row = db.execute("SELECT version FROM reconciler_schema").fetchone()
+            version = 0 if row is None else row[0]
+            if row is None:
+                db.execute("INSERT INTO reconciler_schema (version) VALUES (0)")
+                self.created = True
+            if version > len(MIGRATIONS):
+                raise StateError(f"state store {self.path} has schema version {version}, newer than this "
+                                 f"reconciler knows ({len(MIGRATIONS)}); upgrade the reconciler")
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                db.execute(script)
+                db.execute("UPDATE reconciler_schema SET version = %s", (number,))
+
+    def connection(self) -> psycopg.Connection[Any]:
+        """A connection of its own, on the same DSN (leadership renews on one, never behind a query)."""
+        return psycopg.connect(self._conninfo, autocommit=True)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+
+    @contextlib.contextmanager
+    def _writing(self, what: str, *, durable: bool) -> Iterator[psycopg.Connection[Any]]:
+        """A fenced transaction: refused as a whole if this process's lease may have lapsed."""
+        with self._lock:
+            try:
+                db = self._connect()
+                with db.transaction():
+                    if not durable:
+                        db.execute("SET LOCAL synchronous_commit = off")
+                    self._check_fence(db)
+                    yield db
+            except NotLeader:
+                raise
+            except psycopg.Error as e:
+                raise StateError(f"cannot {what} {self.path}: {_first_line(e)}") from None
+
+    def _check_fence(self, db: psycopg.Connection[Any]) -> None:
+        if self.fence is None:
+            return
+        lease = self.fence()
+        held = lease is not None and db.execute(
+            "SELECT 1 FROM leader WHERE id = 1 AND holder = %s AND epoch = %s AND expires_at > now() FOR SHARE",
+            lease).fetchone()
+        if not held:
+            raise NotLeader("not recorded: this process's lease has lapsed, and another replica may lead")
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self._connect().execute(sql, args).fetchall()
+            except psycopg.Error as e:
+                raise StateError(f"cannot read state store {self.path}: {_first_line(e)}") from None
+
+    # -- writes ---------------------------------------------------------------------------
+    def decide(self, runs: list[Run], cursors: dict[str, float] | None = None) -> list[Run]:
+        if not runs and not cursors:
+            return []
+        placeholders = ",".join(["%s"] * len(COLUMNS))
+        inserted: list[Run] = []
+        with self._writing("record decisions in", durable=True) as db:
+            for run in runs:
+                cur = db.execute(f"INSERT INTO runs ({_COLS}) VALUES ({placeholders}) ON CONFLICT DO NOTHING",
+                                 _encode(run))
+                if cur.rowcount:
+                    inserted.append(run)
+            for trigger, after in (cursors or {}).items():
+                db.execute("INSERT INTO cursors (trigger, after) VALUES (%s, %s) ON CONFLICT (trigger) "
+                           "DO UPDATE SET after = GREATEST(cursors.after, excluded.after)", (trigger, after))
+        return inserted
+
+    def update_many(self, steps: list[tuple[Run, dict[str, Any]]], *, durable: bool = False) -> list[Run]:
+        with self._writing("write state store", durable=durable) as db:
+            for run, changes in steps:
+                values = [json.dumps(v) if k == "parameters" and v is not None else
+                          _text(v) if k == "last_error" else v for k, v in changes.items()]
+                db.execute(f"UPDATE runs SET {','.join(f'{k} = %s' for k in changes)} WHERE run_id = %s",
+                           (*values, run.run_id))
+        return [replace(run, **changes) for run, changes in steps]
+
+    def retry_now(self, triggers: Collection[str] | None = None) -> int:
+        with self._writing("write state store", durable=False) as db:
+            if triggers is None:
+                cur = db.execute("UPDATE runs SET retry_at = 0 WHERE status = 'refused'")
+            else:
+                cur = db.execute("UPDATE runs SET retry_at = 0 WHERE status = 'refused' AND trigger = ANY(%s::text[])",
+                                 (list(triggers),))
+            return cur.rowcount
+
+    # -- reads ----------------------------------------------------------------------------
+    def fired_among(self, fires: Collection[tuple[str, str]]) -> set[tuple[str, str]]:
+        if not fires:
+            return set()
+        triggers, keys = zip(*fires, strict=True)
+        return set(self._read("SELECT trigger, fire_key FROM runs WHERE (trigger, fire_key) IN "
+                              "(SELECT * FROM unnest(%s::text[], %s::text[]))", (list(triggers), list(keys))))
+
+    def fired(self) -> set[tuple[str, str]]:
+        return set(self._read("SELECT trigger, fire_key FROM runs WHERE fire_key NOT LIKE '@%%'"))
+
+    def last_ticks(self) -> dict[str, str]:
+        return dict(self._read("SELECT trigger, MAX(fire_key) FROM runs WHERE fire_key LIKE '@%%' GROUP BY trigger"))
+
+    def cursors(self) -> dict[str, float]:
+        return dict(self._read("SELECT trigger, after FROM cursors"))
+
+    def open_runs(self, excluding: Collection[str] = ()) -> list[Run]:
+        rows = self._read(f"SELECT {_COLS} FROM runs WHERE status = ANY(%s::text[]) AND NOT run_id = ANY(%s::text[]) "
+                          "ORDER BY decided_at", (list(OPEN), list(excluding)))
+        return [_decode(r) for r in rows]
+
+    def runs(self, trigger: str | None = None, limit: int = 1000) -> list[Run]:
+        where, args = ("WHERE trigger = %s", (trigger,)) if trigger else ("", ())
+        rows = self._read(f"SELECT {_COLS} FROM runs {where} ORDER BY decided_at DESC LIMIT %s", (*args, limit))
+        return [_decode(r) for r in rows]
+
+    def latest(self) -> dict[str, Run]:
+        rows = self._read(f"SELECT DISTINCT ON (trigger) {_COLS} FROM runs ORDER BY trigger, decided_at DESC")
+        return {run.trigger: run for run in map(_decode, rows)}
+
+    def refused_due(self, now: float) -> list[Run]:
+        rows = self._read(f"SELECT {_COLS} FROM runs WHERE status = 'refused' AND COALESCE(retry_at, 0) <= %s "
+                          "ORDER BY decided_at", (now,))
+        return [_decode(r) for r in rows]
+
+    def next_retry_at(self) -> float | None:
+        return self._read("SELECT MIN(COALESCE(retry_at, 0)) FROM runs WHERE status = 'refused'")[0][0]
+
+    def writable(self) -> str | None:
+        try:
+            self._read("SELECT 1")
+        except StateError as e:
+            return str(e)
+        return None
+
+    def is_empty(self) -> bool:
+        return not self._read("SELECT 1 FROM runs LIMIT 1")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
