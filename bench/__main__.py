@@ -393,6 +393,76 @@ def bench_writeback(sim: SimulatorProcess, work: Path, n: int, repeats: int, lat
     ]
 
 
+# -- 8. replicas on PostgreSQL ---------------------------------------------------------------
+
+def leader_of(dsn: str) -> str | None:
+    import psycopg
+
+    try:
+        with psycopg.connect(dsn, autocommit=True) as db:
+            holder, live = db.execute("SELECT holder, expires_at > now() FROM leader").fetchone()
+    except psycopg.Error:
+        return None
+    return holder.partition("/")[0] if holder and live else None
+
+
+def bench_ha(sim: SimulatorProcess, work: Path, n: int, kills: int, repeats: int) -> list[Row]:
+    """Takeover time, kill -9 of the leader to the new leader's POST of a spec written at the kill;
+    burst fires/s on PostgreSQL against SQLite (alternated); a standby's CPU at idle."""
+    sys.path.insert(0, str(HERE.parent))
+    from tests.postgres import Postgres, pg_bin
+
+    if pg_bin("initdb") is None:
+        return [Row("replicas on PostgreSQL", "not run: PostgreSQL is not installed")]
+    pg = Postgres.start()
+    try:
+        sqlite_rates, pg_rates = [], []
+        for k in range(repeats):
+            sqlite_rates.append(our_burst(sim, work, n, f"ha-sqlite-{k}")[0])
+            pg_rates.append(our_burst(sim, work, n, f"ha-pg-{k}", ("--state", pg.database(f"burst_{k}")))[0])
+        dsn = pg.database("takeover")
+        triggers = work / "ha-triggers"
+        triggers.mkdir()
+        replicas = {}
+        for name in ("a", "b", "c"):
+            (work / f"ha-{name}").mkdir()
+            replicas[name] = DaemonProcess(sim, triggers, work / f"ha-{name}", extra=("--state", dsn), name=name)
+            replicas[name].start()
+        takeovers = []
+        for i in range(kills):
+            leader = wait_for(lambda: leader_of(dsn), 30, "a leader", 0.05)
+            others = [r for name, r in replicas.items() if name != leader]
+            sim.mark()
+            killed = time.time()
+            replicas[leader].kill()
+            (triggers / f".w{i}.tmp").write_text(f"job: bench-p\nparameters: {{SEQ: 'k{i}'}}\n")
+            os.replace(triggers / f".w{i}.tmp", triggers / f"w{i}.yaml")
+            [posted] = sim.collect_triggers(1, 60)
+            takeovers.append(posted["at"] - killed)
+            replicas[leader].start()  # back as a standby, for the next kill
+            assert all(r.proc is not None and r.proc.poll() is None for r in others)
+        standby = next(r for name, r in replicas.items() if name != leader_of(dsn))
+        cpu0, t0 = standby.cpu_seconds(), time.monotonic()
+        time.sleep(20)
+        idle = (standby.cpu_seconds() - cpu0) / (time.monotonic() - t0) * 100
+        for r in replicas.values():
+            r.stop()
+    finally:
+        pg.stop()
+    p50, p99 = percentile(takeovers, 50), percentile(takeovers, 99)
+    sq, pq = median(sqlite_rates), median(pg_rates)
+    return [
+        Row(f"takeover: kill -9 of the leader → the new leader's POST of a spec written then ({kills} kills, "
+            "3 replicas, lease 3 s) p50", f"{p50:.2f} s"),
+        Row("takeover p99", f"{p99:.2f} s (max {max(takeovers):.2f} s)", "Kubernetes' default lease: 15 s", "",
+            "≤ 5 s", verdict(p99 <= 5)),
+        Row(f"burst: {n} new specs, until all POSTed (no modelled latency), PostgreSQL vs SQLite, median of {repeats}",
+            f"{pq:.0f} fires/s", f"SQLite: {sq:.0f} fires/s", f"{pq / sq:.0%}", "≥ 70 %", verdict(pq >= 0.7 * sq)),
+        Row("standby CPU at idle (20 s, watching and renewing nothing but its look at the lease)", f"{idle:.2f} %",
+            "", "", "", ""),
+    ]
+
+
 NOTES = """\
 **Reading the burst rows.** Each burst is 1,000 new specs landing in one atomic rename, timed from
 the rename to the simulator receiving the last POST. Jenkins' answer time is modelled by the
@@ -419,7 +489,7 @@ def render(rows: list[Row], quick: bool) -> str:
     return head + "\n".join(lines) + "\n\n" + NOTES.format(missed=why)
 
 
-BENCHMARKS = ("latency", "burst", "scale", "idle", "lateness", "validate", "writeback")
+BENCHMARKS = ("latency", "burst", "scale", "idle", "lateness", "validate", "writeback", "ha")
 
 
 def main() -> int:
@@ -451,6 +521,8 @@ def main() -> int:
             rows += bench_validate(work, 1000, 3 if q else 5)
         if "writeback" in chosen:
             rows += bench_writeback(sim, work, 300 if q else 1000, 2 if q else 4)
+        if "ha" in chosen:
+            rows += bench_ha(sim, work, 300 if q else 1000, 5 if q else 20, 2 if q else 3)
     finally:
         sim.stop()
         shutil.rmtree(work, ignore_errors=True)

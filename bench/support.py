@@ -113,7 +113,9 @@ class DaemonProcess:
     workdir: Path
     proc: subprocess.Popen[bytes] | None = None
     extra: tuple[str, ...] = ()
-    """More arguments for `reconciler run` (a --config, say)."""
+    """More arguments for `reconciler run` (a --config, say; a later --state wins)."""
+    name: str = ""
+    """The replica's name (POD_NAME), where several share a PostgreSQL store."""
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -122,14 +124,22 @@ class DaemonProcess:
     def start(self, timeout: float = 120) -> float:
         """Start, and return the seconds until the first pass completed (cold start)."""
         started = time.perf_counter()
-        with self.log.open("wb") as out:
+        mark = self.log.stat().st_size if self.log.exists() else 0
+        env = {**env_for(self.sim), **({"POD_NAME": self.name} if self.name else {})}
+        with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "reconciler", "run", "--triggers", str(self.triggers),
                  "--state", str(self.workdir / "state.db"), "--history", str(self.workdir / "history"),
                  "--resync-interval", "3600", "--poll-interval", "1", *self.extra],
-                env=env_for(self.sim), stdout=out, stderr=subprocess.STDOUT)
-        wait_for(lambda: b'"pass_completed"' in self.log.read_bytes(), timeout, "the daemon's first pass", 0.005)
+                env=env, stdout=out, stderr=subprocess.STDOUT)
+        ready = (b'"pass_completed"', b'"standing_by"')  # a replica that does not lead stands by
+        wait_for(lambda: any(w in self.log.read_bytes()[mark:] for w in ready), timeout, "the first pass", 0.005)
         return time.perf_counter() - started
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
 
     def rss_mb(self) -> float:
         assert self.proc is not None

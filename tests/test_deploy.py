@@ -89,7 +89,8 @@ def manifests() -> list[dict]:
 
 
 def test_the_kubernetes_manifests_validate_strictly():
-    files = [str(p) for p in sorted(OVERLAYS.glob("*/*.yaml")) if p.name != "kustomization.yaml"]
+    files = [str(p) for p in sorted(OVERLAYS.glob("*/*.yaml"))
+             if p.name != "kustomization.yaml" and not p.name.endswith(".patch.yaml")]
     result = subprocess.run([sys.executable, "-m", "kubernetes_validate", "--strict", *files],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -144,6 +145,25 @@ def test_the_deployment_wires_git_sync_secrets_probes_and_a_locked_down_reconcil
                                text=True, timeout=60).stdout
     for name in (n for n in env if n.startswith("RECONCILER_")):
         assert name in help_text, name
+
+
+def test_the_ha_overlay_runs_replicas_on_postgresql_spread_and_budgeted():
+    yaml = YAML(typ="safe")
+    patch = yaml.load((OVERLAYS / "ha" / "replicas.patch.yaml").read_text())
+    [pdb] = yaml.load_all((OVERLAYS / "ha" / "pdb.yaml").read_text())
+    spec = patch["spec"]
+    assert spec["replicas"] >= 2 and spec["strategy"]["type"] == "RollingUpdate"
+    pod = spec["template"]["spec"]
+    assert pod["affinity"]["podAntiAffinity"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    state, password = env["RECONCILER_STATE"], env["PGPASSWORD"]
+    assert state["valueFrom"]["secretKeyRef"]["key"] == "dsn" and state["value"] is None, "the base's file is dropped"
+    assert password["valueFrom"]["secretKeyRef"]["name"] == state["valueFrom"]["secretKeyRef"]["name"]
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert pdb["kind"] == "PodDisruptionBudget" and pdb["spec"]["maxUnavailable"] == 1
+    help_text = subprocess.run([sys.executable, "-m", "reconciler", "run", "--help"], capture_output=True,
+                               text=True, timeout=60).stdout
+    assert all(name in help_text for name in env if name.startswith("RECONCILER_"))
 
 
 def test_the_pre_commit_hook_validates_specs_in_another_repository(tmp_path):
