@@ -11,8 +11,9 @@ Like the SQLite store, one connection serves the daemon's threads behind a lock.
 breaks (PostgreSQL restarted, the backend terminated) is opened again on the next call; the call
 that met the break fails with a StateError, which the daemon already handles as a store that
 refused a write. Steps that SQLite writes without fsync are committed with `synchronous_commit =
-off` here: they survive the reconciler's kill -9 (the server has them) but perhaps not the
-server's crash, which leaves the run at its last durable step, as SQLite's power loss does.
+off` here (the session's default; a durable write turns it on): they survive the reconciler's
+kill -9 (the server has them) but perhaps not the server's crash, which leaves the run at its last
+durable step, as SQLite's power loss does.
 
 The password is never in the DSN the operator writes: PGPASSWORD, PGPASSFILE or a `passfile=`
 parameter, all read by libpq itself.
@@ -100,7 +101,8 @@ class PgStore:
         self.fence = fence
         """Set by leadership: the lease every write is checked against. None: writes are not fenced
         (the command line, a single replica)."""
-        limits = f"-c idle_in_transaction_session_timeout={int(hold * 1000)} -c lock_timeout={int(hold * 2000)}"
+        limits = (f"-c idle_in_transaction_session_timeout={int(hold * 1000)} -c lock_timeout={int(hold * 2000)} "
+                  "-c synchronous_commit=off")  # durable writes turn it on for their transaction
         self._conninfo = make_conninfo(dsn, connect_timeout=max(1, int(connect_timeout)),
                                        application_name=f"reconciler {identity()}"[:63], options=limits)
         self._lock = threading.Lock()
@@ -153,8 +155,8 @@ class PgStore:
             try:
                 db = self._connect()
                 with db.transaction():
-                    if not durable:
-                        db.execute("SET LOCAL synchronous_commit = off")
+                    if durable:  # the session's default is off (see __init__)
+                        db.execute("SET LOCAL synchronous_commit = on")
                     self._check_fence(db)
                     yield db
             except NotLeader:
@@ -166,11 +168,28 @@ class PgStore:
         if self.fence is None:
             return
         lease = self.fence()
-        held = lease is not None and db.execute(
-            "SELECT 1 FROM leader WHERE id = 1 AND holder = %s AND epoch = %s AND expires_at > now() FOR SHARE",
-            lease).fetchone()
-        if not held:
-            raise NotLeader("not recorded: this process's lease has lapsed, and another replica may lead")
+        if lease is None or not db.execute(f"SELECT 1 FROM leader WHERE {_HELD}", lease).fetchone():
+            raise NotLeader(_LAPSED)
+
+    def _step(self, run: Run, changes: dict[str, Any]) -> None:
+        """One run's step that need not be fsynced, the commonest write of all (queued, started,
+        completed): one statement, its own transaction, with the fence inside it."""
+        sql, args = _update(run, changes)
+        with self._lock:
+            try:
+                db = self._connect()
+                if self.fence is None:
+                    db.execute(sql, args)
+                    return
+                lease = self.fence()
+                if lease is None:
+                    raise NotLeader(_LAPSED)
+                fenced = db.execute(f"WITH lease AS (SELECT 1 FROM leader WHERE {_HELD}) {sql} "
+                                    "AND EXISTS (SELECT 1 FROM lease)", (*lease, *args))
+                if fenced.rowcount == 0 and not db.execute(f"SELECT 1 FROM leader WHERE {_HELD}", lease).fetchone():
+                    raise NotLeader(_LAPSED)
+            except psycopg.Error as e:
+                raise StateError(f"cannot write state store {self.path}: {_first_line(e)}") from None
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -197,12 +216,12 @@ class PgStore:
         return inserted
 
     def update_many(self, steps: list[tuple[Run, dict[str, Any]]], *, durable: bool = False) -> list[Run]:
-        with self._writing("write state store", durable=durable) as db:
-            for run, changes in steps:
-                values = [json.dumps(v) if k == "parameters" and v is not None else
-                          _text(v) if k == "last_error" else v for k, v in changes.items()]
-                db.execute(f"UPDATE runs SET {','.join(f'{k} = %s' for k in changes)} WHERE run_id = %s",
-                           (*values, run.run_id))
+        if len(steps) == 1 and not durable:
+            self._step(*steps[0])
+        else:
+            with self._writing("write state store", durable=durable) as db:
+                for run, changes in steps:
+                    db.execute(*_update(run, changes))
         return [replace(run, **changes) for run, changes in steps]
 
     def retry_now(self, triggers: Collection[str] | None = None) -> int:
@@ -262,6 +281,17 @@ class PgStore:
 
     def is_empty(self) -> bool:
         return not self._read("SELECT 1 FROM runs LIMIT 1")
+
+
+_HELD = "id = 1 AND holder = %s AND epoch = %s AND expires_at > now() FOR SHARE"
+"""The lease row as this process holds it, share-locked: a takeover waits for the write, or comes first."""
+_LAPSED = "not recorded: this process's lease has lapsed, and another replica may lead"
+
+
+def _update(run: Run, changes: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    values = [json.dumps(v) if k == "parameters" and v is not None else _text(v) if k == "last_error" else v
+              for k, v in changes.items()]
+    return f"UPDATE runs SET {','.join(f'{k} = %s' for k in changes)} WHERE run_id = %s", (*values, run.run_id)
 
 
 def _first_line(error: BaseException) -> str:

@@ -206,7 +206,7 @@ class Writeback:
                            check=False, network=True)
         if result.returncode != 0 and "couldn't find remote ref" not in result.stderr:  # a new branch is fine
             raise HistoryGitError(f"cannot fetch {ref} from {self.remote.repository}: "
-                                  f"{_last_line(result.stderr)}")
+                                  f"{_git_said(result.stderr)}")
 
     def _integrate(self) -> None:
         """Put the local commits on top of the remote branch (under `lock`, after `_commit`)."""
@@ -222,7 +222,7 @@ class Writeback:
         if result.returncode != 0:
             self._git("rebase", "--abort", check=False)
             raise HistoryGitError(f"cannot rebase the history onto {self.remote.branch}: "
-                                  f"{_last_line(result.stderr or result.stdout)}")
+                                  f"{_git_said(result.stderr or result.stdout)}")
 
     def _push(self) -> bool:
         """Push HEAD; True if the remote rejected it because the branch moved."""
@@ -233,7 +233,7 @@ class Writeback:
         if "[rejected]" in result.stdout or "non-fast-forward" in result.stderr or "fetch first" in result.stderr:
             return True
         raise HistoryGitError(f"cannot push to {self.remote.repository}: "
-                              f"{_last_line(result.stderr or result.stdout)}")
+                              f"{_git_said(result.stderr or result.stdout)}")
 
     def _has(self, ref: str) -> bool:
         return self._git("rev-parse", "-q", "--verify", f"{ref}^{{commit}}", check=False).returncode == 0
@@ -274,7 +274,7 @@ class Writeback:
             raise HistoryGitError(f"cannot run git: {e.strerror}") from None
         result.stdout, result.stderr = logs.redact(result.stdout), logs.redact(result.stderr)
         if check and result.returncode != 0:
-            raise HistoryGitError(f"git {args[0]} failed in {self.clone}: {_last_line(result.stderr)}")
+            raise HistoryGitError(f"git {args[0]} failed in {self.clone}: {_git_said(result.stderr)}")
         return result
 
 
@@ -308,6 +308,12 @@ def _outcome(event: dict[str, object]) -> str:
     return f"{kind} {event['result']}" if kind == "completed" and event.get("result") else kind
 
 
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no message"
+_GIT_BOILERPLATE = ("Please make sure you have the correct access rights", "and the repository exists.")
+
+
+def _git_said(text: str) -> str:
+    """What git (and ssh under it) said, without the hint git adds to every failed connection: the
+    cause is in the lines before it ("Host key verification failed.", "Permission denied")."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip() and
+             not line.strip().startswith(_GIT_BOILERPLATE)]
+    return "; ".join(lines[-3:]) if lines else "no message"

@@ -101,11 +101,19 @@ def test_writes_are_fenced_by_the_lease(pg_dsn):
     thread.start()
     try:
         wait_for(leader.elected.is_set, what="the lease")
-        assert len(store.decide([run()])) == 1
+        [first] = store.decide([run()])
+        store.update_many([(first, {"status": "posting"})], durable=True)
+        store.update_many([(first, {"status": "queued"})])  # one statement, the fence inside it
     finally:
         stop.set()
         thread.join()
     wait_for(lambda: not leader.may_act(), what="the lease to lapse without renewals")
     with pytest.raises(NotLeader, match="lease has lapsed"):
         store.decide([run(key="rev2")])
-    assert store.fired() == {("t", "rev1")}
+    with psycopg.connect(pg_dsn, autocommit=True) as db:  # the database expires it a margin after the leader
+        wait_for(lambda: db.execute("SELECT expires_at < now() FROM leader").fetchone()[0], what="expiry")
+    leader.may_act = lambda: True  # a stalled leader that still believes it leads: the database says no
+    for durable in (True, False):
+        with pytest.raises(NotLeader, match="lease has lapsed"):
+            store.update_many([(first, {"status": "building"})], durable=durable)
+    assert store.fired() == {("t", "rev1")} and store.runs()[0].status == "queued"

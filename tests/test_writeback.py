@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import getpass
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +20,7 @@ import pytest
 import requests
 
 from reconciler.config import HistoryRemote
+from reconciler.errors import HistoryGitError
 from reconciler.writeback import Writeback, summary
 
 from .conftest import TOKEN, USER, wait_for
@@ -357,3 +361,52 @@ def test_an_https_token_is_sent_as_a_header_and_written_nowhere(harness, origin,
         git(origin, "log", "--format=%B", "reconciler-history")
     for form in (secret, base64.b64encode(f"x-access-token:{secret}".encode()).decode()):
         assert form not in written
+
+
+@pytest.fixture
+def sshd(tmp_path):
+    """A real sshd on a loopback port that lets one key in, and the known_hosts line for it."""
+    daemon = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not os.path.exists(daemon):
+        pytest.skip("openssh-server is not installed (Debian: apt-get install openssh-server; .ci/run does)")
+    keys = tmp_path / "ssh"
+    keys.mkdir()
+    for name in ("host", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
+    (keys / "authorized_keys").write_text((keys / "client.pub").read_text())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (keys / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {keys / 'host'}\n"
+        f"AuthorizedKeysFile {keys / 'authorized_keys'}\n"
+        f"PidFile {keys / 'sshd.pid'}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+        "StrictModes no\nPermitRootLogin prohibit-password\n")
+    Path("/run/sshd").mkdir(exist_ok=True)  # the privilege separation folder sshd insists on
+    proc = subprocess.Popen([daemon, "-D", "-e", "-f", str(keys / "sshd_config")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, what="sshd to listen")
+    host_key = (keys / "host.pub").read_text().split()
+    (keys / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+    yield port, keys
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_history_is_pushed_over_ssh_with_the_deploy_key_and_only_to_a_known_host(harness, origin, tmp_path, sshd):
+    port, keys = sshd
+    url = f"ssh://{getpass.getuser()}@127.0.0.1:{port}{origin}"
+    harness.remote = replace(remote_for(tmp_path, origin), repository=url, ssh_key=str(keys / "client"),
+                             known_hosts=str(keys / "known_hosts"))
+    harness.write("deploy", "job: plain\n")
+    harness.start()
+    wait_for(lambda: any(e["event"] == "completed" for e in pushed(origin)), timeout=30, what="a push over ssh")
+    harness.stop()
+    # The same remote, but a host key the operator never trusted: nothing is pushed, and the log says why.
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / "other")], check=True)
+    other = (keys / "other.pub").read_text().split()
+    (keys / "known_hosts").write_text(f"[127.0.0.1]:{port} {other[0]} {other[1]}\n")
+    stranger = Writeback(replace(harness.remote, clone=str(tmp_path / "clone-2")))
+    with pytest.raises(HistoryGitError, match="cannot fetch") as refused:
+        stranger.prepare()
+    assert "Host key verification failed" in str(refused.value)
