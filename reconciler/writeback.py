@@ -6,8 +6,9 @@ written while git moves files under it. The slow steps, fetch and push, run with
 waits on the network. One thread runs the loop: the first line after a push opens a batch, and
 `interval` seconds later everything written by then becomes one commit, pushed at once. A push the
 remote rejects because the branch moved (a person, another process) is fetched, rebased and pushed
-again; the history files merge with git's `union` driver, set in the clone's own `info/attributes`, so
-two sides' appended lines both stay. A remote that is down leaves commits waiting locally: nothing
+again (after a random pause, to fall out of step with whoever keeps pushing); the history files
+merge with git's `union` driver, set in the clone's own `info/attributes`, so two sides' appended
+lines both stay. A remote that is down leaves commits waiting locally: nothing
 else waits, `reconciler_history_unpushed_age_seconds` and /readyz say for how long, and the next push
 carries them all.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import shlex
 import subprocess
 import threading
@@ -41,6 +43,12 @@ SUMMARY_LINES = 30
 """Outcomes listed one per line in a commit message; the rest are counted."""
 BACKOFF_MAX = 300.0
 """The longest wait between attempts to reach a remote that is down."""
+PUSH_ATTEMPTS = 10
+"""Pushes in one round before a branch that keeps moving waits for the next batch."""
+
+
+class BranchMoving(HistoryGitError):
+    """Every push of a round lost the race to someone else's."""
 
 
 class Writeback:
@@ -147,7 +155,9 @@ class Writeback:
                 self.sync()
             except HistoryGitError as e:
                 self.last_error = str(e)
-                delay = min(max(delay, self.remote.interval) * 2, BACKOFF_MAX)
+                # A busy branch is tried again at the next batch; a remote that fails, less and less often.
+                delay = self.remote.interval if isinstance(e, BranchMoving) else \
+                    min(max(delay, self.remote.interval) * 2, BACKOFF_MAX)
                 self.log.error("history_push_failed", error=str(e), retry_in=round(delay, 1),
                                unpushed_for=round(self.unpushed_age(), 1))
                 self._wake.set()
@@ -161,7 +171,7 @@ class Writeback:
         """Commit what is written, and push it; a branch that moved is fetched and rebased onto first."""
         with self.lock:
             committed = self._commit()
-        for attempt in range(1, 6):
+        for attempt in range(1, PUSH_ATTEMPTS + 1):
             if not committed and not self._ahead():
                 return
             rejected = self._push()
@@ -172,11 +182,12 @@ class Writeback:
                 return
             self.log.info("history_push_rejected", reason="the branch moved; fetching and rebasing",
                           attempts=attempt)
+            self._stopping.wait(random.uniform(0, 0.1 * attempt))  # out of step with whoever keeps pushing
             self._fetch()
             with self.lock:
                 self._commit()
                 self._integrate()
-        raise HistoryGitError("the branch kept moving: 5 pushes in a row were rejected")
+        raise BranchMoving(f"the branch kept moving: {PUSH_ATTEMPTS} pushes in a row were rejected")
 
     def _commit(self) -> bool:
         """Everything written under the history path as one commit (under `lock`)."""

@@ -116,7 +116,7 @@ def test_history_beside_the_specs_merges_with_people_pushing_at_the_same_time(ha
         wait_for(lambda: edits, what="the person's first push, after the daemon's last fetch")
         for n in range(10, 20):
             harness.write(f"d{n}", f"job: plain\ncause: run {n}\n")
-        wait_for(lambda: sum(e["event"] == "completed" for e in pushed(origin, "main")) == 20, timeout=60,
+        wait_for(lambda: sum(e["event"] == "completed" for e in pushed(origin, "main")) == 20, timeout=90,
                  what="twenty outcomes pushed to main")
     finally:
         stop.set()
