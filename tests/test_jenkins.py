@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import ssl
@@ -52,12 +53,21 @@ def scripted() -> Iterator[Callable[[Callable[[bytes], bytes | list[bytes]]], tu
                         conn.sendall(part)
                         time.sleep(0.05)
 
-        threading.Thread(target=serve, daemon=True).start()
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        serving.append(thread)
         url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
         return Client(Server(name="default", url=url, user=USER, token=TOKEN), backoff=0.01), received
 
+    serving: list[threading.Thread] = []
     yield start
+    # close() alone leaves a thread blocked in accept() listening on the port, to answer a later
+    # test's connection with this one's script; shutdown() wakes it.
+    with contextlib.suppress(OSError):
+        listener.shutdown(socket.SHUT_RDWR)
     listener.close()
+    for thread in serving:
+        thread.join(timeout=5)
 
 
 @pytest.fixture
