@@ -256,8 +256,8 @@ def test_killed_mid_post_that_jenkins_received_is_found_by_its_cause_not_fired_a
     received_but_not_recorded(harness)
     harness.start()
     wait_for(lambda: harness.runs("deploy")[0].status == "building")
+    wait_for(lambda: any(e["event"] == "fire_found" for e in harness.logs.events()), what="the fire_found line")
     assert len(harness.sim.triggers("deploy")) == 1
-    assert any(e["event"] == "fire_found" for e in harness.logs.events())
 
 
 def test_a_run_whose_lookup_fails_stays_posting_so_a_kill_then_still_looks_before_posting(make_harness):
@@ -626,9 +626,10 @@ def test_a_500_after_jenkins_queued_the_build_is_looked_up_not_posted_again(make
     harness.write("deploy", "job: manual\n")
     harness.start()
     wait_for(lambda: harness.runs("deploy")[0].status == "building", what="the build to be found and followed")
+    wait_for(lambda: any(e["event"] == "fire_found" for e in harness.logs.events()), what="the log line, "
+             "written just after the store says building")
     assert [r.status for r in harness.sim.requests if r.path == "/job/manual/build"] == [500]
     assert len(harness.sim.builds("manual")) == 1
-    assert any(e["event"] == "fire_found" for e in harness.logs.events())
 
 
 # -- Refused is not fired ------------------------------------------------------------------------
