@@ -280,7 +280,7 @@ def _history_dir(args: argparse.Namespace) -> Path:
     config = getattr(args, "config", None)
     remote = None if not config else \
         load_history_remote(Path(config), triggers=args.triggers, state=getattr(args, "state", None))
-    return args.history if remote is None else Path(remote.clone) / remote.path
+    return args.history if remote is None else remote.history_dir
 
 
 def _fired(args: argparse.Namespace) -> tuple[set[tuple[str, str]], dict[str, datetime]]:

@@ -106,6 +106,11 @@ class HistoryRemote:
     """The longest one git command may take (a fetch or push to a remote that does not answer)."""
 
     @property
+    def history_dir(self) -> Path:
+        """Where the history files are: the path inside the daemon's clone."""
+        return Path(self.clone) / self.path
+
+    @property
     def secrets(self) -> list[str]:
         if not self.token:
             return []

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import watchfiles
 
@@ -24,13 +24,14 @@ from .errors import HistoryGitError, StateError
 from .execute import Executor
 from .history import History
 from .jenkins import Client
-from .leadership import LEASE, Leadership, identity
-from .pgstore import PgStore
 from .plan import Action, decide, unknown_server
 from .provenance import Provenance
 from .spec import Spec
-from .state import Run, StateStore, open_store, run_id_of
+from .state import Run, StateStore, is_dsn, open_store, run_id_of
 from .writeback import Writeback
+
+if TYPE_CHECKING:
+    from .leadership import Leadership
 
 WATCH_STEP_MS = 20
 """How long the watcher waits for a burst of events to settle: the floor of change → POST latency."""
@@ -428,11 +429,16 @@ class Daemon:
             self.heartbeat = time.monotonic()
             self._wake.wait(HEARTBEAT)
             self._wake.clear()
-            with self._paths_lock:
-                paths, self._paths = list(self._paths), set()
+            paths = self._take_paths()
             if paths:
                 self.catalog.refresh(paths)
         return elected.is_set() and not stop.is_set()
+
+    def _take_paths(self) -> list[str]:
+        """The paths the watcher named since the last look."""
+        with self._paths_lock:
+            paths, self._paths = list(self._paths), set()
+        return paths
 
     def _turn(self, resync: bool) -> None:
         """One turn of the loop: due ticks, the files the watcher named, refused runs due again, and a full
@@ -440,8 +446,7 @@ class Daemon:
         self.tick()
         if not resync:  # a full pass takes them up itself
             self.retry_refused()
-        with self._paths_lock:
-            paths, self._paths = list(self._paths), set()
+        paths = self._take_paths()
         if paths:
             self.reconcile(self.catalog.refresh(paths))
         if resync:
@@ -526,8 +531,8 @@ def _superseded(run: Run, spec: Spec | None, now: float) -> str | None:
         return None
     if spec.schedule is None:
         return "not posted again: the spec is no longer scheduled"
-    tick = datetime.fromisoformat(run.fire_key[1:].replace("Z", "+00:00"))
-    if now - tick.timestamp() > spec.starting_deadline.total_seconds():
+    tick = cron.tick_of_key(run.fire_key)
+    if tick is not None and now - tick.timestamp() > spec.starting_deadline.total_seconds():
         return "not posted again: refused until past its tick's starting_deadline"
     return None
 
@@ -541,22 +546,31 @@ def _folder_moved(path: str, watched: set[str]) -> bool:
 def assemble(triggers: Path, state: Path | str, history: Path | None, servers: Mapping[str, Server], *,
              clock: Callable[[], float] = time.time, resync_interval: float = 60.0,
              client_options: Mapping[str, Any] | None = None, writeback: Writeback | None = None,
-             lease: float = LEASE, **executor_options: Any) -> Daemon:
+             lease: float | None = None, **executor_options: Any) -> Daemon:
     """Wire a daemon to its parts: one client per server, the state store, history (in the write-back's
-    clone, if there is one), the executor; on PostgreSQL, the lease that lets one replica fire."""
+    clone, if there is one), the executor; on PostgreSQL, the lease that lets one replica fire (psycopg
+    and the lease are loaded only by those who use them)."""
     stop = threading.Event()
     clients = {name: Client(server, stop=stop, **(client_options or {})) for name, server in servers.items()}
-    store = open_store(state, hold=lease)
+    if is_dsn(state):
+        from .leadership import LEASE, Leadership, identity
+        from .pgstore import PgStore
+
+        lease = lease or LEASE
+        shared = PgStore(str(state), hold=lease)
+        store: StateStore = shared
+    else:
+        store = open_store(state)
     records = History(writeback.history_dir if writeback is not None else history, writeback)
     executor = Executor(store, records, clients, stop=stop, clock=clock, **executor_options)
     if writeback is not None:
         executor.metrics.watch_history(writeback.unpushed_age)
     daemon = Daemon(Catalog(triggers), store, records, servers, executor, clock=clock,
                     resync_interval=resync_interval)
-    if isinstance(store, PgStore):
-        leadership = Leadership(store.connection, identity(), lease=lease, metrics=executor.metrics,
+    if is_dsn(state):
+        leadership = Leadership(shared.connection, identity(), lease=lease, metrics=executor.metrics,
                                 on_elected=daemon._wake.set, on_lost=daemon.request_stop)
-        store.fence = leadership.fence
+        shared.fence = leadership.fence
         executor.may_post = leadership.may_act
         daemon.leadership = leadership
     return daemon

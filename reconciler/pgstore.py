@@ -60,10 +60,6 @@ Fence = Callable[[], tuple[str, int] | None]
 """The lease this process holds as (holder, epoch), or None while it may not write."""
 
 
-def is_dsn(location: object) -> bool:
-    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
-
-
 def display(dsn: str) -> str:
     """The DSN as it may be shown: host, port, database and user, never a password."""
     try:

@@ -126,25 +126,27 @@ class StateStore(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(location: Path | str, **postgres: Any) -> StateStore:
-    """The state store at `location`: a SQLite file, or a PostgreSQL DSN (`postgresql://…`, which
-    takes the `postgres` options of `PgStore`)."""
-    from .pgstore import PgStore, is_dsn
+def is_dsn(location: object) -> bool:
+    """Whether a --state value names a PostgreSQL database rather than a SQLite file."""
+    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
 
-    return PgStore(str(location), **postgres) if is_dsn(location) else Store(Path(location))
+
+def open_store(location: Path | str) -> StateStore:
+    """The state store at `location`: a SQLite file, or a PostgreSQL DSN (`postgresql://…`)."""
+    if not is_dsn(location):
+        return Store(Path(location))
+    from .pgstore import PgStore  # psycopg is imported only by those who use it
+
+    return PgStore(str(location))
 
 
 def store_exists(location: Path | str) -> bool:
     """Whether there is a store to read (a database is assumed to be there; a file may not be yet)."""
-    from .pgstore import is_dsn
-
     return is_dsn(location) or Path(location).exists()
 
 
 def state_location(text: str) -> Path | str:
     """`--state`: a DSN stays a string (a Path would fold its `//`), anything else is a file."""
-    from .pgstore import is_dsn
-
     return text if is_dsn(text) else Path(text)
 
 

@@ -66,13 +66,13 @@ class Writeback:
         self._unpushed_since: float | None = None
         """When the oldest line in a commit not yet pushed was written."""
         self.last_error: str | None = None
-        self.pushes = 0
+        self._env = self._environment()
         self._thread: threading.Thread | None = None
         logs.add_secrets(remote.secrets)
 
     @property
     def history_dir(self) -> Path:
-        return self.clone / self.remote.path
+        return self.remote.history_dir
 
     # -- what History and the daemon call ---------------------------------------------------
     def written(self, at: float) -> None:
@@ -177,7 +177,6 @@ class Writeback:
             rejected = self._push()
             if not rejected:
                 self._unpushed_since = None
-                self.pushes += 1
                 self.log.info("history_pushed", attempts=attempt)
                 return
             self.log.info("history_push_rejected", reason="the branch moved; fetching and rebasing",
@@ -250,7 +249,8 @@ class Writeback:
         return self._git("rev-parse", "-q", "--verify", f"{ref}^{{commit}}", check=False).returncode == 0
 
     # -- running git ------------------------------------------------------------------------
-    def _env(self) -> dict[str, str]:
+    def _environment(self) -> dict[str, str]:
+        """git's environment, the same for every call: built once."""
         remote = self.remote
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.clone), "LC_ALL": "C",
                "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_TERMINAL_PROMPT": "0",
@@ -274,7 +274,7 @@ class Writeback:
              network: bool = False) -> subprocess.CompletedProcess[str]:
         try:
             result = subprocess.run(["git", "-C", str(self.clone), *args], input=stdin, capture_output=True,
-                                    text=True, encoding="utf-8", errors="replace", env=self._env(),
+                                    text=True, encoding="utf-8", errors="replace", env=self._env,
                                     timeout=self.remote.timeout, stdin=None if stdin is not None else
                                     subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
