@@ -5,20 +5,17 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import watchfiles
-
 from . import logs, provenance
 from . import schedule as cron
-from .catalog import Catalog, Changes, folders
+from .catalog import Catalog, Changes
 from .config import Server
 from .errors import HistoryGitError, StateError
 from .execute import Executor
@@ -28,13 +25,12 @@ from .plan import Action, decide, unknown_server
 from .provenance import Provenance
 from .spec import Spec
 from .state import Run, StateStore, is_dsn, open_store, run_id_of
+from .watch import Watcher
 from .writeback import Writeback
 
 if TYPE_CHECKING:
     from .leadership import Leadership
 
-WATCH_STEP_MS = 20
-"""How long the watcher waits for a burst of events to settle: the floor of change → POST latency."""
 HEARTBEAT = 10.0
 """The loop wakes at least this often, so /healthz can tell a sleeping loop from a stuck one."""
 STORE_RETRY = 5.0
@@ -367,12 +363,17 @@ class Daemon:
         if stop.is_set():
             return
         # The watch starts before the first scan, so it is in place by the time the scan is done.
-        watcher = threading.Thread(target=self._watch, args=(stop,), name="watcher", daemon=True)
-        watcher.start()
-        self._watcher = watcher
-        if self.leadership is not None and not self._stand_by(stop):
-            watcher.join(timeout=2)
-            return
+        watcher = Watcher(str(self.catalog.root), self._notice)
+        self._watcher = threading.Thread(target=watcher.run, name="watcher", daemon=True)
+        self._watcher.start()
+        try:
+            if self.leadership is None or self._stand_by(stop):
+                self._lead(stop)
+        finally:
+            watcher.close()
+            self._watcher.join(timeout=2)
+
+    def _lead(self, stop: threading.Event) -> None:
         self.bootstrap()
         if self.writeback is not None:
             self.writeback.start()
@@ -414,7 +415,6 @@ class Daemon:
             self._store_failure = None
             if resync:
                 next_resync = time.monotonic() + self.resync_interval
-        watcher.join(timeout=2)
 
     def _stand_by(self, stop: threading.Event) -> bool:
         """A replica that does not lead keeps its catalog parsed, to take over at once, and is ready
@@ -455,54 +455,10 @@ class Daemon:
             self.log.debug("resync_completed", specs=len(self.catalog.entries), fired=len(fired),
                            seconds=round(time.perf_counter() - started, 4))
 
-    def _watch(self, stop: threading.Event) -> None:
-        """Watch the directory the triggers path resolves to, and follow it when a symlink swaps.
-
-        git-sync publishes each checkout by renaming a new symlink over the old one; a watch on the
-        old target would go quiet. Twice a second the watcher checks where the path resolves to, and
-        on a swap rescans and watches the new target.
-
-        Each real folder is watched on its own, never the tree recursively: a recursive watch
-        follows symlinks, and a committed `ln -s / loop` would have it walk the whole filesystem. When
-        a folder appears or goes, the watch starts again over the new set of folders.
-
-        A file changed after a scan but before its watch is in place would go unseen until the next
-        resync, so once each watch is in place (its first answer) the directory is scanned again.
-        """
-        root = Path(self.catalog.root)
-        while not stop.is_set():
-            if not root.is_dir():
-                self.log.warning("triggers_missing", path=str(root))
-                stop.wait(1.0)
-                continue
-            target = os.path.realpath(root)
-            watched = set(folders(target))
-            watching = False
-            try:
-                for batch in watchfiles.watch(*sorted(watched), watch_filter=None, debounce=500, step=WATCH_STEP_MS,
-                                              stop_event=stop, rust_timeout=500, yield_on_timeout=True,
-                                              raise_interrupt=False, recursive=False):
-                    if not watching:
-                        watching = True
-                        self._rescan_soon()
-                    if batch:
-                        with self._paths_lock:
-                            self._paths.update(path for _, path in batch)
-                        self._wake.set()
-                        if any(_folder_moved(path, watched) for _, path in batch):
-                            break  # watch the new set of folders; the first answer rescans
-                    if os.path.realpath(root) != target:
-                        self.log.info("triggers_moved", path=str(root), target=os.path.realpath(root))
-                        self._rescan_soon()
-                        break
-            except (OSError, RuntimeError) as e:  # the directory vanished under the watcher
-                self.log.warning("watch_restarted", error=str(e))
-                self._wake.set()
-                stop.wait(0.5)
-
-    def _rescan_soon(self) -> None:
+    def _notice(self, paths: Iterable[str]) -> None:
+        """The watcher's news: the paths to re-read at the next turn of the loop."""
         with self._paths_lock:
-            self._paths.add(str(self.catalog.root))  # not a spec file: the loop rescans everything
+            self._paths.update(paths)
         self._wake.set()
 
     def request_stop(self, *_: Any) -> None:
@@ -535,12 +491,6 @@ def _superseded(run: Run, spec: Spec | None, now: float) -> str | None:
     if tick is not None and now - tick.timestamp() > spec.starting_deadline.total_seconds():
         return "not posted again: refused until past its tick's starting_deadline"
     return None
-
-
-def _folder_moved(path: str, watched: set[str]) -> bool:
-    """A watched folder that went, or a real folder that came: the set of folders to watch changed."""
-    is_folder = os.path.isdir(path) and not os.path.islink(path)
-    return (path in watched) != is_folder and not os.path.basename(path).startswith(".")
 
 
 def assemble(triggers: Path, state: Path | str, history: Path | None, servers: Mapping[str, Server], *,

@@ -90,8 +90,11 @@ def test_a_full_state_store_holds_fires_back_until_it_has_room_and_then_fires_ea
     with daemon.store._lock:  # SQLite's own size limit: the store is full, as on a full disk
         pages = daemon.store._db.execute("PRAGMA page_count").fetchone()[0]
         daemon.store._db.execute(f"PRAGMA max_page_count = {pages}")
+    staging = harness.tmp / "checkout"  # sixty specs land at once, as a checkout does
+    staging.mkdir()
     for i in range(60):
-        harness.write(f"t{i:02}", "job: plain\n")
+        (staging / f"t{i:02}.yaml").write_text("job: plain\n")
+    os.rename(staging, harness.triggers / "checkout")
     wait_for(lambda: any(e["event"] == "pass_failed" for e in harness.logs.events()), what="a failed pass")
     assert harness.sim.triggers() == []  # not recorded, not fired
     assert any("database or disk is full" in p for p in daemon.readiness_problems())
@@ -102,7 +105,7 @@ def test_a_full_state_store_holds_fires_back_until_it_has_room_and_then_fires_ea
     passes = daemon.passes
     wait_for(lambda: daemon.passes >= passes + 5, what="more passes")
     assert len(harness.sim.triggers("plain")) == 60
-    assert sorted(r.trigger for r in harness.runs()) == [f"t{i:02}" for i in range(60)]
+    assert sorted(r.trigger for r in harness.runs()) == [f"checkout/t{i:02}" for i in range(60)]
 
 
 def test_a_run_whose_history_line_could_not_be_written_is_taken_up_by_the_next_pass(harness):
