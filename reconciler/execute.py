@@ -108,9 +108,14 @@ class Executor:
                                                 thread_name_prefix=f"jenkins-{name}")
                        for name, client in clients.items()}
         self._cv = threading.Condition()
+        """Guards the open runs; notified as they change, for `wait_idle`."""
+        self._active: dict[str, Run] = {}
+        self._unposted: set[str] = set()
+        """The open runs not yet accepted by Jenkins (decided, posting)."""
+        self._timers_cv = threading.Condition()
+        """Guards the timer heap; notified only when its first entry changes, to wake the timer thread."""
         self._timers: list[tuple[float, int, _Look | _Fire]] = []
         self._seq = itertools.count()
-        self._active: dict[str, Run] = {}
         self.may_post: Callable[[], bool] | None = None
         """Asked right before each POST attempt: with replicas, whether this one's lease surely holds."""
         self._timer = threading.Thread(target=self._run_timers, name="timers", daemon=True)
@@ -173,8 +178,7 @@ class Executor:
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def done() -> bool:
-            runs = self._active.values()
-            return not any(r.status in ("decided", "posting") for r in runs) if posted_only else not runs
+            return not (self._unposted if posted_only else self._active)
 
         with self._cv:
             while not done():
@@ -188,8 +192,8 @@ class Executor:
         """Stop: no new step starts, steps under way end; runs still open stay open in the store and
         resume on the next start."""
         self.stop.set()
-        with self._cv:
-            self._cv.notify_all()
+        with self._timers_cv:
+            self._timers_cv.notify_all()
         self._timer.join(timeout=5)
         for pool in self._pools.values():
             pool.shutdown(wait=True, cancel_futures=True)
@@ -206,18 +210,18 @@ class Executor:
             self._pools[run.server].submit(self._guarded, step, run, *args)
 
     def _later(self, delay: float, entry: _Look | _Fire) -> None:
-        with self._cv:
+        with self._timers_cv:
             heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), entry))
             if self._timers[0][2] is entry:
-                self._cv.notify_all()
+                self._timers_cv.notify_all()
 
     def _run_timers(self) -> None:
         """Hand each waiting step to its pool when it is due; sleeps in between."""
         while not self.stop.is_set():
-            with self._cv:
+            with self._timers_cv:
                 now = time.monotonic()
                 if not self._timers or self._timers[0][0] > now:
-                    self._cv.wait(None if not self._timers else self._timers[0][0] - now)
+                    self._timers_cv.wait(None if not self._timers else self._timers[0][0] - now)
                     continue
                 fires: list[_Fire] = []
                 looks: dict[tuple[str, str], list[_Look]] = {}
@@ -238,16 +242,30 @@ class Executor:
     # -- bookkeeping ------------------------------------------------------------------------
     def _set_active(self, runs: list[Run]) -> None:
         with self._cv:
-            self._active.update((run.run_id, run) for run in runs)
+            for run in runs:
+                self._track(run)
+            self._cv.notify_all()
+
+    def _track(self, run: Run) -> None:
+        if run.is_open:
+            self._active[run.run_id] = run
+        else:
+            self._active.pop(run.run_id, None)
+        if run.is_open and run.status in ("decided", "posting"):
+            self._unposted.add(run.run_id)
+        else:
+            self._unposted.discard(run.run_id)
+
+    def _forget(self, run: Run) -> None:
+        with self._cv:
+            self._active.pop(run.run_id, None)
+            self._unposted.discard(run.run_id)
             self._cv.notify_all()
 
     def _update(self, run: Run, durable: bool = False, **changes: Any) -> Run:
         [run] = self.store.update_many([(run, changes)], durable=durable)
         with self._cv:
-            if run.is_open:
-                self._active[run.run_id] = run
-            else:
-                self._active.pop(run.run_id, None)
+            self._track(run)
             self._cv.notify_all()
         return run
 
@@ -268,9 +286,7 @@ class Executor:
                 log.error("history_write_failed", error=str(e))
             else:
                 log.exception("run_step_crashed", exc_info=e)
-            with self._cv:
-                self._active.pop(run.run_id, None)
-                self._cv.notify_all()
+            self._forget(run)
 
     def _finish(self, run: Run, status: str, *, recorded: dict[str, Any] | None = None, **fields: Any) -> Run:
         """Close a run; `recorded` goes on its history line only (what the build ran with)."""
@@ -391,9 +407,7 @@ class Executor:
     def _first_look(self) -> float:
         """In a burst, look at outcomes only once the burst is posted: Jenkins serves the POSTs first,
         and the looks, due together, then share reads of each job's builds."""
-        with self._cv:
-            unposted = any(r.status in ("decided", "posting") for r in self._active.values())
-        return self.poll_max if unposted else self.poll_min
+        return self.poll_max if self._unposted else self.poll_min
 
     def _check_group(self, run: Run, group: list[_Look]) -> None:
         """Runs of one job due together: one read of the job's recent builds answers most of them
