@@ -20,6 +20,7 @@ after a change.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import sys
@@ -85,7 +86,7 @@ class Watcher:
                     self._watch_once(os.path.realpath(self.root), woken)
                     retry = 0.5
                 except (OSError, RuntimeError) as e:  # the directory vanished, or the kernel's watch limit
-                    self.log.warning("watch_restarted", error=str(e), retry_in=retry)
+                    self.log.warning("watch_restarted", error=_why(e), retry_in=retry)
                     self.notify([self.root])
                     self._closed.wait(retry)
                     retry = min(retry * 2, RETRY_MAX)
@@ -156,6 +157,17 @@ class Watcher:
         yield from ({path for _, path in batch} for batch in watchfiles.watch(
             *sorted(watched), watch_filter=None, debounce=500, step=WATCH_STEP_MS, stop_event=self._closed,
             rust_timeout=LOOK_MS, yield_on_timeout=True, raise_interrupt=False, recursive=False))
+
+
+def _why(e: BaseException) -> str:
+    """The kernel's limits, by the setting that raises them: its own words name neither."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return ("the kernel's limit on inotify watches is reached (one a folder): raise fs.inotify.max_user_watches, "
+                "or give fewer folders; until then changes are seen at each rescan")
+    if isinstance(e, OSError) and e.errno == errno.EMFILE:
+        return ("the kernel's limit on inotify instances is reached: raise fs.inotify.max_user_instances; until then "
+                "changes are seen at each rescan")
+    return str(e)
 
 
 def _links_on_the_way(path: str) -> list[str]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
 
 import pytest
 
+from reconciler import logs
 from reconciler.watch import INotify, Watcher
-from tests.conftest import wait_for
+from tests.conftest import LogBuffer, wait_for
 
 BACKENDS = [pytest.param("inotify", marks=pytest.mark.skipif(INotify is None, reason="inotify is Linux's")),
             "watchfiles"]
@@ -158,3 +160,33 @@ def test_a_closed_watcher_ends_and_leaves_no_descriptor_open(tmp_path):
     before = sorted(os.listdir("/proc/self/fd"))
     watch_a_while()
     assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def inotify_watches_in_use() -> int:
+    used = 0
+    for fdinfo in Path("/proc").glob("[0-9]*/fdinfo/*"):
+        with contextlib.suppress(OSError):
+            used += sum(line.startswith("inotify wd:") for line in fdinfo.read_text().splitlines())
+    return used
+
+
+@pytest.mark.skipif(INotify is None or not os.access("/proc/sys/fs/inotify/max_user_watches", os.W_OK),
+                    reason="needs inotify and root's right to lower the kernel's watch limit for a moment")
+def test_the_kernels_watch_limit_is_named_by_the_setting_that_raises_it(tmp_path):
+    for i in range(30):
+        (tmp_path / f"team-{i}").mkdir()
+    limit = Path("/proc/sys/fs/inotify/max_user_watches")
+    before = limit.read_text()
+    captured = LogBuffer()
+    logs.configure("json", stream=captured)
+    w = Watching(tmp_path, "inotify")
+    try:
+        limit.write_text(str(inotify_watches_in_use() + 10))
+        w.thread.start()
+        given_up = wait_for(lambda: [e for e in captured.events() if e["event"] == "watch_restarted"],
+                            what="the watch given up")
+    finally:
+        limit.write_text(before)
+    assert "raise fs.inotify.max_user_watches" in given_up[0]["error"]
+    wait_for(lambda: seen_after_a_while(w, tmp_path / "team-29"), what="watching, once the limit is raised")
+    w.stop()
