@@ -103,6 +103,14 @@ class LogBuffer(io.StringIO):
     def events(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.getvalue().splitlines() if line.startswith("{")]
 
+    def wait_for(self, event: str, count: int = 1) -> list[dict[str, Any]]:
+        """The first `count` lines of an event, once written: a step records itself before it logs."""
+        def written() -> list[dict[str, Any]]:
+            found = [e for e in self.events() if e["event"] == event]
+            return found if len(found) >= count else []
+
+        return wait_for(written, what=f"{count} '{event}' log line(s)")
+
 
 @dataclass
 class Harness:

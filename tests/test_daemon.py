@@ -35,7 +35,7 @@ def test_a_committed_one_shot_fires_once_and_its_outcome_is_on_record(harness):
     assert (run.result, run.build_number) == ("UNSTABLE", 1)
     assert run.build_url == harness.sim.url + "job/manual/1/"
     wait_for(lambda: harness.events("team/deploy") == ["decided", "queued", "started", "completed"])
-    completed = [e for e in harness.logs.events() if e["event"] == "build_completed"]
+    completed = harness.logs.wait_for("build_completed")
     assert completed[0]["trigger"] == "team/deploy" and completed[0]["run_id"] == run.run_id
 
 
@@ -409,8 +409,8 @@ def test_an_sso_redirect_is_refused_with_a_plain_reason(harness):
     wait_for(lambda: harness.runs("deploy") and harness.runs("deploy")[0].status == "refused")
     reason = harness.runs("deploy")[0].last_error
     assert "is an SSO proxy in front of Jenkins?" in reason
-    refused = [e for e in harness.logs.events() if e["event"] == "fire_refused"]
-    assert refused and refused[0]["trigger"] == "deploy"
+    refused = harness.logs.wait_for("fire_refused")
+    assert refused[0]["trigger"] == "deploy"
     assert not [r for r in harness.sim.requests if r.path.startswith("/sso")]
     wait_for(lambda: harness.events("deploy") == ["decided", "refused"])
 
@@ -594,8 +594,8 @@ def test_a_freestyle_job_builds_two_specs_one_after_the_other(harness):
     harness.sim.finish("serial", 2, "FAILURE")
     wait_for(lambda: sorted((r.status, r.result) for r in harness.runs()) ==
              [("completed", "FAILURE"), ("completed", "SUCCESS")], what="both outcomes")
-    levels = {e["result"]: e["level"] for e in harness.logs.events() if e["event"] == "build_completed"}
-    assert levels == {"SUCCESS": "info", "FAILURE": "warning"}
+    completed = harness.logs.wait_for("build_completed", 2)
+    assert {e["result"]: e["level"] for e in completed} == {"SUCCESS": "info", "FAILURE": "warning"}
 
 
 def test_a_pipeline_job_end_to_end(harness):
