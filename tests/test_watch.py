@@ -190,3 +190,21 @@ def test_the_kernels_watch_limit_is_named_by_the_setting_that_raises_it(tmp_path
     assert "raise fs.inotify.max_user_watches" in given_up[0]["error"]
     wait_for(lambda: seen_after_a_while(w, tmp_path / "team-29"), what="watching, once the limit is raised")
     w.stop()
+
+
+@pytest.mark.skipif(INotify is None or not os.access("/proc/sys/fs/inotify/max_queued_events", os.W_OK),
+                    reason="needs inotify and root's right to lower the kernel's queue length for a moment")
+def test_events_the_kernel_could_not_queue_mean_a_rescan(tmp_path):
+    queue = Path("/proc/sys/fs/inotify/max_queued_events")
+    before = queue.read_text()
+    w = Watching(tmp_path, "inotify")
+    try:
+        queue.write_text("16")  # read when the watcher makes its inotify instance
+        w.start()
+    finally:
+        queue.write_text(before)
+    with w._lock:  # the watcher stops at its next batch, and the kernel's queue fills
+        for i in range(100):
+            write(tmp_path / f"s{i}.yaml")
+    wait_for(lambda: w.rescans() >= 2, what="a rescan for the events lost")
+    w.stop()
