@@ -99,7 +99,8 @@ class Daemon:
         """Why an empty store is still waiting for the history branch, while it waits."""
         self._store_failure: str | None = None
         """Why the last turn of the loop could not record its decisions, until one can."""
-        self._watcher: threading.Thread | None = None
+        self.watcher: Watcher | None = None
+        self._watcher_thread: threading.Thread | None = None
         self.cursors: dict[str, datetime] = {}
         self.next_due: dict[str, datetime] = {}
         self.empty_start: float | None = None
@@ -349,13 +350,14 @@ class Daemon:
         unwritable = self.store.writable() or self._store_failure
         if unwritable:
             problems.append(unwritable)
-        if self._watcher is None or not self._watcher.is_alive():
+        if self._watcher_thread is None or not self._watcher_thread.is_alive():
             problems.append("the watcher is not running")
         return problems
 
     def readiness_notes(self) -> list[str]:
         """What /readyz says beside `ok`."""
         notes = [] if self.leadership is None else self.leadership.notes()
+        notes += [] if self.watcher is None else self.watcher.notes()
         return notes + ([] if self.writeback is None else self.writeback.notes())
 
     def run(self, stop: threading.Event) -> None:
@@ -363,15 +365,15 @@ class Daemon:
         if stop.is_set():
             return
         # The watch starts before the first scan, so it is in place by the time the scan is done.
-        watcher = Watcher(str(self.catalog.root), self._notice)
-        self._watcher = threading.Thread(target=watcher.run, name="watcher", daemon=True)
-        self._watcher.start()
+        self.watcher = Watcher(str(self.catalog.root), self._notice)
+        self._watcher_thread = threading.Thread(target=self.watcher.run, name="watcher", daemon=True)
+        self._watcher_thread.start()
         try:
             if self.leadership is None or self._stand_by(stop):
                 self._lead(stop)
         finally:
-            watcher.close()
-            self._watcher.join(timeout=2)
+            self.watcher.close()
+            self._watcher_thread.join(timeout=2)
 
     def _lead(self, stop: threading.Event) -> None:
         self.bootstrap()

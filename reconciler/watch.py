@@ -62,6 +62,12 @@ class Watcher:
         self._lock = threading.Lock()
         self._wake: int | None = None
         """The end of the pipe that wakes `run` from poll() that `close` writes to, open while `run` runs."""
+        self.failure: str | None = None
+        """Why the folders are not watched, while they are not: changes are then seen at each rescan."""
+
+    def notes(self) -> list[str]:
+        """What /readyz says beside `ok`: the daemon still fires, at each rescan, while it cannot watch."""
+        return [] if self.failure is None else [f"not watching the triggers ({self.failure})"]
 
     def close(self) -> None:
         """Ends `run` at once, from any thread."""
@@ -86,7 +92,8 @@ class Watcher:
                     self._watch_once(os.path.realpath(self.root), woken)
                     retry = 0.5
                 except (OSError, RuntimeError) as e:  # the directory vanished, or the kernel's watch limit
-                    self.log.warning("watch_restarted", error=_why(e), retry_in=retry)
+                    self.failure = _why(e)
+                    self.log.warning("watch_restarted", error=self.failure, retry_in=retry)
                     self.notify([self.root])
                     self._closed.wait(retry)
                     retry = min(retry * 2, RETRY_MAX)
@@ -104,6 +111,7 @@ class Watcher:
         for batch in batches:
             if first:  # the watches are in place
                 first = False
+                self.failure = None
                 self.notify([self.root])
             if batch:
                 self.notify(batch)

@@ -185,10 +185,12 @@ def test_the_kernels_watch_limit_is_named_by_the_setting_that_raises_it(tmp_path
         w.thread.start()
         given_up = wait_for(lambda: [e for e in captured.events() if e["event"] == "watch_restarted"],
                             what="the watch given up")
+        assert "fs.inotify.max_user_watches" in w.watcher.notes()[0]  # what /readyz says beside ok
     finally:
         limit.write_text(before)
     assert "raise fs.inotify.max_user_watches" in given_up[0]["error"]
     wait_for(lambda: seen_after_a_while(w, tmp_path / "team-29"), what="watching, once the limit is raised")
+    assert w.watcher.notes() == []
     w.stop()
 
 
