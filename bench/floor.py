@@ -1,4 +1,4 @@
-"""The floor for change → POST: notice a write with inotify (via watchfiles) and POST at once.
+"""The floor for change → POST: read the directory's inotify events as they come and POST at once.
 
 No state, no history, no validation: what no real tool can beat. Usage:
     python bench/floor.py DIR JENKINS_URL USER TOKEN
@@ -6,11 +6,13 @@ No state, no history, no validation: what no real tool can beat. Usage:
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import requests
-import watchfiles
+from inotify_simple import INotify
+from inotify_simple import flags as f
 from ruamel.yaml import YAML
 
 
@@ -19,13 +21,15 @@ def main() -> None:
     session = requests.Session()
     session.auth = (user, token)
     yaml = YAML(typ="safe")
+    inotify = INotify()
+    inotify.add_watch(directory, f.CLOSE_WRITE | f.MOVED_TO)
     print("ready", flush=True)
-    for changes in watchfiles.watch(directory, watch_filter=None, debounce=50, step=1):
-        for _, path in changes:
-            if not path.endswith(".yaml") or "/." in path:
+    while True:
+        for event in inotify.read():
+            if not event.name.endswith(".yaml") or event.name.startswith("."):
                 continue
             try:
-                spec = yaml.load(Path(path).read_text())
+                spec = yaml.load(Path(os.path.join(directory, event.name)).read_text())
             except (OSError, ValueError):
                 continue
             session.post(f"{url}job/{spec['job']}/buildWithParameters", data=spec.get("parameters") or {})
