@@ -34,7 +34,7 @@ try:
     from inotify_simple import INotify
     from inotify_simple import flags as _in
 except ImportError:  # not Linux: watchfiles
-    INotify = None
+    INotify = None  # type: ignore[assignment,misc]
 
 LOOK_MS = 500
 """How often the watcher looks where the triggers resolve to, whatever the kernel said."""
@@ -83,11 +83,16 @@ class Watcher:
                 return
             woken, self._wake = os.pipe()
         try:
+            missing = False
             while not self._closed.is_set():
-                if not os.path.isdir(self.root):
-                    self.log.warning("triggers_missing", path=self.root)
+                if not os.path.isdir(self.root):  # said once, not every second, until it is back
+                    if not missing:
+                        self.log.warning("triggers_missing", path=self.root)
+                    missing = True
+                    self.failure = "the triggers directory is missing"
                     self._closed.wait(1.0)
                     continue
+                missing = False
                 try:
                     self._watch_once(os.path.realpath(self.root), woken)
                     retry = 0.5

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -138,13 +139,20 @@ def test_a_swap_of_a_link_above_the_triggers_folder_is_followed(watch, tmp_path)
 def test_triggers_that_go_and_come_back_are_watched_again(watch, tmp_path):
     root = tmp_path / "triggers"
     root.mkdir()
+    captured = LogBuffer()
+    logs.configure("json", stream=captured)
     w = watch(root)
     root.rmdir()
+    wait_for(lambda: w.watcher.notes() == ["not watching the triggers (the triggers directory is missing)"],
+             what="/readyz's note")
     wait_for(lambda: w.rescans() >= 2, what="the watch given up")
+    time.sleep(1.5)  # a look or two while they are gone
+    assert len([e for e in captured.events() if e["event"] == "triggers_missing"]) == 1
     root.mkdir()
     wait_for(lambda: w.rescans() >= 3, what="watching the triggers again")
     write(root / "deploy.yaml")
     wait_for(lambda: w.heard(root / "deploy.yaml"), what="a spec in the triggers made again")
+    assert w.watcher.notes() == []
 
 
 @pytest.mark.skipif(INotify is None, reason="inotify is Linux's")
