@@ -30,6 +30,7 @@ from .writeback import Writeback
 
 if TYPE_CHECKING:
     from .leadership import Leadership
+    from .pgstore import PgStore
 
 HEARTBEAT = 10.0
 """The loop wakes at least this often, so /healthz can tell a sleeping loop from a stuck one."""
@@ -504,22 +505,23 @@ def assemble(triggers: Path, state: Path | str, history: Path | None, servers: M
     and the lease are loaded only by those who use them)."""
     stop = threading.Event()
     clients = {name: Client(server, stop=stop, **(client_options or {})) for name, server in servers.items()}
+    shared: PgStore | None = None
     if is_dsn(state):
-        from .leadership import LEASE, Leadership, identity
+        from .leadership import LEASE
         from .pgstore import PgStore
 
         lease = lease or LEASE
         shared = PgStore(str(state), hold=lease)
-        store: StateStore = shared
-    else:
-        store = open_store(state)
+    store: StateStore = shared if shared is not None else open_store(state)
     records = History(writeback.history_dir if writeback is not None else history, writeback)
     executor = Executor(store, records, clients, stop=stop, clock=clock, **executor_options)
     if writeback is not None:
         executor.metrics.watch_history(writeback.unpushed_age)
     daemon = Daemon(Catalog(triggers), store, records, servers, executor, clock=clock,
                     resync_interval=resync_interval)
-    if is_dsn(state):
+    if shared is not None:
+        from .leadership import Leadership, identity
+
         leadership = Leadership(shared.connection, identity(), lease=lease, metrics=executor.metrics,
                                 on_elected=daemon._wake.set, on_lost=daemon.request_stop)
         shared.fence = leadership.fence

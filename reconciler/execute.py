@@ -251,7 +251,7 @@ class Executor:
             self._active[run.run_id] = run
         else:
             self._active.pop(run.run_id, None)
-        if run.is_open and run.status in ("decided", "posting"):
+        if run.status in ("decided", "posting"):
             self._unposted.add(run.run_id)
         else:
             self._unposted.discard(run.run_id)
