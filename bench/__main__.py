@@ -20,15 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reconciler import logs
-from reconciler.catalog import Catalog
-from reconciler.config import Server
-from reconciler.daemon import Daemon, assemble, new_run
-from reconciler.history import History
-from reconciler.jenkins import Client
-from reconciler.state import Run, open_store
-
-from .support import (
+from reconciler.support import (
     LOOK_EACH,
     TOKEN,
     USER,
@@ -42,6 +34,15 @@ from .support import (
     wait_for,
     write_specs,
 )
+
+from reconciler import logs
+from reconciler.config import Server
+from reconciler.core.runs import Run, new_run
+from reconciler.jenkins.client import Client
+from reconciler.repo.catalog import Catalog
+from reconciler.repo.history import History
+from reconciler.service.daemon import Daemon, assemble
+from reconciler.store.open import open_store
 
 HERE = Path(__file__).parent
 

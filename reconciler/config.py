@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from .errors import ConfigError
-from .spec import nesting_problem, yaml_problem
+from reconciler.core.errors import ConfigError
+from reconciler.core.spec import nesting_problem, yaml_problem
 
 SERVER_KEYS = {"url", "user", "token", "job_token", "verify", "ca_bundle", "concurrency",
                "connect_timeout", "read_timeout", "proxy", "client_cert", "client_key"}

@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Iterable
 from typing import Any, TextIO
 
-_secrets: tuple[str, ...] = ()
-"""Longest first: a longer form (URL-encoded) may contain a shorter one."""
+from reconciler.core.redact import add_secrets, redact, scrub
+
+__all__ = ["add_secrets", "configure", "get", "redact"]
+
 _pending: tuple[str, TextIO | None, str] | None = ("json", None, "info")
 """How logs are to be written, until the first logger applies it."""
 _root: Any = None
@@ -21,41 +22,8 @@ _root: Any = None
 new logger (factory, processors, wrapper) on every `get_logger().bind()`, once per fire."""
 
 
-def add_secrets(values: Iterable[str]) -> None:
-    """Register secret values; they are replaced by `***` wherever they would be written, in the forms
-    they travel in too: URL-encoded (a form body or query Jenkins echoes), JSON-escaped, base64."""
-    import base64
-    import json
-    from urllib.parse import quote, quote_plus
-
-    global _secrets
-    forms = set(_secrets)
-    for value in values:
-        if value and len(value) >= 4:
-            forms.update((value, quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1],
-                          json.dumps(value, ensure_ascii=False)[1:-1], base64.b64encode(value.encode()).decode()))
-    _secrets = tuple(sorted(forms, key=len, reverse=True))
-
-
-def redact(text: str) -> str:
-    for secret in _secrets:
-        if secret in text:
-            text = text.replace(secret, "***")
-    return text
-
-
-def _scrub(value: Any) -> Any:
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {k: _scrub(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_scrub(v) for v in value]
-    return value
-
-
 def _scrub_processor(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    return {k: _scrub(v) for k, v in event_dict.items()} if _secrets else event_dict
+    return scrub(event_dict)
 
 
 class _Tolerant:

@@ -20,12 +20,12 @@ import pytest
 
 from reconciler import logs
 from reconciler.config import HistoryRemote, Server
-from reconciler.daemon import Daemon, assemble
-from reconciler.history import History
-from reconciler.jenkins import Client
+from reconciler.jenkins.client import Client
+from reconciler.repo.history import History
+from reconciler.repo.writeback import Writeback
+from reconciler.service.daemon import Daemon, assemble
 from reconciler.simulator import Simulator, from_mapping
-from reconciler.state import Store
-from reconciler.writeback import Writeback
+from reconciler.store.sqlite import Store
 
 from .postgres import Postgres, pg_bin
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from reconciler.catalog import Catalog
+from reconciler.repo.catalog import Catalog
 
 
 def test_only_changed_files_are_reported_again(tmp_path):

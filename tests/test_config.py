@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reconciler.config import load_history_remote, load_servers
-from reconciler.errors import ConfigError
+from reconciler.core.errors import ConfigError
 
 
 def test_the_default_server_comes_from_the_environment(tmp_path):

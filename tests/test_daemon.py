@@ -14,10 +14,11 @@ import time
 import pytest
 import requests
 
-from reconciler.history import History
-from reconciler.jenkins import Client
+from reconciler.core.runs import Run
+from reconciler.jenkins.client import Client
+from reconciler.repo.history import History
 from reconciler.simulator import JobDef
-from reconciler.state import Run, Store
+from reconciler.store.sqlite import Store
 
 from .conftest import TOKEN, USER, post, wait_for
 

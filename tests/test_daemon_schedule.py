@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
-from reconciler.schedule import tick_key
-from reconciler.state import Run, Store
+from reconciler.core.runs import Run
+from reconciler.core.schedule import tick_key
+from reconciler.store.sqlite import Store
 
 from .conftest import wait_for
 
@@ -34,7 +35,7 @@ def started(harness, clock, spec: str = DAILY, name: str = "nightly"):
 
 
 def history_of(harness, name: str = "nightly") -> list[tuple[str, str]]:
-    from reconciler.history import History
+    from reconciler.repo.history import History
 
     return [(e["event"], e.get("scheduled_for", "")) for e in History(harness.history).read(name)]
 

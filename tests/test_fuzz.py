@@ -12,9 +12,9 @@ import shutil
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.catalog import check_file
-from reconciler.errors import SpecError
-from reconciler.spec import KNOWN_KEYS, Spec, parse
+from reconciler.core.errors import SpecError
+from reconciler.core.spec import KNOWN_KEYS, Spec, parse
+from reconciler.repo.catalog import check_file
 
 FRAGMENTS = [
     *(f"{key}: " for key in KNOWN_KEYS), "job: plain\n", "parameters:\n  ", "\n", "  ", "\t", "- ", "? ", ": ",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from reconciler.history import History
-from reconciler.state import Run
+from reconciler.core.runs import Run
+from reconciler.repo.history import History
 
 
 def run(trigger: str = "team/deploy") -> Run:
@@ -53,7 +53,7 @@ def test_a_run_whose_history_stops_at_decided_is_treated_as_maybe_posted(tmp_pat
 
 
 def test_every_line_of_a_tick_says_which_tick(tmp_path):
-    from reconciler.state import Run
+    from reconciler.core.runs import Run
 
     history = History(tmp_path)
     run = Run(run_id="r1", trigger="nightly", fire_key="@2026-12-01T02:00:00Z", server="default", job="j",

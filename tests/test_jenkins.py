@@ -15,8 +15,8 @@ import pytest
 import trustme
 
 from reconciler.config import Server
-from reconciler.errors import JenkinsRefused, JenkinsUnavailable, LoginRedirect
-from reconciler.jenkins import Client, job_url
+from reconciler.core.errors import JenkinsRefused, JenkinsUnavailable, LoginRedirect
+from reconciler.jenkins.client import Client, job_url
 from reconciler.simulator import Simulator
 
 from .conftest import TOKEN, USER, post, posts, sim_config, wait_for

@@ -7,9 +7,9 @@ import time
 
 import psycopg
 
-from reconciler.leadership import Leadership
 from reconciler.metrics import Metrics
-from reconciler.pgstore import PgStore
+from reconciler.service.leadership import Leadership
+from reconciler.store.postgres import PgStore
 
 from .conftest import wait_for
 

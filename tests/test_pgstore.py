@@ -9,10 +9,10 @@ import psycopg
 import pytest
 
 from reconciler import logs
-from reconciler.errors import NotLeader, StateError
-from reconciler.leadership import Leadership
-from reconciler.pgstore import PgStore, display
-from reconciler.state import Run
+from reconciler.core.errors import NotLeader, StateError
+from reconciler.core.runs import Run
+from reconciler.service.leadership import Leadership
+from reconciler.store.postgres import PgStore, display
 
 from .conftest import wait_for
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from reconciler.errors import Problem, SpecError
-from reconciler.plan import Action, plan
-from reconciler.spec import parse
+from reconciler.core.errors import Problem, SpecError
+from reconciler.core.plan import Action, plan
+from reconciler.core.spec import parse
 
 
 def spec(name: str, text: str = "job: j\n"):

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from reconciler import schedule as cron
-from reconciler.preview import dst_notes
-from reconciler.spec import parse
+from reconciler.core import schedule as cron
+from reconciler.core.preview import dst_notes
+from reconciler.core.spec import parse
 
 from .test_cli import jenkins_env, reconciler
 

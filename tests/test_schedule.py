@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from reconciler.schedule import (
+from reconciler.core.schedule import (
     JavaRandom,
     ScheduleError,
     due,

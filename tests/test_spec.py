@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.errors import SpecError
-from reconciler.spec import json_schema, parse, trigger_name
+from reconciler.core.errors import SpecError
+from reconciler.core.spec import json_schema, parse, trigger_name
 
 FIXTURES = Path(__file__).parent / "fixtures" / "specs"
 

@@ -8,8 +8,10 @@ from dataclasses import replace
 
 import pytest
 
-from reconciler.errors import StateError
-from reconciler.state import MIGRATIONS, Run, Store
+from reconciler.core.errors import StateError
+from reconciler.core.runs import Run
+from reconciler.store.base import MIGRATIONS
+from reconciler.store.sqlite import Store
 
 
 def run(trigger: str = "t", key: str = "rev1", **kw) -> Run:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from reconciler import logs
-from reconciler.watch import INotify, Watcher
+from reconciler.repo.watch import INotify, Watcher
 from tests.conftest import LogBuffer, wait_for
 
 BACKENDS = [pytest.param("inotify", marks=pytest.mark.skipif(INotify is None, reason="inotify is Linux's")),

@@ -20,8 +20,8 @@ import pytest
 import requests
 
 from reconciler.config import HistoryRemote
-from reconciler.errors import HistoryGitError
-from reconciler.writeback import Writeback, summary
+from reconciler.core.errors import HistoryGitError
+from reconciler.repo.writeback import Writeback, summary
 
 from .conftest import TOKEN, USER, wait_for
 
@@ -258,7 +258,7 @@ def test_an_empty_store_waits_for_the_history_rather_than_fire_blind(harness, or
 
 
 def test_readyz_and_metrics_say_how_old_the_oldest_unpushed_line_is(harness, origin, tmp_path):
-    from reconciler.probes import Probes
+    from reconciler.service.probes import Probes
 
     harness.remote = remote_for(tmp_path, origin)
     harness.write("deploy", "job: plain\n")

@@ -20,8 +20,8 @@ from ruamel.yaml.nodes import ScalarNode
 from ruamel.yaml.resolver import VersionedResolver, implicit_resolvers
 from ruamel.yaml.tag import Tag
 
-from . import schedule as cron
-from .errors import Problem, SpecError
+from reconciler.core import schedule as cron
+from reconciler.core.errors import Problem, SpecError
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 CONFIG_FILES = ("reconciler.yaml", "reconciler.yml")

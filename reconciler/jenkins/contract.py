@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import JenkinsError, JenkinsRefused
-from .jenkins import Client, JobDefinition
-from .spec import Spec, position_in
+from reconciler.core.errors import JenkinsError, JenkinsRefused
+from reconciler.core.spec import Spec, position_in
+from reconciler.jenkins.client import Client, JobDefinition
 
 BOOLEAN = "BooleanParameterDefinition"
 CHOICE = "ChoiceParameterDefinition"

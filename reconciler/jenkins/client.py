@@ -26,8 +26,8 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from .config import Server
-from .errors import JenkinsRefused, JenkinsUnavailable, LoginRedirect, Withheld
+from reconciler.config import Server
+from reconciler.core.errors import JenkinsRefused, JenkinsUnavailable, LoginRedirect, Withheld
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 ACCEPTED = frozenset({200, 201, 303})

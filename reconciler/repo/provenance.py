@@ -14,28 +14,12 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Collection
-from dataclasses import dataclass
 from pathlib import Path
+
+from reconciler.core.runs import Provenance
 
 _FIELDS = "%x1e%H%x1f%an%x1f%ae%x1f%aI%x1f%s"
 """One record per commit: a record separator, then sha, author, email, date and subject by unit separators."""
-
-
-@dataclass(frozen=True)
-class Provenance:
-    sha: str
-    author: str
-    email: str
-    date: str
-    subject: str
-
-    @property
-    def short(self) -> str:
-        return f"{self.sha[:7]} by {self.author} <{self.email}>"
-
-    def as_dict(self) -> dict[str, str]:
-        return {"sha": self.sha, "author": self.author, "email": self.email, "date": self.date,
-                "subject": self.subject}
 
 
 def lookup(triggers: Path, paths: Collection[str]) -> dict[str, Provenance]:

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .catalog import Catalog
-from .errors import ReconcilerError
-from .history import History
+from reconciler.core.errors import ReconcilerError
+from reconciler.repo.catalog import Catalog
+from reconciler.repo.history import History
 
 
 class RevisionError(ReconcilerError):

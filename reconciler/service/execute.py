@@ -32,12 +32,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from . import logs
-from .errors import JenkinsError, JenkinsRefused, JenkinsUnavailable, StateError, Withheld
-from .history import History, iso
-from .jenkins import MASKED, Client, Found, RecentBuilds
-from .metrics import Metrics
-from .state import Run, StateStore
+from reconciler import logs
+from reconciler.core.errors import JenkinsError, JenkinsRefused, JenkinsUnavailable, StateError, Withheld
+from reconciler.core.runs import Run
+from reconciler.jenkins.client import MASKED, Client, Found, RecentBuilds
+from reconciler.metrics import Metrics
+from reconciler.repo.history import History, iso
+from reconciler.store.base import StateStore
 
 GROUP_WINDOW = 0.25
 """Follow-ups due within this many seconds of each other are made together, one read per job."""

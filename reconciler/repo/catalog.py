@@ -10,8 +10,8 @@ import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .errors import Problem, SpecError
-from .spec import CONFIG_FILES, SPEC_SUFFIXES, Spec, parse, trigger_name
+from reconciler.core.errors import Problem, SpecError
+from reconciler.core.spec import CONFIG_FILES, SPEC_SUFFIXES, Spec, parse, trigger_name
 
 MAX_SPEC_BYTES = 256 * 1024
 """More than any trigger spec takes (a few hundred bytes): a big file committed by mistake, or a link

@@ -16,13 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import logs
-from .catalog import Catalog, check_file
-from .config import Server, load_history_remote, load_servers
-from .errors import ConfigError, Problem, ReconcilerError, SpecError
-from .history import History, iso
-from .plan import Action, plan, unknown_server
-from .state import open_store, state_location, store_exists
+from reconciler import logs
+from reconciler.config import Server, load_history_remote, load_servers
+from reconciler.core.errors import ConfigError, Problem, ReconcilerError, SpecError
+from reconciler.core.plan import Action, plan, unknown_server
+from reconciler.repo.catalog import Catalog, check_file
+from reconciler.repo.history import History, iso
+from reconciler.store.open import open_store, state_location, store_exists
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR, EXIT_RUN_FAILED, EXIT_TIMEOUT = 0, 1, 2, 3, 4
 """`run --once`: 3 when a run was refused, failed, lost or cancelled, or (with --wait) its build ended
@@ -251,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _duration(text: str) -> float:
-    from .schedule import ScheduleError, parse_duration
+    from reconciler.core.schedule import ScheduleError, parse_duration
 
     try:
         return parse_duration(str(text)).total_seconds()
@@ -285,7 +285,7 @@ def _history_dir(args: argparse.Namespace) -> Path:
 
 def _fired(args: argparse.Namespace) -> tuple[set[tuple[str, str]], dict[str, datetime]]:
     """What has fired, and where each schedule stands: the state store, and the history behind it."""
-    from .schedule import cursors
+    from reconciler.core.schedule import cursors
     fired = {(r.trigger, r.fire_key) for r in History(_history_dir(args)).runs()}
     stored: dict[str, float] = {}
     if store_exists(args.state):
@@ -314,8 +314,8 @@ def _next_attempt(run: Any) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .daemon import assemble
-    from .writeback import Writeback
+    from reconciler.repo.writeback import Writeback
+    from reconciler.service.daemon import assemble
 
     servers = _servers(args)
     if not servers:
@@ -332,7 +332,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             log.warning("server_insecure", server=server.name, warning=warning)
     probes = None
     if args.listen and not args.once:
-        from .probes import Probes
+        from reconciler.service.probes import Probes
 
         probes = Probes(args.listen, daemon, daemon.executor.metrics).start()
         log.info("probes_listening", address=probes.address)
@@ -451,8 +451,8 @@ def _collect(paths: list[Path], args: argparse.Namespace) -> tuple[int, list[Spe
 
 def cmd_check(args: argparse.Namespace) -> int:
     """The live contract check: each spec against the job it names, read-only."""
-    from . import contract
-    from .jenkins import Client
+    from reconciler.jenkins import contract
+    from reconciler.jenkins.client import Client
 
     servers = _servers(args)
     count, invalid, specs = _collect(args.paths or [args.triggers], args)
@@ -480,7 +480,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _value_position(path: str, key: str) -> tuple[int, int]:
-    from .spec import position_in
+    from reconciler.core.spec import position_in
 
     try:
         return position_in(Path(path).read_text(encoding="utf-8"), key, value=True)
@@ -512,9 +512,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _plan_change(args: argparse.Namespace) -> int:
     """`plan --base REV [--head REV]`: what merging would do, from git alone (and the base's history)."""
-    from . import contract, preview
-    from .jenkins import Client
-    from .revisions import Repository
+    from reconciler.core import preview
+    from reconciler.jenkins import contract
+    from reconciler.jenkins.client import Client
+    from reconciler.repo.revisions import Repository
 
     repo = Repository.of(args.triggers, args.history)
     now = args.at or datetime.now(UTC)
@@ -556,7 +557,7 @@ def _entries(catalog: Catalog) -> dict[str, Any]:
 
 
 def cmd_next(args: argparse.Namespace) -> int:
-    from .schedule import ticks
+    from reconciler.core.schedule import ticks
 
     catalog = Catalog.scanned(args.triggers)
     if args.name in catalog.errors:
@@ -676,7 +677,7 @@ def _plain(value: Any) -> str:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from .jenkins import Client
+    from reconciler.jenkins.client import Client
     if not store_exists(args.state):
         print(f"reconciler: no state store at {args.state}", file=sys.stderr)
         return EXIT_ERROR
@@ -709,7 +710,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_adopt(args: argparse.Namespace) -> int:
-    from .daemon import new_run
+    from reconciler.core.runs import new_run
     catalog = Catalog.scanned(args.triggers)
     fired, _ = _fired(args)
     now = time.time()
@@ -727,7 +728,7 @@ def cmd_adopt(args: argparse.Namespace) -> int:
 
 
 def cmd_simulator(args: argparse.Namespace) -> int:
-    from .simulator import SimConfig, SimConfigError, Simulator, job_from_mapping, load, user_from_mapping
+    from reconciler.simulator import SimConfig, SimConfigError, Simulator, job_from_mapping, load, user_from_mapping
 
     try:
         config = load(Path(args.config)) if args.config else SimConfig()
@@ -759,14 +760,14 @@ def _interrupt(*_: Any) -> None:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from .spec import json_schema
+    from reconciler.core.spec import json_schema
 
     print(json.dumps(json_schema(), indent=2, sort_keys=True))
     return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from reconciler.cli.demo import run_demo
 
     return run_demo(args.triggers, args.workdir, keep_running=args.keep_running)
 

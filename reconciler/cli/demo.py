@@ -6,10 +6,10 @@ import secrets
 import shutil
 from pathlib import Path
 
-from . import logs
-from .config import Server
-from .daemon import assemble
-from .simulator import Simulator, from_mapping
+from reconciler import logs
+from reconciler.config import Server
+from reconciler.service.daemon import assemble
+from reconciler.simulator import Simulator, from_mapping
 
 DEMO_JOBS = [
     {"name": "deploy", "duration": 2, "parameters": [

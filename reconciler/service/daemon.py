@@ -13,24 +13,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import logs, provenance
-from . import schedule as cron
-from .catalog import Catalog, Changes
-from .config import Server
-from .errors import HistoryGitError, StateError
-from .execute import Executor
-from .history import History
-from .jenkins import Client
-from .plan import Action, decide, unknown_server
-from .provenance import Provenance
-from .spec import Spec
-from .state import Run, StateStore, is_dsn, open_store, run_id_of
-from .watch import Watcher
-from .writeback import Writeback
+from reconciler import logs
+from reconciler.config import Server
+from reconciler.core import schedule as cron
+from reconciler.core.errors import HistoryGitError, StateError
+from reconciler.core.plan import Action, decide, unknown_server
+from reconciler.core.runs import Provenance, Run, new_run, superseded
+from reconciler.core.spec import Spec
+from reconciler.jenkins.client import Client
+from reconciler.repo import provenance
+from reconciler.repo.catalog import Catalog, Changes
+from reconciler.repo.history import History
+from reconciler.repo.watch import Watcher
+from reconciler.repo.writeback import Writeback
+from reconciler.service.execute import Executor
+from reconciler.store.base import StateStore
+from reconciler.store.open import is_dsn, open_store
 
 if TYPE_CHECKING:
-    from .leadership import Leadership
-    from .pgstore import PgStore
+    from reconciler.service.leadership import Leadership
+    from reconciler.store.postgres import PgStore
 
 HEARTBEAT = 10.0
 """The loop wakes at least this often, so /healthz can tell a sleeping loop from a stuck one."""
@@ -45,35 +47,6 @@ def trim_heap() -> None:
     hand them back, so a sidecar's memory is what it holds, not what its first pass touched."""
     with contextlib.suppress(AttributeError, OSError):  # not glibc (musl has no malloc_trim): nothing to do
         ctypes.CDLL(None).malloc_trim(0)
-
-
-def cause_text(spec: Spec, run_id: str, tick: datetime | None = None, provenance: Provenance | None = None) -> str:
-    """The `cause` note carries who asked (the commit, where git knows it), the run id (to find the build
-    after a crash) and the tick, if any."""
-    text = spec.cause or f"reconciler: trigger {spec.name}"
-    if provenance is not None:
-        text += f" — {provenance.short}"
-    if tick is not None and spec.schedule is not None:
-        text += f" (scheduled for {tick.astimezone(spec.schedule.tz).isoformat()})"
-    return f"{text} [reconciler run {run_id}]"
-
-
-def new_run(spec: Spec, at: float, tick: datetime | None = None, provenance: Provenance | None = None) -> Run:
-    """A decision to fire `spec` (for a scheduled spec, its `tick`), with everything the POST needs."""
-    fire_key = spec.revision if tick is None else cron.tick_key(tick)
-    run_id = run_id_of(spec.name, fire_key)
-    params = spec.parameters
-    if spec.run_id_parameter:
-        params = (*(params or ()), (spec.run_id_parameter, run_id))
-    if tick is not None and spec.scheduled_time_parameter and spec.schedule is not None:
-        params = (*(params or ()), (spec.scheduled_time_parameter, tick.astimezone(spec.schedule.tz).isoformat()))
-    if spec.provenance_parameters:
-        commit = {} if provenance is None else provenance.as_dict()
-        params = (*(params or ()), *((name, commit.get(field, "")) for field, name in spec.provenance_parameters))
-    return Run(run_id=run_id, trigger=spec.name, fire_key=fire_key,
-               server=spec.server, job=spec.job, parameters=params, cause=cause_text(spec, run_id, tick, provenance),
-               tag_param=spec.run_id_parameter, status="decided", decided_at=at,
-               provenance=None if provenance is None else provenance.as_dict())
 
 
 class Daemon:
@@ -156,7 +129,7 @@ class Daemon:
             spec = self.catalog.specs.get(run.trigger)
             if run.server not in self.executor.clients or (spec is not None and spec.suspend):
                 continue  # stays refused until it can be posted
-            reason = _superseded(run, spec, now)
+            reason = superseded(run, spec, now)
             if reason is not None:
                 self.executor.supersede(run, reason)
                 continue
@@ -480,22 +453,6 @@ class Daemon:
         return in_flight
 
 
-def _superseded(run: Run, spec: Spec | None, now: float) -> str | None:
-    """Why a refused run is not to be posted again, if it is not: what it was decided for has gone."""
-    if spec is None:
-        return "not posted again: the spec was removed"
-    if not run.fire_key.startswith("@"):
-        if spec.schedule is not None or spec.revision != run.fire_key:
-            return f"not posted again: the spec changed since (now revision {spec.revision})"
-        return None
-    if spec.schedule is None:
-        return "not posted again: the spec is no longer scheduled"
-    tick = cron.tick_of_key(run.fire_key)
-    if tick is not None and now - tick.timestamp() > spec.starting_deadline.total_seconds():
-        return "not posted again: refused until past its tick's starting_deadline"
-    return None
-
-
 def assemble(triggers: Path, state: Path | str, history: Path | None, servers: Mapping[str, Server], *,
              clock: Callable[[], float] = time.time, resync_interval: float = 60.0,
              client_options: Mapping[str, Any] | None = None, writeback: Writeback | None = None,
@@ -507,8 +464,8 @@ def assemble(triggers: Path, state: Path | str, history: Path | None, servers: M
     clients = {name: Client(server, stop=stop, **(client_options or {})) for name, server in servers.items()}
     shared: PgStore | None = None
     if is_dsn(state):
-        from .leadership import LEASE
-        from .pgstore import PgStore
+        from reconciler.service.leadership import LEASE
+        from reconciler.store.postgres import PgStore
 
         lease = lease or LEASE
         shared = PgStore(str(state), hold=lease)
@@ -520,7 +477,8 @@ def assemble(triggers: Path, state: Path | str, history: Path | None, servers: M
     daemon = Daemon(Catalog(triggers), store, records, servers, executor, clock=clock,
                     resync_interval=resync_interval)
     if shared is not None:
-        from .leadership import Leadership, identity
+        from reconciler.service.leadership import Leadership
+        from reconciler.store.postgres import identity
 
         leadership = Leadership(shared.connection, identity(), lease=lease, metrics=executor.metrics,
                                 on_elected=daemon._wake.set, on_lost=daemon.request_stop)

@@ -14,9 +14,9 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .daemon import Daemon
-from .errors import ConfigError
-from .metrics import Metrics
+from reconciler.core.errors import ConfigError
+from reconciler.metrics import Metrics
+from reconciler.service.daemon import Daemon
 
 MAX_CONNECTIONS = 32
 READ_TIMEOUT = 5.0

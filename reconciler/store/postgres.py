@@ -22,23 +22,27 @@ parameter, all read by libpq itself.
 from __future__ import annotations
 
 import contextlib
-import json
+import os
+import socket
 import threading
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import replace
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from . import state
-from .errors import NotLeader, StateError
-from .leadership import identity
-from .state import COLUMNS, OPEN, Run, _decode, _encode, _text
+from reconciler.core.errors import NotLeader, StateError
+from reconciler.core.runs import OPEN, Run
+from reconciler.store import base
+from reconciler.store.base import COLUMNS, SELECT, SqlStore, decode, encode, too_new
 
-MIGRATIONS = [script.replace(" REAL", " DOUBLE PRECISION").replace("duration_ms  INTEGER", "duration_ms  BIGINT")
-              for script in state.MIGRATIONS] + [
-    """
+
+def _dialect(script: str) -> str:
+    """A migration of SQLite's in PostgreSQL's types (a REAL there is a float4 here, too coarse for a time)."""
+    return script.replace(" REAL", " DOUBLE PRECISION").replace("duration_ms  INTEGER", "duration_ms  BIGINT")
+
+
+_LEASE_TABLE = """
     CREATE TABLE leader (
         id         INTEGER PRIMARY KEY CHECK (id = 1),
         holder     TEXT,
@@ -46,10 +50,11 @@ MIGRATIONS = [script.replace(" REAL", " DOUBLE PRECISION").replace("duration_ms 
         expires_at TIMESTAMPTZ NOT NULL
     );
     INSERT INTO leader (id, holder, epoch, expires_at) VALUES (1, NULL, 0, '-infinity');
-    """,
-]
-"""Versions 1-4 are SQLite's, in PostgreSQL's types (a REAL there is a float4 here, too coarse for a
-time); 5 adds the lease (leadership.py)."""
+"""
+
+MIGRATIONS = [*map(_dialect, base.MIGRATIONS[:4]), _LEASE_TABLE, *map(_dialect, base.MIGRATIONS[4:])]
+"""SQLite's first four versions, the lease (service/leadership.py) as the fifth, then SQLite's later
+ones: a database's version number never changes meaning."""
 
 MIGRATION_LOCK = 7_215_001
 """The advisory lock replicas starting together take to migrate one at a time."""
@@ -58,6 +63,17 @@ _COLS = ",".join(COLUMNS)
 
 Fence = Callable[[], tuple[str, int] | None]
 """The lease this process holds as (holder, epoch), or None while it may not write."""
+
+
+def identity() -> str:
+    """Who holds the lease, as an operator would look for it: the pod's name (else the host's) and the
+    process, since a restarted container keeps its pod's name but is not the process that held it."""
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}/{os.getpid()}"
+
+
+def _placeholders(sql: str) -> str:
+    """A query written for both engines (`?`), as psycopg takes it (`%s`, a literal `%` doubled)."""
+    return sql.replace("%", "%%").replace("?", "%s")
 
 
 def display(dsn: str) -> str:
@@ -84,7 +100,7 @@ def check_dsn(dsn: str) -> None:
                          "`?passfile=PATH`, so it is never written where the DSN is")
 
 
-class PgStore:
+class PgStore(SqlStore):
     """The Store interface on one PostgreSQL connection, shared behind a lock."""
 
     def __init__(self, dsn: str, *, fence: Fence | None = None, connect_timeout: float = 5.0, hold: float = 3.0):
@@ -128,9 +144,9 @@ class PgStore:
             if row is None:
                 db.execute("INSERT INTO reconciler_schema (version) VALUES (0)")
                 self.created = True
-            if version > len(MIGRATIONS):
-                raise StateError(f"state store {self.path} has schema version {version}, newer than this "
-                                 f"reconciler knows ({len(MIGRATIONS)}); upgrade the reconciler")
+            refusal = too_new(self.path, version, len(MIGRATIONS))
+            if refusal is not None:
+                raise StateError(refusal)
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 db.execute(script)
                 db.execute("UPDATE reconciler_schema SET version = %s", (number,))
@@ -170,7 +186,8 @@ class PgStore:
     def _step(self, run: Run, changes: dict[str, Any]) -> None:
         """One run's step that need not be fsynced, the commonest write of all (queued, started,
         completed): one statement, its own transaction, with the fence inside it."""
-        sql, args = _update(run, changes)
+        sql, args = base.update_sql(run, changes)
+        sql = _placeholders(sql)
         with self._lock:
             try:
                 db = self._connect()
@@ -190,7 +207,7 @@ class PgStore:
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
-                return self._connect().execute(sql, args).fetchall()
+                return self._connect().execute(_placeholders(sql), args).fetchall()
             except psycopg.Error as e:
                 raise StateError(f"cannot read state store {self.path}: {_first_line(e)}") from None
 
@@ -203,7 +220,7 @@ class PgStore:
         with self._writing("record decisions in", durable=True) as db:
             for run in runs:
                 cur = db.execute(f"INSERT INTO runs ({_COLS}) VALUES ({placeholders}) ON CONFLICT DO NOTHING",
-                                 _encode(run))
+                                 encode(run))
                 if cur.rowcount:
                     inserted.append(run)
             for trigger, after in (cursors or {}).items():
@@ -211,14 +228,19 @@ class PgStore:
                            "DO UPDATE SET after = GREATEST(cursors.after, excluded.after)", (trigger, after))
         return inserted
 
+    def _write_steps(self, statements: list[tuple[str, tuple[Any, ...]]], *, durable: bool) -> None:
+        with self._writing("write state store", durable=durable) as db:
+            for sql, args in statements:
+                db.execute(_placeholders(sql), args)
+
     def update_many(self, steps: list[tuple[Run, dict[str, Any]]], *, durable: bool = False) -> list[Run]:
+        """One non-durable step, the commonest write of all, is one fenced statement (`_step`)."""
         if len(steps) == 1 and not durable:
-            self._step(*steps[0])
-        else:
-            with self._writing("write state store", durable=durable) as db:
-                for run, changes in steps:
-                    db.execute(*_update(run, changes))
-        return [replace(run, **changes) for run, changes in steps]
+            run, changes = steps[0]
+            after = base.advance(run, changes)
+            self._step(run, changes)
+            return [after]
+        return super().update_many(steps, durable=durable)
 
     def retry_now(self, triggers: Collection[str] | None = None) -> int:
         with self._writing("write state store", durable=False) as db:
@@ -235,38 +257,16 @@ class PgStore:
             return set()
         triggers, keys = zip(*fires, strict=True)
         return set(self._read("SELECT trigger, fire_key FROM runs WHERE (trigger, fire_key) IN "
-                              "(SELECT * FROM unnest(%s::text[], %s::text[]))", (list(triggers), list(keys))))
-
-    def fired(self) -> set[tuple[str, str]]:
-        return set(self._read("SELECT trigger, fire_key FROM runs WHERE fire_key NOT LIKE '@%%'"))
-
-    def last_ticks(self) -> dict[str, str]:
-        return dict(self._read("SELECT trigger, MAX(fire_key) FROM runs WHERE fire_key LIKE '@%%' GROUP BY trigger"))
-
-    def cursors(self) -> dict[str, float]:
-        return dict(self._read("SELECT trigger, after FROM cursors"))
+                              "(SELECT * FROM unnest(?::text[], ?::text[]))", (list(triggers), list(keys))))
 
     def open_runs(self, excluding: Collection[str] = ()) -> list[Run]:
-        rows = self._read(f"SELECT {_COLS} FROM runs WHERE status = ANY(%s::text[]) AND NOT run_id = ANY(%s::text[]) "
-                          "ORDER BY decided_at", (list(OPEN), list(excluding)))
-        return [_decode(r) for r in rows]
-
-    def runs(self, trigger: str | None = None, limit: int = 1000) -> list[Run]:
-        where, args = ("WHERE trigger = %s", (trigger,)) if trigger else ("", ())
-        rows = self._read(f"SELECT {_COLS} FROM runs {where} ORDER BY decided_at DESC LIMIT %s", (*args, limit))
-        return [_decode(r) for r in rows]
+        rows = self._read(f"{SELECT} WHERE status = ANY(?::text[]) AND NOT run_id = ANY(?::text[]) "
+                          "ORDER BY decided_at", (sorted(OPEN), list(excluding)))
+        return [decode(r) for r in rows]
 
     def latest(self) -> dict[str, Run]:
         rows = self._read(f"SELECT DISTINCT ON (trigger) {_COLS} FROM runs ORDER BY trigger, decided_at DESC")
-        return {run.trigger: run for run in map(_decode, rows)}
-
-    def refused_due(self, now: float) -> list[Run]:
-        rows = self._read(f"SELECT {_COLS} FROM runs WHERE status = 'refused' AND COALESCE(retry_at, 0) <= %s "
-                          "ORDER BY decided_at", (now,))
-        return [_decode(r) for r in rows]
-
-    def next_retry_at(self) -> float | None:
-        return self._read("SELECT MIN(COALESCE(retry_at, 0)) FROM runs WHERE status = 'refused'")[0][0]
+        return {run.trigger: run for run in map(decode, rows)}
 
     def writable(self) -> str | None:
         try:
@@ -275,19 +275,11 @@ class PgStore:
             return str(e)
         return None
 
-    def is_empty(self) -> bool:
-        return not self._read("SELECT 1 FROM runs LIMIT 1")
 
 
 _HELD = "id = 1 AND holder = %s AND epoch = %s AND expires_at > now() FOR SHARE"
 """The lease row as this process holds it, share-locked: a takeover waits for the write, or comes first."""
 _LAPSED = "not recorded: this process's lease has lapsed, and another replica may lead"
-
-
-def _update(run: Run, changes: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
-    values = [json.dumps(v) if k == "parameters" and v is not None else _text(v) if k == "last_error" else v
-              for k, v in changes.items()]
-    return f"UPDATE runs SET {','.join(f'{k} = %s' for k in changes)} WHERE run_id = %s", (*values, run.run_id)
 
 
 def _first_line(error: BaseException) -> str:

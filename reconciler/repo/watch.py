@@ -27,8 +27,8 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 
-from . import logs
-from .catalog import folders
+from reconciler import logs
+from reconciler.repo.catalog import folders
 
 try:
     from inotify_simple import INotify

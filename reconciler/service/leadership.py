@@ -33,8 +33,6 @@ back (Kubernetes restarts it) as a standby with nothing in memory, as controller
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -42,17 +40,11 @@ from typing import Any
 
 import psycopg
 
-from . import logs
-from .metrics import Metrics
+from reconciler import logs
+from reconciler.metrics import Metrics
 
 LEASE = 3.0
 """Seconds a lease lasts unrenewed: a dead leader is replaced within this, plus a standby's retry."""
-
-
-def identity() -> str:
-    """Who holds the lease, as an operator would look for it: the pod's name (else the host's) and the
-    process, since a restarted container keeps its pod's name but is not the process that held it."""
-    return f"{os.environ.get('POD_NAME') or socket.gethostname()}/{os.getpid()}"
 
 
 class Leadership:

@@ -16,19 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .logs import redact
-from .state import Run
+from reconciler.core.runs import EVENT_STATUS, Run
+from reconciler.logs import redact
 
 if TYPE_CHECKING:
-    from .writeback import Writeback
-
-STATUS_OF_EVENT = {"decided": "posting", "queued": "queued", "started": "building",
-                   "completed": "completed", "failed": "failed", "cancelled": "cancelled",
-                   "lost": "lost", "adopted": "adopted", "missed": "missed", "skipped": "skipped",
-                   "refused": "refused"}
-"""How a run's last history event maps to its state when state is rebuilt from history.
-A run whose history stops at `decided` may have been posted: it is resolved like a crash."""
-
+    from reconciler.repo.writeback import Writeback
 
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -100,7 +92,7 @@ class History:
             runs: dict[str, Run] = {}
             for ev in _lines(self.path_of(trigger)):
                 run_id, event = ev.get("run_id"), ev.get("event")
-                if not isinstance(run_id, str) or event not in STATUS_OF_EVENT:
+                if not isinstance(run_id, str) or event not in EVENT_STATUS:
                     continue
                 at = _parse_iso(ev.get("at"))
                 if event in ("decided", "adopted", "missed", "skipped") and run_id not in runs:
@@ -110,13 +102,13 @@ class History:
                         server=str(ev.get("server", "default")), job=str(ev.get("job", "")),
                         parameters=None if params is None else tuple((str(k), str(v)) for k, v in params.items()),
                         cause=ev.get("cause"), tag_param=ev.get("tag_param"),
-                        status=STATUS_OF_EVENT[event], decided_at=at, last_error=ev.get("reason"),
+                        status=EVENT_STATUS[event], decided_at=at, last_error=ev.get("reason"),
                         provenance=ev.get("provenance") if isinstance(ev.get("provenance"), dict) else None)
                     continue
                 run = runs.get(run_id)
                 if run is None:
                     continue
-                status = STATUS_OF_EVENT[event]
+                status = EVENT_STATUS[event]
                 runs[run_id] = replace(
                     run, status=status, queue_url=ev.get("queue_url", run.queue_url),
                     build_number=ev.get("number", run.build_number), build_url=ev.get("url", run.build_url),

@@ -35,9 +35,9 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from . import logs
-from .config import HistoryRemote
-from .errors import HistoryGitError
+from reconciler import logs
+from reconciler.config import HistoryRemote
+from reconciler.core.errors import HistoryGitError
 
 SUMMARY_LINES = 30
 """Outcomes listed one per line in a commit message; the rest are counted."""

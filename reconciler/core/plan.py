@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from . import schedule as cron
-from .errors import SpecError
-from .spec import Spec
+from reconciler.core import schedule as cron
+from reconciler.core.errors import SpecError
+from reconciler.core.spec import Spec
 
 
 class Action(StrEnum):

@@ -17,10 +17,10 @@ from typing import Any
 
 from cronsim import CronSim
 
-from . import schedule as cron
-from .catalog import Entry
-from .jenkins import job_url
-from .spec import Spec
+from reconciler.core import schedule as cron
+from reconciler.core.spec import Spec
+from reconciler.jenkins.client import job_url
+from reconciler.repo.catalog import Entry
 
 
 class Kind(StrEnum):

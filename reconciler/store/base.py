@@ -1,0 +1,185 @@
+"""What both engines of the state store share: the schema, the encoding of a run, the queries.
+
+The decision is committed before the POST and the outcome after it. A UNIQUE (trigger, fire_key)
+constraint makes a second fire of one revision (or one scheduled tick) impossible, whatever the
+process does in between. Queries are written once, with `?` placeholders, in SQL both engines speak;
+an engine rewrites the placeholders its driver wants (`SqlStore._read`) and answers the few
+questions whose SQL differs. Every step of a run passes `core.runs.advance`, so no engine records a
+transition the run lifecycle forbids.
+
+Migrations are additive, one version at a time, so that during a rolling update an old and a new
+replica can share one database; a store whose schema is newer than the code is refused, never written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from dataclasses import fields
+from typing import Any, Protocol
+
+from reconciler.core.redact import redact
+from reconciler.core.runs import OPEN, Run, advance
+
+_OPEN_SQL = ",".join(f"'{status}'" for status in sorted(OPEN))
+"""OPEN as SQL literals: SQLite uses the partial index of open runs only for a query that names its
+values, not one that binds them as parameters (that one read every run ever recorded)."""
+
+MIGRATIONS = [
+    """
+    CREATE TABLE runs (
+        run_id       TEXT PRIMARY KEY,
+        trigger      TEXT NOT NULL,
+        fire_key     TEXT NOT NULL,
+        server       TEXT NOT NULL,
+        job          TEXT NOT NULL,
+        parameters   TEXT,
+        cause        TEXT,
+        tag_param    TEXT,
+        status       TEXT NOT NULL,
+        decided_at   REAL NOT NULL,
+        posted_at    REAL,
+        queue_url    TEXT,
+        build_number INTEGER,
+        build_url    TEXT,
+        result       TEXT,
+        duration_ms  INTEGER,
+        finished_at  REAL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        last_error   TEXT,
+        UNIQUE (trigger, fire_key)
+    );
+    CREATE INDEX runs_by_trigger ON runs (trigger, decided_at);
+    CREATE INDEX runs_open ON runs (status) WHERE status IN ('decided', 'posting', 'queued', 'building');
+    """,
+    """
+    CREATE TABLE cursors (
+        trigger TEXT PRIMARY KEY,
+        after   REAL NOT NULL
+    );
+    """,
+    """
+    ALTER TABLE runs ADD COLUMN retry_at REAL;
+    CREATE INDEX runs_refused ON runs (retry_at) WHERE status = 'refused';
+    """,
+    """
+    ALTER TABLE runs ADD COLUMN provenance TEXT;
+    """,
+]
+
+COLUMNS = tuple(f.name for f in fields(Run))
+SELECT = f"SELECT {','.join(COLUMNS)} FROM runs"
+
+
+class StateStore(Protocol):
+    """What the daemon asks of a state store; `sqlite.Store` and `postgres.PgStore` both answer it."""
+
+    path: Any
+
+    def decide(self, runs: list[Run], cursors: dict[str, float] | None = None) -> list[Run]: ...
+    def update_many(self, steps: list[tuple[Run, dict[str, Any]]], *, durable: bool = False) -> list[Run]: ...
+    def retry_now(self, triggers: Collection[str] | None = None) -> int: ...
+    def fired_among(self, fires: Collection[tuple[str, str]]) -> set[tuple[str, str]]: ...
+    def fired(self) -> set[tuple[str, str]]: ...
+    def last_ticks(self) -> dict[str, str]: ...
+    def cursors(self) -> dict[str, float]: ...
+    def open_runs(self, excluding: Collection[str] = ()) -> list[Run]: ...
+    def runs(self, trigger: str | None = None, limit: int = 1000) -> list[Run]: ...
+    def latest(self) -> dict[str, Run]: ...
+    def refused_due(self, now: float) -> list[Run]: ...
+    def next_retry_at(self) -> float | None: ...
+    def writable(self) -> str | None: ...
+    def is_empty(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+def too_new(path: object, version: int, known: int) -> str | None:
+    """Why a store cannot be used by code that knows `known` versions, if it cannot. Every migration
+    adds (a table, a nullable column, an index) and drops nothing, so code one version behind still
+    reads and writes the store correctly: that is what lets an old and a new replica share one
+    database during a rolling update. Two or more versions ahead is refused before anything is written."""
+    if version <= known + 1:
+        return None
+    return (f"state store {path} has schema version {version}, newer than this reconciler knows "
+            f"({known}); upgrade the reconciler (older code never writes a store it may not understand)")
+
+
+def encode(run: Run) -> tuple[Any, ...]:
+    values = [getattr(run, c) for c in COLUMNS]
+    values[COLUMNS.index("parameters")] = None if run.parameters is None else json.dumps(run.parameters)
+    values[COLUMNS.index("provenance")] = None if run.provenance is None else json.dumps(run.provenance)
+    values[COLUMNS.index("last_error")] = stored_text(run.last_error)
+    return tuple(values)
+
+
+def stored_text(error: str | None) -> str | None:
+    """An error's text as stored: Jenkins or a proxy may echo a credential back in an error page."""
+    return None if error is None else redact(error)
+
+
+def decode(row: tuple[Any, ...]) -> Run:
+    data = dict(zip(COLUMNS, row, strict=True))
+    if data["parameters"] is not None:
+        data["parameters"] = tuple(tuple(p) for p in json.loads(data["parameters"]))
+    if data["provenance"] is not None:
+        data["provenance"] = json.loads(data["provenance"])
+    return Run(**data)
+
+
+def update_sql(run: Run, changes: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    """One step of one run as an UPDATE, its values encoded as `encode` would."""
+    values = [json.dumps(v) if k == "parameters" and v is not None else stored_text(v) if k == "last_error" else v
+              for k, v in changes.items()]
+    return f"UPDATE runs SET {','.join(f'{k} = ?' for k in changes)} WHERE run_id = ?", (*values, run.run_id)
+
+
+class SqlStore:
+    """The queries both engines answer alike. An engine provides `_read` (a query, `?` placeholders)
+    and `_write_steps` (UPDATE statements in one transaction)."""
+
+    path: Any
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _write_steps(self, statements: list[tuple[str, tuple[Any, ...]]], *, durable: bool) -> None:
+        raise NotImplementedError
+
+    def update_many(self, steps: list[tuple[Run, dict[str, Any]]], *, durable: bool = False) -> list[Run]:
+        """Record a step of each of several runs in one commit: the steps a burst takes together share
+        a commit, and one fsync if `durable`. Only `durable` commits are fsynced: every write survives
+        kill -9, and after a power loss a run whose later steps were lost falls back to its last
+        durable one. A step the run lifecycle forbids is refused before anything is written."""
+        after = [advance(run, changes) for run, changes in steps]
+        self._write_steps([update_sql(run, changes) for run, changes in steps], durable=durable)
+        return after
+
+    def fired(self) -> set[tuple[str, str]]:
+        """The one-shot revisions ever decided. Ticks are not listed: a schedule's cursor (and the
+        UNIQUE key) keeps each tick to one fire, and a minutely schedule has half a million a year."""
+        return set(self._read("SELECT trigger, fire_key FROM runs WHERE fire_key NOT LIKE '@%'"))
+
+    def last_ticks(self) -> dict[str, str]:
+        """Each schedule's latest recorded tick key (keys sort as their times do)."""
+        return dict(self._read("SELECT trigger, MAX(fire_key) FROM runs WHERE fire_key LIKE '@%' GROUP BY trigger"))
+
+    def cursors(self) -> dict[str, float]:
+        return dict(self._read("SELECT trigger, after FROM cursors"))
+
+    def runs(self, trigger: str | None = None, limit: int = 1000) -> list[Run]:
+        where, args = ("WHERE trigger = ?", (trigger,)) if trigger else ("", ())
+        rows = self._read(f"{SELECT} {where} ORDER BY decided_at DESC LIMIT ?", (*args, limit))
+        return [decode(r) for r in rows]
+
+    def refused_due(self, now: float) -> list[Run]:
+        """Refused runs whose next attempt is due."""
+        rows = self._read(f"{SELECT} WHERE status = 'refused' AND COALESCE(retry_at, 0) <= ? ORDER BY decided_at",
+                          (now,))
+        return [decode(r) for r in rows]
+
+    def next_retry_at(self) -> float | None:
+        """When the next refused run is due (the daemon's loop wakes for it)."""
+        return self._read("SELECT MIN(COALESCE(retry_at, 0)) FROM runs WHERE status = 'refused'")[0][0]
+
+    def is_empty(self) -> bool:
+        return not self._read("SELECT 1 FROM runs LIMIT 1")
