@@ -20,6 +20,7 @@ from reconciler import logs
 from reconciler.config import Server, load_history_remote, load_servers
 from reconciler.core.errors import ConfigError, Problem, ReconcilerError, SpecError
 from reconciler.core.plan import Action, plan, unknown_server
+from reconciler.core.runs import RunStatus
 from reconciler.repo.catalog import Catalog, check_file
 from reconciler.repo.history import History, iso
 from reconciler.store.open import open_store, state_location, store_exists
@@ -381,8 +382,8 @@ def _run_once(daemon: Any, args: argparse.Namespace, log: Any) -> int:
         return EXIT_TIMEOUT
     runs = [r for r in daemon.store.runs(limit=100_000) if r.run_id in started]
     bad = {r.trigger: r.result or r.status for r in runs
-           if r.status in ("refused", "failed", "lost", "cancelled") or
-           (args.wait and r.status == "completed" and r.result != "SUCCESS")}
+           if r.status in (RunStatus.REFUSED, RunStatus.FAILED, RunStatus.LOST, RunStatus.CANCELLED) or
+           (args.wait and r.status is RunStatus.COMPLETED and r.result != "SUCCESS")}
     if bad:
         log.error("runs_failed", runs=bad)
         return EXIT_RUN_FAILED
@@ -597,7 +598,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         where = ""
         if run is not None:
             where = run.build_url or run.queue_url or run.last_error or ""
-            if run.status == "refused":
+            if run.status is RunStatus.REFUSED:
                 where = f"next attempt {_next_attempt(run)}: {run.last_error}"
         elif spec == "invalid":
             where = str(catalog.errors[name]).splitlines()[0]
@@ -715,7 +716,7 @@ def cmd_adopt(args: argparse.Namespace) -> int:
     fired, _ = _fired(args)
     now = time.time()
     one_shots = [spec for spec in catalog.specs.values() if spec.schedule is None]
-    runs = [replace(new_run(spec, now), status="adopted", finished_at=now) for spec in one_shots
+    runs = [replace(new_run(spec, now), status=RunStatus.ADOPTED, finished_at=now) for spec in one_shots
             if (spec.name, spec.revision) not in fired]
     store = open_store(args.state)
     history = History(_history_dir(args))

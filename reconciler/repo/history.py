@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reconciler.core.runs import EVENT_STATUS, Run
+from reconciler.core.runs import EVENT_STATUS, FINISHED, Run
 from reconciler.logs import redact
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ class History:
                     result=ev.get("result", run.result), duration_ms=ev.get("duration_ms", run.duration_ms),
                     last_error=ev.get("reason", run.last_error),
                     posted_at=at if event == "queued" else run.posted_at,
-                    finished_at=at if status in ("completed", "failed", "cancelled", "lost") else run.finished_at)
+                    finished_at=at if status in FINISHED else run.finished_at)
             yield from runs.values()
 
 

@@ -18,7 +18,7 @@ from reconciler.config import Server
 from reconciler.core import schedule as cron
 from reconciler.core.errors import HistoryGitError, StateError
 from reconciler.core.plan import Action, decide, unknown_server
-from reconciler.core.runs import Provenance, Run, new_run, superseded
+from reconciler.core.runs import Provenance, Run, RunStatus, new_run, superseded
 from reconciler.core.spec import Spec
 from reconciler.jenkins.client import Client
 from reconciler.repo import provenance
@@ -133,7 +133,7 @@ class Daemon:
             if reason is not None:
                 self.executor.supersede(run, reason)
                 continue
-            [run] = self.store.update_many([(run, {"status": "decided", "retry_at": None})])
+            [run] = self.store.update_many([(run, {"status": RunStatus.DECIDED, "retry_at": None})])
             self.log.info("fire_retried", trigger=run.trigger, run_id=run.run_id, last_error=run.last_error)
             self.executor.resume(run)
             retried.append(run)
@@ -282,7 +282,7 @@ class Daemon:
         due = cron.due(spec.schedule, self.cursors[spec.name], now_dt, spec.starting_deadline)
         decisions: list[tuple[Run, str]] = []
         for missed in due.missed:
-            run = replace(new_run(spec, now, missed), status="missed", finished_at=now,
+            run = replace(new_run(spec, now, missed), status=RunStatus.MISSED, finished_at=now,
                           last_error=f"tick passed by more than starting_deadline "
                                      f"({int(spec.starting_deadline.total_seconds())}s) while not firing")
             decisions.append((run, "missed"))
@@ -293,7 +293,8 @@ class Daemon:
             run = new_run(spec, now, due.fire, commit)
             if running and spec.concurrency == "forbid":
                 reason = f"concurrency: forbid, and run {running[0].run_id} is still {running[0].status}"
-                decisions.append((replace(run, status="skipped", finished_at=now, last_error=reason), "skipped"))
+                skipped = replace(run, status=RunStatus.SKIPPED, finished_at=now, last_error=reason)
+                decisions.append((skipped, "skipped"))
             else:
                 if running and spec.concurrency == "replace":
                     self.executor.replace(running)

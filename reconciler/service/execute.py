@@ -34,7 +34,7 @@ from typing import Any
 
 from reconciler import logs
 from reconciler.core.errors import JenkinsError, JenkinsRefused, JenkinsUnavailable, StateError, Withheld
-from reconciler.core.runs import Run
+from reconciler.core.runs import Run, RunStatus
 from reconciler.jenkins.client import MASKED, Client, Found, RecentBuilds
 from reconciler.metrics import Metrics
 from reconciler.repo.history import History, iso
@@ -137,9 +137,9 @@ class Executor:
         nothing on, if the run's history cannot be read. A run left `posting` is looked up after
         `posting_after` seconds: a replica that held the lease before may still be sending it."""
         fire = None
-        if run.status == "decided":  # killed before the POST, maybe before the history line too
+        if run.status is RunStatus.DECIDED:  # killed before the POST, maybe before the history line too
             fire = _Fire(run, False, not self.history.has(run), self.retry_min)
-        elif run.status == "posting":
+        elif run.status is RunStatus.POSTING:
             fire = _Fire(run, True, False, self.retry_min)
         self._set_active([run])
         if fire is None:
@@ -155,9 +155,9 @@ class Executor:
             client = self.clients[run.server]
             log = self._log(run)
             try:
-                if run.status == "queued" and run.queue_url:
+                if run.status is RunStatus.QUEUED and run.queue_url:
                     client.cancel(run.queue_url)
-                elif run.status == "building" and run.build_url:
+                elif run.status is RunStatus.BUILDING and run.build_url:
                     client.stop_build(run.build_url)
                 else:
                     continue
@@ -167,7 +167,7 @@ class Executor:
 
     def supersede(self, run: Run, reason: str) -> None:
         """A refused run that will not be posted again: its spec changed, went, or its tick is too late."""
-        self._finish(run, "failed", reason=reason)
+        self._finish(run, RunStatus.FAILED, reason=reason)
         self._log(run).warning("fire_superseded", reason=reason)
 
     def active(self) -> list[Run]:
@@ -252,7 +252,7 @@ class Executor:
             self._active[run.run_id] = run
         else:
             self._active.pop(run.run_id, None)
-        if run.status in ("decided", "posting"):
+        if run.status in (RunStatus.DECIDED, RunStatus.POSTING):
             self._unposted.add(run.run_id)
         else:
             self._unposted.discard(run.run_id)
@@ -289,12 +289,12 @@ class Executor:
                 log.exception("run_step_crashed", exc_info=e)
             self._forget(run)
 
-    def _finish(self, run: Run, status: str, *, recorded: dict[str, Any] | None = None, **fields: Any) -> Run:
+    def _finish(self, run: Run, status: RunStatus, *, recorded: dict[str, Any] | None = None, **fields: Any) -> Run:
         """Close a run; `recorded` goes on its history line only (what the build ran with)."""
         now = self.clock()
         reason = fields.pop("reason", None)
         run = self._update(run, status=status, finished_at=now, last_error=reason, **fields)
-        outcome = (run.result or "unknown").lower() if status == "completed" else status
+        outcome = (run.result or "unknown").lower() if status is RunStatus.COMPLETED else status
         self.metrics.fires.labels(run.server, run.job, outcome).inc()
         self.history.append(run, status, now, reason=reason, result=run.result, number=run.build_number,
                             url=run.build_url, duration_ms=run.duration_ms, **(recorded or {}))
@@ -322,7 +322,8 @@ class Executor:
             fire.record = False
         if fire.search_first:
             if not self.taggable(run, client):
-                self._finish(run, "lost", reason="the reconciler stopped while posting and the run carries no tag to "
+                self._finish(run, RunStatus.LOST,
+                             reason="the reconciler stopped while posting and the run carries no tag to "
                              "look it up by (no job token, no run_id_parameter); Jenkins may or may not have built "
                              "it. Bump `run` in the spec to fire it again")
                 log.error("run_lost", reason="stopped while posting, untagged")
@@ -341,7 +342,7 @@ class Executor:
                 self._adopt(run, found, log)
                 return
             fire.search_first = False
-        run = fire.run = self._update(run, True, status="posting", attempts=run.attempts + 1)
+        run = fire.run = self._update(run, True, status=RunStatus.POSTING, attempts=run.attempts + 1)
         try:
             accepted = client.trigger(run.job, run.parameters, run.cause, self.may_post)
         except Withheld as e:  # the next leader looks the run up and posts it
@@ -367,7 +368,7 @@ class Executor:
         `reconciler retry`. What to fix is in the error."""
         now = self.clock()
         delay = min(self.refused_min * 2 ** max(run.attempts - 1, 0), self.refused_max)
-        run = self._update(run, status="refused", last_error=str(error), retry_at=now + delay)
+        run = self._update(run, status=RunStatus.REFUSED, last_error=str(error), retry_at=now + delay)
         self.metrics.fires.labels(run.server, run.job, "refused").inc()
         self.history.append(run, "refused", now, reason=str(error), status=error.status, retry_at=iso(now + delay))
         log.error("fire_refused", error=str(error), status=error.status, retry_in=round(delay))
@@ -376,7 +377,7 @@ class Executor:
         """Record why the attempt failed and attempt again after a growing delay. A run that may have
         reached Jenkins stays `posting` until a lookup says otherwise: after a kill, it is looked up first."""
         maybe_posted = fire.search_first or (isinstance(error, JenkinsUnavailable) and error.maybe_received)
-        run = fire.run = self._update(fire.run, status="posting" if maybe_posted else "decided",
+        run = fire.run = self._update(fire.run, status=RunStatus.POSTING if maybe_posted else RunStatus.DECIDED,
                                       last_error=str(error))
         self._log(run).warning("fire_retrying", error=str(error), attempts=run.attempts,
                                retry_in=round(fire.delay, 1))
@@ -385,13 +386,14 @@ class Executor:
 
     def _queued(self, run: Run, queue_url: str) -> Run:
         now = self.clock()
-        run = self._update(run, status="queued", queue_url=queue_url, posted_at=run.posted_at or now, last_error=None)
+        run = self._update(run, status=RunStatus.QUEUED, queue_url=queue_url, posted_at=run.posted_at or now,
+                           last_error=None)
         self.history.append(run, "queued", now, queue_url=queue_url)
         return run
 
     def _started(self, run: Run, number: int | None, url: str | None) -> Run:
         now = self.clock()
-        run = self._update(run, status="building", build_number=number, build_url=url,
+        run = self._update(run, status=RunStatus.BUILDING, build_number=number, build_url=url,
                            posted_at=run.posted_at or now)
         self.history.append(run, "started", now, number=number, url=url)
         return run
@@ -425,17 +427,17 @@ class Executor:
         log = self._log(run)
         next_interval = min(interval * 2, self.poll_max)
         try:
-            if run.status == "queued":
+            if run.status is RunStatus.QUEUED:
                 seen = recent.by_queue_id.get(_queue_id(run)) if recent else None
                 if seen is not None:
                     run = self._started(run, seen.number, seen.url)
                     log.info("build_started", number=seen.number, url=seen.url)
                 else:
                     run = self._check_queue(client, run, log)
-                if run.status == "queued":
+                if run.status is RunStatus.QUEUED:
                     self._later(interval, _Look(run, next_interval))
                     return
-            if run.status == "building":
+            if run.status is RunStatus.BUILDING:
                 build = (recent.by_number.get(run.build_number or 0) if recent else None) or \
                     client.build(run.build_url or "")
                 self._check_note(client, run, build.notes, log)
@@ -443,7 +445,7 @@ class Executor:
                 if build.result is None:
                     self._later(interval, _Look(run, next_interval))
                     return
-                run = self._finish(run, "completed", result=build.result, duration_ms=build.duration_ms,
+                run = self._finish(run, RunStatus.COMPLETED, result=build.result, duration_ms=build.duration_ms,
                                    recorded=_ran_with(run, build))
                 log.log(20 if build.result == "SUCCESS" else 30, "build_completed", result=build.result,
                         number=build.number, url=build.url, duration_ms=build.duration_ms)
@@ -452,7 +454,7 @@ class Executor:
             self._later(next_interval, _Look(run, next_interval))
         except JenkinsRefused as e:
             if e.status == 404:
-                self._finish(run, "lost", reason=f"the build vanished from Jenkins: {e}")
+                self._finish(run, RunStatus.LOST, reason=f"the build vanished from Jenkins: {e}")
                 log.error("run_lost", error=str(e))
             else:
                 log.error("follow_refused", error=str(e))
@@ -486,7 +488,7 @@ class Executor:
             run = self._started(run, state.build_number, state.build_url)
             log.info("build_started", number=state.build_number, url=state.build_url)
         elif state.kind == "cancelled":
-            run = self._finish(run, "cancelled", reason="the queue item was cancelled in Jenkins")
+            run = self._finish(run, RunStatus.CANCELLED, reason="the queue item was cancelled in Jenkins")
             log.warning("run_cancelled")
         elif state.kind == "gone":
             found = self._find(client, run, queue_id=_queue_id(run))
@@ -498,13 +500,14 @@ class Executor:
             elif self.taggable(run, client) and run.attempts <= REPOSTS:
                 # Its tag is in no queue item and no recent build: Jenkins lost it (a restart forgets the
                 # queue) and it never ran. Posting it again is the one way it runs; bounded, logged.
-                run = self._update(run, status="decided", queue_url=None,
+                run = self._update(run, status=RunStatus.DECIDED, queue_url=None,
                                    last_error="the queue item vanished and no build carries the run id")
                 log.warning("fire_reposted", reason="queue item vanished, no build carries the run id",
                             attempts=run.attempts)
                 self._start(_Fire(run, False, False, self.retry_min))
             else:
-                run = self._finish(run, "lost", reason="the queue item vanished (Jenkins restarted?) and no build "
+                run = self._finish(run, RunStatus.LOST,
+                                   reason="the queue item vanished (Jenkins restarted?) and no build "
                                                        "carries its queue id or run id")
                 log.error("run_lost", reason="queue item vanished")
         return run
