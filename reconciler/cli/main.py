@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -331,11 +330,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     for server in servers.values():
         for warning in server.warnings():
             log.warning("server_insecure", server=server.name, warning=warning)
-    probes = None
     if args.listen and not args.once:
         from reconciler.service.probes import Probes
 
-        probes = Probes(args.listen, daemon, daemon.executor.metrics).start()
+        probes = Probes(args.listen, daemon, daemon.executor.metrics).start(daemon.supervisor)
         log.info("probes_listening", address=probes.address)
     try:
         if args.once:
@@ -351,9 +349,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return EXIT_ERROR
         return EXIT_OK
     finally:
-        if probes is not None:
-            probes.stop()
-        in_flight = daemon.close()
+        in_flight = daemon.close()  # the probes stop with the daemon's other threads
         log.info("daemon_stopped", in_flight=len(in_flight),
                  **({"runs": {r.run_id: f"{r.trigger}: {r.status}" for r in in_flight}} if in_flight else {}))
 
@@ -361,7 +357,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_once(daemon: Any, args: argparse.Namespace, log: Any) -> int:
     """One pass, then wait for its runs (posted, or with --wait finished) and say how they went."""
     if daemon.leadership is not None:  # replicas on PostgreSQL: one pass, as the leader or not at all
-        threading.Thread(target=daemon.leadership.run, args=(daemon.executor.stop,), daemon=True).start()
+        daemon.supervisor.start("leadership", daemon.leadership.run, daemon.executor.stop)
         if not daemon.leadership.elected.wait(2 * daemon.leadership.lease):
             holder, epoch = daemon.leadership.seen
             log.error("not_leader", leader=holder, epoch=epoch, reason="another replica holds the lease")

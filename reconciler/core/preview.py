@@ -13,14 +13,26 @@ from collections.abc import Container, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from cronsim import CronSim
 
 from reconciler.core import schedule as cron
-from reconciler.core.spec import Spec
-from reconciler.jenkins.client import job_url
-from reconciler.repo.catalog import Entry
+from reconciler.core.errors import SpecError
+from reconciler.core.spec import Spec, job_url
+
+
+class Entry(Protocol):
+    """A spec file as judged: what the catalog holds for each trigger (repo/catalog.py's Entry)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def spec(self) -> Spec | None: ...
+    @property
+    def error(self) -> SpecError | None: ...
+    @property
+    def digest(self) -> bytes | None: ...
 
 
 class Kind(StrEnum):

@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from ruamel.yaml import YAML
@@ -488,3 +489,8 @@ def json_schema() -> dict[str, Any]:
     schema = SpecModel.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema
+
+
+def job_url(base: str, job: str) -> str:
+    """`a b/ü` → `<base>job/a%20b/job/%C3%BC/`: every folder segment encoded on its own."""
+    return base + "".join(f"job/{quote(seg, safe='')}/" for seg in job.split("/"))

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import requests
 import urllib3
@@ -28,17 +28,13 @@ from requests.adapters import HTTPAdapter
 
 from reconciler.config import Server
 from reconciler.core.errors import JenkinsRefused, JenkinsUnavailable, LoginRedirect, Withheld
+from reconciler.core.spec import job_url
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 ACCEPTED = frozenset({200, 201, 303})
 """A trigger POST answered with a queue item: 201 queued it; 303 (Jenkins 2.308 to mid-2024) and 200
 (since jenkinsci/jenkins#9446) mean an identical request was already waiting and this one joined it."""
 _QUEUE_ITEM = re.compile(r"/queue/item/(\d+)/?$")
-
-
-def job_url(base: str, job: str) -> str:
-    """`a b/ü` → `<base>job/a%20b/job/%C3%BC/`: every folder segment encoded on its own."""
-    return base + "".join(f"job/{quote(seg, safe='')}/" for seg in job.split("/"))
 
 
 def job_of(url: str) -> str | None:

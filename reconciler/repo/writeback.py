@@ -95,9 +95,9 @@ class Writeback:
         return [f"history: the oldest line not yet pushed to {self.remote.repository} "
                 f"({self.remote.branch}) was written {age:.0f}s ago{why}"]
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="history-git", daemon=True)
-        self._thread.start()
+    def start(self, spawn: Callable[[str, Callable[[], None]], threading.Thread]) -> None:
+        """Run the commit-and-push loop on a thread `spawn` starts (the daemon's supervisor)."""
+        self._thread = spawn("history-git", self._run)
 
     def close(self, timeout: float = 15.0) -> None:
         """Stop after one last push of whatever is written (bounded: a remote that is down keeps it)."""

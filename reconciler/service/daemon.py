@@ -27,6 +27,7 @@ from reconciler.repo.history import History
 from reconciler.repo.watch import Watcher
 from reconciler.repo.writeback import Writeback
 from reconciler.service.execute import Executor
+from reconciler.service.supervisor import Supervisor
 from reconciler.store.base import StateStore
 from reconciler.store.open import is_dsn, open_store
 
@@ -60,6 +61,7 @@ class Daemon:
         """With replicas on PostgreSQL: the lease that lets this one fire (see leadership.py)."""
         self.servers = servers
         self.executor = executor
+        self.supervisor = executor.supervisor
         self.clock = clock
         self.resync_interval = resync_interval
         self.log = logs.get()
@@ -341,8 +343,7 @@ class Daemon:
             return
         # The watch starts before the first scan, so it is in place by the time the scan is done.
         self.watcher = Watcher(str(self.catalog.root), self._notice)
-        self._watcher_thread = threading.Thread(target=self.watcher.run, name="watcher", daemon=True)
-        self._watcher_thread.start()
+        self._watcher_thread = self.supervisor.start("watcher", self.watcher.run)
         try:
             if self.leadership is None or self._stand_by(stop):
                 self._lead(stop)
@@ -351,10 +352,10 @@ class Daemon:
             self._watcher_thread.join(timeout=2)
 
     def _lead(self, stop: threading.Event) -> None:
-        self.bootstrap()
+        self._until_done("bootstrap", self.bootstrap, stop)
         if self.writeback is not None:
-            self.writeback.start()
-        fired = self.pass_once()
+            self.writeback.start(self.supervisor.start)
+        fired = self._until_done("first_pass", self.pass_once, stop) or []
         self.log.info("pass_completed", specs=len(self.catalog.entries), fired=len(fired),
                       invalid=len(self.catalog.errors))
         # What the first pass built lives as long as the process: a full collection walked it to find
@@ -377,16 +378,14 @@ class Daemon:
                 break
             self._wake.clear()
             resync = time.monotonic() >= next_resync
-            try:
-                self._turn(resync)
-            except StateError as e:
+            error = self.supervisor.guard("leader", self._turn, resync)
+            if error is not None:
                 # Nothing is lost: what was not recorded was not fired, and the full pass that follows
                 # decides it again. Until one goes through, /readyz says why.
-                retry = min(STORE_RETRY, self.resync_interval)
-                self._store_failure = str(e)
-                self.executor.metrics.state_errors.inc()
-                self.log.error("pass_failed", error=str(e), retry_in=retry)
-                stop.wait(retry)
+                self._store_failure = str(error) if isinstance(error, StateError) else None
+                if isinstance(error, StateError):
+                    self.executor.metrics.state_errors.inc()
+                stop.wait(min(STORE_RETRY, self.resync_interval))
                 next_resync = time.monotonic()
                 continue
             self._store_failure = None
@@ -398,7 +397,7 @@ class Daemon:
         (a rollout goes on) while it waits; True once it leads, False if stopped first."""
         assert self.leadership is not None
         elected = self.leadership.elected
-        threading.Thread(target=self.leadership.run, args=(stop,), name="leadership", daemon=True).start()
+        self.supervisor.start("leadership", self.leadership.run, stop)
         self.catalog.scan()
         self.ready.set()
         self.log.info("standing_by", specs=len(self.catalog.entries))
@@ -408,8 +407,23 @@ class Daemon:
             self._wake.clear()
             paths = self._take_paths()
             if paths:
-                self.catalog.refresh(paths)
+                self.supervisor.guard("standby", self.catalog.refresh, paths)
         return elected.is_set() and not stop.is_set()
+
+    def _until_done(self, step: str, work: Callable[[], Any], stop: threading.Event) -> Any:
+        """`work()`, tried again with a growing pause while it fails (a database that is restarting,
+        a history it cannot read yet), until it succeeds or the process stops; /readyz says why."""
+        delay = 1.0
+        while not stop.is_set():
+            self.heartbeat = time.monotonic()
+            try:
+                return work()
+            except Exception as e:
+                self.supervisor.report(step, e)
+                self._store_failure = f"{step} failed, retrying in {delay:.0f}s: {logs.redact(str(e))}"
+                stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+        return None
 
     def _take_paths(self) -> list[str]:
         """The paths the watcher named since the last look."""
@@ -448,6 +462,7 @@ class Daemon:
         in_flight = self.executor.shutdown()
         if self.writeback is not None:
             self.writeback.close()
+        self.supervisor.shutdown()
         self.store.close()
         for client in self.executor.clients.values():
             client.close()
@@ -472,7 +487,8 @@ def assemble(triggers: Path, state: Path | str, history: Path | None, servers: M
         shared = PgStore(str(state), hold=lease)
     store: StateStore = shared if shared is not None else open_store(state)
     records = History(writeback.history_dir if writeback is not None else history, writeback)
-    executor = Executor(store, records, clients, stop=stop, clock=clock, **executor_options)
+    executor = Executor(store, records, clients, stop=stop, clock=clock, supervisor=Supervisor(stop),
+                        **executor_options)
     if writeback is not None:
         executor.metrics.watch_history(writeback.unpushed_age)
     daemon = Daemon(Catalog(triggers), store, records, servers, executor, clock=clock,

@@ -38,6 +38,7 @@ from reconciler.core.runs import Run, RunStatus
 from reconciler.jenkins.client import MASKED, Client, Found, RecentBuilds
 from reconciler.metrics import Metrics
 from reconciler.repo.history import History, iso
+from reconciler.service.supervisor import Supervisor
 from reconciler.store.base import StateStore
 
 GROUP_WINDOW = 0.25
@@ -92,7 +93,8 @@ class Executor:
     def __init__(self, store: StateStore, history: History, clients: Mapping[str, Client], *,
                  stop: threading.Event, clock: Callable[[], float] = time.time,
                  poll_min: float = 0.5, poll_max: float = 5.0, retry_min: float = 1.0, retry_max: float = 300.0,
-                 refused_min: float = 30.0, refused_max: float = 3600.0, metrics: Metrics | None = None):
+                 refused_min: float = 30.0, refused_max: float = 3600.0, metrics: Metrics | None = None,
+                 supervisor: Supervisor | None = None):
         self.store = store
         self.metrics = metrics or Metrics()
         self.history = history
@@ -119,8 +121,8 @@ class Executor:
         self._seq = itertools.count()
         self.may_post: Callable[[], bool] | None = None
         """Asked right before each POST attempt: with replicas, whether this one's lease surely holds."""
-        self._timer = threading.Thread(target=self._run_timers, name="timers", daemon=True)
-        self._timer.start()
+        self.supervisor = supervisor or Supervisor(stop)
+        self._timer = self.supervisor.start("timers", self._run_timers)
         self.metrics.count_in_flight(lambda: len(self._active))
 
     # -- entry points -----------------------------------------------------------------------

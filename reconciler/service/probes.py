@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from reconciler.core.errors import ConfigError
 from reconciler.metrics import Metrics
 from reconciler.service.daemon import Daemon
+from reconciler.service.supervisor import Supervisor
 
 MAX_CONNECTIONS = 32
 READ_TIMEOUT = 5.0
@@ -89,10 +90,11 @@ class Probes:
         except OSError as e:
             raise ConfigError(f"--listen {listen}: cannot listen there: {e.strerror}") from None
         self.address = f"{self._server.server_address[0]}:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="probes", daemon=True)
 
-    def start(self) -> Probes:
-        self._thread.start()
+    def start(self, supervisor: Supervisor) -> Probes:
+        """Serve on a thread the daemon's supervisor owns, stopped with the rest."""
+        supervisor.start("probes", self._server.serve_forever)
+        supervisor.on_stop(self.stop)
         return self
 
     def stop(self) -> None:
