@@ -8,7 +8,7 @@ import gc
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +48,21 @@ def trim_heap() -> None:
     hand them back, so a sidecar's memory is what it holds, not what its first pass touched."""
     with contextlib.suppress(AttributeError, OSError):  # not glibc (musl has no malloc_trim): nothing to do
         ctypes.CDLL(None).malloc_trim(0)
+
+
+UNSUCCESSFUL = frozenset({RunStatus.REFUSED, RunStatus.FAILED, RunStatus.LOST, RunStatus.CANCELLED})
+
+
+@dataclass(frozen=True)
+class Once:
+    """How `run --once` went."""
+
+    not_leader: bool = False
+    invalid: bool = False
+    waiting: dict[str, str] = field(default_factory=dict)
+    """Runs still open when the wait ended, by trigger: the wait timed out."""
+    failed: dict[str, str] = field(default_factory=dict)
+    """Runs that did not succeed, by trigger, with their result or status."""
 
 
 class Daemon:
@@ -315,6 +330,31 @@ class Daemon:
         metrics.last_pass.set(self.clock())
         self.passes += 1
         return fired
+
+    def run_once(self, *, wait: bool, timeout: float | None) -> Once:
+        """One pass, then wait for its runs: until Jenkins accepted them, or with `wait` until they
+        finished. With replicas, one pass as the leader or none at all."""
+        if self.leadership is not None:
+            self.supervisor.start("leadership", self.leadership.run, self.executor.stop)
+            if not self.leadership.elected.wait(2 * self.leadership.lease):
+                holder, epoch = self.leadership.seen
+                self.log.error("not_leader", leader=holder, epoch=epoch, reason="another replica holds the lease")
+                return Once(not_leader=True)
+        self.take_in_history(self.executor.stop)
+        self.bootstrap()
+        started = {r.run_id for r in self.executor.active()}
+        fired = self.pass_once()
+        started |= {r.run_id for r in fired}
+        done = self.executor.wait_idle(timeout, posted_only=not wait)
+        self.log.info("pass_completed", specs=len(self.catalog.entries), fired=len(fired),
+                      invalid=len(self.catalog.errors) + len(self.unconfigured))
+        if self.catalog.errors or self.unconfigured:
+            return Once(invalid=True)
+        if not done:
+            return Once(waiting={r.trigger: r.status for r in self.executor.active() if r.run_id in started})
+        runs = [r for r in self.store.runs(limit=100_000) if r.run_id in started]
+        return Once(failed={r.trigger: r.result or r.status for r in runs if r.status in UNSUCCESSFUL or
+                            (wait and r.status is RunStatus.COMPLETED and r.result != "SUCCESS")})
 
     def liveness_problems(self) -> list[str]:
         stalled = time.monotonic() - self.heartbeat

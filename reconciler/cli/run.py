@@ -1,0 +1,110 @@
+"""The daemon: `run`, and `run --once` for CI."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Any
+
+from reconciler import logs
+from reconciler.cli import options
+from reconciler.cli.options import (
+    EXIT_ERROR,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_RUN_FAILED,
+    EXIT_TIMEOUT,
+    add_common,
+    duration,
+    env,
+    env_flag,
+)
+from reconciler.config import load_history_remote
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("run", help="watch the triggers and fire what is due (the daemon)",
+                       description="The daemon: watch --triggers, fire each one-shot once per revision and each "
+                                   "schedule once per tick, follow every run to its result, and record it in the "
+                                   "state store and the history. With --once: one pass, then exit with a code a "
+                                   "CI job can gate on (0 ok, 1 invalid specs, 2 error, 3 a run failed or was "
+                                   "refused, 4 --timeout).",
+                       epilog="examples: reconciler run --listen 0.0.0.0:9090\n"
+                              "          reconciler run --once --wait --timeout 20m",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common(p)
+    p.add_argument("--once", action="store_true", default=env_flag("once"),
+                   help="one pass: fire what is due, wait until it is posted, exit (env RECONCILER_ONCE)")
+    p.add_argument("--wait", action="store_true", default=env_flag("wait"),
+                   help="with --once, also follow the fired runs to their results (env RECONCILER_WAIT)")
+    p.add_argument("--timeout", type=duration, default=duration(env("timeout", "30m")), metavar="DURATION",
+                   help="with --once, the longest wait, e.g. 90s, 10m, 1h; then exit 4 (default 30m; 0: no limit; "
+                        "env RECONCILER_TIMEOUT)")
+    p.add_argument("--resync-interval", type=float, default=float(env("resync_interval", 60)),
+                   help="seconds between full rescans, so no missed event loses a trigger (default 60)")
+    p.add_argument("--poll-interval", type=float, default=float(env("poll_interval", 5)),
+                   help="longest wait between two looks at a queued or running build (default 5 s)")
+    p.add_argument("--listen", default=env("listen"), metavar="HOST:PORT",
+                   help="serve /healthz, /readyz and /metrics (env RECONCILER_LISTEN), e.g. 0.0.0.0:9090")
+    p.add_argument("--lease", type=float, default=float(env("lease", 3)), metavar="SECONDS",
+                   help="with a PostgreSQL store: how long the leader's lease lasts unrenewed, so how soon a "
+                        "standby replaces a dead leader (default 3; env RECONCILER_LEASE)")
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from reconciler.repo.writeback import Writeback
+    from reconciler.service.daemon import assemble
+
+    servers = options.servers(args)
+    if not servers:
+        print("reconciler: no Jenkins server configured: set JENKINS_URL (and JENKINS_USER, JENKINS_API_TOKEN) "
+              "or give a servers config with --config", file=sys.stderr)
+        return EXIT_ERROR
+    remote = load_history_remote(args.config, triggers=args.triggers, state=args.state)
+    writeback = None if remote is None else Writeback(remote)
+    daemon = assemble(args.triggers, args.state, args.history, servers, resync_interval=args.resync_interval,
+                      poll_max=args.poll_interval, writeback=writeback, lease=args.lease)
+    log = logs.get()
+    for server in servers.values():
+        for warning in server.warnings():
+            log.warning("server_insecure", server=server.name, warning=warning)
+    if args.listen and not args.once:
+        from reconciler.service.probes import Probes
+
+        probes = Probes(args.listen, daemon, daemon.executor.metrics).start(daemon.supervisor)
+        log.info("probes_listening", address=probes.address)
+    try:
+        if args.once:
+            return _run_once(daemon, args, log)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, daemon.request_stop)
+        log.info("daemon_started", triggers=str(args.triggers), state=str(daemon.store.path),
+                 history=str(daemon.history.root), servers=sorted(servers),
+                 **({"history_remote": remote.repository, "history_branch": remote.branch} if remote else {}))
+        daemon.run(daemon.executor.stop)
+        if daemon.leadership is not None and daemon.leadership.lost.is_set():
+            log.error("daemon_exiting", reason="leadership lost: starting again makes this a standby")
+            return EXIT_ERROR
+        return EXIT_OK
+    finally:
+        in_flight = daemon.close()  # the probes stop with the daemon's other threads
+        log.info("daemon_stopped", in_flight=len(in_flight),
+                 **({"runs": {r.run_id: f"{r.trigger}: {r.status}" for r in in_flight}} if in_flight else {}))
+
+
+def _run_once(daemon: Any, args: argparse.Namespace, log: Any) -> int:
+    """One pass, then wait for its runs (posted, or with --wait finished); the exit code says how they went."""
+    outcome = daemon.run_once(wait=args.wait, timeout=args.timeout or None)
+    if outcome.not_leader:
+        return EXIT_ERROR
+    if outcome.invalid:
+        return EXIT_INVALID
+    if outcome.waiting:
+        log.error("wait_timed_out", timeout_s=args.timeout, runs=outcome.waiting)
+        return EXIT_TIMEOUT
+    if outcome.failed:
+        log.error("runs_failed", runs=outcome.failed)
+        return EXIT_RUN_FAILED
+    return EXIT_OK

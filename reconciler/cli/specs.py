@@ -1,0 +1,280 @@
+"""Commands over the specs themselves: `validate`, `check`, `plan`, `next`, `schema`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from reconciler.cli import options
+from reconciler.cli.options import (
+    EXIT_ERROR,
+    EXIT_INVALID,
+    EXIT_OK,
+    add_common,
+    duration,
+    env,
+    history_dir,
+    timestamp,
+)
+from reconciler.core.errors import ConfigError, Problem, SpecError
+from reconciler.core.plan import Action, plan, unknown_server
+from reconciler.repo.catalog import Catalog, check_file
+from reconciler.service import records
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("validate", help="check specs; prints file:line:col: message per error, exit 1 if any",
+                       description="Judge spec files as the daemon does, without Jenkins: YAML, schema, links, "
+                                   "names, and the servers they name when servers are configured. Fast enough "
+                                   "for a pre-commit hook.",
+                       epilog="examples: reconciler validate triggers/\n"
+                              "          reconciler validate triggers/team/deploy.yaml --config /etc/reconciler/"
+                              "servers.yaml",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="*", type=Path, help="files or directories (default: --triggers)")
+    p.add_argument("--triggers", type=Path, default=Path(env("triggers", "triggers")),
+                   help="the triggers directory, for links and the config file's place (env RECONCILER_TRIGGERS)")
+    p.add_argument("--config", type=Path, default=env("config"),
+                   help="the operator's servers config: specs naming another server are invalid "
+                        "(env RECONCILER_CONFIG; JENKINS_URL makes `default` known)")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("check", help="check specs against the live Jenkins, read-only (GETs only)",
+                       description="For each spec, against the configured server: the job exists and we may read "
+                                   "it, is buildable, its parameter definitions match (unknown names, choices, "
+                                   "booleans, parameters without defaults), the endpoint fits, and nothing "
+                                   "redirects to a login page. One read per job however many specs name it; never "
+                                   "a POST.",
+                       epilog="example: reconciler check triggers/ --config /etc/reconciler/servers.yaml --json")
+    p.add_argument("paths", nargs="*", type=Path, help="files or directories (default: --triggers)")
+    p.add_argument("--triggers", type=Path, default=Path(env("triggers", "triggers")),
+                   help="directory of trigger specs (env RECONCILER_TRIGGERS)")
+    p.add_argument("--config", type=Path, default=env("config"),
+                   help="the operator's servers config (env RECONCILER_CONFIG)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--timeout", type=duration, default=duration("30s"), metavar="DURATION",
+                   help="the longest a server's checks may take (default 30s)")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("plan", help="what a pass would do now (or --at TIME), per trigger",
+                       description="Per trigger: fire, up to date, pending (refused by Jenkins, to be posted "
+                                   "again), scheduled (with the next tick), suspended or invalid. Reads the state "
+                                   "store and the history; sends nothing.",
+                       epilog="example: reconciler plan --at 2026-12-24T03:00:00+01:00 --json")
+    add_common(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output (same as --format json)")
+    p.add_argument("--at", type=timestamp, help="ISO 8601 time to plan for (default: now); naive means UTC")
+    p.add_argument("--base", metavar="REV", help="preview a change: compare the triggers at this git revision "
+                                                 "(e.g. origin/main) with --head; offline, no Jenkins, no state")
+    p.add_argument("--head", metavar="REV", help="with --base: the revision to merge (default: the working tree)")
+    p.add_argument("--format", choices=("text", "markdown", "json"), default="text",
+                   help="with --base: text, a markdown pull-request comment, or JSON")
+    p.add_argument("--check", action="store_true",
+                   help="with --base: also check what will fire against the live Jenkins (read-only)")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("next", help="upcoming fire times of a scheduled trigger",
+                       description="The next ticks of a schedule, with H resolved, in its time zone and in UTC.",
+                       epilog="example: reconciler next nightly/regression --count 10")
+    p.add_argument("name", help="trigger name, e.g. nightly/regression")
+    p.add_argument("--count", type=int, default=5, help="how many ticks (default 5)")
+    p.add_argument("--triggers", type=Path, default=Path(env("triggers", "triggers")),
+                   help="directory of trigger specs (env RECONCILER_TRIGGERS)")
+    p.set_defaults(func=cmd_next)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of a trigger spec (for editors and CI)",
+                   description="The JSON Schema of a trigger spec, for editors (yaml-language-server) and CI.",
+                   epilog="example: reconciler schema > schema/trigger.schema.json")
+    p.set_defaults(func=cmd_schema)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Specs judged as the daemon judges them: their files, and the servers they name where servers are
+    configured (a --config, or JENKINS_URL; in another repository's pre-commit hook there are none)."""
+    errors: list[SpecError | ConfigError] = []
+    servers = None
+    if args.config or os.environ.get("JENKINS_URL"):
+        try:
+            servers = options.servers(args)
+        except ConfigError as e:  # judged like any file: one more invalid one, with its position
+            errors.append(e)
+    count, invalid, specs = _collect(args.paths or [args.triggers], args)
+    errors += invalid
+    if servers is not None:
+        errors += [SpecError(shown, [Problem(*_value_position(shown, "server"), unknown_server(spec.server,
+                                                                                               servers))])
+                   for shown, spec in specs if spec.server not in servers]
+    for err in errors:
+        print(err)
+    print(f"{count} spec(s) checked, {len(errors)} invalid", file=sys.stderr)
+    return EXIT_INVALID if errors else EXIT_OK
+
+
+def _collect(paths: list[Path], args: argparse.Namespace) -> tuple[int, list[SpecError], list[tuple[str, Any]]]:
+    """The spec files under `paths` (folders scanned, files judged as a scan would): how many, the
+    invalid ones, and the valid ones with the path to show. The servers config, if among them, is
+    left to whoever judges it as config."""
+    config = Path(args.config).resolve() if getattr(args, "config", None) else None
+    errors: list[SpecError] = []
+    specs: list[tuple[str, Any]] = []
+    count = 0
+    for path in paths:
+        if config is not None and path.resolve() == config:  # `validate triggers/*.yaml servers.yaml`
+            count += 1
+        elif path.is_dir():
+            catalog = Catalog.scanned(path)
+            count += len(catalog.entries) + len(catalog.rejected)
+            errors += [SpecError(str(path / e.path), e.problems) for e in catalog.errors.values()]
+            specs += [(str(path / e.path), e.spec) for e in catalog.entries.values() if e.spec is not None]
+        elif path.exists():
+            count += 1
+            judged = check_file(str(path), str(args.triggers))
+            if isinstance(judged, SpecError):
+                errors.append(judged)
+            else:
+                specs.append((str(path), judged))
+        else:
+            errors.append(SpecError(str(path), [Problem(1, 1, "no such file or directory")]))
+    return count, errors, specs
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """The live contract check: each spec against the job it names, read-only."""
+    from reconciler.jenkins import contract
+    from reconciler.jenkins.client import Client
+
+    servers = options.servers(args)
+    count, invalid, specs = _collect(args.paths or [args.triggers], args)
+    clients = {name: Client(server, attempts=2, backoff=0.2, max_backoff=1.0) for name, server in servers.items()}
+    try:
+        report = contract.check(specs, clients, per_server=args.timeout)
+    finally:
+        for client in clients.values():
+            client.close()
+    problems = [str(e) for e in invalid] + [str(f) for f in report.findings]
+    if args.json:
+        print(json.dumps({"specs": count, "jobs": report.jobs, "reads": report.reads, "users": report.users,
+                          "problems": [{"path": f.path, "line": f.line, "column": f.column, "message": f.message}
+                                       for f in report.findings] +
+                                      [{"path": e.path, "line": p.line, "column": p.column, "message": p.message}
+                                       for e in invalid for p in e.problems]}, indent=2))
+    else:
+        for line in problems:
+            print(line)
+    users = ", ".join(f"{user} on {server}" for server, user in sorted(report.users.items())) or "no server"
+    print(f"{count} spec(s) checked against {report.jobs} job(s) in {report.reads} read(s), as {users}; "
+          f"{len(problems)} problem(s). Job/Build permission is proven only by a POST, which check never sends",
+          file=sys.stderr)
+    return EXIT_INVALID if problems else EXIT_OK
+
+
+def _value_position(path: str, key: str) -> tuple[int, int]:
+    from reconciler.core.spec import position_in
+
+    try:
+        return position_in(Path(path).read_text(encoding="utf-8"), key, value=True)
+    except (OSError, UnicodeDecodeError):
+        return 1, 1
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    if args.base:
+        return _plan_change(args)
+    catalog = Catalog.scanned(args.triggers)
+    fired, cursors = records.fired(history_dir(args), args.state)
+    real_now = datetime.now(UTC)
+    verdicts = plan(catalog.specs, catalog.errors, fired, options.servers(args), now=args.at or real_now,
+                    cursors=cursors, refused=records.refused(args.state), since=min(real_now, args.at or real_now))
+    if args.json:
+        print(json.dumps([{"trigger": v.trigger, "action": v.action.value, "detail": v.detail,
+                           "server": v.spec.server if v.spec else None, "job": v.spec.job if v.spec else None,
+                           "endpoint": v.spec.endpoint if v.spec else None,
+                           "parameters": dict(v.spec.parameters) if v.spec and v.spec.parameters else None,
+                           "revision": v.spec.revision if v.spec else None} for v in verdicts], indent=2))
+    else:
+        width = max((len(v.trigger) for v in verdicts), default=7)
+        for v in verdicts:
+            detail = v.detail.splitlines()[0] if v.detail else ""
+            print(f"{v.trigger:<{width}}  {v.action.value:<10}  {detail}")
+    return EXIT_INVALID if any(v.action is Action.INVALID for v in verdicts) else EXIT_OK
+
+
+def _plan_change(args: argparse.Namespace) -> int:
+    """`plan --base REV [--head REV]`: what merging would do, from git alone (and the base's history)."""
+    from reconciler.core import preview
+    from reconciler.jenkins import contract
+    from reconciler.jenkins.client import Client
+    from reconciler.repo.revisions import Repository
+
+    repo = Repository.of(args.triggers, args.history)
+    now = args.at or datetime.now(UTC)
+    with contextlib.ExitStack() as stack:
+        base, base_history = stack.enter_context(repo.checkout(args.base))
+        head = stack.enter_context(repo.checkout(args.head))[0] if args.head else Catalog.scanned(args.triggers)
+        fired = {(r.trigger, r.fire_key) for r in base_history.runs()}
+        changes = preview.preview(_entries(base), _entries(head), fired, now)
+        findings: list[str] = []
+        if args.check:
+            firing = [(str(head.root / e.path), e.spec) for e in head.entries.values() if e.spec is not None
+                      and any(c.trigger == e.name and c.request is not None for c in changes)]
+            clients = {name: Client(server, attempts=2, backoff=0.2, max_backoff=1.0)
+                       for name, server in options.servers(args).items()}
+            report = contract.check(firing, clients, per_server=30.0)
+            root = str(head.root) + os.sep
+            findings = [str(f).replace(root, "") for f in report.findings]
+    fmt = "json" if args.json else args.format
+    if fmt == "json":
+        out = json.loads(preview.as_json(changes))
+        out["check"] = findings if args.check else None
+        print(json.dumps(out, indent=2))
+    elif fmt == "markdown":
+        print(preview.as_markdown(changes, f"reconciler plan {args.base}..{args.head or 'working tree'}"))
+        if findings:
+            print("\n**Live check against Jenkins found problems:**\n")
+            print("\n".join(f"- `{line}`" for line in findings))
+    else:
+        print(preview.as_text(changes))
+        for line in findings:
+            print(f"check: {line}")
+    invalid = any(c.kind is preview.Kind.INVALID for c in changes)
+    return EXIT_INVALID if invalid or findings else EXIT_OK
+
+
+def _entries(catalog: Catalog) -> dict[str, Any]:
+    """A catalog's entries by trigger, the files that cannot be triggers among them."""
+    return {**{e.name: e for e in catalog.rejected.values()}, **catalog.entries}
+
+
+def cmd_next(args: argparse.Namespace) -> int:
+    from reconciler.core.schedule import ticks
+
+    catalog = Catalog.scanned(args.triggers)
+    if args.name in catalog.errors:
+        print(catalog.errors[args.name], file=sys.stderr)
+        return EXIT_INVALID
+    spec = catalog.specs.get(args.name)
+    if spec is None:
+        print(f"reconciler: no trigger {args.name} in {args.triggers}", file=sys.stderr)
+        return EXIT_ERROR
+    if spec.schedule is None:
+        print(f"reconciler: {args.name} is a one-shot trigger (no `schedule:`): it has no ticks", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"{spec.name}: {spec.schedule.expression!r} → {spec.schedule.cron!r} in {spec.schedule.timezone}")
+    upcoming = ticks(spec.schedule, datetime.now(UTC))
+    for _ in range(args.count):
+        tick = next(upcoming)
+        print(f"  {tick.astimezone(spec.schedule.tz).isoformat()}  ({tick:%Y-%m-%dT%H:%M:%SZ})")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from reconciler.core.spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2, sort_keys=True))
+    return EXIT_OK
