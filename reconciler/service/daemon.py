@@ -418,7 +418,7 @@ class Daemon:
                 break
             self._wake.clear()
             resync = time.monotonic() >= next_resync
-            error = self.supervisor.guard("leader", self._turn, resync)
+            error = self.supervisor.guard("pass", self._turn, resync)
             if error is not None:
                 # Nothing is lost: what was not recorded was not fired, and the full pass that follows
                 # decides it again. Until one goes through, /readyz says why.
@@ -447,7 +447,7 @@ class Daemon:
             self._wake.clear()
             paths = self._take_paths()
             if paths:
-                self.supervisor.guard("standby", self.catalog.refresh, paths)
+                self.supervisor.guard("standby_refresh", self.catalog.refresh, paths)
         return elected.is_set() and not stop.is_set()
 
     def _until_done(self, step: str, work: Callable[[], Any], stop: threading.Event) -> Any:

@@ -62,20 +62,21 @@ class Supervisor:
         with self._lock:
             self._stoppers.append(stopper)
 
-    def guard(self, loop: str, turn: Callable[..., Any], *args: Any) -> BaseException | None:
-        """One turn of a loop: the error it raised, logged, or None. The loop goes on either way."""
+    def guard(self, what: str, turn: Callable[..., Any], *args: Any) -> BaseException | None:
+        """One turn of a loop: the error it raised, logged (see `report`), or None. The loop goes on."""
         try:
             turn(*args)
         except Exception as e:
-            self.report(loop, e)
+            self.report(what, e)
             return e
         return None
 
-    def report(self, where: str, error: BaseException) -> None:
+    def report(self, what: str, error: BaseException) -> None:
+        """`<what>_failed` with the reason in one line, or `<what>_crashed` with the traceback."""
         if expected(error):
-            self.log.error("turn_failed", loop=where, error=logs.redact(str(error)) or type(error).__name__)
+            self.log.error(f"{what}_failed", error=logs.redact(str(error)) or type(error).__name__)
         else:
-            self.log.error("turn_crashed", loop=where, exc_info=error)
+            self.log.error(f"{what}_crashed", exc_info=error)
 
     def alive(self, name: str) -> bool:
         with self._lock:
