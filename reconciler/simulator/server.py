@@ -279,8 +279,6 @@ class SimulatedJenkins:
             return _json(self._tree(api.user_json(self.root, user.name, user.full_name), params))
         if rest == "computer/api/json":
             return _json(self._tree(self._computers_json(), params))
-        if rest == "computer/doCreateItem":
-            return self._create_agent(method, params, caller)
         if rest == "":
             return _Response(200, b"<html><body>Jenkins (simulated)</body></html>")
         if rest == "crumbIssuer/api/json":
@@ -593,6 +591,8 @@ class SimulatedJenkins:
     def _computer_route(self, method: str, name: str, rest: str, params: dict[str, list[str]], caller: _Caller,
                         body: bytes) -> _Response:
         builtin = name in ("(master)", "(built-in)")
+        if name == "doCreateItem" and not rest:
+            return self._create_agent(method, params, caller)
         if not builtin and name not in self.agents:
             if name == "api" and rest == "json":
                 return _json(self._tree(self._computers_json(), params))
