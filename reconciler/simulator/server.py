@@ -281,6 +281,8 @@ class SimulatedJenkins:
             return _json(self._tree(self._computers_json(), params))
         if rest == "":
             return _Response(200, b"<html><body>Jenkins (simulated)</body></html>")
+        if rest == "computer":  # ComputerSet's page, where creating or deleting a node redirects
+            return _Response(200, b"<html><body>Nodes</body></html>")
         if rest == "crumbIssuer/api/json":
             if not self.config.csrf:
                 raise JenkinsError(404, "Not Found")
@@ -599,6 +601,21 @@ class SimulatedJenkins:
             raise JenkinsError(404, f"No node named {name}")
         if rest in ("", "api/json"):
             return _json(self._tree(self._builtin_json() if builtin else self._agent_json(name), params))
+        if rest in ("rssAll", "rssFailed"):  # Computer.doRssAll / doRssFailed: Atom feeds of its builds
+            self.jenkins.advance()
+            with self.jenkins.lock:
+                runs = [b for per_job in self.jenkins.builds.values() for b in per_job.values()] if builtin else []
+            runs = [b for b in sorted(runs, key=lambda b: -b.started)
+                    if rest == "rssAll" or b.result in ("FAILURE", "UNSTABLE", "ABORTED", "NOT_BUILT")]
+            entries = "".join(
+                f"<entry><title>{escape(b.job.full_name)} #{b.number} ({b.result or 'building'})</title>"
+                f"<link rel=\"alternate\" type=\"text/html\" href=\"{self.root}{api.job_path(b.job.full_name)}"
+                f"{b.number}/\"/><id>tag:hudson.dev.java.net,2008:{escape(b.job.full_name)}:{b.number}</id>"
+                f"<published>{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(b.started))}</published></entry>"
+                for b in runs)
+            feed = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><feed xmlns=\"http://www.w3.org/2005/Atom\">"
+                    f"<title>{escape(name)} all builds</title>{entries}</feed>")
+            return _Response(200, feed.encode(), content_type="application/atom+xml;charset=UTF-8")
         if rest == "config.xml":
             if builtin:  # the built-in node has no config.xml of its own (Hudson.MasterComputer)
                 raise JenkinsError(400, "Not supported for the built-in node")
