@@ -566,6 +566,10 @@ class SimulatedJenkins:
         out["offline"] = out["temporarilyOffline"] = self.builtin_offline is not None
         out["offlineCauseReason"] = self.builtin_offline or ""
         out["assignedLabels"] = [{"name": "built-in"}]
+        out["description"] = "the Jenkins controller's built-in node"
+        out["icon"] = "symbol-computer"
+        out["offlineCause"] = None if self.builtin_offline is None else \
+            {"_class": "hudson.slaves.OfflineCause$UserCause", "description": self.builtin_offline}
         return out
 
     def _computers_json(self) -> dict[str, Any]:
