@@ -221,13 +221,22 @@ def test_a_coalesced_request_keeps_the_shorter_due_time(make_simulator):
     assert requests.get(location + "api/json", auth=AUTH, timeout=10).json()["executable"]["number"] == 1
 
 
-def test_delay_is_milliseconds_unless_it_says_sec(make_simulator):
+def test_delay_is_milliseconds_unless_it_says_sec_and_the_queue_takes_whole_seconds(make_simulator):
+    """jenkins/util/TimeDuration.fromString: a bare number is milliseconds, `sec`/`secs` seconds, no
+    other unit (`1500ms` is an IllegalArgumentException: a 500). ParameterizedJobMixIn.doBuild then
+    schedules with `delay.getTimeInSeconds()` (millis / 1000), so 1500 ms waits 1 s and 999 ms none."""
     sim = make_simulator(quiet_period=60)
-    location = post(sim, "job/plain/build", params={"delay": "200"}).headers["Location"]
-    assert requests.get(location + "api/json", auth=AUTH, timeout=10).json()["_class"].endswith("$WaitingItem")
-    time.sleep(0.3)
+    started = time.monotonic()
+    location = post(sim, "job/plain/build", params={"delay": "1500"}).headers["Location"]
+    item = requests.get(location + "api/json", auth=AUTH, timeout=10).json()
+    assert item["_class"].endswith("$WaitingItem")
+    assert item["timestamp"] - item["inQueueSince"] == 1000
+    time.sleep(max(0.0, 1.05 - (time.monotonic() - started)))
     assert requests.get(location + "api/json", auth=AUTH, timeout=10).json()["executable"]["number"] == 1
+    location = post(sim, "job/plain/build", params={"delay": "999"}).headers["Location"]
+    assert requests.get(location + "api/json", auth=AUTH, timeout=10).json()["executable"]["number"] == 2
     assert post(sim, "job/plain/build", params={"delay": "soon"}).status_code == 500
+    assert post(sim, "job/plain/build", params={"delay": "1500ms"}).status_code == 500
 
 
 def test_a_freestyle_job_builds_one_at_a_time_and_the_next_item_is_blocked(make_simulator):

@@ -39,6 +39,8 @@ class Simulator:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+        if self.state.log_file is not None:
+            self.state.log_file.close()
 
     def serve_forever(self) -> None:
         self._server.serve_forever(poll_interval=0.5)
@@ -67,7 +69,15 @@ class Simulator:
         self.state.expire_crumbs()
 
     def finish(self, job: str, number: int | None = None, result: str | None = None) -> Build:
+        """End a running build's BUILDING phase now (its result only gets worse than one set before)."""
         return self.state.jenkins.finish(job, number, result)
+
+    def set_result(self, job: str, number: int, result: str) -> Build:
+        """Run.setResult on a build that is still building, as a Pipeline's `unstable` step does."""
+        jenkins = self.state.jenkins
+        build = jenkins.build(jenkins.job(job), number)
+        jenkins.set_result(build, result)
+        return build
 
     # -- what tests read --------------------------------------------------------------------
     @property

@@ -46,25 +46,42 @@ def actions_json(params: list[tuple[Any, Any]], causes: list[dict[str, Any]],
     return actions
 
 
-def build_json(root: str, build: Build) -> dict[str, Any]:
+def build_json(root: str, build: Build, executor: int | None = None) -> dict[str, Any]:
+    """Run's exported fields (Run.java: building, inProgress, result, keepLog, executor, artifacts, …),
+    with AbstractBuild's builtOn, changeSet and culprits for a FreeStyle build and WorkflowRun's
+    changeSets and culprits for a Pipeline run."""
     job = build.job
-    now_duration = 0 if build.finished is None else _ms(build.finished) - _ms(build.started)
-    return {
+    # Run.getDuration: 0 until the run has ended building (Run.onEndBuilding sets it)
+    now_duration = 0 if build.building or build.ends is None else _ms(build.ends) - _ms(build.started)
+    out: dict[str, Any] = {
         "_class": build_class(job),
         "actions": actions_json(build.parameters, build.causes, job.parameters is not None),
+        "artifacts": [],
         "building": build.building,
         "description": None,
         "displayName": f"#{build.number}",
         "duration": now_duration,
         "estimatedDuration": _ms(job.duration) if job.duration is not None else -1,
+        "executor": None if executor is None or not build.in_progress else
+        {"_class": "hudson.model.Executor"} if job.kind == "freestyle" else
+        {"_class": "hudson.model.OneOffExecutor"},
         "fullDisplayName": f"{job.full_name.replace('/', ' » ')} #{build.number}",
         "id": str(build.number),
+        "inProgress": build.in_progress,
+        "keepLog": build.keep_log,
         "number": build.number,
         "queueId": build.queue_id,
         "result": build.result,
         "timestamp": _ms(build.started),
         "url": f"{root}{job_path(job.full_name)}{build.number}/",
     }
+    if job.kind == "freestyle":
+        out["builtOn"] = ""  # the built-in node (AbstractBuild.getBuiltOnStr)
+        out["changeSet"] = {"_class": "hudson.scm.EmptyChangeLogSet", "items": [], "kind": None}
+    else:
+        out["changeSets"] = []
+    out["culprits"] = []
+    return out
 
 
 def build_ref(root: str, build: Build | None) -> dict[str, Any] | None:
@@ -74,7 +91,7 @@ def build_ref(root: str, build: Build | None) -> dict[str, Any] | None:
             "url": f"{root}{job_path(build.job.full_name)}{build.number}/"}
 
 
-def queue_item_json(root: str, item: QueueItem, now: float) -> dict[str, Any]:
+def queue_item_json(root: str, item: QueueItem, now: float, quieting_down: bool = False) -> dict[str, Any]:
     job = item.job
     out: dict[str, Any] = {
         "actions": actions_json(item.parameters, item.causes, job.parameters is not None),
@@ -96,12 +113,15 @@ def queue_item_json(root: str, item: QueueItem, now: float) -> dict[str, Any]:
     elif item.state == "buildable" and item.blocked_by is not None:
         out["_class"] = "hudson.model.Queue$BlockedItem"
         out["blocked"] = True
+        # NotWaitingItem.buildableStartMilliseconds: when it left the waiting list, kept as it moves
+        # between blocked and buildable
+        out["buildableStartMilliseconds"] = _ms(item.buildable_since or now)
         out["why"] = f"Build #{item.blocked_by} is already in progress (ETA: N/A)"
     elif item.state == "buildable":
         out["_class"] = "hudson.model.Queue$BuildableItem"
         out["buildableStartMilliseconds"] = _ms(item.buildable_since or now)
         out["pending"] = False
-        out["why"] = "Waiting for next available executor"
+        out["why"] = "Jenkins is about to shut down" if quieting_down else "Waiting for next available executor"
     else:
         out["_class"] = "hudson.model.Queue$LeftItem"
         out["cancelled"] = item.cancelled
@@ -126,10 +146,24 @@ def color(jenkins: Jenkins | None, job: JobDef) -> str:
     return base + "_anime" if builds[-1].building else base
 
 
+def health_report(done: list[Build]) -> list[dict[str, Any]]:
+    """Job.getBuildHealthReports' build-stability report: the share of the last 5 completed builds that
+    did not fail (failures are FAILURE results; UNSTABLE counts as not failed)."""
+    recent = done[:5]
+    if not recent:
+        return []
+    failed = sum(b.result == "FAILURE" for b in recent)
+    score = 100 * (len(recent) - failed) // len(recent)
+    icon = ("health-80plus" if score > 80 else "health-60to79" if score > 60 else "health-40to59"
+            if score > 40 else "health-20to39" if score > 20 else "health-00to19")
+    return [{"description": f"Build stability: {failed} out of the last {len(recent)} builds failed.",
+             "iconClassName": f"icon-{icon}", "iconUrl": f"{icon}.png", "score": score}]
+
+
 def job_json(root: str, jenkins: Jenkins, job: JobDef, full: bool, all_builds: bool = False) -> dict[str, Any]:
     """`builds` is the newest 100 (Job.getNewBuilds); `allBuilds`, only when asked for, is every one."""
     builds = sorted(jenkins.builds[job.full_name].values(), key=lambda b: -b.number)
-    done = [b for b in builds if not b.building]
+    done = [b for b in builds if not b.building]  # PeepholePermalink: `!run.isBuilding()`
     queued = [q for q in jenkins.queue.values() if q.job is job and q.state != "left"]
     item_json = (lambda b: build_json(root, b)) if full else (lambda b: build_ref(root, b))
     properties: list[dict[str, Any]] = []
@@ -145,18 +179,21 @@ def job_json(root: str, jenkins: Jenkins, job: JobDef, full: bool, all_builds: b
         "builds": [item_json(b) for b in builds[:100]],
         **({"allBuilds": [item_json(b) for b in builds]} if all_builds else {}),
         "color": color(jenkins, job),
-        "description": "",
+        "description": job.description,
         "displayName": job.full_name.rsplit("/", 1)[-1],
+        "healthReport": health_report(done),
+        "keepDependencies": False,
         "firstBuild": item_json(builds[-1]) if builds else None,
         "fullDisplayName": job.full_name.replace("/", " » "),
         "fullName": job.full_name,
         "inQueue": bool(queued),
         "lastBuild": item_json(builds[0]) if builds else None,
         "lastCompletedBuild": item_json(done[0]) if done else None,
-        "lastSuccessfulBuild": next((item_json(b) for b in done if b.result == "SUCCESS"), None),
+        "lastSuccessfulBuild": next((item_json(b) for b in done if b.result in ("SUCCESS", "UNSTABLE")), None),
         "lastStableBuild": next((item_json(b) for b in done if b.result == "SUCCESS"), None),
         "lastFailedBuild": next((item_json(b) for b in done if b.result == "FAILURE"), None),
         "lastUnsuccessfulBuild": next((item_json(b) for b in done if b.result != "SUCCESS"), None),
+        "lastUnstableBuild": next((item_json(b) for b in done if b.result == "UNSTABLE"), None),
         "name": job.full_name.rsplit("/", 1)[-1],
         "nextBuildNumber": job.next_build_number,
         "property": properties,
@@ -253,8 +290,11 @@ def apply_tree(value: Any, tree: dict[str, Any] | None) -> Any:
         return [apply_tree(v, tree) for v in value[tree.get(RANGE, slice(None))]]
     if isinstance(value, dict):
         out = {"_class": value["_class"]} if "_class" in value else {}
-        for key, sub in tree.items():
-            if key in value and key != RANGE:
+        wildcard = tree.get("*", False)
+        for key in value:
+            # NamedPathPruner.accept: a property's own subtree, else the `*` one
+            sub = tree.get(key, wildcard)
+            if sub is not False and key != RANGE:
                 out[key] = apply_tree(value[key], sub)
         return out
     return value

@@ -13,12 +13,14 @@ import struct
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
+from xml.sax.saxutils import escape
 
-from . import api
+from . import api, items
 from .config import SimConfig, User
 from .model import Jenkins, JenkinsError, JobDef
 
@@ -29,6 +31,9 @@ SEE_OTHER_SINCE = (2, 308)
 QUEUE_PAGE_SINCE = (2, 467)
 """jenkinsci/jenkins#9446 (July 2024): the queue item page a 303 points to answers 200, not 404, so a
 client that follows the redirect lands on something. 2.467 is the first weekly after its merge."""
+NOT_PARAMETERIZED_400_SINCE = (2, 524)
+"""jenkinsci/jenkins#10954 (2.524, LTS 2.528.1): buildWithParameters on a job without parameters is a 400
+"<full name> is not parameterized"; before, an IllegalStateException, i.e. a 500."""
 CRUMB_FIELD = "Jenkins-Crumb"
 SESSION_COOKIE = "JSESSIONID.simulator"
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="Jenkins"'}
@@ -85,6 +90,11 @@ class _Caller:
     by_api_token: bool
     session: str | None
     new_session: str | None = None
+    base: str = ""
+    """The request's own scheme, Host and port: where Stapler's redirects (a 201's Location) point."""
+
+    def may(self, permission: str) -> bool:
+        return self.user is not None and permission in self.user.permissions
 
 
 @dataclass
@@ -101,15 +111,19 @@ def _json(obj: Any, status: int = 200) -> _Response:
 
 def _parse_delay(text: str | None) -> float | None:
     """TimeDuration.fromString: a bare number is milliseconds, `sec`/`secs` mark seconds; anything else
-    is an IllegalArgumentException, which reaches the client as a 500."""
+    (`1500ms` too: it knows no other unit) is an IllegalArgumentException, which reaches the client as a
+    500. The queue then takes whole seconds: ParameterizedJobMixIn.doBuild and
+    ParametersDefinitionProperty.buildWithParameters pass `delay.getTimeInSeconds()` (millis / 1000,
+    truncated) to Queue.schedule2, so `delay=1500` is a quiet period of 1 s."""
     if text is None:
         return None
-    value, multiplier = text.strip(), 0.001
+    value, multiplier = text.strip(), 1
     if value.endswith("sec") or value.endswith("secs"):
-        value, multiplier = value[:value.rindex("sec")].strip(), 1.0
-    if not re.fullmatch(r"-?\d+", value):
+        value, multiplier = value[:value.rindex("sec")].strip(), 1000
+    if not re.fullmatch(r"[-+]?\d+", value):
         raise JenkinsError(500, f"java.lang.IllegalArgumentException: Invalid time duration value: {text}")
-    return int(value) * multiplier
+    millis = int(value) * multiplier
+    return float(int(millis / 1000))  # Java's long division truncates toward zero
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -129,6 +143,49 @@ class SimulatedJenkins:
         self.sessions: set[str] = set()
         self._salt = secrets.token_hex(8)
         self._lock = threading.Lock()
+        self.views: dict[str, items.View] = {"all": items.View("all", klass="hudson.model.AllView")}
+        for raw in config.views:
+            self.views[raw.name] = raw
+        self.agents: dict[str, dict[str, Any]] = {}
+        self.builtin_offline: str | None = None
+        """The built-in node's temporary offline cause, once toggled offline."""
+        self.extra_tokens: dict[str, tuple[str, str, str]] = {}
+        """API tokens made through ApiTokenProperty/generateNewToken: value → (user, uuid, name)."""
+        self.log_file = None if config.log is None else open(config.log, "a", encoding="utf-8")  # noqa: SIM115
+        self.oopses: list[tuple[str, str]] = []
+        """(Logging ID, the exception) of each 500: what Jenkins writes to its own log."""
+
+    # -- what the operator sees --------------------------------------------------------------
+    def oops(self, reason: str) -> _Response:
+        """oops.jelly (since 2.224): an exception escaping a web method is a 500 page that names only a
+        Logging ID; the exception is logged, and shown only with -Djenkins.model.Jenkins.SHOW_STACK_TRACE
+        (the `show_stack_trace` setting)."""
+        logging_id = str(uuid.uuid4())
+        trace = f"<h2>Stack trace</h2><pre>{escape(reason)}</pre>" if self.config.show_stack_trace else ""
+        page = (f"<html><head><title>Jenkins</title></head><body><h1>Oops!</h1><div id=\"error-description\">"
+                f"<h2>A problem occurred while processing the request</h2><p>Logging ID={logging_id}</p></div>"
+                f"{trace}</body></html>")
+        with self._lock:
+            self.oopses.append((logging_id, reason))
+        return _Response(500, page.encode())
+
+    def log_request(self, method: str, path: str, params: dict[str, list[str]], user: str | None,
+                    status: int, fault: str | None, arrived: float) -> None:
+        """One JSON line a request (`log`): what was asked and answered, never a credential. Values of
+        parameters that carry secrets (`token`, a password parameter, the crumb, `json`) are masked."""
+        if self.log_file is None:
+            return
+        secret_names = {"token", "json", CRUMB_FIELD.lower(), "password", "tokenvalue", "newtokenname"}
+        secret_names |= {p.name.lower() for j in self.jenkins.jobs.values() for p in j.parameters or ()
+                         if p.type == "password"}
+        query = {k: ["****" if k.lower() in secret_names else v for v in vs] for k, vs in params.items()}
+        line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(arrived))
+                           + f".{int(arrived * 1000) % 1000:03d}Z", "method": method, "path": unquote(path),
+                           "query": query, "status": status, "user": user, "fault": fault},
+                          ensure_ascii=False)
+        with self._lock:
+            self.log_file.write(line + "\n")
+            self.log_file.flush()
 
     # -- security -------------------------------------------------------------------------
     def authenticate(self, headers: Any) -> _Caller:
@@ -146,6 +203,9 @@ class SimulatedJenkins:
             raise JenkinsError(401, "Malformed Authorization header", _CHALLENGE) from None
         user = self.config.users.get(name)
         if user is not None and user.token is not None and secrets.compare_digest(secret, user.token):
+            return _Caller(user, True, session)
+        extra = self.extra_tokens.get(secret)
+        if user is not None and extra is not None and extra[0] == name:
             return _Caller(user, True, session)
         if user is not None and user.password is not None and secrets.compare_digest(secret, user.password):
             return _Caller(user, False, session)
@@ -177,7 +237,7 @@ class SimulatedJenkins:
 
     # -- routing --------------------------------------------------------------------------
     def handle(self, method: str, path: str, params: dict[str, list[str]], caller: _Caller,
-               remote: str) -> _Response:
+               remote: str, body: bytes = b"", content_type: str = "") -> _Response:
         if path.rstrip("/").endswith("api/python"):  # the same object as a Python literal (jenkinsapi reads it)
             response = self.handle(method, path.rstrip("/").removesuffix("python") + "json", params, caller, remote)
             if response.content_type.startswith("application/json"):
@@ -185,13 +245,28 @@ class SimulatedJenkins:
                                      response.headers, "text/x-python;charset=UTF-8")
             return response
         self.check_read(caller)
-        segments = [unquote(s) for s in path.strip("/").split("/")] if path.strip("/") else []
+        # Stapler's TokenList: a StringTokenizer on "/" and "\", so empty segments (`//`) are skipped
+        segments = [unquote(s) for s in re.split(r"[/\\]", path) if s]
         if segments[:1] == ["job"]:
-            return self._job_route(method, segments, params, caller, remote)
+            return self._job_route(method, segments, params, caller, remote, body, content_type)
+        if segments[:1] == ["view"] and len(segments) >= 2:
+            return self._view_route(method, segments[1], "/".join(segments[2:]), params, caller, body,
+                                    content_type)
+        if segments[:1] == ["computer"] and len(segments) >= 2:
+            return self._computer_route(method, segments[1], "/".join(segments[2:]), params, caller, body)
         rest = "/".join(segments)
         visible = self._visible_to(caller)
-        if rest in ("api/json", "api/json/"):
-            return _json(self._tree(api.folder_json(self.root, self.jenkins, "", visible), params))
+        depth = self._depth(params)
+        if rest == "api/json":
+            out = api.folder_json(self.root, self.jenkins, "", visible)
+            out["quietingDown"] = self.jenkins.quieting_down
+            out["views"] = [{"_class": v.klass, "name": v.name,
+                             "url": self.root if v.is_all else f"{self.root}view/{quote(v.name)}/"}
+                            for v in self.views.values()]
+            if depth >= 1:
+                out["jobs"] = [self._job_json(self.jenkins.jobs[j["fullname"]], params, depth - 1)
+                               if j.get("fullname") in self.jenkins.jobs else j for j in out["jobs"]]
+            return _json(self._tree(out, params))
         if rest in ("me/api/json", "whoAmI/api/json"):
             who = caller.user
             return _json(self._tree(api.user_json(self.root, who.name if who else "anonymous",
@@ -203,11 +278,11 @@ class SimulatedJenkins:
                 raise JenkinsError(404, f"No user {m.group(1)}")
             return _json(self._tree(api.user_json(self.root, user.name, user.full_name), params))
         if rest == "computer/api/json":
-            return _json(self._tree(api.computers_json(self.root, self.jenkins), params))
-        if rest in ("computer/(master)/api/json", "computer/(built-in)/api/json"):
-            return _json(self._tree(api.node_json(self.root, self.jenkins), params))
+            return _json(self._tree(self._computers_json(), params))
         if rest == "":
             return _Response(200, b"<html><body>Jenkins (simulated)</body></html>")
+        if rest == "computer":  # ComputerSet's page, where creating or deleting a node redirects
+            return _Response(200, b"<html><body>Nodes</body></html>")
         if rest == "crumbIssuer/api/json":
             if not self.config.csrf:
                 raise JenkinsError(404, "Not Found")
@@ -221,11 +296,11 @@ class SimulatedJenkins:
         if rest == "queue/api/json":
             self.jenkins.advance()
             now = self.jenkins.clock()
-            items = [api.queue_item_json(self.root, q, now) for q in self.jenkins.queue.values()
-                     if q.state != "left"]
+            queued = [api.queue_item_json(self.root, q, now, self.jenkins.quieting_down)
+                      for q in self.jenkins.queue.values() if q.state != "left"]
             return _json(self._tree({"_class": "hudson.model.Queue", "discoverableItems": [],
-                                     "items": items}, params))
-        m = re.fullmatch(r"queue/item/(\d+)/?", rest)
+                                     "items": queued}, params))
+        m = re.fullmatch(r"queue/item/(\d+)", rest)
         if m and version_tuple(self.config.version) >= QUEUE_PAGE_SINCE:  # where a followed 303 lands
             self.jenkins.queue_item(int(m.group(1)))
             return _Response(200, b"<html><body>Queue item. For its state, read api/json?tree=... "
@@ -233,7 +308,18 @@ class SimulatedJenkins:
         m = re.fullmatch(r"queue/item/(\d+)/api/json", rest)
         if m:
             item = self.jenkins.queue_item(int(m.group(1)))
-            return _json(self._tree(api.queue_item_json(self.root, item, self.jenkins.clock()), params))
+            return _json(self._tree(api.queue_item_json(self.root, item, self.jenkins.clock(),
+                                                        self.jenkins.quieting_down), params))
+        m = re.fullmatch(r"queue/item/(\d+)/cancelQueue", rest)
+        if m:  # Queue.Item.doCancelQueue: 204 whether or not anything was left to cancel
+            self._require_post(method)
+            self.jenkins.advance()
+            item = self.jenkins.queue.get(int(m.group(1)))
+            if item is None:
+                raise JenkinsError(404, "Not Found")
+            if item.state != "left":
+                self.jenkins.cancel(item.id)
+            return _Response(204)
         if rest == "queue/cancelItem":
             self._require_post(method)
             item_id = (params.get("id") or [""])[0]
@@ -241,7 +327,86 @@ class SimulatedJenkins:
                 raise JenkinsError(400, "id is required")
             self.jenkins.cancel(int(item_id))
             return _Response(204)
+        if rest in ("quietDown", "cancelQuietDown"):  # Jenkins.doQuietDown / doCancelQuietDown
+            self._require_post(method)
+            self._require(caller, "administer", "Overall/Manage")
+            self.jenkins.quiet_down(rest == "quietDown")
+            return self._redirect(caller, "")
+        if rest in ("restart", "safeRestart"):
+            self._require_post(method)
+            self._require(caller, "administer", "Overall/Administer")
+            self.jenkins.restart()
+            self.expire_crumbs()
+            return self._redirect(caller, "")
+        if rest == "createItem":
+            return self._create_item(method, "", params, caller, body, content_type)
+        if rest == "createView":
+            return self._create_view(method, params, caller, body, content_type)
+        m = re.fullmatch(r"label/([^/]+)/api/json", rest)
+        if m:  # Jenkins.getLabel makes a label of any expression
+            return _json(self._tree(self._label_json(m.group(1)), params))
+        if rest == "pluginManager/api/json":
+            return _json(self._tree({"_class": "hudson.LocalPluginManager", "plugins": [
+                {"active": True, "enabled": True, "hasUpdate": False, "longName": long, "shortName": short,
+                 "version": version, "url": f"https://plugins.jenkins.io/{short}"}
+                for short, long, version in (("workflow-job", "Pipeline: Job", "1520.v56d65e3b_4566"),
+                                             ("cloudbees-folder", "Folders Plugin", "6.999.v42253c105443"))]},
+                params))
+        m = re.fullmatch(r"me/descriptorByName/jenkins\.security\.ApiTokenProperty/(generateNewToken|revoke)", rest)
+        if m:
+            return self._api_token(method, m.group(1), params, caller)
         raise JenkinsError(404, "Not Found")
+
+    # -- helpers ----------------------------------------------------------------------------
+    @staticmethod
+    def _depth(params: dict[str, list[str]]) -> int:
+        raw = (params.get("depth") or ["0"])[0]
+        try:
+            return int(raw)
+        except ValueError:
+            raise JenkinsError(500, f"java.lang.NumberFormatException: For input string: \"{raw}\"") from None
+
+    @staticmethod
+    def _redirect(caller: _Caller, path: str, status: int = 302) -> _Response:
+        """Stapler's sendRedirect: an absolute URL on the request's own scheme, Host and port."""
+        return _Response(status, headers={"Location": caller.base + path})
+
+    @staticmethod
+    def _require(caller: _Caller, permission: str, jenkins_name: str) -> None:
+        if not caller.may(permission):
+            who = caller.user.name if caller.user else "anonymous"
+            raise JenkinsError(403, f"{who} is missing the {jenkins_name} permission")
+
+    def _job_json(self, job: JobDef, params: dict[str, list[str]], depth: int = 0) -> dict[str, Any]:
+        full = "tree" in params or depth >= 1
+        everything = "tree" in params and "allBuilds" in params["tree"][0]
+        return api.job_json(self.root, self.jenkins, job, full, everything)
+
+    def _label_json(self, name: str) -> dict[str, Any]:
+        nodes = [n for n in self._nodes() if name in n["labels"]]
+        total = sum(n["numExecutors"] for n in nodes)
+        busy = len(self.jenkins.running()) if any(n["name"] == "" for n in nodes) else 0
+        return {"_class": "hudson.model.labels.LabelAtom", "actions": [], "busyExecutors": busy,
+                "clouds": [], "description": None, "idleExecutors": total - busy, "loadStatistics": {},
+                "name": name, "nodes": [{"_class": n["class"], "nodeName": n["name"]} for n in nodes],
+                "offline": not nodes or all(n["offline"] for n in nodes), "tiedJobs": [],
+                "totalExecutors": total, "propertiesList": []}
+
+    def _api_token(self, method: str, action: str, params: dict[str, list[str]], caller: _Caller) -> _Response:
+        """ApiTokenProperty.DescriptorImpl.doGenerateNewToken / doRevoke, for the caller's own tokens."""
+        self._require_post(method)
+        if caller.user is None:
+            raise JenkinsError(403, "anonymous has no API token")
+        if action == "generateNewToken":
+            value, token_uuid = secrets.token_hex(17), str(uuid.uuid4())
+            name = (params.get("newTokenName") or ["Token created on " + time.strftime("%Y-%m-%d")])[0]
+            self.extra_tokens[value] = (caller.user.name, token_uuid, name)
+            return _json({"status": "ok", "data": {"tokenName": name, "tokenUuid": token_uuid, "tokenValue": value}})
+        wanted = (params.get("tokenUuid") or [""])[0]
+        for value, (user, token_uuid, _) in list(self.extra_tokens.items()):
+            if user == caller.user.name and token_uuid == wanted:
+                del self.extra_tokens[value]
+        return _Response(200)
 
     @staticmethod
     def _visible_to(caller: _Caller) -> Any:
@@ -257,8 +422,251 @@ class SimulatedJenkins:
         if method != "POST":
             raise JenkinsError(405, "This URL requires POST", {"Allow": "POST"})
 
+    # -- items: jobs, views -----------------------------------------------------------------
+    def _create_item(self, method: str, folder: str, params: dict[str, list[str]], caller: _Caller,
+                     body: bytes, content_type: str) -> _Response:
+        """ItemGroupMixIn.createTopLevelItem: `name` and an XML body make a job (200); `mode=copy&from=`
+        copies one (302 to it). Either way a job of that name must not exist yet (a Failure: 400)."""
+        self._require_post(method)
+        self._require(caller, "configure", "Item/Create")
+        first = {k: v[0] for k, v in params.items() if v}
+        mode = first.get("mode")
+        if not content_type and mode != "copy":
+            raise JenkinsError(400, "No Content-Type header set")
+        name = first.get("name")
+        if name is None:
+            raise JenkinsError(400, "Query parameter 'name' is required")
+        name = name.strip()
+        if not name or re.search(r"[?*/\\%!@#$^&|<>\[\]:;]", name):  # Jenkins.checkGoodName
+            raise JenkinsError(400, f"‘{name}’ is an unsafe character" if name else "No name is specified")
+        full_name = f"{folder}/{name}" if folder else name
+        if full_name in self.jenkins.jobs or self.jenkins.folder_children(full_name):
+            raise JenkinsError(400, f"A job already exists with the name ‘{name}’")
+        if mode == "copy":
+            src = self.jenkins.jobs.get(first.get("from", "").strip("/")) or \
+                self.jenkins.jobs.get(f"{folder}/{first.get('from', '')}".strip("/"))
+            if src is None:
+                raise JenkinsError(400, f"No such job: {first.get('from', '')}" if first.get("from")
+                                   else "Specify which job to copy")
+            from dataclasses import replace
+            self.jenkins.add_job(replace(src, full_name=full_name, next_build_number=1, disabled=True))
+            return self._redirect(caller, api.job_path(full_name))
+        if not content_type.startswith(("application/xml", "text/xml")):
+            raise JenkinsError(400, "No mode given" if mode is None else f"No item type ‘{mode}’ is known")
+        self.jenkins.add_job(items.job_from_xml(full_name, body))
+        return _Response(200)
+
+    def _views_jobs(self, view: items.View, caller: _Caller) -> list[dict[str, Any]]:
+        visible = self._visible_to(caller)
+        names = self.jenkins.folder_children("") if view.is_all else sorted(view.jobs)
+        out = []
+        for name in names:
+            job = self.jenkins.jobs.get(name)
+            if job is not None and visible(job):
+                out.append({"_class": api.job_class(job), "name": name, "url": f"{self.root}{api.job_path(name)}",
+                            "color": api.color(self.jenkins, job)})
+            elif job is None and self.jenkins.folder_children(name):
+                out.append({"_class": api.FOLDER_CLASS, "name": name, "url": f"{self.root}{api.job_path(name)}"})
+        return out
+
+    def _create_view(self, method: str, params: dict[str, list[str]], caller: _Caller, body: bytes,
+                     content_type: str) -> _Response:
+        """View.create: an XML body makes the view (200); a `mode` form makes one and redirects (302)."""
+        self._require_post(method)
+        self._require(caller, "configure", "View/Create")
+        first = {k: v[0] for k, v in params.items() if v}
+        mode = first.get("mode")
+        if not content_type and mode != "copy":
+            raise JenkinsError(400, "No Content-Type header set")
+        name = (first.get("name") or "").strip()
+        if not name:
+            raise JenkinsError(400, "No name is specified")
+        if name in self.views:
+            raise JenkinsError(400, f"A view already exists with the name \"{name}\"")
+        if not mode:
+            if not content_type.startswith(("application/xml", "text/xml")):
+                raise JenkinsError(400, "Please select a view type")
+            self.views[name] = items.view_from_xml(name, body)
+            return _Response(200)
+        if mode == "copy":
+            src = self.views.get(first.get("from", ""))
+            if src is None:
+                raise JenkinsError(400, f"No such view: {first.get('from', '')}")
+            self.views[name] = items.View(name, list(src.jobs), src.description, src.klass)
+        elif mode in ("hudson.model.ListView", "hudson.model.MyView"):
+            self.views[name] = items.View(name, klass=mode)
+        else:
+            raise JenkinsError(400, f"No view type ‘{mode}’ is known")
+        return self._redirect(caller, f"view/{quote(name)}/configure")
+
+    def _view_route(self, method: str, name: str, rest: str, params: dict[str, list[str]], caller: _Caller,
+                    body: bytes, content_type: str) -> _Response:
+        view = self.views.get(name)
+        if view is None:
+            raise JenkinsError(404, f"No view named {name}")
+        if rest.startswith("job/"):  # a job reached through a view: /view/V/job/J/…
+            return self.handle(method, "/" + rest, params, caller, "", body, content_type)
+        if rest in ("", "api/json"):
+            return _json(self._tree(items.view_json(self.root, view, self._views_jobs(view, caller)), params))
+        if rest == "config.xml":
+            if method == "GET":
+                return _Response(200, view.to_xml().encode(), content_type="application/xml")
+            self._require_post(method)
+            self._require(caller, "configure", "View/Configure")
+            self.views[name] = items.view_from_xml(name, body)
+            return _Response(200)
+        if rest == "doDelete":  # View.doDoDelete: redirect to the owner
+            self._require_post(method)
+            self._require(caller, "configure", "View/Delete")
+            if view.is_all:  # the primary view cannot be deleted (ViewGroupMixIn.deleteView)
+                raise JenkinsError(400, "Cannot delete primary view")
+            del self.views[name]
+            return self._redirect(caller, "")
+        if rest in ("addJobToView", "removeJobFromView"):  # ListView.doAddJobToView / doRemoveJobFromView
+            self._require_post(method)
+            self._require(caller, "configure", "View/Configure")
+            if view.is_all:
+                raise JenkinsError(404, "Not Found")
+            job_name = (params.get("name") or [None])[0]
+            if job_name is None:
+                raise JenkinsError(400, "Query parameter 'name' is required")
+            if job_name.strip("/") not in self.jenkins.jobs:
+                raise JenkinsError(400, "Query parameter 'name' does not correspond to a known item")
+            if rest == "addJobToView" and job_name.strip("/") not in view.jobs:
+                view.jobs.append(job_name.strip("/"))
+            elif rest == "removeJobFromView" and job_name.strip("/") in view.jobs:
+                view.jobs.remove(job_name.strip("/"))
+            return _Response(200)
+        raise JenkinsError(404, "Not Found")
+
+    # -- nodes ------------------------------------------------------------------------------
+    def _nodes(self) -> list[dict[str, Any]]:
+        builtin = {"name": "", "class": "hudson.model.Hudson", "labels": ("built-in", "master"),
+                   "numExecutors": self.jenkins.executors, "offline": self.builtin_offline is not None}
+        return [builtin, *({"name": n, "class": "hudson.slaves.DumbSlave",
+                            "labels": (*(a.get("labelString") or "").split(), n),
+                            "numExecutors": int(a.get("numExecutors", 1)), "offline": True}
+                           for n, a in self.agents.items())]
+
+    def _agent_json(self, name: str) -> dict[str, Any]:
+        agent = self.agents[name]
+        cause = agent.get("offlineCauseReason")
+        return {"_class": "hudson.slaves.SlaveComputer", "actions": [], "assignedLabels": [
+                    {"name": label} for label in (*agent.get("labelString", "").split(), name)],
+                "description": agent.get("nodeDescription") or "", "displayName": name, "executors": [],
+                "icon": "symbol-computer-x", "idle": True, "jnlpAgent": True, "launchSupported": False,
+                "manualLaunchAllowed": True, "numExecutors": int(agent.get("numExecutors", 1)),
+                "offline": True, "offlineCause": None if cause is None else
+                {"_class": "hudson.slaves.OfflineCause$UserCause", "description": cause},
+                "offlineCauseReason": cause or "", "oneOffExecutors": [],
+                "temporarilyOffline": agent.get("temporarilyOffline", False)}
+
+    def _builtin_json(self) -> dict[str, Any]:
+        out = api.node_json(self.root, self.jenkins)
+        out["offline"] = out["temporarilyOffline"] = self.builtin_offline is not None
+        out["offlineCauseReason"] = self.builtin_offline or ""
+        out["assignedLabels"] = [{"name": "built-in"}]
+        out["description"] = "the Jenkins controller's built-in node"
+        out["icon"] = "symbol-computer"
+        out["offlineCause"] = None if self.builtin_offline is None else \
+            {"_class": "hudson.slaves.OfflineCause$UserCause", "description": self.builtin_offline}
+        return out
+
+    def _computers_json(self) -> dict[str, Any]:
+        out = api.computers_json(self.root, self.jenkins)
+        out["computer"] = [self._builtin_json(), *(self._agent_json(n) for n in self.agents)]
+        return out
+
+    def _create_agent(self, method: str, params: dict[str, list[str]], caller: _Caller) -> _Response:
+        """ComputerSet.doDoCreateItem: a permanent agent from the `json` form field, then a 302."""
+        self._require_post(method)
+        self._require(caller, "administer", "Computer/Create")
+        name = ((params.get("name") or [""])[0]).strip()
+        if not name:
+            raise JenkinsError(400, "Query parameter 'name' is required")
+        if name in self.agents or name in ("(built-in)", "(master)"):
+            raise JenkinsError(400, f"Agent called ‘{name}’ already exists")
+        try:
+            form = json.loads((params.get("json") or ["{}"])[0])
+        except ValueError:
+            raise JenkinsError(500, "net.sf.json.JSONException: malformed json") from None
+        self.agents[name] = {k: form.get(k) for k in ("nodeDescription", "numExecutors", "remoteFS", "labelString",
+                                                        "mode") if form.get(k) is not None}
+        return self._redirect(caller, "computer/")
+
+    def _computer_route(self, method: str, name: str, rest: str, params: dict[str, list[str]], caller: _Caller,
+                        body: bytes) -> _Response:
+        builtin = name in ("(master)", "(built-in)")
+        if name == "doCreateItem" and not rest:
+            return self._create_agent(method, params, caller)
+        if not builtin and name not in self.agents:
+            if name == "api" and rest == "json":
+                return _json(self._tree(self._computers_json(), params))
+            raise JenkinsError(404, f"No node named {name}")
+        if rest in ("", "api/json"):
+            return _json(self._tree(self._builtin_json() if builtin else self._agent_json(name), params))
+        if rest in ("rssAll", "rssFailed"):  # Computer.doRssAll / doRssFailed: Atom feeds of its builds
+            self.jenkins.advance()
+            with self.jenkins.lock:
+                runs = [b for per_job in self.jenkins.builds.values() for b in per_job.values()] if builtin else []
+            runs = [b for b in sorted(runs, key=lambda b: -b.started)
+                    if rest == "rssAll" or b.result in ("FAILURE", "UNSTABLE", "ABORTED", "NOT_BUILT")]
+            entries = "".join(
+                f"<entry><title>{escape(b.job.full_name)} #{b.number} ({b.result or 'building'})</title>"
+                f"<link rel=\"alternate\" type=\"text/html\" href=\"{self.root}{api.job_path(b.job.full_name)}"
+                f"{b.number}/\"/><id>tag:hudson.dev.java.net,2008:{escape(b.job.full_name)}:{b.number}</id>"
+                f"<published>{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(b.started))}</published></entry>"
+                for b in runs)
+            feed = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><feed xmlns=\"http://www.w3.org/2005/Atom\">"
+                    f"<title>{escape(name)} all builds</title>{entries}</feed>")
+            return _Response(200, feed.encode(), content_type="application/atom+xml;charset=UTF-8")
+        if rest == "config.xml":
+            if builtin:  # the built-in node has no config.xml of its own (Hudson.MasterComputer)
+                raise JenkinsError(400, "Not supported for the built-in node")
+            agent = self.agents[name]
+            if method == "GET":
+                self._require(caller, "administer", "Computer/ExtendedRead")
+                return _Response(200, (f"<?xml version='1.1' encoding='UTF-8'?>\n<slave><name>{name}</name>"
+                                       f"<remoteFS>{agent.get('remoteFS', '')}</remoteFS><numExecutors>"
+                                       f"{agent.get('numExecutors', 1)}</numExecutors><mode>"
+                                       f"{agent.get('mode', 'NORMAL')}</mode><label>{agent.get('labelString', '')}"
+                                       "</label></slave>").encode(), content_type="application/xml")
+            self._require_post(method)
+            self._require(caller, "administer", "Computer/Configure")
+            root = items.parse_xml(body)
+            for key, tag in (("remoteFS", "remoteFS"), ("numExecutors", "numExecutors"), ("labelString", "label")):
+                if root.find(tag) is not None:
+                    agent[key] = root.find(tag).text or ""
+            return _Response(200)
+        self._require_post(method)
+        self._require(caller, "administer", "Computer/Disconnect")
+        message = (params.get("offlineMessage") or [""])[0]
+        if rest == "toggleOffline":  # Computer.doToggleOffline
+            if builtin:
+                self.builtin_offline = None if self.builtin_offline is not None else message
+            else:
+                agent = self.agents[name]
+                agent["temporarilyOffline"] = not agent.get("temporarilyOffline", False)
+                agent["offlineCauseReason"] = message if agent["temporarilyOffline"] else None
+            return self._redirect(caller, f"computer/{quote(name)}/")
+        if rest == "changeOfflineCause":
+            if builtin:
+                self.builtin_offline = message
+            else:
+                self.agents[name]["offlineCauseReason"] = message
+            return self._redirect(caller, f"computer/{quote(name)}/")
+        if rest == "doDisconnect":
+            return self._redirect(caller, f"computer/{quote(name)}/")
+        if rest == "doDelete":  # Computer.doDoDelete
+            if builtin:
+                raise JenkinsError(400, "Cannot delete the built-in node")
+            del self.agents[name]
+            return self._redirect(caller, "computer/")
+        raise JenkinsError(404, "Not Found")
+
+    # -- jobs -------------------------------------------------------------------------------
     def _job_route(self, method: str, segments: list[str], params: dict[str, list[str]],
-                   caller: _Caller, remote: str) -> _Response:
+                   caller: _Caller, remote: str, body: bytes = b"", content_type: str = "") -> _Response:
         names: list[str] = []
         i = 0
         while i + 1 < len(segments) and segments[i] == "job":
@@ -267,18 +675,51 @@ class SimulatedJenkins:
         full_name, rest = "/".join(names), "/".join(segments[i:])
         job = self.jenkins.jobs.get(full_name)
         if job is None or not self._visible_to(caller)(job):  # unreadable answers as absent does
-            if job is None and rest in ("api/json", "") and self.jenkins.folder_children(full_name):
-                return _json(self._tree(api.folder_json(self.root, self.jenkins, full_name,
-                                                        self._visible_to(caller)), params))
+            if job is None and self.jenkins.folder_children(full_name):
+                if rest in ("api/json", ""):
+                    return _json(self._tree(api.folder_json(self.root, self.jenkins, full_name,
+                                                            self._visible_to(caller)), params))
+                if rest == "createItem":
+                    return self._create_item(method, full_name, params, caller, body, content_type)
             raise JenkinsError(404, f"No job named {full_name}")
         if rest in ("build", "buildWithParameters"):
             return self._trigger(method, job, rest, params, caller, remote)
         if rest in ("api/json", ""):
             self.jenkins.advance()
-            full = "tree" in params
-            everything = full and "allBuilds" in params["tree"][0]
-            return _json(self._tree(api.job_json(self.root, self.jenkins, job, full, everything), params))
-        m = re.fullmatch(r"(\d+|lastBuild|lastCompletedBuild)(?:/(.*))?", rest)
+            return _json(self._tree(self._job_json(job, params, self._depth(params)), params))
+        if rest == "config.xml":  # AbstractItem.doConfigDotXml: GET reads it, POST replaces it (200)
+            if method == "GET":
+                self._require(caller, "configure", "Item/ExtendedRead")
+                return _Response(200, items.job_to_xml(job).encode(), content_type="application/xml")
+            self._require_post(method)
+            self._require(caller, "configure", "Item/Configure")
+            self.jenkins.replace_job(job, items.job_from_xml(full_name, body, job))
+            return _Response(200)
+        if rest == "doDelete":  # AbstractItem.doDoDelete: a 302 to the parent
+            self._require_post(method)
+            self._require(caller, "configure", "Item/Delete")
+            self.jenkins.delete_job(job)
+            parent = full_name.rsplit("/", 1)[0] if "/" in full_name else ""
+            return self._redirect(caller, api.job_path(parent) if parent else "")
+        if rest in ("enable", "disable"):  # ParameterizedJob.doEnable / doDisable: HttpRedirect(".")
+            self._require_post(method)
+            self._require(caller, "configure", "Item/Configure")
+            self.jenkins.set_disabled(job, rest == "disable")
+            return self._redirect(caller, api.job_path(full_name))
+        if rest == "doRename":  # AbstractItem.doConfirmRename's POST form; renames keep the builds
+            self._require_post(method)
+            self._require(caller, "configure", "Item/Configure")
+            new = ((params.get("newName") or [""])[0]).strip()
+            if not new or new in self.jenkins.jobs:
+                raise JenkinsError(400, f"The name “{new}” is already in use" if new else "No name is specified")
+            with self.jenkins.lock:
+                new_name = f"{full_name.rsplit('/', 1)[0]}/{new}" if "/" in full_name else new
+                self.jenkins.jobs[new_name] = self.jenkins.jobs.pop(full_name)
+                self.jenkins.builds[new_name] = self.jenkins.builds.pop(full_name)
+                job.full_name = new_name
+            return self._redirect(caller, api.job_path(new_name))
+        m = re.fullmatch(r"(\d+|lastBuild|lastCompletedBuild|lastSuccessfulBuild|lastFailedBuild|"
+                         r"lastUnstableBuild|lastStableBuild)(?:/(.*))?", rest)
         if not m:
             raise JenkinsError(404, "Not Found")
         build = self._resolve_build(job, m.group(1))
@@ -286,30 +727,69 @@ class SimulatedJenkins:
         if action == "":  # the build's page, where stop's redirect leads
             return _Response(200, f"<html><body>{job.full_name} #{build.number}</body></html>".encode())
         if action == "api/json":
-            return _json(self._tree(api.build_json(self.root, build), params))
+            running = build.in_progress
+            return _json(self._tree(api.build_json(self.root, build, 0 if running else None), params))
         if action == "consoleText":
             return _Response(200, self._log(build).encode(), content_type="text/plain;charset=utf-8")
-        if action == "logText/progressiveText":
-            text = self._log(build).encode()
-            start = int((params.get("start") or ["0"])[0] or 0)
-            headers = {"X-Text-Size": str(len(text))}
-            if build.building:
-                headers["X-More-Data"] = "true"
-            return _Response(200, text[start:], headers, "text/plain;charset=utf-8")
-        if action == "stop":
+        if action in ("logText/progressiveText", "logText/progressiveHtml"):
+            return self._progressive(build, params, html=action.endswith("Html"))
+        if action in ("stop", "term", "kill"):
+            if action != "stop" and job.kind != "pipeline":  # WorkflowRun.doTerm / doKill only
+                raise JenkinsError(404, "Not Found")
             self._require_post(method)
             self._require_build_permission(caller)
             self.jenkins.stop(build)
-            return _Response(302, headers={"Location": api.build_ref(self.root, build)["url"]})
+            if action != "stop":
+                return _Response(200)
+            return self._redirect(caller, f"{api.job_path(job.full_name)}{build.number}/")
+        if action == "doDelete":  # Run.doDoDelete: a 302 to the job
+            self._require_post(method)
+            self._require(caller, "configure", "Run/Delete")
+            if build.in_progress:
+                raise JenkinsError(400, f"Unable to delete {job.full_name} #{build.number} as it is still running")
+            with self.jenkins.lock:
+                del self.jenkins.builds[job.full_name][build.number]
+            return self._redirect(caller, api.job_path(job.full_name))
+        if action == "toggleLogKeep":  # Run.doToggleLogKeep
+            self._require_post(method)
+            self._require(caller, "configure", "Run/Update")
+            build.keep_log = not build.keep_log
+            return self._redirect(caller, f"{api.job_path(job.full_name)}{build.number}/")
         raise JenkinsError(404, "Not Found")
+
+    def _progressive(self, build: Any, params: dict[str, list[str]], html: bool) -> _Response:
+        """Stapler's LargeText.doProgressText: text from byte `start`, or all of it when `start` is past
+        the end ("text rolled over"); X-Text-Size is where to start next; X-More-Data while the log may
+        still grow (Run.isLogUpdated: until the run is COMPLETED). A `start` that is no number: a 500."""
+        text = self._log(build).encode()
+        raw = (params.get("start") or [None])[0]
+        start = 0
+        if raw is not None:
+            if not re.fullmatch(r"[-+]?\d+", raw.strip()):
+                raise JenkinsError(500, f"java.lang.NumberFormatException: For input string: \"{raw}\"")
+            start = int(raw)
+        if len(text) < start:
+            start = 0
+        headers = {"X-Text-Size": str(len(text))}
+        if build.in_progress:
+            headers["X-More-Data"] = "true"
+        chunk = text[start:]
+        if html:
+            import html as html_lib
+            return _Response(200, html_lib.escape(chunk.decode("utf-8", "replace")).encode(), headers,
+                             "text/html;charset=UTF-8")
+        return _Response(200, chunk, headers, "text/plain;charset=utf-8")
 
     def _resolve_build(self, job: JobDef, ref: str) -> Any:
         if ref.isdigit():
             return self.jenkins.build(job, int(ref))
         self.jenkins.advance()
         builds = sorted(self.jenkins.builds[job.full_name].values(), key=lambda b: -b.number)
-        if ref == "lastCompletedBuild":
-            builds = [b for b in builds if not b.building]
+        wanted = {"lastCompletedBuild": None, "lastSuccessfulBuild": ("SUCCESS", "UNSTABLE"),
+                  "lastStableBuild": ("SUCCESS",), "lastFailedBuild": ("FAILURE",),
+                  "lastUnstableBuild": ("UNSTABLE",)}
+        if ref in wanted:  # PeepholePermalink: `!run.isBuilding()` and the result it names
+            builds = [b for b in builds if not b.building and (wanted[ref] is None or b.result in wanted[ref])]
         return self.jenkins.build(job, builds[0].number if builds else 0)
 
     @staticmethod
@@ -324,31 +804,43 @@ class SimulatedJenkins:
 
     def _trigger(self, method: str, job: JobDef, endpoint: str, params: dict[str, list[str]],
                  caller: _Caller, remote: str) -> _Response:
-        """ParameterizedJobMixIn.doBuild / doBuildWithParameters, in Jenkins' order of checks."""
+        """ParameterizedJobMixIn.doBuild / doBuildWithParameters, in Jenkins' order of checks. `delay` is a
+        @QueryParameter TimeDuration, converted by Stapler before the method runs."""
         first = {k: v[0] for k, v in params.items() if v}
+        delay = _parse_delay(first.get("delay"))
         if endpoint == "build":
             if job.disabled:
                 raise JenkinsError(409, f"{job.full_name} is not buildable")
             if job.parameters is not None and method != "POST":  # the parameter form, refused for API use
                 raise JenkinsError(405, "This build requires parameters: POST them", {"Allow": "POST"})
         self._check_build_token(method, job, first, caller)
+        new_answers = version_tuple(self.config.version) >= NOT_PARAMETERIZED_400_SINCE
         if endpoint == "buildWithParameters" and job.disabled:
-            raise JenkinsError(409, f"{job.full_name} is not buildable!")
-        delay = _parse_delay(first.get("delay"))
+            raise JenkinsError(409, f"{job.full_name} is not buildable" + ("" if new_answers else "!"))
+        cause = self._cause(job, first, caller, remote)
         if endpoint == "buildWithParameters":
             if job.parameters is None:
+                if new_answers:
+                    raise JenkinsError(400, f"{job.full_name} is not parameterized")
                 raise JenkinsError(500, "java.lang.IllegalStateException: This build is not parameterized!")
-            values = [(p, p.value_from(first.get(p.name))) for p in job.parameters]
+            values = []
+            for p in job.parameters:  # SimpleParameterDefinition.createValue(StaplerRequest)
+                given = params.get(p.name)
+                if given is not None and len(given) != 1:
+                    raise JenkinsError(500, f"java.lang.IllegalArgumentException: Illegal number of parameter "
+                                            f"values for {p.name}: {len(given)}")
+                values.append((p, p.value_from(None if given is None else given[0])))
         elif job.parameters is not None:
             values = self._form_parameters(job, first)
+            cause = self._user_cause(caller)  # ParametersDefinitionProperty._doBuild: a UserIdCause, always
         else:
             values = []
-        item, created = self.jenkins.schedule(job, values, self._cause(job, first, caller, remote), delay)
+        item, created = self.jenkins.schedule(job, values, cause, delay)
         status = 201
         if not created and endpoint == "buildWithParameters" and \
                 version_tuple(self.config.version) >= SEE_OTHER_SINCE:
             status = 303  # /build always answers 201 (ParameterizedJobMixIn.doBuild: "TODO JENKINS-66105")
-        return _Response(status, headers={"Location": f"{self.root}{item_url(item.id)}"})
+        return self._redirect(caller, item_url(item.id), status)
 
     def _check_build_token(self, method: str, job: JobDef, first: dict[str, str], caller: _Caller) -> None:
         """BuildAuthorizationToken.checkPermission: the right token allows any method."""
@@ -382,7 +874,7 @@ class SimulatedJenkins:
             value = entry.get("value")
             submitted[p.name] = str(value).lower() if isinstance(value, bool) else \
                 None if value is None else str(value)
-        return [(p, p.value_from(submitted.get(p.name))) for p in job.parameters or ()]
+        return [(p, p.value_from(submitted.get(p.name), form=True)) for p in job.parameters or ()]
 
     @staticmethod
     def _cause(job: JobDef, first: dict[str, str], caller: _Caller, remote: str) -> dict[str, Any]:
@@ -392,6 +884,10 @@ class SimulatedJenkins:
             text = f"Started by remote host {remote}" + (f" with note: {note}" if note else "")
             return {"_class": "hudson.model.Cause$RemoteCause", "addr": remote, "note": note,
                     "shortDescription": text}
+        return SimulatedJenkins._user_cause(caller)
+
+    @staticmethod
+    def _user_cause(caller: _Caller) -> dict[str, Any]:
         user = caller.user
         return {"_class": "hudson.model.Cause$UserIdCause",
                 "shortDescription": f"Started by user {user.full_name if user else 'anonymous'}",
@@ -457,17 +953,24 @@ class _Handler(BaseHTTPRequestHandler):
                 response = self._faulted(fault, url, body)
             else:
                 caller = sim.authenticate(self.headers)
+                scheme = "https" if self.server.tls is not None else "http"
+                host = self.headers.get("Host") or f"127.0.0.1:{self.server.server_address[1]}"
+                caller.base = f"{scheme}://{host}/"
                 sim.check_crumb(method, self.headers, caller, params)
-                response = sim.handle(method, url.path, params, caller, self.client_address[0])
+                response = sim.handle(method, url.path, params, caller, self.client_address[0], body,
+                                      self.headers.get("Content-Type") or "")
                 if fault is not None and fault.process:
                     time.sleep(fault.latency)
                     if fault.status:
                         response = self._faulted(fault, url, body)
         except JenkinsError as e:
-            response = _Response(e.status, f"<html><body><h1>Error {e.status}</h1><p>{e.message}</p>"
-                                            f"</body></html>".encode(), dict(e.headers))
-        except Exception as e:  # a simulator bug should look like Jenkins' own 500, not hang a test
-            response = _Response(500, f"<html><body>{type(e).__name__}: {e}</body></html>".encode())
+            if e.status == 500:
+                response = sim.oops(e.message)
+            else:
+                response = _Response(e.status, f"<html><body><h1>Error {e.status}</h1><p>{e.message}</p>"
+                                                f"</body></html>".encode(), dict(e.headers))
+        except Exception as e:  # a simulator bug looks like Jenkins' own 500, not a hung test
+            response = sim.oops(f"{type(e).__name__}: {e}")
         user = caller.user.name if caller and caller.user else None
         fault_name = None if fault is None else ("sso" if fault.sso else "drop" if fault.drop else
                                                  f"status {fault.status}" if fault.status else "latency")
@@ -489,6 +992,10 @@ class _Handler(BaseHTTPRequestHandler):
             return _Response(503, b"<html><body><p>Please wait while Jenkins is getting ready to work</p>"
                                   b"</body></html>", dict(fault.headers))
         if fault.status and fault.process:
+            if fault.status == 500:  # an exception after the queueing: Jenkins' oops page, nothing more
+                response = self.server.sim.oops("java.io.IOException: Failed to persist config.xml")
+                response.headers.update(fault.headers)
+                return response
             return _Response(fault.status, b"<html><body><h1>Error 500</h1><p>java.io.IOException: Failed to "
                                            b"persist config.xml</p></body></html>", dict(fault.headers))
         if fault.status and fault.echo:
@@ -503,6 +1010,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _record(self, method: str, path: str, params: dict[str, list[str]], user: str | None,
                 status: int, fault: str | None, arrived: float) -> None:
+        self.server.sim.log_request(method, path, params, user, status, fault, arrived)
         self.server.record(Request(method=method, path=unquote(path), params=params, user=user,
                                    headers=dict(self.headers.items()), status=status, fault=fault, at=arrived,
                                    peer=f"{self.client_address[0]}:{self.client_address[1]}"))
