@@ -18,8 +18,10 @@ from . import Simulator
 from .config import SimConfig, SimConfigError, _version, job_from_mapping, load, user_from_mapping
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m reconciler.simulator", description=__doc__.split("\n\n")[0])
+def parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """The simulator's options; `reconciler simulator` takes the same ones (as a parent parser)."""
+    p = argparse.ArgumentParser(prog="python -m reconciler.simulator", description=__doc__.split("\n\n")[0],
+                                add_help=add_help)
     p.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     p.add_argument("--config", type=Path, help="simulator YAML (jobs, users, views, ...)")
     p.add_argument("--version", dest="jenkins_version", metavar="VERSION",
@@ -29,6 +31,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--user", action="append", default=[], metavar="NAME:TOKEN",
                    help="add a user with an API token; repeatable")
     p.add_argument("--no-csrf", action="store_true", help="turn CSRF protection off")
+    p.add_argument("--anonymous-read", action="store_true", help="let anonymous users read")
     p.add_argument("--quiet-period", type=float, help="seconds a queued build waits (Jenkins: 5)")
     p.add_argument("--executors", type=int, help="builds that run at once (Jenkins' built-in node: 2)")
     return p
@@ -46,6 +49,8 @@ def configure(args: argparse.Namespace) -> SimConfig:
         config.log = str(args.log)
     if args.no_csrf:
         config.csrf = False
+    if args.anonymous_read:
+        config.anonymous_read = True
     if args.quiet_period is not None:
         config.quiet_period = args.quiet_period
     if args.executors is not None:
@@ -54,7 +59,11 @@ def configure(args: argparse.Namespace) -> SimConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    return serve(parser().parse_args(argv))
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or ^C, printing the URL first (a script reads it to find the port)."""
     try:
         config = configure(args)
     except (SimConfigError, OSError) as e:
