@@ -267,7 +267,7 @@ def test_readyz_and_metrics_say_how_old_the_oldest_unpushed_line_is(harness, ori
     origin.rename(origin.with_name("away.git"))
     harness.write("again", "job: plain\ncause: again\n")
     wait_for(lambda: daemon.writeback.unpushed_age() > 1, what="an unpushed line a second old")
-    probes = Probes("127.0.0.1:0", daemon, daemon.executor.metrics).start()
+    probes = Probes("127.0.0.1:0", daemon, daemon.executor.metrics).start(daemon.supervisor)
     try:
         ready = requests.get(f"http://{probes.address}/readyz", timeout=5)
         metrics = requests.get(f"http://{probes.address}/metrics", timeout=5).text

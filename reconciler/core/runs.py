@@ -139,11 +139,16 @@ class Run:
         return cron.tick_of_key(self.fire_key)
 
 
-def advance(run: Run, changes: dict[str, Any]) -> Run:
-    """`run` after one step; raises IllegalTransition for a change of status the table forbids."""
+def check_step(run: Run, changes: dict[str, Any]) -> None:
+    """Raises IllegalTransition for a change of status the table forbids."""
     status = changes.get("status")
     if status is not None and RunStatus(status) not in TRANSITIONS[run.status]:
         raise IllegalTransition(f"run {run.run_id} of {run.trigger}: {run.status} cannot become {status}")
+
+
+def advance(run: Run, changes: dict[str, Any]) -> Run:
+    """`run` after one step, if the table allows it."""
+    check_step(run, changes)
     return replace(run, **changes)
 
 

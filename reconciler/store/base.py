@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any, Protocol
 
 from reconciler.core.redact import redact
-from reconciler.core.runs import OPEN, Run, advance
+from reconciler.core.runs import OPEN, Run, check_step
 
 _OPEN_SQL = ",".join(f"'{status}'" for status in sorted(OPEN))
 """OPEN as SQL literals: SQLite uses the partial index of open runs only for a query that names its
@@ -150,9 +150,10 @@ class SqlStore:
         a commit, and one fsync if `durable`. Only `durable` commits are fsynced: every write survives
         kill -9, and after a power loss a run whose later steps were lost falls back to its last
         durable one. A step the run lifecycle forbids is refused before anything is written."""
-        after = [advance(run, changes) for run, changes in steps]
+        for run, changes in steps:
+            check_step(run, changes)
         self._write_steps([update_sql(run, changes) for run, changes in steps], durable=durable)
-        return after
+        return [replace(run, **changes) for run, changes in steps]
 
     def fired(self) -> set[tuple[str, str]]:
         """The one-shot revisions ever decided. Ticks are not listed: a schedule's cursor (and the

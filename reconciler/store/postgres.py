@@ -26,13 +26,14 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Collection, Iterator
+from dataclasses import replace
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from reconciler.core.errors import NotLeader, StateError
-from reconciler.core.runs import OPEN, Run
+from reconciler.core.runs import OPEN, Run, check_step
 from reconciler.store import base
 from reconciler.store.base import COLUMNS, SELECT, SqlStore, decode, encode, too_new
 
@@ -237,9 +238,9 @@ class PgStore(SqlStore):
         """One non-durable step, the commonest write of all, is one fenced statement (`_step`)."""
         if len(steps) == 1 and not durable:
             run, changes = steps[0]
-            after = base.advance(run, changes)
+            check_step(run, changes)
             self._step(run, changes)
-            return [after]
+            return [replace(run, **changes)]
         return super().update_many(steps, durable=durable)
 
     def retry_now(self, triggers: Collection[str] | None = None) -> int:
