@@ -73,6 +73,8 @@ class BuildState:
     number: int
     url: str
     building: bool
+    """Jenkins' `building`: true until the result is final. `result` may be set before (`Run.setResult`
+    is allowed while building and only gets worse), so a build is over only when this is false."""
     result: str | None
     duration_ms: int
     notes: tuple[str, ...] = ()
@@ -80,6 +82,8 @@ class BuildState:
     """What Jenkins says started it ("Started by remote host … with note: …", "Started by user …")."""
     parameters: dict[str, str] | None = None
     """What it ran with (password values masked); None when the build has no parameters at all."""
+    log_open: bool = False
+    """The console may still grow: building, or in post-production (`inProgress`, exported since 2.369)."""
 
 
 @dataclass
@@ -88,7 +92,7 @@ class RecentBuilds:
     by_queue_id: dict[int, BuildState] = field(default_factory=dict)
 
 
-BUILD_TREE = ("number,building,result,duration,actions[causes[note,shortDescription],"
+BUILD_TREE = ("number,building,inProgress,result,duration,actions[causes[note,shortDescription],"
               "parameters[_class,name,value]]")
 MASKED = "****"
 
@@ -101,11 +105,13 @@ def _build_state(b: dict[str, Any], url: str) -> BuildState:
         if "parameters" in action:
             parameters = {str(p.get("name")): MASKED if str(p.get("_class", "")).endswith("PasswordParameterValue")
                           else _as_sent(p.get("value")) for p in action.get("parameters") or ()}
-    return BuildState(number=int(b["number"]), url=url, building=bool(b.get("building")),
+    # A build that says neither is taken as running: its result alone never ends it.
+    building = bool(b.get("building", b.get("inProgress", True)))
+    return BuildState(number=int(b["number"]), url=url, building=building,
                       result=b.get("result"), duration_ms=int(b.get("duration") or 0),
                       notes=tuple(c["note"] for c in causes if c.get("note")),
                       causes=tuple(str(c.get("shortDescription")) for c in causes if c.get("shortDescription")),
-                      parameters=parameters)
+                      parameters=parameters, log_open=building or bool(b.get("inProgress")))
 
 
 def _as_sent(value: Any) -> str:

@@ -442,7 +442,7 @@ class Executor:
                     client.build(run.build_url or "")
                 self._check_note(client, run, build.notes, log)
                 self._check_ran_with(run, build, log)
-                if build.result is None:
+                if build.building:  # a result set while building may still get worse (Run.setResult)
                     self._later(interval, _Look(run, next_interval))
                     return
                 run = self._finish(run, RunStatus.COMPLETED, result=build.result, duration_ms=build.duration_ms,
