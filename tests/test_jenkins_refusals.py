@@ -356,3 +356,42 @@ def test_logs_follow_reads_until_the_build_says_its_log_is_complete(tmp_path, st
     assert followed.returncode == 0, followed.stderr
     assert followed.stdout.startswith("Building in workspace") and followed.stdout.endswith("Finished: UNSTABLE\n")
     assert "post-production" in followed.stdout
+
+
+# -- permanent refusals: at once, saying what to change ------------------------------------------
+
+@pytest.mark.parametrize(("spec", "version", "words"), [
+    ("job: missing\n", "2.528.1", "not found (404): check `job` in the spec"),
+    ("job: off\n", "2.528.1", "disabled in Jenkins (409)"),
+    ("job: plain\nparameters: {A: x}\n", "2.528.1", "the job is not parameterized, so buildWithParameters is "
+                                                    "refused; remove `parameters:` from the spec"),
+    ("job: plain\nparameters: {A: x}\n", "2.462.3", "job 'plain' is not parameterized (Jenkins 2.462.3 answers "
+                                                    "buildWithParameters on it with a 500): remove `parameters:`"),
+    ("job: deploy\nparameters: {ENV: qa}\n", "2.528.1", "Illegal choice for parameter 'ENV': 'qa' is not one of "
+                                                        "staging, prod; change `parameters.ENV` in the spec"),
+    ("job: deploy\n", "2.528.1", "the job is parameterized, so a POST to build without parameters is refused; "
+                                 "add `parameters:`"),
+], ids=["404", "409", "400-not-parameterized", "500-not-parameterized-before-2.524", "illegal-choice",
+        "400-parameterized"])
+def test_run_once_wait_ends_a_permanent_refusal_in_seconds_with_exit_3_and_what_to_change(tmp_path, standin, spec,
+                                                                                          version, words):
+    standin.version = version
+    done, took = reconciler("run", "--once", "--wait", *dirs(tmp_path, t=spec), url=standin.url)
+    assert done.returncode == 3 and '"t": "refused"' in done.stdout, done.stdout + done.stderr
+    refused = [json.loads(line) for line in done.stdout.splitlines() if '"fire_refused"' in line]
+    assert len(refused) == 1 and words in refused[0]["error"], refused
+    assert took < 15 and len(standin.posts) == 1  # refused once, never posted again blind
+    for logging_id in standin.logging_ids:
+        assert logging_id not in done.stdout  # explained: the id of an explained exception is noise
+
+
+def test_a_500_the_definitions_cannot_explain_is_retried_for_a_bounded_time_then_refused_with_its_logging_id(
+        harness, standin):
+    harness.write("t", "job: broken\nparameters: {ENV: prod}\n")
+    harness.start().executor.server_error_for = 1.0  # read at each 500: the first is at least 20 ms away
+    wait_for(lambda: harness.runs("t") and harness.runs("t")[0].status is RunStatus.REFUSED, what="the refusal")
+    [run] = harness.runs("t")
+    assert len(standin.posts) > 2 and run.attempts == len(standin.posts)  # retried with backoff meanwhile
+    assert f"Logging ID={standin.logging_ids[-1]}" in run.last_error
+    assert "do not explain it" in run.last_error and "Oops" not in run.last_error
+    assert not standin.builds.get("broken")
