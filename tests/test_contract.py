@@ -6,6 +6,9 @@ import json
 
 import pytest
 
+from reconciler.jenkins.client import JobDefinition, ParameterDefinition
+from reconciler.jenkins.contract import explain_500
+
 from .test_cli import jenkins_env, reconciler
 
 JOBS = [
@@ -84,3 +87,32 @@ def test_check_behind_an_sso_proxy_says_so_for_every_spec(tmp_path, sim):
     assert result.returncode == 1
     assert all("is an SSO proxy in front of Jenkins?" in line for line in result.stdout.splitlines())
     assert len(result.stdout.splitlines()) == 2 and {r.method for r in sim.requests} <= {"GET"}
+
+
+DEFINED = JobDefinition(True, {"ENV": ParameterDefinition("ChoiceParameterDefinition", ("staging", "prod")),
+                               "UPSTREAM": ParameterDefinition("RunParameterDefinition"),
+                               "VERSION": ParameterDefinition("StringParameterDefinition")})
+NO_PARAMETERS = JobDefinition(True, None)
+
+
+@pytest.mark.parametrize(("parameters", "definition", "version", "words"), [
+    ((("ENV", "qa"),), DEFINED, (2, 528, 1), "Illegal choice for parameter 'ENV': 'qa' is not one of staging, prod; "
+                                             "change `parameters.ENV` in the spec"),
+    ((("VERSION", "1"), ("VERSION", "2")), DEFINED, (2, 528, 1), "parameter 'VERSION' is sent 2 times"),
+    ((("UPSTREAM", "build-7"),), DEFINED, (2, 528, 1), "write JOB#NUMBER in `parameters.UPSTREAM`"),
+    ((("A", "1"),), NO_PARAMETERS, (2, 462, 3), "job 'j' is not parameterized (Jenkins 2.462.3 answers"),
+    ((("A", "1"),), NO_PARAMETERS, None, "is not parameterized (Jenkins of unknown version answers"),
+    (None, DEFINED, (2, 528, 1), "job 'j' is parameterized, so a POST to build without parameters fails"),
+])
+def test_a_bare_500_is_explained_by_the_job_definitions_naming_what_to_change(parameters, definition, version,
+                                                                               words):
+    assert words in explain_500("j", parameters, definition, version)
+
+
+@pytest.mark.parametrize(("parameters", "definition", "version"), [
+    ((("ENV", "prod"), ("UPSTREAM", "app#7"), ("UNDEFINED", "x"), ("UNDEFINED", "y")), DEFINED, (2, 528, 1)),
+    ((("A", "1"),), NO_PARAMETERS, (2, 528, 1)),  # since 2.524 that would have been a 400
+    (None, NO_PARAMETERS, (2, 462, 3)),
+])
+def test_a_500_the_definitions_do_not_explain_is_left_unexplained(parameters, definition, version):
+    assert explain_500("j", parameters, definition, version) is None

@@ -15,8 +15,9 @@ import pytest
 import trustme
 
 from reconciler.config import Server
-from reconciler.core.errors import JenkinsRefused, JenkinsUnavailable, LoginRedirect
-from reconciler.jenkins.client import Client, job_url
+from reconciler.core.errors import JenkinsRefused, JenkinsServerError, JenkinsUnavailable, LoginRedirect
+from reconciler.jenkins.client import Client, job_url, version_of
+from reconciler.jenkins.contract import explain_500
 from reconciler.simulator import Simulator
 
 from .conftest import TOKEN, USER, post, posts, sim_config, wait_for
@@ -269,7 +270,6 @@ def test_a_dropped_connection_on_a_get_is_retried(simulator):
     ("plain", None, {"token": "wrong-token"}, "rejected the credentials of user 'alice' (401)"),
     ("deploy", (("A", "1"),), {"job_token": "wrong-job-token"}, "Invalid token provided"),
     ("off", None, {}, "disabled in Jenkins (409)"),
-    ("plain", (("A", "1"),), {}, "takes no parameters"),
     ("deploy", None, {}, "add `parameters:` to the spec"),
 ])
 def test_refusals_are_not_retried_and_say_what_to_fix(simulator, job, params, kwargs, message):
@@ -278,6 +278,39 @@ def test_refusals_are_not_retried_and_say_what_to_fix(simulator, job, params, kw
     assert len(simulator.requests) == 1
     for secret in ("wrong-token", "wrong-job-token", TOKEN):
         assert secret not in str(e.value)
+
+
+def test_jenkins_own_500_is_left_to_the_caller_which_the_job_definitions_explain(make_simulator):
+    """Before 2.524 buildWithParameters on a job without parameters is an IllegalStateException: a bare 500.
+    The client neither retries it (a 500 may follow the queueing) nor keeps its page; the definitions explain."""
+    sim = make_simulator(version="2.462.3")
+    client = client_for(sim)
+    with pytest.raises(JenkinsServerError, match=r"^triggering plain: Jenkins answered 500") as e:
+        post(client, "plain", (("A", "1"),), None)
+    assert len(sim.requests) == 1 and e.value.maybe_received and "Exception" not in str(e.value)
+    assert client.version == (2, 462, 3)
+    assert "not parameterized" in explain_500("plain", (("A", "1"),), client.definition("plain"), client.version)
+    assert client.definition("plain") is client.definition("plain") and len(sim.requests) == 2  # read once
+
+
+def test_a_500_without_jenkins_behind_it_is_a_proxy_failing_and_may_pass(scripted):
+    client, _ = scripted(lambda _: b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
+    with pytest.raises(JenkinsUnavailable) as e:
+        post(client, "plain", None, None)
+    assert not isinstance(e.value, JenkinsServerError) and e.value.maybe_received
+
+
+def test_a_405_says_to_name_a_job_that_can_be_built(scripted):
+    client, received = scripted(lambda _: b"HTTP/1.1 405 Method Not Allowed\r\nX-Jenkins: 2.528.1\r\n"
+                                          b"Content-Length: 0\r\n\r\n")
+    with pytest.raises(JenkinsRefused, match=r"\(405 Method Not Allowed\): check that `job` in the spec names a job"):
+        post(client, "folder", None, None)
+    assert len(received) == 1
+
+
+def test_jenkins_versions_are_read_from_x_jenkins():
+    assert version_of("2.528.1") == (2, 528, 1) and version_of("2.579-SNAPSHOT") == (2, 579)
+    assert version_of("") is None
 
 
 def test_a_run_is_found_by_the_run_id_in_its_cause_note_in_queue_and_builds(make_simulator):

@@ -185,6 +185,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
             sys.stdout.flush()
             if not args.follow:
                 break
+            if not more:  # the build says when its log is complete, should a proxy drop X-More-Data
+                more = client.build(run.build_url or "").log_open
             if more:
                 time.sleep(1.0)
     finally:

@@ -69,6 +69,16 @@ class JenkinsUnavailable(JenkinsError):
         """True when Jenkins may have acted on the request although no answer arrived."""
 
 
+class JenkinsServerError(JenkinsUnavailable):
+    """A 500 from Jenkins itself: an exception escaped a web method. Since 2.224 its page names only a
+    Logging ID, so the cause (an outage, or an illegal parameter value) must be found another way."""
+
+    def __init__(self, message: str, logging_id: str | None = None):
+        super().__init__(message, 500, maybe_received=True)
+        self.logging_id = logging_id
+        """The id under which Jenkins logged the exception: what its administrator searches the log for."""
+
+
 class JenkinsRefused(JenkinsError):
     """Jenkins (or a proxy in front of it) answered no; asking again will not help."""
 

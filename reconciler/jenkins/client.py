@@ -17,6 +17,7 @@ import os
 import random
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +28,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from reconciler.config import Server
-from reconciler.core.errors import JenkinsRefused, JenkinsUnavailable, LoginRedirect, Withheld
+from reconciler.core.errors import JenkinsRefused, JenkinsServerError, JenkinsUnavailable, LoginRedirect, Withheld
 from reconciler.core.spec import job_url
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -35,6 +36,9 @@ ACCEPTED = frozenset({200, 201, 303})
 """A trigger POST answered with a queue item: 201 queued it; 303 (Jenkins 2.308 to mid-2024) and 200
 (since jenkinsci/jenkins#9446) mean an identical request was already waiting and this one joined it."""
 _QUEUE_ITEM = re.compile(r"/queue/item/(\d+)/?$")
+_LOGGING_ID = re.compile(r"Logging ID=([0-9A-Za-z-]{1,64})")
+DEFINITION_MAX_AGE = 60.0
+"""How long a job's parameter definitions, read to explain a 500, are taken as still true."""
 
 
 def job_of(url: str) -> str | None:
@@ -69,6 +73,8 @@ class BuildState:
     number: int
     url: str
     building: bool
+    """Jenkins' `building`: true until the result is final. `result` may be set before (`Run.setResult`
+    is allowed while building and only gets worse), so a build is over only when this is false."""
     result: str | None
     duration_ms: int
     notes: tuple[str, ...] = ()
@@ -76,6 +82,8 @@ class BuildState:
     """What Jenkins says started it ("Started by remote host … with note: …", "Started by user …")."""
     parameters: dict[str, str] | None = None
     """What it ran with (password values masked); None when the build has no parameters at all."""
+    log_open: bool = False
+    """The console may still grow: building, or in post-production (`inProgress`, exported since 2.369)."""
 
 
 @dataclass
@@ -84,7 +92,7 @@ class RecentBuilds:
     by_queue_id: dict[int, BuildState] = field(default_factory=dict)
 
 
-BUILD_TREE = ("number,building,result,duration,actions[causes[note,shortDescription],"
+BUILD_TREE = ("number,building,inProgress,result,duration,actions[causes[note,shortDescription],"
               "parameters[_class,name,value]]")
 MASKED = "****"
 
@@ -97,11 +105,13 @@ def _build_state(b: dict[str, Any], url: str) -> BuildState:
         if "parameters" in action:
             parameters = {str(p.get("name")): MASKED if str(p.get("_class", "")).endswith("PasswordParameterValue")
                           else _as_sent(p.get("value")) for p in action.get("parameters") or ()}
-    return BuildState(number=int(b["number"]), url=url, building=bool(b.get("building")),
+    # A build that says neither is taken as running: its result alone never ends it.
+    building = bool(b.get("building", b.get("inProgress", True)))
+    return BuildState(number=int(b["number"]), url=url, building=building,
                       result=b.get("result"), duration_ms=int(b.get("duration") or 0),
                       notes=tuple(c["note"] for c in causes if c.get("note")),
                       causes=tuple(str(c.get("shortDescription")) for c in causes if c.get("shortDescription")),
-                      parameters=parameters)
+                      parameters=parameters, log_open=building or bool(b.get("inProgress")))
 
 
 def _as_sent(value: Any) -> str:
@@ -133,9 +143,16 @@ class Found:
     build_number: int | None = None
 
 
+def version_of(header: str) -> tuple[int, ...] | None:
+    """`X-Jenkins: 2.528.1` → (2, 528, 1); `2.579-SNAPSHOT` → (2, 579); None when it names no version."""
+    m = re.match(r"\d+(?:\.\d+)*", header.strip())
+    return tuple(int(part) for part in m.group(0).split(".")) if m else None
+
+
 def _snippet(text: str) -> str:
     """Jenkins' error pages are HTML; keep their message only."""
-    m = re.search(r"<p>(.*?)</p>", text, re.S) or re.search(r"<h1>(.*?)</h1>", text, re.S)
+    m = re.search(r"<p>(.*?)</p>", text, re.S) or re.search(r"<h1>(.*?)</h1>", text, re.S) or \
+        re.search(r"<h2>(.*?)</h2>", text, re.S)  # Jetty's page for sendError: "HTTP ERROR 400 <message>"
     plain = re.sub(r"<[^>]+>", " ", m.group(1) if m else text)
     return " ".join(plain.split())[:200]
 
@@ -185,6 +202,10 @@ class Client:
         self._crumb: dict[str, str] = {}
         """The CSRF crumb header, once Jenkins asked for one; replaced whole, never changed in place."""
         self._crumb_lock = threading.Lock()
+        self.version: tuple[int, ...] | None = None
+        """The Jenkins version the last answer named (`X-Jenkins`): some refusals depend on it."""
+        self._definitions: dict[str, tuple[float, JobDefinition]] = {}
+        self._definitions_lock = threading.Lock()
 
     def close(self) -> None:
         self.session.close()
@@ -211,6 +232,7 @@ class Client:
             try:
                 response = self.session.request(method, url, params=params, data=data, headers=self._crumb,
                                                 timeout=self._timeout, allow_redirects=False)
+                self.version = version_of(response.headers.get("X-Jenkins", "")) or self.version
                 if accept is not None and accept(response):
                     return response
                 error = self._classify(response, what)
@@ -275,23 +297,37 @@ class Client:
                                      f"Point the server url at an address that takes API tokens directly; "
                                      f"the redirect was not followed", status)
             return JenkinsRefused(f"{what}: unexpected redirect ({status}) to {target}", status)
-        body = _snippet(response.content.decode("utf-8", "replace"))
+        page = response.content.decode("utf-8", "replace")
+        body = _snippet(page)
         user = self.server.user or "anonymous"
-        if status in RETRY_STATUSES and not (status == 500 and "not parameterized" in body):
+        logging_id = _LOGGING_ID.search(page)
+        if status == 500 and (logging_id or "X-Jenkins" in response.headers):
+            # Jenkins' own 500 (oops.jelly): only the Logging ID, never the page, which may show a stack trace.
+            shown = logging_id.group(1) if logging_id else None
+            return JenkinsServerError(f"{what}: Jenkins answered 500{f' (Logging ID={shown})' if shown else ''}",
+                                      shown)
+        if status in RETRY_STATUSES:
             return JenkinsUnavailable(f"{what}: Jenkins answered {status}{': ' + body if body else ''}", status,
                                       maybe_received=status in (500, 502, 504))
         messages = {
-            400: "Jenkins refused the request (400): the job may be parameterized; add `parameters:` to the spec",
+            400: f"Jenkins refused the request (400): {body}",
             401: f"Jenkins rejected the credentials of user {user!r} (401): check JENKINS_USER and the API token",
             403: f"Jenkins refused (403): {body or 'forbidden'}; check that user {user!r} has Job/Build "
                  f"permission and that the job token is right",
-            404: "not found (404): check the job name and folder path",
-            405: "Jenkins refused the method (405)",
-            409: "the job is disabled in Jenkins (409): enable it, or suspend the trigger",
-            500: "the job takes no parameters (Jenkins: This build is not parameterized!): remove `parameters`",
+            404: f"not found (404): check `job` in the spec (the full path, folders joined by /), and that user "
+                 f"{user!r} may see the job: Jenkins answers 404 for a job it hides",
+            405: "Jenkins does not take this request (405 Method Not Allowed): check that `job` in the spec names "
+                 "a job that can be built, not a folder or a view",
+            409: "the job is disabled in Jenkins (409): it is not buildable; enable it in Jenkins, or remove the spec",
         }
         text = messages.get(status, f"Jenkins answered {status}: {body}")
-        if status == 403 and "No valid crumb" in body:
+        if status == 400 and "is not parameterized" in page:  # since 2.524 (jenkinsci/jenkins#10954)
+            text = ("Jenkins refused (400): the job is not parameterized, so buildWithParameters is refused; "
+                    "remove `parameters:` from the spec")
+        elif status == 400 and ("Nothing is submitted" in page or "expects a form submission" in page):
+            text = ("Jenkins refused (400): the job is parameterized, so a POST to build without parameters is "
+                    "refused; add `parameters:` to the spec (even empty: `parameters: {}`)")
+        elif status == 403 and "No valid crumb" in body:
             text = "Jenkins refused (403): No valid crumb was included in the request"
         return JenkinsRefused(f"{what}: {text}", status)
 
@@ -419,6 +455,19 @@ class Client:
                         has_default=default is not None)
         return JobDefinition(buildable=bool(info.get("buildable", True)) and not info.get("disabled"),
                              parameters=definitions)
+
+    def definition(self, job: str) -> JobDefinition:
+        """`job_definition`, read at most once a minute per job: it explains the 500s of a sick Jenkins
+        without adding a read to each of them."""
+        now = time.monotonic()
+        with self._definitions_lock:
+            cached = self._definitions.get(job)
+        if cached is not None and now - cached[0] < DEFINITION_MAX_AGE:
+            return cached[1]
+        definition = self.job_definition(job)
+        with self._definitions_lock:
+            self._definitions[job] = (now, definition)
+        return definition
 
     def console(self, build_url: str, start: int = 0) -> tuple[str, int, bool]:
         """The console from byte `start`: the text, where to start next, and whether the build goes on."""

@@ -12,6 +12,7 @@ at permissions, so only a POST would tell; the check says which user it is authe
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,10 @@ from reconciler.jenkins.client import Client, JobDefinition
 
 BOOLEAN = "BooleanParameterDefinition"
 CHOICE = "ChoiceParameterDefinition"
+RUN = "RunParameterDefinition"
+NOT_PARAMETERIZED_IS_400 = (2, 524)
+"""Since 2.524 (jenkinsci/jenkins#10954) buildWithParameters on a job without parameters is a 400; before,
+an IllegalStateException, i.e. a bare 500."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,40 @@ def compare(shown: str, spec: Spec, job: JobDefinition) -> list[Finding]:
             out.append(_at(shown, spec, ("parameters",) if spec.parameters is not None else ("job",),
                            f"job parameter {name!r} has no default and the spec does not set it"))
     return out
+
+
+def explain_500(job: str, parameters: tuple[tuple[str, str], ...] | None, definition: JobDefinition,
+                version: tuple[int, ...] | None) -> str | None:
+    """Why a trigger POST got Jenkins' bare 500, if the job's definitions say: the exceptions
+    `ParametersDefinitionProperty.buildWithParameters` throws before anything is queued, each named with
+    what to change in the spec. None: they do not explain it (an outage, a plugin), and it may pass. Pure."""
+    if parameters is None:
+        if definition.parameters is not None:
+            return (f"job {job!r} is parameterized, so a POST to build without parameters fails; add "
+                    "`parameters:` to the spec (even empty: `parameters: {}`)")
+        return None
+    if definition.parameters is None:
+        if version is not None and version >= NOT_PARAMETERIZED_IS_400:
+            return None
+        shown = ".".join(map(str, version)) if version else "of unknown version"
+        return (f"job {job!r} is not parameterized (Jenkins {shown} answers buildWithParameters on it with a "
+                "500): remove `parameters:` from the spec")
+    counts = Counter(name for name, _ in parameters)
+    for name, value in parameters:  # SimpleParameterDefinition.createValue, then each type's checkValue
+        defined = definition.parameters.get(name)
+        if defined is None:
+            continue  # dropped by Jenkins (SECURITY-170), never a 500
+        if counts[name] > 1:
+            return (f"parameter {name!r} is sent {counts[name]} times and Jenkins takes one value (Illegal number "
+                    "of parameter values): name it once among `parameters`, run_id_parameter, "
+                    "scheduled_time_parameter and provenance_parameters")
+        if defined.type == CHOICE and defined.choices and value not in defined.choices:
+            return (f"Illegal choice for parameter {name!r}: {value!r} is not one of {', '.join(defined.choices)}; "
+                    f"change `parameters.{name}` in the spec")
+        if defined.type == RUN and "#" not in value:
+            return (f"parameter {name!r} is a run parameter, and {value!r} does not name a build: write JOB#NUMBER "
+                    f"in `parameters.{name}`")
+    return None
 
 
 def _at(shown: str, spec: Spec, loc: tuple[str, ...], message: str) -> Finding:

@@ -33,9 +33,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler import logs
-from reconciler.core.errors import JenkinsError, JenkinsRefused, JenkinsUnavailable, StateError, Withheld
+from reconciler.core.errors import (
+    JenkinsError,
+    JenkinsRefused,
+    JenkinsServerError,
+    JenkinsUnavailable,
+    StateError,
+    Withheld,
+)
 from reconciler.core.runs import Run, RunStatus
 from reconciler.jenkins.client import MASKED, Client, Found, RecentBuilds
+from reconciler.jenkins.contract import explain_500
 from reconciler.metrics import Metrics
 from reconciler.repo.history import History, iso
 from reconciler.service.supervisor import Supervisor
@@ -79,6 +87,8 @@ class _Fire:
     """Its `decided` history line is still to be written."""
     delay: float
     """The wait before the next attempt, should this one fail."""
+    server_errors_since: float | None = None
+    """When (monotonic) Jenkins began answering this run's POSTs with 500s the job's definitions do not explain."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +103,8 @@ class Executor:
     def __init__(self, store: StateStore, history: History, clients: Mapping[str, Client], *,
                  stop: threading.Event, clock: Callable[[], float] = time.time,
                  poll_min: float = 0.5, poll_max: float = 5.0, retry_min: float = 1.0, retry_max: float = 300.0,
-                 refused_min: float = 30.0, refused_max: float = 3600.0, metrics: Metrics | None = None,
-                 supervisor: Supervisor | None = None):
+                 refused_min: float = 30.0, refused_max: float = 3600.0, server_error_for: float = 600.0,
+                 metrics: Metrics | None = None, supervisor: Supervisor | None = None):
         self.store = store
         self.metrics = metrics or Metrics()
         self.history = history
@@ -104,6 +114,9 @@ class Executor:
         self.poll_min, self.poll_max = poll_min, poll_max
         self.retry_min, self.retry_max = retry_min, retry_max
         self.refused_min, self.refused_max = refused_min, refused_max
+        self.server_error_for = server_error_for
+        """How long POSTs answered with 500s that the job's definitions cannot explain are retried before
+        the run is refused, naming Jenkins' Logging ID: an outage passes, a bug in a plugin does not."""
         self._note_warned: set[str] = set()
         self._read_back: set[str] = set()
         """Runs whose build's parameters and causes were read back (once each, in this process)."""
@@ -353,6 +366,14 @@ class Executor:
         except JenkinsRefused as e:
             self._refused(run, e, log)
             return
+        except JenkinsServerError as e:
+            refusal = self._explain(client, fire, e)
+            if refusal is not None:
+                self._refused(run, refusal, log)
+                return
+            fire.search_first = self.taggable(run, client)  # Jenkins may fail after queueing it
+            self._retry(fire, e)
+            return
         except JenkinsUnavailable as e:
             fire.search_first = e.maybe_received and self.taggable(run, client)
             self._retry(fire, e)
@@ -374,6 +395,27 @@ class Executor:
         self.metrics.fires.labels(run.server, run.job, "refused").inc()
         self.history.append(run, "refused", now, reason=str(error), status=error.status, retry_at=iso(now + delay))
         log.error("fire_refused", error=str(error), status=error.status, retry_in=round(delay))
+
+    def _explain(self, client: Client, fire: _Fire, error: JenkinsServerError) -> JenkinsRefused | None:
+        """Jenkins' 500 says no more than a Logging ID. An illegal choice, a repeated parameter, a job that is
+        not parameterized (before 2.524) are refusals the job's definitions reveal: refused at once, as
+        nothing was queued. Otherwise it may be an outage: None, until 500s have lasted `server_error_for`."""
+        run = fire.run
+        try:
+            reason = explain_500(run.job, run.parameters, client.definition(run.job), client.version)
+        except JenkinsError:
+            reason = None  # the definitions cannot be read either: more likely an outage
+        if reason is not None:
+            return JenkinsRefused(f"triggering {run.job}: {reason}", 500)
+        now = time.monotonic()
+        fire.server_errors_since = fire.server_errors_since or now
+        if now - fire.server_errors_since < self.server_error_for:
+            return None
+        logged = f"Logging ID={error.logging_id}" if error.logging_id else "no Logging ID on its page"
+        lasted = round(now - fire.server_errors_since)
+        return JenkinsRefused(f"triggering {run.job}: Jenkins answered 500 for {lasted} s "
+                              f"and the job's parameter definitions do not explain it; its log has the exception "
+                              f"({logged}): fix what it names, then `reconciler retry {run.trigger}`", 500)
 
     def _retry(self, fire: _Fire, error: JenkinsError) -> None:
         """Record why the attempt failed and attempt again after a growing delay. A run that may have
@@ -444,7 +486,7 @@ class Executor:
                     client.build(run.build_url or "")
                 self._check_note(client, run, build.notes, log)
                 self._check_ran_with(run, build, log)
-                if build.result is None:
+                if build.building:  # a result set while building may still get worse (Run.setResult)
                     self._later(interval, _Look(run, next_interval))
                     return
                 run = self._finish(run, RunStatus.COMPLETED, result=build.result, duration_ms=build.duration_ms,
