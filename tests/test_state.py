@@ -116,6 +116,24 @@ def test_a_store_from_a_newer_reconciler_is_refused_with_advice(tmp_path):
     db.close()
     with pytest.raises(StateError, match="upgrade the reconciler"):
         Store(tmp_path / "state.db")
+    assert sqlite3.connect(tmp_path / "state.db").execute("PRAGMA user_version").fetchone() == (99,)
+
+
+def test_a_store_one_additive_version_ahead_is_shared_as_in_a_rolling_update(tmp_path):
+    """The next release's migration only adds; this release keeps working beside it until replaced."""
+    Store(tmp_path / "state.db").close()
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.executescript(f"ALTER TABLE runs ADD COLUMN next_release TEXT; PRAGMA user_version = {len(MIGRATIONS) + 1};")
+    db.close()
+    store = Store(tmp_path / "state.db")
+    [decided] = store.decide([run(key="a")])
+    store.update_many([(decided, {"status": "posting"})])
+    assert [r.status for r in store.runs("t")] == ["posting"]
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 2}")
+    db.close()
+    with pytest.raises(StateError, match="newer than this reconciler knows"):
+        Store(tmp_path / "state.db")
 
 
 def test_latest_gives_the_newest_run_per_trigger(tmp_path):
