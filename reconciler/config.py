@@ -6,6 +6,11 @@ job run, but must not be able to choose where requests (and the credentials they
 config file may not lie inside the triggers directory. Credentials are only ever references
 (`{env: NAME}` or `{file: PATH}`), resolved here; the values live in `Server` fields excluded from
 repr, and are registered with the log redactor.
+
+The file is read and parsed once per `OperatorConfig.load`, and checked by the pydantic models below
+(one per section, each frozen, unknown keys refused), like trigger specs: every problem is reported
+at its `file:line:col`. `Server` and `HistoryRemote` are what the rest of the daemon uses: plain
+values, built from the environment, from the file's sections, or directly by tests and the demo.
 """
 
 from __future__ import annotations
@@ -15,22 +20,32 @@ import difflib
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from reconciler.core.errors import ConfigError
 from reconciler.core.spec import nesting_problem, yaml_problem
+from reconciler.core.yamlpos import position, yaml_type
 
-SERVER_KEYS = {"url", "user", "token", "job_token", "verify", "ca_bundle", "concurrency",
-               "connect_timeout", "read_timeout", "proxy", "client_cert", "client_key"}
-HISTORY_KEYS = {"repository", "branch", "path", "clone", "author", "ssh_key", "known_hosts", "token", "token_user",
-                "interval", "timeout"}
 _SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:[^/]")
 _BRANCH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$")
 
@@ -126,111 +141,243 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def _normalize_url(url: str, where: str) -> str:
-    if not url.startswith(("http://", "https://")):
-        scheme = url.split(":", 1)[0] if ":" in url else url[:20]
-        raise ConfigError(f"{where}: the url must start with http:// or https:// (it starts {scheme!r})")
-    parts = urlsplit(url)
-    if parts.username is not None or parts.password is not None:
-        raise ConfigError(f"{where}: the url carries credentials (user:password@host), which would be written "
-                          "wherever the url is; give the user as JENKINS_USER (or `user:`) and the API token as "
-                          "JENKINS_API_TOKEN (or a `token:` reference)")
-    return url if url.endswith("/") else url + "/"
+# -- the file ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Context:
+    """What checking the file needs besides its text, handed to the validators by `OperatorConfig.load`."""
+
+    base: Path
+    """The config file's folder: relative key files are read from there, not from wherever the daemon
+    started (as relative secret files are, by `OperatorConfig._secret`)."""
+    triggers: Path | None
+    beside: Path
+    """Where the history clone goes unless the file says: beside the state file."""
 
 
-def _normalize_proxy(proxy: Any, where: str) -> str | None:
-    if proxy is None:
-        return None
-    if not str(proxy).startswith(("http://", "https://", "socks5://", "socks5h://")):
-        raise ConfigError(f"{where}: proxy must be an http://, https:// or socks5:// url")
-    return str(proxy)
+def _context(info: ValidationInfo) -> _Context:
+    if not isinstance(info.context, _Context):
+        raise TypeError("the operator's config is checked through OperatorConfig.load")
+    return info.context
 
 
-def _path(value: Any) -> str | None:
-    return None if value is None else str(value)
+@dataclass(frozen=True)
+class _Source:
+    """Where a loaded config came from: to read its secrets when asked, and say where one is wrong."""
+
+    path: Path
+    tree: Any
+    env: Mapping[str, str]
 
 
-def _read_secret_file(path: str, where: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8").strip()
-    except OSError as e:
-        raise ConfigError(f"{where}: cannot read secret file {path}: {e.strerror}") from None
+def _reference(ref: Any) -> Any:
+    if ref is not None and not _is_reference(ref):
+        raise ValueError(_LITERAL_SECRET)
+    return ref
 
 
-def resolve_secret(ref: Any, where: str, env: Mapping[str, str], base: Path | None = None) -> str | None:
-    """`{env: NAME}` or `{file: PATH}` → the secret; a literal is refused so none lands in git. A
-    relative PATH is read from `base`, the config file's folder, not from wherever the daemon started."""
-    if ref is None:
-        return None
-    if not isinstance(ref, dict) or len(ref) != 1 or next(iter(ref)) not in ("env", "file"):
-        raise ConfigError(f"{where}: give secrets as a reference, `{{env: VARIABLE}}` or `{{file: PATH}}`; "
-                          "secret values do not belong in files kept in version control")
-    kind, name = next(iter(ref.items()))
-    if kind == "env":
-        value = env.get(str(name))
-        if not value:
-            raise ConfigError(f"{where}: environment variable {name} is not set")
-        return value
-    path = Path(str(name))
-    return _read_secret_file(str(base / path if base is not None and not path.is_absolute() else path), where)
+SecretRef = Annotated[dict[Literal["env", "file"], str] | None, BeforeValidator(_reference)]
+"""`{env: NAME}` or `{file: PATH}`: checked with the file, read only when the section is used, so a
+command that needs the history alone does not need the servers' secrets."""
 
 
-def _env_secret(env: Mapping[str, str], name: str) -> str | None:
-    if env.get(name):
-        return env[name]
-    path = env.get(f"{name}_FILE")
-    return _read_secret_file(path, f"{name}_FILE") if path else None
+def _empty_if_null(value: Any) -> Any:
+    """`key:` with nothing after it (every entry commented out, say) is an empty mapping, not an error."""
+    return {} if value is None else value
 
 
-def server_from_env(env: Mapping[str, str]) -> Server | None:
-    """The `default` server: JENKINS_URL, JENKINS_USER, JENKINS_API_TOKEN[_FILE], JENKINS_JOB_TOKEN[_FILE]."""
-    url = env.get("JENKINS_URL")
-    if not url:
-        return None
-    return Server(name="default", url=_normalize_url(url, "JENKINS_URL"), user=env.get("JENKINS_USER") or None,
-                  token=_env_secret(env, "JENKINS_API_TOKEN"), job_token=_env_secret(env, "JENKINS_JOB_TOKEN"))
+class _Section(BaseModel):
+    """A mapping in the operator's file. A key it does not know is an error, never ignored: a misspelt
+    `tokne:` would otherwise leave the server anonymous without a word."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+    shape: ClassVar[str] = "a mapping"
+    """What the section is, in the words of an error that finds something else, or a required key missing."""
 
 
-def server_from_mapping(name: str, raw: Any, env: Mapping[str, str], where: str, base: Path | None = None) -> Server:
-    where = f"{where}: servers.{name}"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping with at least `url`")
-    if "url" not in raw:
-        raise ConfigError(f"{where}: `url` is required")
-    verify: bool | str = raw.get("ca_bundle") or bool(raw.get("verify", True))
-    try:
-        return Server(name=name, url=_normalize_url(str(raw["url"]), where),
-                      user=None if raw.get("user") is None else str(raw["user"]),
-                      token=resolve_secret(raw.get("token"), f"{where}.token", env, base),
-                      job_token=resolve_secret(raw.get("job_token"), f"{where}.job_token", env, base),
-                      verify=verify, concurrency=int(raw.get("concurrency", Server.concurrency)),
-                      connect_timeout=float(raw.get("connect_timeout", 5.0)),
-                      read_timeout=float(raw.get("read_timeout", 30.0)),
-                      proxy=_normalize_proxy(raw.get("proxy"), where),
-                      client_cert=_path(raw.get("client_cert")), client_key=_path(raw.get("client_key")))
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: {e}") from None
+class ServerSettings(_Section):
+    """One entry of `servers:`; `server(name)` is the `Server` it configures."""
+
+    shape = "a mapping with at least `url`"
+
+    url: str
+    user: str | None = None
+    token: SecretRef = None
+    job_token: SecretRef = None
+    verify: bool = True
+    ca_bundle: str | None = None
+    concurrency: int = Server.concurrency
+    connect_timeout: float = Server.connect_timeout
+    read_timeout: float = Server.read_timeout
+    proxy: str | None = Field(None, repr=False)
+    client_cert: str | None = None
+    client_key: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        return _normalize_url(url)
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, proxy: str | None) -> str | None:
+        if proxy is not None and not proxy.startswith(("http://", "https://", "socks5://", "socks5h://")):
+            raise ValueError("proxy must be an http://, https:// or socks5:// url")
+        return proxy
+
+    def server(self, name: str, secret: Callable[[str], str | None]) -> Server:
+        """`secret(key)` reads the secret this section's `key` refers to."""
+        return Server(name=name, url=self.url, user=self.user, token=secret("token"), job_token=secret("job_token"),
+                      verify=self.ca_bundle or self.verify, concurrency=self.concurrency,
+                      connect_timeout=self.connect_timeout, read_timeout=self.read_timeout, proxy=self.proxy,
+                      client_cert=self.client_cert, client_key=self.client_key)
+
+
+class AuthorSettings(_Section):
+    """Who the history commits are by."""
+
+    shape = "{name: ..., email: ...}"
+
+    name: str = HistoryRemote.author_name
+    email: str = HistoryRemote.author_email
+
+
+class HistorySettings(_Section):
+    """The `history:` section; `remote()` is the `HistoryRemote` it configures."""
+
+    shape = "a mapping with at least `repository` (the git URL to push to)"
+
+    repository: str
+    branch: str = HistoryRemote.branch
+    path: str = HistoryRemote.path
+    clone: str = Field("", validate_default=True)
+    """Absolute once checked; the file may leave it out, for a clone beside the state file."""
+    author: Annotated[AuthorSettings, BeforeValidator(_empty_if_null)] = AuthorSettings()
+    ssh_key: str | None = None
+    known_hosts: str | None = None
+    token: SecretRef = None
+    token_user: str = HistoryRemote.token_user
+    interval: float = HistoryRemote.interval
+    timeout: float = HistoryRemote.timeout
+
+    @field_validator("repository")
+    @classmethod
+    def _repository(cls, url: str) -> str:
+        if url.startswith(("http://", "https://")):
+            parts = urlsplit(url)
+            if parts.username is not None or parts.password is not None:
+                raise ValueError("the url carries credentials, which git would write into its config and its "
+                                 "errors; give an HTTPS token as `token: {file: PATH}` instead")
+        elif not (url.startswith(("ssh://", "file://", "/")) or _SCP_LIKE.match(url)):
+            raise ValueError("expected an ssh://, https://, file:// url, user@host:path, or an absolute path to a "
+                             "repository")
+        return url
+
+    @field_validator("branch")
+    @classmethod
+    def _branch(cls, name: str) -> str:
+        if not _BRANCH.match(name) or ".." in name or name.endswith((".", "/", ".lock")):
+            raise ValueError(f"{name!r} is not a branch name git accepts")
+        return name
+
+    @field_validator("path")
+    @classmethod
+    def _inner_path(cls, path: str) -> str:
+        parts = Path(path).parts
+        if not parts or Path(path).is_absolute() or ".." in parts or parts[0] == ".git":
+            raise ValueError("the history path is a folder inside the repository, like `history`")
+        return str(Path(*parts))
+
+    @field_validator("clone")
+    @classmethod
+    def _clone(cls, clone: str, info: ValidationInfo) -> str:
+        context = _context(info)
+        path = Path(clone or context.beside / "history-clone")
+        if context.triggers is not None and (_inside(path, context.triggers) or _inside(context.triggers, path)):
+            raise ValueError(f"the history clone {path} overlaps the triggers directory {context.triggers}; the "
+                             "daemon keeps a clone of its own, apart from git-sync's")
+        return os.path.abspath(path)
+
+    @field_validator("ssh_key", "known_hosts")
+    @classmethod
+    def _beside_the_config(cls, path: str | None, info: ValidationInfo) -> str | None:
+        return None if path is None else str(_context(info).base / path)
+
+    @model_validator(mode="after")
+    def _no_trust_on_first_use(self) -> HistorySettings:
+        if self.ssh_key and not self.known_hosts:
+            raise ValueError("`ssh_key` needs `known_hosts` (the host keys to trust): without them the first "
+                             "connection would trust whoever answers")
+        return self
+
+    def remote(self, secret: Callable[[str], str | None]) -> HistoryRemote:
+        """`secret(key)` reads the secret this section's `key` refers to."""
+        return HistoryRemote(repository=self.repository, branch=self.branch, path=self.path, clone=self.clone,
+                             author_name=self.author.name, author_email=self.author.email, ssh_key=self.ssh_key,
+                             known_hosts=self.known_hosts, token=secret("token"), token_user=self.token_user,
+                             interval=self.interval, timeout=self.timeout)
+
+
+class OperatorConfig(_Section):
+    """The operator's config file, checked whole. Each top-level key is one field with a section model
+    of its own; the keys to come (`commit_status`, `notify`, `policy`/`freeze`) are added here the same
+    way, and until then they are unknown keys, refused with their position."""
+
+    shape = "a mapping with `servers:` or `history:`"
+
+    servers: Annotated[dict[str, ServerSettings], BeforeValidator(_empty_if_null)] = Field(default_factory=dict)
+    history: HistorySettings | None = None
+    _source: _Source = PrivateAttr()
+
+    @classmethod
+    def load(cls, path: Path, env: Mapping[str, str] | None = None, *, triggers: Path | None = None,
+             state: Path | str | None = None) -> OperatorConfig:
+        """Read `path` once and check all of it; a ConfigError names every problem at its line and column.
+        `env` holds the `{env: NAME}` secrets; the file must not lie inside `triggers`, nor the history clone
+        overlap it; the clone goes beside `state` by default (a database URL has no folder to be beside)."""
+        tree = _read_config(path, triggers)
+        context = _Context(base=path.parent, triggers=triggers,
+                           beside=state.parent if isinstance(state, Path) else Path("."))
+        try:
+            config = cls.model_validate(tree, context=context)
+        except ValidationError as e:
+            raise ConfigError("\n".join(_problems(path, tree, e))) from None
+        config._source = _Source(path, tree, os.environ if env is None else env)
+        return config
+
+    def jenkins_servers(self) -> dict[str, Server]:
+        """The file's servers by name, their secrets read now (the environment's `default` is
+        `server_from_env`'s)."""
+        return {name: settings.server(name, partial(self._secret, "servers", name))
+                for name, settings in self.servers.items()}
+
+    def history_remote(self) -> HistoryRemote | None:
+        """Where history is pushed, its token read now; None without a `history:` section."""
+        return None if self.history is None else self.history.remote(partial(self._secret, "history"))
+
+    def _secret(self, *loc: str) -> str | None:
+        """The secret the reference at `loc` names; a ConfigError at the reference's position if it cannot
+        be read."""
+        node: Any = self
+        for part in loc:
+            node = node[part] if isinstance(node, dict) else getattr(node, part)
+        source = self._source
+        try:
+            return _secret_value(node, source.env, source.path.parent)
+        except ValueError as e:
+            line, col = position(source.tree, loc, key=False)
+            raise ConfigError(f"{source.path}:{line}:{col}: {_at(loc, str(e))}") from None
 
 
 def load_servers(config_path: Path | None, env: Mapping[str, str] | None = None, *,
                  triggers: Path | None = None) -> dict[str, Server]:
-    """The servers of the environment and of `config_path`, which must not lie inside `triggers`."""
+    """The servers of the environment and of `config_path`, which must not lie inside `triggers`; a
+    server of the file's named `default` stands in for the environment's."""
     env = os.environ if env is None else env
-    servers: dict[str, Server] = {}
     default = server_from_env(env)
-    if default is not None:
-        servers["default"] = default
-    if config_path is None:
-        return servers
-    raw = _read_config(config_path, triggers)
-    entries = raw.get("servers") or {}
-    if not isinstance(entries, dict):
-        raise ConfigError(f"{_at(config_path, raw, 'servers')}: `servers` is a mapping of NAME: settings")
-    for name, entry in entries.items():
-        if isinstance(entry, dict):
-            _known_keys(entry, SERVER_KEYS, config_path, f"servers.{name}.")
-        servers[str(name)] = server_from_mapping(str(name), entry, env, _at(config_path, entries, name),
-                                                 config_path.parent)
+    servers = {} if default is None else {"default": default}
+    if config_path is not None:
+        servers |= OperatorConfig.load(config_path, env, triggers=triggers).jenkins_servers()
     return servers
 
 
@@ -239,73 +386,11 @@ def load_history_remote(config_path: Path | None, env: Mapping[str, str] | None 
     """The `history:` section of the operator's config: where the daemon pushes its history, if anywhere."""
     if config_path is None:
         return None
-    env = os.environ if env is None else env
-    raw = _read_config(config_path, triggers)
-    section = raw.get("history")
-    if section is None:
-        return None
-    where = _at(config_path, raw, "history")
-    if not isinstance(section, dict) or "repository" not in section:
-        raise ConfigError(f"{where}: `history` is a mapping with at least `repository` (the git URL to push to)")
-    _known_keys(section, HISTORY_KEYS, config_path, "history.")
-    base = config_path.parent
-    author = section.get("author") or {}
-    if not isinstance(author, dict) or set(author) - {"name", "email"}:
-        raise ConfigError(f"{_at(config_path, section, 'author')}: `author` is {{name: ..., email: ...}}")
-    beside = state.parent if isinstance(state, Path) else Path(".")  # a database has no folder to be beside
-    clone = Path(str(section.get("clone") or beside / "history-clone"))
-    if triggers is not None and (_inside(clone, triggers) or _inside(triggers, clone)):
-        raise ConfigError(f"{_at(config_path, section, 'clone')}: the history clone {clone} overlaps the triggers "
-                          f"directory {triggers}; the daemon keeps a clone of its own, apart from git-sync's")
-    ssh_key, known_hosts = _path(section.get("ssh_key")), _path(section.get("known_hosts"))
-    if ssh_key and not known_hosts:
-        raise ConfigError(f"{where}: `ssh_key` needs `known_hosts` (the host keys to trust): without them the "
-                          "first connection would trust whoever answers")
-    try:
-        return HistoryRemote(
-            repository=_repository(str(section["repository"]), f"{where}.repository"),
-            branch=_branch(str(section.get("branch", HistoryRemote.branch)), f"{where}.branch"),
-            path=_inner_path(str(section.get("path", HistoryRemote.path)), f"{where}.path"),
-            clone=os.path.abspath(clone),
-            author_name=str(author.get("name", HistoryRemote.author_name)),
-            author_email=str(author.get("email", HistoryRemote.author_email)),
-            ssh_key=None if ssh_key is None else str(base / ssh_key),
-            known_hosts=None if known_hosts is None else str(base / known_hosts),
-            token=resolve_secret(section.get("token"), f"{where}.token", env, base),
-            token_user=str(section.get("token_user", HistoryRemote.token_user)),
-            interval=float(section.get("interval", HistoryRemote.interval)),
-            timeout=float(section.get("timeout", HistoryRemote.timeout)))
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: {e}") from None
-
-
-def _repository(url: str, where: str) -> str:
-    if url.startswith(("http://", "https://")):
-        parts = urlsplit(url)
-        if parts.username is not None or parts.password is not None:
-            raise ConfigError(f"{where}: the url carries credentials, which git would write into its config and "
-                              "its errors; give an HTTPS token as `token: {file: PATH}` instead")
-    elif not (url.startswith(("ssh://", "file://", "/")) or _SCP_LIKE.match(url)):
-        raise ConfigError(f"{where}: expected an ssh://, https://, file:// url, user@host:path, or an absolute "
-                          "path to a repository")
-    return url
-
-
-def _branch(name: str, where: str) -> str:
-    if not _BRANCH.match(name) or ".." in name or name.endswith((".", "/", ".lock")):
-        raise ConfigError(f"{where}: {name!r} is not a branch name git accepts")
-    return name
-
-
-def _inner_path(path: str, where: str) -> str:
-    parts = Path(path).parts
-    if not parts or Path(path).is_absolute() or ".." in parts or parts[0] == ".git":
-        raise ConfigError(f"{where}: the history path is a folder inside the repository, like `history`")
-    return str(Path(*parts))
+    return OperatorConfig.load(config_path, env, triggers=triggers, state=state).history_remote()
 
 
 def _read_config(config_path: Path, triggers: Path | None) -> Any:
-    """The operator's config file as a round-trip mapping, which must not lie inside `triggers`."""
+    """The operator's config file as a round-trip tree, whose keys keep their positions for the errors."""
     if triggers is not None and _inside(config_path, triggers):
         raise ConfigError(f"{config_path}: the servers config is inside the triggers directory {triggers}, where "
                           "anyone who can commit could rewrite it; keep it outside (a ConfigMap or a file of the "
@@ -315,7 +400,7 @@ def _read_config(config_path: Path, triggers: Path | None) -> Any:
         deep = nesting_problem(text)
         if deep is not None:
             raise ConfigError(f"{config_path}:{deep.line}:{deep.column}: {deep.message}")
-        raw = YAML(typ="rt").load(text) or {}  # round-trip: keys keep their positions, for the errors below
+        return YAML(typ="rt").load(text) or {}
     except OSError as e:
         raise ConfigError(f"cannot read the servers config {config_path}: {e.strerror}") from None
     except MarkedYAMLError as e:
@@ -323,27 +408,136 @@ def _read_config(config_path: Path, triggers: Path | None) -> Any:
         raise ConfigError(f"{config_path}:{problem.line}:{problem.column}: {problem.message}") from None
     except (YAMLError, ValueError, OverflowError, KeyError, TypeError) as e:  # a bad `!!int`, say
         raise ConfigError(f"{config_path}: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{config_path}:1:1: expected a mapping with `servers:`")
-    _known_keys(raw, {"servers", "history"}, config_path, "")
-    return raw
 
 
-def _at(path: Path, mapping: Any, key: Any) -> str:
-    """`path:line:col` of a key in a round-trip mapping (or the path alone where it has no position)."""
+_EXPECTED = {"dict": "a mapping", "int": "an integer", "float": "a number", "bool": "true or false",
+             "string": "a string"}
+"""What a pydantic error type (by its first word) says was expected."""
+
+
+def _problems(path: Path, tree: Any, error: ValidationError) -> list[str]:
+    """Each validation error as `path:line:col: message`, in the order of the file."""
+    problems = set()
+    for err in error.errors():
+        loc, kind = tuple(err["loc"]), err["type"]
+        if kind == "extra_forbidden":
+            known = sorted(_section_at(loc[:-1]).model_fields)
+            hint = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            message = f"unknown key {_dotted(loc)}" + (f" (did you mean {hint[0]!r}?)" if hint else
+                                                       f"; known: {', '.join(known)}")
+            line, col = position(tree, loc, key=True)
+        elif kind == "missing":
+            message = _at(loc[:-1], f"`{loc[-1]}` is required; expected {_section_at(loc[:-1]).shape}")
+            line, col = position(tree, loc[:-1], key=True)
+        else:
+            first = kind.split("_")[0]
+            if kind == "model_type":
+                message = _at(loc, f"expected {_section_at(loc).shape}, got {yaml_type(err['input'])}")
+            elif first in _EXPECTED and kind != "value_error":
+                message = _at(loc, f"expected {_EXPECTED[first]}, got {yaml_type(err['input'])}")
+            else:
+                message = _at(loc, err["msg"].removeprefix("Value error, "))
+            line, col = position(tree, loc, key=False)
+        problems.add((line, col, f"{path}:{line}:{col}: {message}"))
+    return [text for *_, text in sorted(problems)]
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    return ".".join(map(str, loc))
+
+
+def _at(loc: tuple[Any, ...], message: str) -> str:
+    """`servers.x.url: message`; the message alone for the file as a whole."""
+    return f"{_dotted(loc)}: {message}" if loc else message
+
+
+def _section_at(loc: tuple[Any, ...]) -> type[_Section]:
+    """The section model a location in the file is checked by, for the keys it knows and its shape."""
+    kind: Any = OperatorConfig
+    for part in loc:  # a model's key: that field's type; a `dict[str, X]`'s, whatever the name: X
+        kind = kind.model_fields[part].annotation if isinstance(kind, type) else get_args(kind)[-1]
+        if get_origin(kind) in (Union, UnionType):  # `X | None`
+            kind = next(arg for arg in get_args(kind) if arg is not type(None))
+    return kind
+
+
+# -- secrets and urls -------------------------------------------------------------------------------
+
+def _normalize_url(url: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        scheme = url.split(":", 1)[0] if ":" in url else url[:20]
+        raise ValueError(f"the url must start with http:// or https:// (it starts {scheme!r})")
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("the url carries credentials (user:password@host), which would be written wherever the "
+                         "url is; give the user as JENKINS_USER (or `user:`) and the API token as JENKINS_API_TOKEN "
+                         "(or a `token:` reference)")
+    return url if url.endswith("/") else url + "/"
+
+
+def _read_secret_file(path: str) -> str:
     try:
-        line, col = mapping.lc.key(key)
-    except (AttributeError, KeyError, TypeError):
-        return str(path)
-    return f"{path}:{line + 1}:{col + 1}"
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise ValueError(f"cannot read secret file {path}: {e.strerror}") from None
 
 
-def _known_keys(mapping: Any, known: set[str], path: Path, prefix: str) -> None:
-    for key in mapping:
-        if key not in known:
-            hint = difflib.get_close_matches(str(key), sorted(known), n=1)
-            raise ConfigError(f"{_at(path, mapping, key)}: unknown key {prefix}{key}" +
-                              (f" (did you mean {hint[0]!r}?)" if hint else f"; known: {', '.join(sorted(known))}"))
+_LITERAL_SECRET = ("give secrets as a reference, `{env: VARIABLE}` or `{file: PATH}`; secret values do not "
+                   "belong in files kept in version control")
+
+
+def _is_reference(ref: Any) -> bool:
+    return isinstance(ref, dict) and len(ref) == 1 and next(iter(ref)) in ("env", "file")
+
+
+def _secret_value(ref: Any, env: Mapping[str, str], base: Path | None) -> str | None:
+    """`resolve_secret` with a ValueError, for the callers that put a position before it."""
+    if ref is None:
+        return None
+    if not _is_reference(ref):
+        raise ValueError(_LITERAL_SECRET)
+    kind, name = next(iter(ref.items()))
+    if kind == "env":
+        value = env.get(str(name))
+        if not value:
+            raise ValueError(f"environment variable {name} is not set")
+        return value
+    path = Path(str(name))
+    return _read_secret_file(str(base / path if base is not None and not path.is_absolute() else path))
+
+
+def resolve_secret(ref: Any, where: str, env: Mapping[str, str], base: Path | None = None) -> str | None:
+    """`{env: NAME}` or `{file: PATH}` → the secret; a literal is refused so none lands in git. A
+    relative PATH is read from `base`, the config file's folder, not from wherever the daemon started."""
+    try:
+        return _secret_value(ref, env, base)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _env_secret(env: Mapping[str, str], name: str) -> str | None:
+    if env.get(name):
+        return env[name]
+    path = env.get(f"{name}_FILE")
+    if not path:
+        return None
+    try:
+        return _read_secret_file(path)
+    except ValueError as e:
+        raise ConfigError(f"{name}_FILE: {e}") from None
+
+
+def server_from_env(env: Mapping[str, str]) -> Server | None:
+    """The `default` server: JENKINS_URL, JENKINS_USER, JENKINS_API_TOKEN[_FILE], JENKINS_JOB_TOKEN[_FILE]."""
+    url = env.get("JENKINS_URL")
+    if not url:
+        return None
+    try:
+        url = _normalize_url(url)
+    except ValueError as e:
+        raise ConfigError(f"JENKINS_URL: {e}") from None
+    return Server(name="default", url=url, user=env.get("JENKINS_USER") or None,
+                  token=_env_secret(env, "JENKINS_API_TOKEN"), job_token=_env_secret(env, "JENKINS_JOB_TOKEN"))
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import os
+import threading
 
-from reconciler.config import load_history_remote, load_servers
+import pytest
+from pydantic import ValidationError
+
+from reconciler.config import OperatorConfig, load_history_remote, load_servers
 from reconciler.core.errors import ConfigError
 
 
@@ -106,6 +110,55 @@ def test_config_errors_say_where_and_suggest(tmp_path, text, message):
     with pytest.raises(ConfigError) as e:
         load_servers(config, {"T": "t"})
     assert str(e.value).startswith(str(config)) and message in str(e.value)
+
+
+def test_a_wrong_type_deep_in_the_file_is_reported_at_its_line_and_column(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("servers:\n  default:\n    url: https://x/\n    read_timeout: soon\n"
+                      "history:\n  repository: /r.git\n  author: {name: bot, email: [b]}\n")
+    with pytest.raises(ConfigError) as e:
+        OperatorConfig.load(config, {})
+    assert str(e.value).splitlines() == [
+        f"{config}:4:19: servers.default.read_timeout: expected a number, got a string",
+        f"{config}:7:30: history.author.email: expected a string, got a list"], "every problem, in the file's order"
+
+
+def test_an_unknown_top_level_key_is_refused_at_its_position(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("servers: {}\nwebhooks:\n  x: https://x/\n")
+    with pytest.raises(ConfigError, match=r"config.yaml:2:1: unknown key webhooks; known: "):
+        OperatorConfig.load(config, {})
+
+
+def test_secrets_are_read_when_their_section_is_used_and_reported_at_the_reference(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("servers:\n  x:\n    url: https://x/\n    token: {env: NOPE}\nhistory: {repository: /r.git}\n")
+    loaded = OperatorConfig.load(config, {})
+    assert loaded.history_remote().repository == "/r.git", "the history alone needs no server's secret"
+    with pytest.raises(ConfigError) as e:
+        loaded.jenkins_servers()
+    assert str(e.value) == f"{config}:4:12: servers.x.token: environment variable NOPE is not set"
+
+
+def test_the_file_is_read_once_for_all_its_sections(tmp_path):
+    """A FIFO hands its text to one reader: a second read of the file would wait for a writer forever."""
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    text = "servers:\n  x: {url: https://x/, token: {env: T}}\nhistory: {repository: /r.git}\n"
+    loaded: list[OperatorConfig] = []
+    writer = threading.Thread(target=fifo.write_text, args=(text,), daemon=True)
+    reader = threading.Thread(target=lambda: loaded.append(OperatorConfig.load(fifo, {"T": "t"})), daemon=True)
+    writer.start()
+    reader.start()
+    reader.join(timeout=10)
+    read_again = reader.is_alive()
+    if read_again:  # let the second read end, so the test fails instead of hanging
+        fifo.write_text(text)
+    assert not read_again, "the file was opened more than once"
+    [config] = loaded
+    assert (config.jenkins_servers()["x"].token, config.history_remote().repository) == ("t", "/r.git")
+    with pytest.raises(ValidationError, match="frozen"):
+        config.history = None
 
 
 # -- history write-back -----------------------------------------------------------------------------

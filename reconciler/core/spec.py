@@ -23,6 +23,7 @@ from ruamel.yaml.tag import Tag
 
 from reconciler.core import schedule as cron
 from reconciler.core.errors import Problem, SpecError
+from reconciler.core.yamlpos import position, yaml_type
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 CONFIG_FILES = ("reconciler.yaml", "reconciler.yml")
@@ -411,16 +412,16 @@ def _locate(text: str, error: ValidationError) -> list[Problem]:
             hint = difflib.get_close_matches(key, KNOWN_KEYS if len(loc) == 1 else (), n=1)
             message = f"unknown key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else
                                                 f"; known keys: {', '.join(KNOWN_KEYS)}")
-            line, col = _position(tree, loc, key=True)
+            line, col = position(tree, loc, key=True)
         elif kind == "missing":
             message = f"missing required key {loc[-1]!r}"
-            line, col = _position(tree, loc[:-1], key=False)
+            line, col = position(tree, loc[:-1], key=False)
         else:
             message = _describe(loc, err)
             if loc and loc[-1] == "[key]":  # a mapping key that is wrong itself: point at the key
-                line, col = _position(tree, _value_loc(loc[:-1]), key=True)
+                line, col = position(tree, _value_loc(loc[:-1]), key=True)
             else:
-                line, col = _position(tree, _value_loc(loc), key=False)
+                line, col = position(tree, _value_loc(loc), key=False)
         problems.append(Problem(line, col, message))
     return sorted(set(problems), key=lambda p: (p.line, p.column, p.message))
 
@@ -435,9 +436,9 @@ def _describe(loc: tuple[Any, ...], err: Any) -> str:
     if not loc:
         return err["msg"].removeprefix("Value error, ")
     if loc[0] == "parameters" and loc[-1] == "[key]":
-        return f"parameters: a parameter name is text, not {_yaml_type(err['input'])}: quote it"
+        return f"parameters: a parameter name is text, not {yaml_type(err['input'])}: quote it"
     if loc[0] == "parameters" and len(loc) > 1:
-        return f"{where}: a parameter value is a string, number or boolean, not {_yaml_type(err['input'])}"
+        return f"{where}: a parameter value is a string, number or boolean, not {yaml_type(err['input'])}"
     if loc[0] == "provenance_parameters" and loc[-1] == "[key]":
         return (f"provenance_parameters: {err['input']!r} is not a commit field; "
                 f"fields: {', '.join(PROVENANCE_FIELDS)}")
@@ -452,37 +453,17 @@ def _describe(loc: tuple[Any, ...], err: Any) -> str:
     if loc[0] == "concurrency" and err["type"] == "literal_error":
         return f"concurrency: expected allow, forbid or replace, got {err['input']!r}"
     if expected and err["type"] != "value_error":
-        return f"{where}: expected {expected}, got {_yaml_type(err['input'])}"
+        return f"{where}: expected {expected}, got {yaml_type(err['input'])}"
     return f"{where}: {err['msg'].removeprefix('Value error, ')}"
-
-
-def _yaml_type(value: Any) -> str:
-    """A value's kind in YAML's words (bool before int: a bool is an int in Python)."""
-    names = ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"),
-             (bytes, "binary data"), (list, "a list"), (dict, "a mapping"), (set, "a set"), (type(None), "null"))
-    return next((name for kind, name in names if isinstance(value, kind)), "a value of another kind")
 
 
 def position_in(text: str, *loc: str, value: bool = False) -> tuple[int, int]:
     """Line and column of a key (or, with `value`, of its value) in a spec's text, `position_in(text,
     "parameters", "ENV")`, for an error found after parsing; the top of the file where there is none."""
     try:
-        return _position(YAML(typ="rt").load(text), loc, key=not value)
+        return position(YAML(typ="rt").load(text), loc, key=not value)
     except YAMLError:
         return 1, 1
-
-
-def _position(tree: Any, loc: tuple[Any, ...], *, key: bool) -> tuple[int, int]:
-    node, line, col = tree, 1, 1
-    for i, part in enumerate(loc):
-        lc = getattr(node, "lc", None)
-        if lc is None or not isinstance(node, dict) or part not in node:
-            break
-        last = i == len(loc) - 1
-        line, col = lc.key(part) if (key and last) else lc.value(part)
-        line, col = line + 1, col + 1
-        node = node[part]
-    return line, col
 
 
 def json_schema() -> dict[str, Any]:
