@@ -90,7 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-interval", type=float, default=float(_env("poll_interval", 5)),
                    help="longest wait between two looks at a queued or running build (default 5 s)")
     p.add_argument("--listen", default=_env("listen"), metavar="HOST:PORT",
-                   help="serve /healthz, /readyz and /metrics (env RECONCILER_LISTEN), e.g. 0.0.0.0:9090")
+                   help="serve /healthz, /readyz and /metrics, and the web page unless --web-listen is given "
+                        "(env RECONCILER_LISTEN), e.g. 0.0.0.0:9090")
+    p.add_argument("--web-listen", default=_env("web_listen"), metavar="HOST:PORT",
+                   help="serve the read-only web page here instead of on --listen, e.g. 127.0.0.1:8080 behind an "
+                        "authenticating proxy: it shows job names, parameters and commit authors to whoever "
+                        "reaches it (env RECONCILER_WEB_LISTEN)")
+    p.add_argument("--web-prefix", default=_env("web_prefix", ""), metavar="PATH",
+                   help="the path the page is reached under through an ingress, e.g. /reconciler (an "
+                        "X-Forwarded-Prefix header wins; env RECONCILER_WEB_PREFIX)")
     p.add_argument("--lease", type=float, default=float(_env("lease", 3)), metavar="SECONDS",
                    help="with a PostgreSQL store: how long the leader's lease lasts unrenewed, so how soon a "
                         "standby replaces a dead leader (default 3; env RECONCILER_LEASE)")
@@ -331,12 +339,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     for server in servers.values():
         for warning in server.warnings():
             log.warning("server_insecure", server=server.name, warning=warning)
-    probes = None
-    if args.listen and not args.once:
-        from reconciler.service.probes import Probes
+    listeners = []
+    if not args.once:
+        from reconciler.service.probes import serve
 
-        probes = Probes(args.listen, daemon, daemon.executor.metrics).start()
-        log.info("probes_listening", address=probes.address)
+        listeners = serve(daemon, args.listen, args.web_listen, args.web_prefix)
     try:
         if args.once:
             return _run_once(daemon, args, log)
@@ -351,8 +358,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             return EXIT_ERROR
         return EXIT_OK
     finally:
-        if probes is not None:
-            probes.stop()
+        for listener in listeners:
+            listener.stop()
         in_flight = daemon.close()
         log.info("daemon_stopped", in_flight=len(in_flight),
                  **({"runs": {r.run_id: f"{r.trigger}: {r.status}" for r in in_flight}} if in_flight else {}))
