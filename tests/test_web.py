@@ -223,7 +223,7 @@ def browser() -> Iterator[Any]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,760"):
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,800"):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)  # no driver download
     try:
@@ -236,8 +236,8 @@ def browser() -> Iterator[Any]:
 def daemon_process(tmp_path: Path, make_simulator: Any) -> Iterator[tuple[str, Any]]:
     """`reconciler run --listen` as a real process, on ordinary, invalid, scheduled and hostile specs."""
     sim = make_simulator(jobs=[
-        {"name": "deploy", "duration": 0, "concurrent": True, "parameters": ["ENV", "VERSION"]},
-        {"name": "qa/smoke", "duration": 0, "concurrent": True, "result": ["SUCCESS", "UNSTABLE", "FAILURE"]},
+        {"name": "deploy", "duration": 1, "concurrent": True, "parameters": ["ENV", "VERSION"]},
+        {"name": "qa/smoke", "duration": 1, "concurrent": True, "result": ["SUCCESS", "UNSTABLE", "FAILURE"]},
         {"name": "cleanup", "duration": 0, "concurrent": True}])
     triggers = tmp_path / "triggers"
     (triggers / "team a").mkdir(parents=True)
@@ -358,7 +358,7 @@ def test_web_listen_puts_the_page_on_an_address_of_its_own(tmp_path, simulator):
         probes = logged("probes_listening")
         assert probes is not None and "page" not in probes
         assert web["page"] == f"http://{web['address']}/rec/"
-        assert "/rec/triggers/ok" in requests.get(web["page"], timeout=10).text
+        wait_for(lambda: "/rec/triggers/ok" in requests.get(web["page"], timeout=10).text, what="the first pass")
         assert requests.get(f"http://{web['address']}/healthz", timeout=10).status_code == 404
         assert requests.get(f"http://{probes['address']}/", timeout=10).status_code == 404
         assert requests.get(f"http://{probes['address']}/healthz", timeout=10).status_code in (200, 503)
