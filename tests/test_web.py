@@ -26,7 +26,9 @@ from reconciler.core.errors import Problem, SpecError
 from reconciler.core.overview import State, as_json, counts, overview, sparkline
 from reconciler.core.runs import RunStatus, new_run
 from reconciler.core.spec import parse
+from reconciler.service.daemon import Daemon
 from reconciler.service.probes import serve
+from reconciler.service.web import Web
 
 from .conftest import TOKEN, USER, Harness, wait_for
 
@@ -58,16 +60,16 @@ def test_each_trigger_gets_the_state_a_person_would_name_it_by():
     paused = spec("paused", "job: a\nsuspend: true\n")
     elsewhere = spec("elsewhere", "job: a\nserver: nowhere\n")
     at = NOW.timestamp()
-    runs = {
-        "one": [replace(new_run(one, at), status=RunStatus.COMPLETED, result="SUCCESS")],
-        "changed": [replace(new_run(spec("changed", "job: a\n"), at), status=RunStatus.COMPLETED, result="FAILURE")],
-        "refused": [replace(new_run(refused, at), status=RunStatus.REFUSED, retry_at=at + 30, last_error="403")],
-        "failed": [replace(new_run(failed, at), status=RunStatus.FAILED, last_error="given up: 400")],
-        "gone": [replace(new_run(spec("gone", "job: a\n"), at), status=RunStatus.COMPLETED, result="SUCCESS")],
+    latest = {
+        "one": replace(new_run(one, at), status=RunStatus.COMPLETED, result="SUCCESS"),
+        "changed": replace(new_run(spec("changed", "job: a\n"), at), status=RunStatus.COMPLETED, result="FAILURE"),
+        "refused": replace(new_run(refused, at), status=RunStatus.REFUSED, retry_at=at + 30, last_error="403"),
+        "failed": replace(new_run(failed, at), status=RunStatus.FAILED, last_error="given up: 400"),
+        "gone": replace(new_run(spec("gone", "job: a\n"), at), status=RunStatus.COMPLETED, result="SUCCESS"),
     }
     errors = {"broken": SpecError("broken.yaml", [Problem(2, 3, "unknown key 'jbo'")])}
     specs = {s.name: s for s in (one, changed, refused, failed, nightly, paused, elsewhere)}
-    rows = {r.name: r for r in overview(specs, errors, runs, NOW, servers={"default"})}
+    rows = {r.name: r for r in overview(specs, errors, latest, NOW, servers={"default"})}
     assert {name: row.state for name, row in rows.items()} == {
         "one": State.FIRED, "changed": State.PENDING, "refused": State.REFUSED, "failed": State.FAILED,
         "nightly": State.SCHEDULED, "paused": State.SUSPENDED, "elsewhere": State.INVALID,
@@ -84,8 +86,8 @@ def test_each_trigger_gets_the_state_a_person_would_name_it_by():
 
 def test_a_spec_reverted_to_a_revision_that_fired_is_fired():
     old, new = spec("t", "job: a\n"), spec("t", "job: a\nrun: 2\n")
-    runs = {"t": [replace(new_run(new, 2.0), status=RunStatus.COMPLETED, result="SUCCESS")]}
-    [row] = overview({"t": old}, {}, runs, NOW, fired={("t", old.revision)})
+    latest = {"t": replace(new_run(new, 2.0), status=RunStatus.COMPLETED, result="SUCCESS")}
+    [row] = overview({"t": old}, {}, latest, NOW, fired={("t", old.revision)})
     assert row.state is State.FIRED
 
 
@@ -96,10 +98,12 @@ def test_as_json_matches_the_shared_schema_and_the_schema_knows_every_state():
                   build_url="https://jenkins.example.com/job/a/7/", duration_ms=1200, finished_at=NOW.timestamp())
     tick = replace(new_run(nightly, NOW.timestamp(), NOW), status=RunStatus.MISSED)
     errors = {"bad": SpecError("bad.yaml", [Problem(1, 1, "missing required key 'job'")])}
-    rows = overview({s.name: s, nightly.name: nightly}, errors, {s.name: [run], nightly.name: [tick]}, NOW)
+    rows = overview({s.name: s, nightly.name: nightly}, errors, {s.name: run, nightly.name: tick}, NOW,
+                    recent={s.name: ("FAILURE", "SUCCESS")})
     data = [as_json(row) for row in rows]
     validator().validate(data)
-    assert data[2]["last_run"]["parameters"] == {"ENV": "prod"}
+    assert data[2]["last_run"]["parameters"] == {"ENV": "prod"} and data[2]["recent"] == ["FAILURE", "SUCCESS"]
+    assert data[1]["recent"] == ["missed"]
     assert data[1]["last_run"]["scheduled_for"] == "2026-05-10T08:00:00Z"
     properties = SCHEMA["$defs"]["trigger_fields"]["properties"]
     assert set(properties["state"]["enum"]) == set(State)
@@ -107,18 +111,21 @@ def test_as_json_matches_the_shared_schema_and_the_schema_knows_every_state():
 
 
 def test_the_sparkline_is_svg_with_one_bar_per_outcome_and_its_text_escaped():
-    svg = sparkline(["SUCCESS", "FAILURE", "building", '"><script>x</script>'])
+    svg = sparkline(["SUCCESS", "FAILURE", "building", "SUCCESS", '"><script>x</script>'])
     tree = ET.fromstring(svg)
     assert tree.tag == "{http://www.w3.org/2000/svg}svg"
-    assert [rect.get("class") for rect in tree] == ["ok", "bad", "open", "other"]
-    assert "<script>" not in svg and tree.get("aria-label", "").endswith('"><script>x</script>')
-    assert ET.fromstring(sparkline([])).get("aria-label") == "last results, oldest first: none"
+    bars = {path.get("class"): path.get("d", "").count("M") for path in tree}
+    assert bars == {"ok": 2, "bad": 1, "open": 1, "other": 1}
+    assert tree.get("aria-label") == 'last 5 results: 2 SUCCESS, 1 FAILURE, 1 building, 1 "><script>x</script>'
+    assert "<script>" not in svg
+    assert ET.fromstring(sparkline(["SUCCESS"])).get("aria-label") == "last result: SUCCESS"
+    assert ET.fromstring(sparkline([])).get("aria-label") == "no results yet"
 
 
 # -- the page and its API, over HTTP ---------------------------------------------------------------
 
 @pytest.fixture
-def page(harness: Harness) -> Iterator[tuple[Harness, str]]:
+def page(harness: Harness) -> Iterator[tuple[Harness, Daemon, str]]:
     """A daemon on real parts with the page served as `--listen` serves it; its base URL."""
     harness.write("team a/deploy", f"job: team a/dëploy ü\nparameters: {{TARGET: '{SCRIPT}'}}\n")
     harness.write("broken", "jbo: plain\n")
@@ -127,13 +134,13 @@ def page(harness: Harness) -> Iterator[tuple[Harness, str]]:
     wait_for(lambda: "completed" in harness.events("team a/deploy"), what="the fire to complete")
     [listener] = serve(daemon, "127.0.0.1:0", web_prefix="/rec")
     try:
-        yield harness, f"http://{listener.address}"
+        yield harness, daemon, f"http://{listener.address}"
     finally:
         listener.stop()
 
 
 def test_the_api_answers_every_trigger_as_the_schema_says(page):
-    _, base = page
+    _, _, base = page
     answer = requests.get(f"{base}/api/v1/triggers", timeout=10)
     assert answer.headers["Content-Type"] == "application/json"
     data = answer.json()
@@ -149,7 +156,7 @@ def test_the_api_answers_every_trigger_as_the_schema_says(page):
 
 
 def test_every_answer_forbids_script_and_the_page_changes_nothing(page):
-    _, base = page
+    _, _, base = page
     for path in ("/", "/triggers/broken", "/static/style.css", "/api/v1/triggers", "/nope"):
         answer = requests.get(base + path, timeout=10)
         assert answer.headers["Content-Security-Policy"].startswith(
@@ -167,7 +174,7 @@ def test_every_answer_forbids_script_and_the_page_changes_nothing(page):
 
 
 def test_links_follow_the_prefix_the_ingress_says_or_the_one_configured(page):
-    _, base = page
+    _, _, base = page
     configured = requests.get(base + "/rec/", timeout=10).text
     assert 'href="/rec/static/style.css"' in configured and 'href="/rec/triggers/team%20a/deploy"' in configured
     assert requests.get(base + "/rec/triggers/broken", timeout=10).status_code == 200
@@ -178,11 +185,21 @@ def test_links_follow_the_prefix_the_ingress_says_or_the_one_configured(page):
 
 
 def test_the_filter_works_by_name_and_state_with_counts_over_all(page):
-    _, base = page
+    _, _, base = page
     text = requests.get(base + "/", params={"q": "DEPLOY", "state": "fired"}, timeout=10).text
     assert "1 of 3 triggers, filtered" in text and "/triggers/broken" not in text
     assert '<option value="fired" selected>' in text
     assert "<strong>1</strong> invalid" in text  # the counts stay those of all triggers
+
+
+def test_the_sparkline_kept_between_requests_follows_new_runs(page):
+    harness, daemon, _ = page
+    web = Web(daemon)
+    assert next(r for r in web.rows() if r.name == "team a/deploy").recent == ("SUCCESS",)
+    harness.write("team a/deploy", f"job: team a/dëploy ü\nparameters: {{TARGET: '{SCRIPT}'}}\nrun: 2\n")
+    wait_for(lambda: harness.events("team a/deploy").count("completed") == 2, what="the second run")
+    wait_for(lambda: next(r for r in web.rows() if r.name == "team a/deploy").recent == ("SUCCESS", "SUCCESS"),
+             what="the sparkline to show both runs")
 
 
 def test_a_thousand_triggers_render_in_well_under_a_second(harness):
@@ -307,7 +324,8 @@ def test_a_person_sees_every_trigger_and_no_script_from_content_runs(browser, da
     assert "refused" in by_name["refused"].text and "next attempt" in by_name["refused"].text
     schedule = by_name["nightly-cleanup"].text
     assert "H 3 * * *" in schedule and "Europe/Berlin" in schedule and "CE" in schedule  # next tick, local time
-    assert len(by_name["qa-smoke"].find_elements(By.CSS_SELECTOR, "svg.spark rect")) == 3
+    spark = by_name["qa-smoke"].find_element(By.CSS_SELECTOR, "svg.spark")
+    assert spark.get_attribute("aria-label") == "last 3 results: 1 SUCCESS, 1 UNSTABLE, 1 FAILURE"
     assert "6 all" in browser.find_element(By.CSS_SELECTOR, ".counts").text
 
     # Nothing from a spec became markup, and nothing ran: no element, no script, no alert.

@@ -9,6 +9,7 @@ several apply, is decided in `state_of` only: a new state is a member of `State`
 from __future__ import annotations
 
 import html
+from collections import Counter
 from collections.abc import Collection, Container, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -113,27 +114,27 @@ def state_of(spec: Spec | None, problems: Sequence[Problem], last: Run | None,
     return State.PENDING, f"revision {spec.revision} not fired yet"
 
 
-def overview(specs: Mapping[str, Spec], errors: Mapping[str, SpecError], runs: Mapping[str, Sequence[Run]],
-             now: datetime, *, servers: Collection[str] | None = None,
-             fired: Container[tuple[str, str]] = ()) -> list[Row]:
+def overview(specs: Mapping[str, Spec], errors: Mapping[str, SpecError], latest: Mapping[str, Run],
+             now: datetime, *, recent: Mapping[str, Sequence[str]] | None = None,
+             servers: Collection[str] | None = None, fired: Container[tuple[str, str]] = ()) -> list[Row]:
     """One row per trigger that has a spec, an error or runs on record, sorted by name.
 
-    `runs` are each trigger's latest runs, newest first (one is enough; more draw the sparkline).
-    `servers`, when given, makes a spec naming another server invalid, as the daemon judges it.
-    `fired` holds the (trigger, revision) pairs ever decided, for a spec reverted to one of them.
+    `latest` is each trigger's newest run; `recent`, the outcomes of its latest runs, oldest first (for
+    the sparkline; without it, the newest run's alone). `servers`, when given, makes a spec naming
+    another server invalid, as the daemon judges it. `fired` holds the (trigger, revision) pairs ever
+    decided, for a spec reverted to one of them.
     """
     rows = []
-    for name in sorted(set(specs) | set(errors) | set(runs)):
-        spec, error, recent = specs.get(name), errors.get(name), runs.get(name, ())
+    for name in sorted(set(specs) | set(errors) | set(latest)):
+        spec, error, last = specs.get(name), errors.get(name), latest.get(name)
         problems = _problems(error)
         if spec is not None and servers is not None and spec.server not in servers:
             problems = (Problem(unknown_server(spec.server, servers)),)
-        last = recent[0] if recent else None
         state, detail = state_of(spec, problems, last, fired)
         schedule = spec.schedule if spec is not None else None
+        outcomes = (recent or {}).get(name) or ((outcome(last),) if last is not None else ())
         rows.append(Row(
-            name=name, state=state, detail=detail, problems=problems, last=last,
-            recent=tuple(outcome(run) for run in reversed(recent)),
+            name=name, state=state, detail=detail, problems=problems, last=last, recent=tuple(outcomes),
             kind=None if spec is None or problems else Kind.SCHEDULE if schedule else Kind.ONE_SHOT,
             job=spec.job if spec else last.job if last else None,
             server=spec.server if spec else last.server if last else None,
@@ -195,16 +196,20 @@ SPARK_BAR, SPARK_GAP, SPARK_HEIGHT = 5, 2, 14
 
 
 def sparkline(outcomes: Sequence[str]) -> str:
-    """An inline SVG of one bar per outcome, oldest on the left, labelled in words for screen readers.
-    Its only text is the outcomes, escaped; bars that went wrong are full height, so they stand out
-    in colour or not."""
+    """An inline SVG of one bar per outcome, oldest on the left, and a label that counts them for screen
+    readers. Bars that went wrong are full height, so they stand out in colour or not. One path per
+    colour: a thousand rows of twenty bars stay a small page. Its only text, the label, is escaped."""
     width = max(len(outcomes) * (SPARK_BAR + SPARK_GAP) - SPARK_GAP, 1)
-    label = html.escape("last results, oldest first: " + (", ".join(outcomes) or "none"), quote=True)
-    bars = []
+    if len(outcomes) > 1:
+        label = f"last {len(outcomes)} results: " + ", ".join(f"{n} {w}" for w, n in Counter(outcomes).items())
+    else:
+        label = f"last result: {outcomes[0]}" if outcomes else "no results yet"
+    shapes: dict[str, list[str]] = {}
     for i, word in enumerate(outcomes):
         cls = SPARK_CLASSES.get(word, "other")
         height = SPARK_HEIGHT if cls in ("bad", "warn") else SPARK_HEIGHT * 2 // 3
-        bars.append(f'<rect class="{cls}" x="{i * (SPARK_BAR + SPARK_GAP)}" y="{SPARK_HEIGHT - height}" '
-                    f'width="{SPARK_BAR}" height="{height}"/>')
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" class="spark" role="img" aria-label="{label}" '
-            f'width="{width}" height="{SPARK_HEIGHT}" viewBox="0 0 {width} {SPARK_HEIGHT}">{"".join(bars)}</svg>')
+        shapes.setdefault(cls, []).append(f"M{i * (SPARK_BAR + SPARK_GAP)} {SPARK_HEIGHT - height}"
+                                          f"h{SPARK_BAR}v{height}h-{SPARK_BAR}z")
+    paths = "".join(f'<path class="{cls}" d="{"".join(bars)}"/>' for cls, bars in shapes.items())
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" class="spark" role="img" aria-label="{html.escape(label)}" '
+            f'width="{width}" height="{SPARK_HEIGHT}" viewBox="0 0 {width} {SPARK_HEIGHT}">{paths}</svg>')

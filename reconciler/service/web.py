@@ -25,6 +25,7 @@ from markupsafe import Markup
 
 from reconciler.core.errors import ConfigError
 from reconciler.core.overview import Row, State, as_json, counts, outcome, overview, sparkline
+from reconciler.core.runs import FINISHED, Run
 
 if TYPE_CHECKING:
     from reconciler.service.daemon import Daemon
@@ -50,6 +51,16 @@ class Response:
     body: bytes
     content_type: str = HTML
     headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcomes:
+    """A trigger's latest outcomes, and what they were read for."""
+
+    newest: Run
+    outcomes: tuple[str, ...]
+    settled: bool
+    """Every run but the newest was finished: nothing but a new or changed newest run changes them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +93,7 @@ class Web:
         self.daemon = daemon
         self.prefix = prefix.rstrip("/")
         self.clock = clock
+        self._outcomes: dict[str, _Outcomes] = {}
         self._css = files("reconciler.service").joinpath("static/style.css").read_bytes()
         env = Environment(loader=PackageLoader("reconciler.service"), autoescape=True, undefined=StrictUndefined,
                           trim_blocks=True, lstrip_blocks=True)
@@ -131,9 +143,26 @@ class Web:
         errors = {name: e.error for name, e in entries.items() if e.error is not None}
         errors.update((rel, e.error) for rel, e in rejected.items() if e.error is not None)
         store = daemon.store
-        runs = {name: store.runs(name, RECENT_RUNS) for name in store.latest()}
+        latest = store.latest()
         fired = store.fired_among([(s.name, s.revision) for s in specs.values() if s.schedule is None])
-        return overview(specs, errors, runs, datetime.fromtimestamp(now, UTC), servers=daemon.servers, fired=fired)
+        return overview(specs, errors, latest, datetime.fromtimestamp(now, UTC), recent=self._recent(latest),
+                        servers=daemon.servers, fired=fired)
+
+    def _recent(self, latest: Mapping[str, Run]) -> dict[str, tuple[str, ...]]:
+        """Each trigger's latest outcomes, oldest first. Decoding 20 runs of 1,000 triggers takes a second,
+        so they are kept between requests, and read again only for a trigger whose newest run is another
+        or has moved on, or whose older runs were not all finished (a finished run never changes)."""
+        kept = self._outcomes
+        fresh: dict[str, _Outcomes] = {}
+        for name, run in latest.items():
+            known = kept.get(name)
+            if known is None or known.newest != run or not known.settled:
+                runs = self.daemon.store.runs(name, RECENT_RUNS)
+                known = _Outcomes(run, tuple(outcome(r) for r in reversed(runs)),
+                                  all(r.status in FINISHED for r in runs[1:]))
+            fresh[name] = known
+        self._outcomes = fresh  # replaced whole: requests on other threads read the old one or this one
+        return {name: known.outcomes for name, known in fresh.items()}
 
     def _base(self, headers: Mapping[str, str]) -> str:
         """Where the page lives for the browser: the ingress's `X-Forwarded-Prefix`, else --web-prefix."""
