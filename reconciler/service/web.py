@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib.resources import files
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, quote, unquote
 from zoneinfo import ZoneInfo
 
@@ -43,10 +43,13 @@ HEADERS = (
 """On every answer: no script runs, whatever a spec or Jenkins managed to put in the page."""
 _PREFIX = re.compile(r"(/[A-Za-z0-9._~-]+)*")
 HTML, JSON = "text/html; charset=utf-8", "application/json"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
 class Response:
+    """What the server sends: the page's code knows nothing of sockets."""
+
     status: int
     body: bytes
     content_type: str = HTML
@@ -128,14 +131,15 @@ class Web:
         for start, page in (("/triggers/", self._page_trigger), ("/api/v1/triggers/", self._api_trigger)):
             if path.startswith(start):
                 name = unquote(path[len(start):])
-                row = next((r for r in self.rows() if r.name == name), None)
+                row = next(iter(self.rows(only=name)), None)
                 if row is None:
                     return Response(404, self._missing.render(base=base, name=name).encode())
                 return page(row, base)
         return Response(404, self._missing.render(base=base, name=None).encode())
 
-    def rows(self) -> list[Row]:
-        """Every trigger, as the daemon sees it now."""
+    def rows(self, only: str | None = None) -> list[Row]:
+        """Every trigger as the daemon sees it now, or `only` the one named (none if it has no spec,
+        error or run)."""
         daemon, now = self.daemon, self.clock()
         entries = daemon.catalog.entries.copy()  # the loop's thread changes it: copied in one step
         rejected = daemon.catalog.rejected  # replaced whole by each scan, never changed in place
@@ -144,8 +148,13 @@ class Web:
         errors.update((rel, e.error) for rel, e in rejected.items() if e.error is not None)
         store = daemon.store
         latest = store.latest()
+        if only is None:
+            recent = self._recent(latest)
+        else:
+            specs, errors, latest = _only(specs, only), _only(errors, only), _only(latest, only)
+            recent = {only: tuple(outcome(run) for run in reversed(store.runs(only, RECENT_RUNS)))}
         fired = store.fired_among([(s.name, s.revision) for s in specs.values() if s.schedule is None])
-        return overview(specs, errors, latest, datetime.fromtimestamp(now, UTC), recent=self._recent(latest),
+        return overview(specs, errors, latest, datetime.fromtimestamp(now, UTC), recent=recent,
                         servers=daemon.servers, fired=fired)
 
     def _recent(self, latest: Mapping[str, Run]) -> dict[str, tuple[str, ...]]:
@@ -200,6 +209,10 @@ class Web:
         return Response(200, json.dumps(data, ensure_ascii=False, indent=1).encode(), JSON,
                         (("Cache-Control", "no-cache"),))
 
+
+
+def _only(mapping: dict[str, T], name: str) -> dict[str, T]:
+    return {name: mapping[name]} if name in mapping else {}
 
 
 def _filtered(rows: list[Row], params: Mapping[str, str]) -> list[Row]:
