@@ -22,7 +22,7 @@ import jsonschema
 import pytest
 import requests
 
-from reconciler.core.errors import Problem, SpecError
+from reconciler.core.errors import Problem, SpecError, StateError
 from reconciler.core.overview import State, as_json, counts, overview, sparkline
 from reconciler.core.runs import RunStatus, new_run
 from reconciler.core.spec import parse
@@ -184,6 +184,21 @@ def test_a_history_line_written_by_hand_is_shown_as_text_whatever_its_shape(page
     assert "&lt;b&gt;bold&lt;/b&gt;" in answer.text and "&lt;i&gt;me&lt;/i&gt;" in answer.text
     assert "<b>" not in answer.text and "<i>" not in answer.text and "<u>" not in answer.text
     assert 'href="javascript:' not in answer.text and "javascript:alert(1)" in answer.text
+
+
+def test_a_store_that_cannot_be_read_is_a_503_and_a_bug_a_logged_500(page, monkeypatch):
+    harness, daemon, base = page
+
+    def unreadable() -> None:
+        raise StateError("cannot read state store s.db: disk I/O error")
+
+    monkeypatch.setattr(daemon.store, "latest", unreadable)
+    answer = requests.get(base + "/", timeout=10)
+    assert answer.status_code == 503 and "disk I/O error" in answer.text
+    monkeypatch.setattr(daemon.store, "latest", lambda: 1 / 0)
+    answer = requests.get(base + "/api/v1/triggers", timeout=10)
+    assert answer.status_code == 500 and answer.headers["X-Content-Type-Options"] == "nosniff"
+    assert harness.logs.wait_for("web_request_failed")[0]["target"] == "/api/v1/triggers"
 
 
 def test_links_follow_the_prefix_the_ingress_says_or_the_one_configured(page):

@@ -23,7 +23,8 @@ from zoneinfo import ZoneInfo
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
-from reconciler.core.errors import ConfigError
+from reconciler import logs
+from reconciler.core.errors import ConfigError, StateError
 from reconciler.core.overview import Row, State, as_json, counts, outcome, overview, sparkline
 from reconciler.core.runs import FINISHED, Run
 
@@ -42,7 +43,7 @@ HEADERS = (
 )
 """On every answer: no script runs, whatever a spec or Jenkins managed to put in the page."""
 _PREFIX = re.compile(r"(/[A-Za-z0-9._~-]+)*")
-HTML, JSON = "text/html; charset=utf-8", "application/json"
+HTML, JSON, TEXT = "text/html; charset=utf-8", "application/json", "text/plain; charset=utf-8"
 T = TypeVar("T")
 
 
@@ -107,8 +108,16 @@ class Web:
         self._missing = env.get_template("missing.html")
 
     def respond(self, target: str, headers: Mapping[str, str]) -> Response:
-        """The answer to a GET (or a HEAD, whose body the server drops) of `target`, a path and query."""
-        answer = self._route(target, headers)
+        """The answer to a GET (or a HEAD, whose body the server drops) of `target`, a path and query.
+        A store or history that cannot be read is said in a 503 (the page is no worse than /readyz);
+        anything else that goes wrong is logged and answered with a 500, never a dropped connection."""
+        try:
+            answer = self._route(target, headers)
+        except (StateError, OSError) as e:
+            answer = Response(503, f"cannot read the state or history now: {e}\n".encode(), TEXT)
+        except Exception as e:
+            logs.get().exception("web_request_failed", target=target, exc_info=e)
+            answer = Response(500, b"the page failed; the daemon's log says why\n", TEXT)
         return replace(answer, headers=HEADERS + answer.headers)
 
     def _route(self, target: str, headers: Mapping[str, str]) -> Response:
