@@ -9,6 +9,7 @@ from pathlib import Path
 from reconciler import logs
 from reconciler.config import Server
 from reconciler.service.daemon import assemble
+from reconciler.service.probes import serve
 from reconciler.simulator import Simulator, from_mapping
 
 DEMO_JOBS = [
@@ -34,7 +35,12 @@ def run_demo(triggers: Path, workdir: Path, *, keep_running: bool = False) -> in
     daemon = assemble(triggers, workdir / "state.db", workdir / "history", {"default": server}, poll_max=0.5)
     try:
         if keep_running:
-            daemon.run(daemon.executor.stop)
+            [page] = serve(daemon, None, web_listen="127.0.0.1:0")
+            print(f"\nThe web page: http://{page.address}/  (Ctrl-C ends the demo)\n", flush=True)
+            try:
+                daemon.run(daemon.executor.stop)
+            finally:
+                page.stop()
             return 0
         daemon.bootstrap()
         daemon.pass_once()
@@ -48,7 +54,8 @@ def run_demo(triggers: Path, workdir: Path, *, keep_running: bool = False) -> in
                 print(f"      {build.causes[0]['shortDescription']}")
         print(f"\nHistory written under {workdir / 'history'}; try:\n"
               f"  reconciler status --state {workdir / 'state.db'}\n"
-              f"  reconciler history deploy-staging --history {workdir / 'history'}")
+              f"  reconciler history deploy-staging --history {workdir / 'history'}\n"
+              f"  reconciler demo --keep-running    (keeps going, and serves the web page at an address it prints)")
         return 0
     except KeyboardInterrupt:
         return 130

@@ -46,7 +46,15 @@ def register(sub: Any) -> None:
     p.add_argument("--poll-interval", type=float, default=float(env("poll_interval", 5)),
                    help="longest wait between two looks at a queued or running build (default 5 s)")
     p.add_argument("--listen", default=env("listen"), metavar="HOST:PORT",
-                   help="serve /healthz, /readyz and /metrics (env RECONCILER_LISTEN), e.g. 0.0.0.0:9090")
+                   help="serve /healthz, /readyz and /metrics, and the web page unless --web-listen is given "
+                        "(env RECONCILER_LISTEN), e.g. 0.0.0.0:9090")
+    p.add_argument("--web-listen", default=env("web_listen"), metavar="HOST:PORT",
+                   help="serve the read-only web page here instead of on --listen, e.g. 127.0.0.1:8080 behind an "
+                        "authenticating proxy: it shows job names, parameters and commit authors to whoever "
+                        "reaches it (env RECONCILER_WEB_LISTEN)")
+    p.add_argument("--web-prefix", default=env("web_prefix", ""), metavar="PATH",
+                   help="the path the page is reached under through an ingress, e.g. /reconciler (an "
+                        "X-Forwarded-Prefix header wins; env RECONCILER_WEB_PREFIX)")
     p.add_argument("--lease", type=float, default=float(env("lease", 3)), metavar="SECONDS",
                    help="with a PostgreSQL store: how long the leader's lease lasts unrenewed, so how soon a "
                         "standby replaces a dead leader (default 3; env RECONCILER_LEASE)")
@@ -70,11 +78,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     for server in servers.values():
         for warning in server.warnings():
             log.warning("server_insecure", server=server.name, warning=warning)
-    if args.listen and not args.once:
-        from reconciler.service.probes import Probes
+    if not args.once:
+        from reconciler.service.probes import serve
 
-        probes = Probes(args.listen, daemon, daemon.executor.metrics).start(daemon.supervisor)
-        log.info("probes_listening", address=probes.address)
+        serve(daemon, args.listen, args.web_listen, args.web_prefix)  # stopped with the daemon's threads
     try:
         if args.once:
             return _run_once(daemon, args, log)

@@ -1,4 +1,5 @@
-"""`--listen`: /healthz (the loop is alive), /readyz (ready to work), /metrics (Prometheus).
+"""`--listen`: /healthz (the loop is alive), /readyz (ready to work), /metrics (Prometheus), and the web
+page (web.py) unless `--web-listen` gives it an address of its own, served by this same server.
 
 Whoever reaches the port may hold connections open; each costs a thread and a descriptor. So a
 request must arrive within READ_TIMEOUT, and beyond MAX_CONNECTIONS at once new ones are closed
@@ -14,10 +15,12 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from reconciler import logs
 from reconciler.core.errors import ConfigError
 from reconciler.metrics import Metrics
 from reconciler.service.daemon import Daemon
 from reconciler.service.supervisor import Supervisor
+from reconciler.service.web import Web
 
 MAX_CONNECTIONS = 32
 READ_TIMEOUT = 5.0
@@ -28,42 +31,71 @@ class _Handler(BaseHTTPRequestHandler):
     server: _ProbeServer
     timeout = READ_TIMEOUT
 
+    head = False
+    """Answering a HEAD: the headers a GET would get, no body."""
+
     def log_message(self, format: str, *args: Any) -> None:
         """Probes are polled every few seconds; they do not belong in the log."""
 
     def do_GET(self) -> None:
-        daemon, metrics = self.server.daemon, self.server.metrics
         path = self.path.split("?", 1)[0]
+        if self.server.probes and path in ("/healthz", "/readyz", "/metrics"):
+            self._probe(path)
+        elif self.server.web is not None:
+            self._page()
+        else:
+            self._send(404, b"not found\n")
+
+    def do_HEAD(self) -> None:
+        self.head = True
+        self.do_GET()
+
+    def _refuse(self) -> None:
+        """Nothing served here changes anything."""
+        self._send(405, b"read-only: GET or HEAD\n", headers=(("Allow", "GET, HEAD"),))
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
+
+    def _page(self) -> None:
+        assert self.server.web is not None
+        answer = self.server.web.respond(self.path, self.headers)
+        self._send(answer.status, answer.body, answer.content_type, headers=answer.headers)
+
+    def _probe(self, path: str) -> None:
+        daemon, metrics = self.server.daemon, self.server.metrics
         notes: list[str] = []
         if path == "/healthz":
             problems = daemon.liveness_problems()
         elif path == "/readyz":
             problems = daemon.readiness_problems()
             notes = daemon.readiness_notes()
-        elif path == "/metrics":
-            self._send(200, metrics.render(), CONTENT_TYPE_LATEST)
-            return
         else:
-            self._send(404, b"not found\n")
+            self._send(200, metrics.render(), CONTENT_TYPE_LATEST)
             return
         body = "".join(f"{line}\n" for line in (problems or ["ok"]) + notes).encode()
         self._send(503 if problems else 200, body)
 
-    def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+    def _send(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
+              headers: tuple[tuple[str, str], ...] = ()) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        for name, value in headers:
+            self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
+        if not self.head:
+            self.wfile.write(body)
 
 
 class _ProbeServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int], daemon: Daemon, metrics: Metrics):
+    def __init__(self, address: tuple[str, int], daemon: Daemon, metrics: Metrics, web: Web | None, probes: bool):
         self.daemon = daemon
         self.metrics = metrics
+        self.web = web
+        self.probes = probes
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, _Handler)
 
@@ -81,14 +113,16 @@ class _ProbeServer(ThreadingHTTPServer):
 
 
 class Probes:
-    def __init__(self, listen: str, daemon: Daemon, metrics: Metrics):
+    def __init__(self, listen: str, daemon: Daemon, metrics: Metrics, *, web: Web | None = None,
+                 probes: bool = True):
+        flag = "--listen" if probes else "--web-listen"
         host, _, port = listen.rpartition(":")
         if not port.isdigit() or int(port) > 65535:
-            raise ConfigError(f"--listen {listen!r}: expected HOST:PORT with a port number, e.g. 0.0.0.0:9090")
+            raise ConfigError(f"{flag} {listen!r}: expected HOST:PORT with a port number, e.g. 0.0.0.0:9090")
         try:
-            self._server = _ProbeServer((host.strip("[]") or "0.0.0.0", int(port)), daemon, metrics)
+            self._server = _ProbeServer((host.strip("[]") or "0.0.0.0", int(port)), daemon, metrics, web, probes)
         except OSError as e:
-            raise ConfigError(f"--listen {listen}: cannot listen there: {e.strerror}") from None
+            raise ConfigError(f"{flag} {listen}: cannot listen there: {e.strerror}") from None
         self.address = f"{self._server.server_address[0]}:{self._server.server_address[1]}"
 
     def start(self, supervisor: Supervisor) -> Probes:
@@ -100,3 +134,20 @@ class Probes:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def serve(daemon: Daemon, listen: str | None, web_listen: str | None = None, web_prefix: str = "") -> list[Probes]:
+    """Start what `--listen` and `--web-listen` ask for: the page beside the probes, or on an address of its
+    own (loopback behind an authenticating proxy, say), with the same limits either way."""
+    web, metrics, log = Web(daemon, web_prefix), daemon.executor.metrics, logs.get()
+    started = []
+    if listen:
+        probes = Probes(listen, daemon, metrics, web=None if web_listen else web).start(daemon.supervisor)
+        log.info("probes_listening", address=probes.address,
+                 **({} if web_listen else {"page": f"http://{probes.address}{web.prefix}/"}))
+        started.append(probes)
+    if web_listen:
+        page = Probes(web_listen, daemon, metrics, web=web, probes=False).start(daemon.supervisor)
+        log.info("web_listening", address=page.address, page=f"http://{page.address}{web.prefix}/")
+        started.append(page)
+    return started
