@@ -373,12 +373,15 @@ def load_servers(config_path: Path | None, env: Mapping[str, str] | None = None,
                  triggers: Path | None = None) -> dict[str, Server]:
     """The servers of the environment and of `config_path`, which must not lie inside `triggers`; a
     server of the file's named `default` stands in for the environment's."""
+    return servers_of(None if config_path is None else OperatorConfig.load(config_path, env, triggers=triggers), env)
+
+
+def servers_of(config: OperatorConfig | None, env: Mapping[str, str] | None = None) -> dict[str, Server]:
+    """The environment's server (JENKINS_URL…) as `default`, then the config's, which win."""
     env = os.environ if env is None else env
     default = server_from_env(env)
     servers = {} if default is None else {"default": default}
-    if config_path is not None:
-        servers |= OperatorConfig.load(config_path, env, triggers=triggers).jenkins_servers()
-    return servers
+    return servers | ({} if config is None else config.jenkins_servers())
 
 
 def load_history_remote(config_path: Path | None, env: Mapping[str, str] | None = None, *,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import logs
-from reconciler.config import Server, load_history_remote, load_servers
+from reconciler.config import HistoryRemote, OperatorConfig, Server, servers_of
 from reconciler.store.open import state_location
 
 EXIT_OK, EXIT_INVALID, EXIT_ERROR, EXIT_RUN_FAILED, EXIT_TIMEOUT = 0, 1, 2, 3, 4
@@ -69,17 +69,30 @@ def timestamp(text: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def operator_config(args: argparse.Namespace) -> OperatorConfig | None:
+    """The operator's config file (--config), read once per command however many of its parts it uses."""
+    if not getattr(args, "config", None):
+        return None
+    if "_operator_config" not in vars(args):
+        args._operator_config = OperatorConfig.load(Path(args.config), triggers=args.triggers,
+                                                    state=getattr(args, "state", None))
+    return args._operator_config
+
+
 def servers(args: argparse.Namespace) -> dict[str, Server]:
-    servers = load_servers(Path(args.config) if args.config else None, triggers=args.triggers)
+    servers = servers_of(operator_config(args))
     for server in servers.values():
         logs.add_secrets(server.secrets)
     return servers
 
 
+def history_remote(args: argparse.Namespace) -> HistoryRemote | None:
+    config = operator_config(args)
+    return None if config is None else config.history_remote()
+
+
 def history_dir(args: argparse.Namespace) -> Path:
     """Where the daemon writes history: in its write-back clone when the operator's config names a
     repository to push to, else --history."""
-    config = getattr(args, "config", None)
-    remote = None if not config else \
-        load_history_remote(Path(config), triggers=args.triggers, state=getattr(args, "state", None))
+    remote = history_remote(args)
     return args.history if remote is None else remote.history_dir

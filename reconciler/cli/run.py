@@ -20,7 +20,6 @@ from reconciler.cli.options import (
     env,
     env_flag,
 )
-from reconciler.config import load_history_remote
 
 
 def register(sub: Any) -> None:
@@ -70,7 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("reconciler: no Jenkins server configured: set JENKINS_URL (and JENKINS_USER, JENKINS_API_TOKEN) "
               "or give a servers config with --config", file=sys.stderr)
         return EXIT_ERROR
-    remote = load_history_remote(args.config, triggers=args.triggers, state=args.state)
+    remote = options.history_remote(args)
     writeback = None if remote is None else Writeback(remote)
     daemon = assemble(args.triggers, args.state, args.history, servers, resync_interval=args.resync_interval,
                       poll_max=args.poll_interval, writeback=writeback, lease=args.lease)
