@@ -50,7 +50,8 @@ def trim_heap() -> None:
         ctypes.CDLL(None).malloc_trim(0)
 
 
-UNSUCCESSFUL = frozenset({RunStatus.REFUSED, RunStatus.FAILED, RunStatus.LOST, RunStatus.CANCELLED})
+UNSUCCESSFUL = frozenset({RunStatus.REFUSED, RunStatus.FAILED, RunStatus.LOST, RunStatus.UNKNOWN,
+                          RunStatus.CANCELLED})
 
 
 @dataclass(frozen=True)
