@@ -294,7 +294,7 @@ def test_killed_mid_post_without_a_tag_is_recorded_unknown_rather_than_risk_a_se
     assert harness.sim.triggers() == []
     error = harness.runs("deploy")[0].last_error
     assert "may or may not have built it" in error and "no job token, no run_id_parameter" in error
-    assert "Bump `run`" in error
+    assert "bump `run`" in error
     wait_for(lambda: harness.events("deploy") == ["unknown"])
 
 
