@@ -116,3 +116,20 @@ def test_a_bare_500_is_explained_by_the_job_definitions_naming_what_to_change(pa
 ])
 def test_a_500_the_definitions_do_not_explain_is_left_unexplained(parameters, definition, version):
     assert explain_500("j", parameters, definition, version) is None
+
+
+def test_validate_and_check_warn_where_a_run_cannot_be_looked_up_after_a_crash(tmp_path, sim):
+    """Without a job token and without run_id_parameter no run id reaches Jenkins: both commands say so
+    at the spec's `job`, suggest the remedies, and still pass (a warning, not an error)."""
+    triggers = write(tmp_path, {"untagged": "# a comment\njob: plain\n",
+                                "tagged": "job: deploy\nparameters: {ENV: prod}\nrun_id_parameter: RUN_ID\n"})
+    for command in ("validate", "check"):
+        done = reconciler(command, "--triggers", str(triggers), env=jenkins_env(sim))
+        warned = [line for line in done.stderr.splitlines() if ": warning: " in line]
+        assert len(warned) == 1 and warned[0].startswith(f"{triggers / 'untagged.yaml'}:2:6: warning: cannot be "
+                                                         "made exactly-once after a crash"), done.stderr
+        assert "run_id_parameter" in warned[0] and "job_token" in warned[0] and "`unknown`" in warned[0]
+        assert command == "check" or done.returncode == 0, done.stdout + done.stderr
+    with_token = reconciler("validate", "--triggers", str(triggers),
+                            env={**jenkins_env(sim), "JENKINS_JOB_TOKEN": "t"})
+    assert ": warning: " not in with_token.stderr and with_token.returncode == 0

@@ -286,13 +286,16 @@ def test_killed_mid_post_that_never_arrived_is_fired_once_on_restart(make_harnes
     assert len(harness.sim.triggers("deploy")) == 1
 
 
-def test_killed_mid_post_without_a_tag_is_recorded_lost_rather_than_risk_a_second_build(harness):
+def test_killed_mid_post_without_a_tag_is_recorded_unknown_rather_than_risk_a_second_build(harness):
+    """Nothing Jenkins keeps can say whether an untagged POST arrived: the record says so, and why."""
     crash_state(harness, "posting")
     harness.start()
-    wait_for(lambda: harness.runs("deploy")[0].status == "lost")
+    wait_for(lambda: harness.runs("deploy")[0].status == "unknown")
     assert harness.sim.triggers() == []
-    assert "Bump `run`" in harness.runs("deploy")[0].last_error
-    wait_for(lambda: harness.events("deploy") == ["lost"])
+    error = harness.runs("deploy")[0].last_error
+    assert "may or may not have built it" in error and "no job token, no run_id_parameter" in error
+    assert "bump `run`" in error
+    wait_for(lambda: harness.events("deploy") == ["unknown"])
 
 
 def test_a_process_that_lost_state_and_history_finds_the_build_instead_of_posting_again(make_harness):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 from typing import Any
 
 from reconciler import logs
@@ -61,43 +62,88 @@ def register(sub: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from reconciler.repo.writeback import Writeback
-    from reconciler.service.daemon import assemble
-
     servers = options.servers(args)
     if not servers:
         print("reconciler: no Jenkins server configured: set JENKINS_URL (and JENKINS_USER, JENKINS_API_TOKEN) "
               "or give a servers config with --config", file=sys.stderr)
         return EXIT_ERROR
     remote = options.history_remote(args)
-    writeback = None if remote is None else Writeback(remote)
-    daemon = assemble(args.triggers, args.state, args.history, servers, resync_interval=args.resync_interval,
-                      poll_max=args.poll_interval, writeback=writeback, lease=args.lease)
     log = logs.get()
     for server in servers.values():
         for warning in server.warnings():
             log.warning("server_insecure", server=server.name, warning=warning)
-    if not args.once:
+    if args.once:
+        daemon = _assemble(args, servers, remote)
+        try:
+            return _run_once(daemon, args, log)
+        finally:
+            _close(daemon, log)
+    terminated = threading.Event()
+    current: list[Any] = []
+
+    def request_stop(*_: Any) -> None:
+        terminated.set()
+        for daemon in current:
+            daemon.request_stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, request_stop)
+    first = True
+    while not terminated.is_set():
+        daemon = _assemble(args, servers, remote, first=first, terminated=terminated)
+        if daemon is None:
+            return EXIT_OK
+        current[:] = [daemon]
+        if terminated.is_set():
+            daemon.request_stop()
         from reconciler.service.probes import serve
 
         serve(daemon, args.listen, args.web_listen, args.web_prefix)  # stopped with the daemon's threads
-    try:
-        if args.once:
-            return _run_once(daemon, args, log)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, daemon.request_stop)
-        log.info("daemon_started", triggers=str(args.triggers), state=str(daemon.store.path),
-                 history=str(daemon.history.root), servers=sorted(servers),
-                 **({"history_remote": remote.repository, "history_branch": remote.branch} if remote else {}))
-        daemon.run(daemon.executor.stop)
-        if daemon.leadership is not None and daemon.leadership.lost.is_set():
-            log.error("daemon_exiting", reason="leadership lost: starting again makes this a standby")
-            return EXIT_ERROR
-        return EXIT_OK
-    finally:
-        in_flight = daemon.close()  # the probes stop with the daemon's other threads
-        log.info("daemon_stopped", in_flight=len(in_flight),
-                 **({"runs": {r.run_id: f"{r.trigger}: {r.status}" for r in in_flight}} if in_flight else {}))
+        try:
+            if first:
+                log.info("daemon_started", triggers=str(args.triggers), state=str(daemon.store.path),
+                         history=str(daemon.history.root), servers=sorted(servers),
+                         **({"history_remote": remote.repository, "history_branch": remote.branch} if remote else {}))
+            daemon.run(daemon.executor.stop)
+        finally:
+            _close(daemon, log)
+        first = False
+        if daemon.leadership is None or not daemon.leadership.lost.is_set():
+            break
+        # Leadership lost (a pause past the lease, the database away too long): what this process knew
+        # as leader is dropped whole, and it stands by again, as a new process would, without exiting.
+        log.warning("standing_by_again", reason="leadership lost: starting over as a standby, nothing kept")
+    return EXIT_OK
+
+
+def _assemble(args: argparse.Namespace, servers: Any, remote: Any, *, first: bool = True,
+              terminated: threading.Event | None = None) -> Any:
+    """The daemon's parts. At start a store that cannot be opened ends the process (exit 2, for the
+    orchestrator); when starting over as a standby, the database may still be away: tried again, with
+    a growing pause, until it answers or the process is stopped (then None)."""
+    from reconciler.core.errors import StateError
+    from reconciler.repo.writeback import Writeback
+    from reconciler.service.daemon import assemble
+
+    delay = 1.0
+    while True:
+        try:
+            return assemble(args.triggers, args.state, args.history, servers, resync_interval=args.resync_interval,
+                            poll_max=args.poll_interval, writeback=None if remote is None else Writeback(remote),
+                            lease=args.lease)
+        except StateError as e:
+            if first or terminated is None:
+                raise
+            logs.get().error("state_store_unavailable", error=str(e), retry_in=delay)
+            if terminated.wait(delay):
+                return None
+            delay = min(delay * 2, 30.0)
+
+
+def _close(daemon: Any, log: Any) -> None:
+    in_flight = daemon.close()  # the probes stop with the daemon's other threads
+    log.info("daemon_stopped", in_flight=len(in_flight),
+             **({"runs": {r.run_id: f"{r.trigger}: {r.status}" for r in in_flight}} if in_flight else {}))
 
 
 def _run_once(daemon: Any, args: argparse.Namespace, log: Any) -> int:

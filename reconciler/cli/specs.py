@@ -112,8 +112,29 @@ def cmd_validate(args: argparse.Namespace) -> int:
                    for shown, spec in specs if spec.server not in servers]
     for err in errors:
         print(err)
-    print(f"{count} spec(s) checked, {len(errors)} invalid", file=sys.stderr)
+    warnings = [] if servers is None else untagged(specs, servers)
+    for warning in warnings:
+        print(warning, file=sys.stderr)
+    print(f"{count} spec(s) checked, {len(errors)} invalid"
+          f"{f', {len(warnings)} warning(s)' if warnings else ''}", file=sys.stderr)
     return EXIT_INVALID if errors else EXIT_OK
+
+
+def untagged(specs: list[tuple[str, Any]], servers: Any) -> list[str]:
+    """A warning for each spec whose runs carry no tag Jenkins keeps (its server has no job token, it
+    has no run_id_parameter): after a crash while posting, such a run cannot be looked up in Jenkins."""
+    out = []
+    for shown, spec in specs:
+        server = servers.get(spec.server)
+        if server is None or server.job_token or spec.run_id_parameter:
+            continue
+        line, column = _value_position(shown, "job")
+        out.append(f"{shown}:{line}:{column}: warning: cannot be made exactly-once after a crash: no run id "
+                   f"reaches Jenkins (server {spec.server!r} has no job_token, the spec no run_id_parameter), so "
+                   "a run interrupted while posting cannot be looked up and is recorded `unknown`, not posted "
+                   "again; set run_id_parameter to a parameter the job defines, or give the server a job_token "
+                   "(and the job that token)")
+    return out
 
 
 def _collect(paths: list[Path], args: argparse.Namespace) -> tuple[int, list[SpecError], list[tuple[str, Any]]]:
@@ -158,8 +179,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         for client in clients.values():
             client.close()
     problems = [str(e) for e in invalid] + [str(f) for f in report.findings]
+    warnings = untagged(specs, servers)
     if args.json:
         print(json.dumps({"specs": count, "jobs": report.jobs, "reads": report.reads, "users": report.users,
+                          "warnings": warnings,
                           "problems": [{"path": f.path, "line": f.line, "column": f.column, "message": f.message}
                                        for f in report.findings] +
                                       [{"path": e.path, "line": p.line, "column": p.column, "message": p.message}
@@ -167,6 +190,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         for line in problems:
             print(line)
+        for line in warnings:
+            print(line, file=sys.stderr)
     users = ", ".join(f"{user} on {server}" for server, user in sorted(report.users.items())) or "no server"
     print(f"{count} spec(s) checked against {report.jobs} job(s) in {report.reads} read(s), as {users}; "
           f"{len(problems)} problem(s). Job/Build permission is proven only by a POST, which check never sends",

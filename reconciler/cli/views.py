@@ -104,7 +104,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 _COLOURS = {"SUCCESS": "32", "completed": "32", "UNSTABLE": "33", "refused": "31", "failed": "31", "lost": "31",
-            "FAILURE": "31", "ABORTED": "33", "cancelled": "33", "invalid": "31", "building": "36", "queued": "36"}
+            "unknown": "31", "FAILURE": "31", "ABORTED": "33", "cancelled": "33", "invalid": "31", "building": "36",
+            "queued": "36"}
 """ANSI colours of the words a status table shows: green done, yellow partly, red for what needs a person."""
 
 

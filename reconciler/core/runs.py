@@ -35,6 +35,9 @@ class RunStatus(StrEnum):
     CANCELLED = "cancelled"
     LOST = "lost"
     """Jenkins accepted it but no longer knows it (the queue item and build vanished)."""
+    UNKNOWN = "unknown"
+    """It may or may not have been built: a POST may have arrived, and nothing Jenkins keeps tells (no tag).
+    Not posted again; `last_error` says why."""
     ADOPTED = "adopted"
     """Taken as fired without a POST (`reconciler adopt`)."""
     MISSED = "missed"
@@ -47,12 +50,12 @@ TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     S.DECIDED: frozenset({S.DECIDED, S.POSTING, S.QUEUED, S.BUILDING, S.COMPLETED, S.REFUSED, S.FAILED, S.CANCELLED,
                           S.LOST}),
     S.POSTING: frozenset({S.DECIDED, S.POSTING, S.QUEUED, S.BUILDING, S.COMPLETED, S.REFUSED, S.FAILED,
-                          S.CANCELLED, S.LOST}),
+                          S.CANCELLED, S.LOST, S.UNKNOWN}),
     S.QUEUED: frozenset({S.DECIDED, S.QUEUED, S.BUILDING, S.COMPLETED, S.FAILED, S.CANCELLED, S.LOST}),
     S.BUILDING: frozenset({S.BUILDING, S.COMPLETED, S.FAILED, S.CANCELLED, S.LOST}),
     S.REFUSED: frozenset({S.DECIDED, S.REFUSED, S.FAILED, S.CANCELLED}),
     S.COMPLETED: frozenset(), S.FAILED: frozenset(), S.CANCELLED: frozenset(), S.LOST: frozenset(),
-    S.ADOPTED: frozenset(), S.MISSED: frozenset(), S.SKIPPED: frozenset(),
+    S.UNKNOWN: frozenset(), S.ADOPTED: frozenset(), S.MISSED: frozenset(), S.SKIPPED: frozenset(),
 }
 """Which status may follow which. A status may follow itself where a step only adds to what is known
 (a second look at a queued item, another attempt). A `decided` run may be found already queued,
@@ -66,11 +69,12 @@ UNPOSTED = frozenset({S.DECIDED, S.POSTING})
 """Open runs Jenkins has not (surely) accepted."""
 FINISHED = frozenset(status for status, after in TRANSITIONS.items() if not after)
 """Nothing follows these."""
-ACCEPTED = frozenset({S.QUEUED, S.BUILDING, S.COMPLETED, S.CANCELLED, S.LOST, S.ADOPTED})
-"""Runs Jenkins accepted (or an operator said it did): the ones that count as fired."""
+ACCEPTED = frozenset({S.QUEUED, S.BUILDING, S.COMPLETED, S.CANCELLED, S.LOST, S.UNKNOWN, S.ADOPTED})
+"""Runs Jenkins accepted (or an operator said it did, or may have: `unknown`): the ones that count as fired."""
 
 EVENT_STATUS = {"decided": S.POSTING, "queued": S.QUEUED, "started": S.BUILDING, "completed": S.COMPLETED,
-                "failed": S.FAILED, "cancelled": S.CANCELLED, "lost": S.LOST, "adopted": S.ADOPTED,
+                "failed": S.FAILED, "cancelled": S.CANCELLED, "lost": S.LOST, "unknown": S.UNKNOWN,
+                "adopted": S.ADOPTED,
                 "missed": S.MISSED, "skipped": S.SKIPPED, "refused": S.REFUSED}
 """A history event, and the status it leaves its run in. A run whose history stops at `decided` may
 have been posted: it is resolved like a crash while posting."""
@@ -125,6 +129,9 @@ class Run:
     """For a run Jenkins refused (status `refused`): when to post it again."""
     provenance: dict[str, str] | None = None
     """The commit behind the spec it fired (sha, author, email, date, subject), where git knows it."""
+    next_build: int | None = None
+    """The job's `nextBuildNumber`, read before the POST: any build of this run has at least this number,
+    so a lookup reads the builds since, however many there are, and no more."""
 
     def __post_init__(self) -> None:
         if type(self.status) is not RunStatus:

@@ -26,6 +26,8 @@ from urllib.parse import unquote, urlsplit
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from reconciler.config import Server
 from reconciler.core.errors import JenkinsRefused, JenkinsServerError, JenkinsUnavailable, LoginRedirect, Withheld
@@ -92,6 +94,10 @@ class RecentBuilds:
     by_queue_id: dict[int, BuildState] = field(default_factory=dict)
 
 
+FIRST_READ = 10
+"""Builds a lookup reads with the job's next number: the common case (a few builds since) in one read."""
+PAGE = 500
+"""Builds per further read of a lookup."""
 BUILD_TREE = ("number,building,inProgress,result,duration,actions[causes[note,shortDescription],"
               "parameters[_class,name,value]]")
 MASKED = "****"
@@ -157,6 +163,66 @@ def _snippet(text: str) -> str:
     return " ".join(plain.split())[:200]
 
 
+_SENDING = threading.local()
+"""The guard of the request this thread is sending, if it has one (`may_send` of a trigger POST)."""
+
+
+class _LastMoment:
+    """A connection that asks the request's guard right before each write of its bytes, once the
+    connection is made: a paused leader that resumes with its lease lapsed writes nothing. What is
+    left between the question and the write is a comparison and a method call (see README, "What is
+    left"); a write refused between the headers and the body leaves Jenkins an incomplete request,
+    which it drops when the connection closes."""
+
+    sock: Any
+
+    def send(self, data: Any) -> None:
+        may_send = getattr(_SENDING, "may_send", None)
+        if may_send is None:
+            super().send(data)  # type: ignore[misc]
+            return
+        if self.sock is None:
+            self.connect()  # type: ignore[attr-defined]
+        if isinstance(data, bytes):
+            if may_send():
+                self.sock.sendall(data)
+                return
+        elif may_send():
+            super().send(data)  # type: ignore[misc]
+            return
+        self.close()  # type: ignore[attr-defined]
+        raise Withheld("not sent: this replica's lease may have lapsed")
+
+
+class _HTTPConnection(_LastMoment, HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_LastMoment, HTTPSConnection):
+    pass
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter, its pools (proxied ones included) making `_LastMoment` connections."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        return manager
+
+
 def session_for(server: Server, env: Mapping[str, str] | None = None) -> requests.Session:
     """A session as the operator configured the server: pool size, credentials, TLS, client
     certificate, proxy. What requests would read from the environment on every request (proxies with
@@ -166,7 +232,7 @@ def session_for(server: Server, env: Mapping[str, str] | None = None) -> request
     env = os.environ if env is None else env
     session = requests.Session()
     session.trust_env = False
-    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(server.concurrency, 4), max_retries=0)
+    adapter = _Adapter(pool_connections=1, pool_maxsize=max(server.concurrency, 4), max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = "reconciler/0.1"
@@ -229,6 +295,7 @@ class Client:
             retry_after = ""
             if may_send is not None and not may_send():
                 raise Withheld(f"{what}: not sent, this replica's lease may have lapsed")
+            _SENDING.may_send = may_send  # asked again as the bytes are written (`_LastMoment`)
             try:
                 response = self.session.request(method, url, params=params, data=data, headers=self._crumb,
                                                 timeout=self._timeout, allow_redirects=False)
@@ -239,6 +306,10 @@ class Client:
                 retry_after = response.headers.get("Retry-After") or ""
             except requests.RequestException as e:
                 error = self._transport_error(e, what)
+            except Withheld as e:
+                raise Withheld(f"{what}: {e}") from None
+            finally:
+                _SENDING.may_send = None
             if error is None:
                 return response
             if _crumb_refused(error) and not crumb_refreshed:
@@ -406,10 +477,21 @@ class Client:
                 recent.by_queue_id[int(b["queueId"])] = build
         return recent
 
+    def next_build_number(self, job: str) -> int:
+        """The number Jenkins gives the job's next build: read before a POST, it bounds every later lookup
+        of that POST's build from below (numbers only grow), however many builds follow."""
+        return int(self._json(job_url(self.base, job), f"reading job {job}", "nextBuildNumber")["nextBuildNumber"])
+
     def find(self, job: str, *, run_id: str | None = None, tag_param: str | None = None,
-             queue_id: int | None = None) -> Found | None:
-        """Look a run up by what Jenkins kept of it: the cause note, a tag parameter, a queue id. Queue
-        items are matched to the job by their task's path, not its URL: Jenkins writes its own root."""
+             queue_id: int | None = None, since: int | None = None) -> Found | None:
+        """Look a run up by what Jenkins kept of it (the cause note, a tag parameter, its queue id) in the
+        queue, then in the job's builds numbered `since` or higher, every one of them: the newest few in
+        the read that also says the next number, the rest, if more have run since, in ranges of
+        `allBuilds`. Without `since` (a run an earlier version posted, or a fresh pod's) every build the
+        job keeps is read. A 404 means "no such job" only from the job's own URL: raised as
+        JenkinsRefused(404). The queue's 404 (an ingress that routes only /job/…) is no answer at all:
+        the builds are read all the same, and an item still waiting is joined, not doubled, by the
+        POST that follows (Jenkins coalesces identical requests)."""
 
         def matches(obj: dict[str, Any]) -> bool:
             if queue_id is not None and obj.get("queueId", obj.get("id")) == queue_id:
@@ -427,17 +509,36 @@ class Client:
 
         url = job_url(self.base, job)
         if run_id is not None:
-            queue = self._json(self.base + "queue/", "searching the queue",
-                               "items[id,url,task[url],actions[causes[note],parameters[name,value]]]")
+            try:
+                queue = self._json(self.base + "queue/", "searching the queue",
+                                   "items[id,url,task[url],actions[causes[note],parameters[name,value]]]")
+            except JenkinsRefused as e:
+                if e.status != 404:
+                    raise
+                queue = {}
             for item in queue.get("items") or ():
                 if job_of((item.get("task") or {}).get("url") or "") == job and matches(item):
                     return Found(queue_url=f"{self.base}queue/item/{int(item['id'])}/")
-        builds = self._json(url, "searching builds",
-                            "builds[number,url,queueId,actions[causes[note],parameters[name,value]]]{0,100}")
-        for b in builds.get("builds") or ():
-            if matches(b):
-                return Found(build_url=f"{url}{b['number']}/", build_number=int(b["number"]))
-        return None
+        fields = "number,queueId,actions[causes[note],parameters[name,value]]"
+        first = self._json(url, "searching builds", f"nextBuildNumber,builds[{fields}]{{0,{FIRST_READ}}}")
+        builds = first.get("builds") or []
+        # Builds are listed newest first, one number each at most: those numbered `since` or more are
+        # among the first `next - since`.
+        end = None if since is None else max(0, int(first.get("nextBuildNumber") or 0) - since)
+        offset, asked = 0, FIRST_READ
+        while True:
+            for b in builds:
+                if since is not None and int(b["number"]) < since:
+                    return None
+                if matches(b):
+                    return Found(build_url=f"{url}{b['number']}/", build_number=int(b["number"]))
+            offset += len(builds)
+            if len(builds) < asked or (end is not None and offset >= end):
+                return None  # the end of the job's list, or of the builds since
+            upto = offset + PAGE if end is None else min(offset + PAGE, end)
+            asked, field_name = upto - offset, "builds" if upto <= 100 else "allBuilds"
+            builds = self._json(url, "searching builds", f"{field_name}[{fields}]{{{offset},{upto}}}").get(
+                field_name) or []
 
     def job_definition(self, job: str) -> JobDefinition:
         """What the job accepts, in one read (no POST): buildable or not, and its parameter definitions."""

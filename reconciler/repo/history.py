@@ -69,7 +69,8 @@ class History:
         """The first line of a run carries all it takes to rebuild the run from history."""
         self.append(run, event, at, server=run.server, job=run.job,
                     parameters=None if run.parameters is None else dict(run.parameters),
-                    cause=run.cause, tag_param=run.tag_param, reason=run.last_error, provenance=run.provenance)
+                    cause=run.cause, tag_param=run.tag_param, reason=run.last_error, provenance=run.provenance,
+                    next_build=run.next_build)
 
     def has(self, run: Run) -> bool:
         """Whether the run's first line is written (read back only when resuming a run)."""
@@ -103,7 +104,8 @@ class History:
                         parameters=None if params is None else tuple((str(k), str(v)) for k, v in params.items()),
                         cause=ev.get("cause"), tag_param=ev.get("tag_param"),
                         status=EVENT_STATUS[event], decided_at=at, last_error=ev.get("reason"),
-                        provenance=ev.get("provenance") if isinstance(ev.get("provenance"), dict) else None)
+                        provenance=ev.get("provenance") if isinstance(ev.get("provenance"), dict) else None,
+                        next_build=ev.get("next_build") if isinstance(ev.get("next_build"), int) else None)
                     continue
                 run = runs.get(run_id)
                 if run is None:

@@ -50,7 +50,8 @@ def trim_heap() -> None:
         ctypes.CDLL(None).malloc_trim(0)
 
 
-UNSUCCESSFUL = frozenset({RunStatus.REFUSED, RunStatus.FAILED, RunStatus.LOST, RunStatus.CANCELLED})
+UNSUCCESSFUL = frozenset({RunStatus.REFUSED, RunStatus.FAILED, RunStatus.LOST, RunStatus.UNKNOWN,
+                          RunStatus.CANCELLED})
 
 
 @dataclass(frozen=True)
@@ -410,7 +411,10 @@ class Daemon:
             timeout = min(next_resync - time.monotonic(), HEARTBEAT)
             if self.next_due:
                 timeout = min(timeout, min(self.next_due.values()).timestamp() - self.clock())
-            refusal = self.store.next_retry_at()
+            try:
+                refusal = self.store.next_retry_at()
+            except StateError:  # the store is away: the turn below says so, and the loop goes on
+                refusal = None
             if refusal is not None:
                 timeout = min(timeout, refusal - self.clock())
             self._wake.wait(max(0.0, timeout))

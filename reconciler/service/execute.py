@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from reconciler import logs
@@ -54,6 +54,9 @@ GROUP_WINDOW = 0.25
 MAX_RECENT = 2000
 """The most builds one read of a job's recent builds asks for."""
 REPOSTS = 3
+"""How often a tagged run whose queue item vanished, and that no build carries, is posted again."""
+BOUND_FRESH = 10.0
+"""Seconds a job's `nextBuildNumber` is reused as the bound of further POSTs to it (a burst reads it once)."""
 """How often a tagged run whose queue item vanished, and that no build carries, is posted again."""
 
 
@@ -119,6 +122,8 @@ class Executor:
         the run is refused, naming Jenkins' Logging ID: an outage passes, a bug in a plugin does not."""
         self._note_warned: set[str] = set()
         self._read_back: set[str] = set()
+        self._next_builds: dict[tuple[str, str], tuple[float, int]] = {}
+        """Each job's `nextBuildNumber` as last read (monotonic time, number): the bound of POSTs to it."""
         """Runs whose build's parameters and causes were read back (once each, in this process)."""
         self._pools = {name: ThreadPoolExecutor(max_workers=client.server.concurrency,
                                                 thread_name_prefix=f"jenkins-{name}")
@@ -320,28 +325,45 @@ class Executor:
         return bool(run.tag_param) or bool(client.server.job_token)
 
     def _find(self, client: Client, run: Run, queue_id: int | None = None) -> Found | None:
+        """The one lookup of a run in Jenkins (after a crash, a takeover, on a fresh pod, for a vanished
+        queue item): by its tag and queue id, among every build numbered from the one it recorded
+        before its POST."""
         return client.find(run.job, run_id=run.run_id if self.taggable(run, client) else None,
-                           tag_param=run.tag_param, queue_id=queue_id)
+                           tag_param=run.tag_param, queue_id=queue_id, since=run.next_build)
+
+    def _next_build(self, client: Client, run: Run) -> int | None:
+        """A lower bound of the number Jenkins will give this run's build, for the posting mark: the
+        job's `nextBuildNumber` read now or, in a burst, a few seconds ago (numbers only grow, so an
+        older one bounds too, only less tightly). None when the job cannot be read: the POST says why."""
+        if run.next_build is not None:
+            return run.next_build  # an earlier attempt's: lower, and it bounds that attempt too
+        key = (run.server, run.job)
+        seen = self._next_builds.get(key)
+        if seen is not None and time.monotonic() - seen[0] < BOUND_FRESH:
+            return seen[1]
+        try:
+            number = client.next_build_number(run.job)
+        except JenkinsRefused:
+            return None
+        except (KeyError, TypeError, ValueError):
+            return None
+        self._next_builds[key] = (time.monotonic(), number)
+        return number
 
     # -- firing -----------------------------------------------------------------------------
     def _fire(self, run: Run, fire: _Fire) -> None:
         """One attempt: a lookup first if an earlier POST may have arrived, then the POST. The run's
-        `decided` history line is written first, its posting mark (durable: a POST may follow) just
-        before the POST."""
+        `decided` history line is written first, its posting mark (durable: a POST may follow, and it
+        carries the job's next build number, read before) just before the POST."""
         if self.stop.is_set():
             return
         client = self.clients[run.server]
         log = self._log(run)
-        if fire.record:
-            self.history.decided(run, run.decided_at)
-            fire.record = False
         if fire.search_first:
             if not self.taggable(run, client):
-                self._finish(run, RunStatus.LOST,
-                             reason="the reconciler stopped while posting and the run carries no tag to "
-                             "look it up by (no job token, no run_id_parameter); Jenkins may or may not have built "
-                             "it. Bump `run` in the spec to fire it again")
-                log.error("run_lost", reason="stopped while posting, untagged")
+                if fire.record:
+                    self.history.decided(run, run.decided_at)
+                self._unknown(client, run, log)
                 return
             try:
                 found = self._find(client, run)
@@ -349,15 +371,27 @@ class Executor:
                 if e.status != 404:
                     self._retry(fire, e)
                     return
-                found = None  # no such job: nothing of it was built, and the POST will say why
+                found = None  # the job's own URL says there is no such job: nothing of it was built
             except JenkinsError as e:
                 self._retry(fire, e)
                 return
             if found is not None:
+                if fire.record:
+                    self.history.decided(run, run.decided_at)
+                    fire.record = False
                 self._adopt(run, found, log)
                 return
             fire.search_first = False
-        run = fire.run = self._update(run, True, status=RunStatus.POSTING, attempts=run.attempts + 1)
+        try:
+            next_build = self._next_build(client, run)
+        except JenkinsError as e:
+            self._retry(fire, e)
+            return
+        if fire.record:
+            self.history.decided(replace(run, next_build=next_build), run.decided_at)
+            fire.record = False
+        run = fire.run = self._update(run, True, status=RunStatus.POSTING, attempts=run.attempts + 1,
+                                      next_build=next_build)
         try:
             accepted = client.trigger(run.job, run.parameters, run.cause, self.may_post)
         except Withheld as e:  # the next leader looks the run up and posts it
@@ -383,6 +417,22 @@ class Executor:
         log.info("fire_posted", queue_url=accepted.queue_url, attempts=run.attempts,
                  **({"joined": "an identical request already waiting"} if accepted.joined else {}))
         self._later(self._first_look(), _Look(run, self.poll_min))
+
+    def _unknown(self, client: Client, run: Run, log: Any) -> None:
+        """A run that may have been posted and carries no tag Jenkins keeps: nothing can tell whether
+        it was built, so it is recorded as unknown, said why (and which builds may be it), and not
+        posted again."""
+        candidates = ""
+        if run.next_build is not None:
+            with contextlib.suppress(JenkinsError, KeyError, TypeError, ValueError):
+                last = client.next_build_number(run.job) - 1
+                candidates = (f"; if it was, it is one of builds #{run.next_build}–#{last} of {run.job}"
+                              if last >= run.next_build else f"; no build of {run.job} has started since")
+        reason = ("the reconciler stopped while posting, and the run carries no tag Jenkins keeps (no job token, "
+                  f"no run_id_parameter): Jenkins may or may not have built it{candidates}. Not posted again: "
+                  "bump `run` in the spec to fire it again")
+        self._finish(run, RunStatus.UNKNOWN, reason=reason)
+        log.error("run_unknown", reason=reason)
 
     def _refused(self, run: Run, error: JenkinsRefused, log: Any) -> None:
         """Jenkins said no before any queue item existed (401, 403, 404, a redirect to a login page, TLS):

@@ -65,6 +65,9 @@ MIGRATIONS = [
     """
     ALTER TABLE runs ADD COLUMN provenance TEXT;
     """,
+    """
+    ALTER TABLE runs ADD COLUMN next_build INTEGER;
+    """,
 ]
 
 COLUMNS = tuple(f.name for f in fields(Run))

@@ -8,12 +8,15 @@ given (`fence`). A leader whose lease may have expired records nothing: its writ
 run stays where the store says it is for the next leader.
 
 Like the SQLite store, one connection serves the daemon's threads behind a lock. A connection that
-breaks (PostgreSQL restarted, the backend terminated) is opened again on the next call; the call
-that met the break fails with a StateError, which the daemon already handles as a store that
-refused a write. Steps that SQLite writes without fsync are committed with `synchronous_commit =
-off` here (the session's default; a durable write turns it on): they survive the reconciler's
-kill -9 (the server has them) but perhaps not the server's crash, which leaves the run at its last
-durable step, as SQLite's power loss does.
+breaks (PostgreSQL restarted, the backend terminated) is opened again on the next call, and while
+the server is away, only after a pause that doubles; a write that met the break fails with a
+StateError, which the daemon handles as a store that refused a write (the run stays where the store
+says, for the next pass), and a read is made once more on a new connection.
+
+Steps that SQLite writes without fsync are committed with `synchronous_commit = off` here (the
+session's default; a durable write turns it on): they survive the reconciler's kill -9 (the
+server has them) but perhaps not the server's crash, which leaves the run at its last durable step,
+as SQLite's power loss does.
 
 The password is never in the DSN the operator writes: PGPASSWORD, PGPASSFILE or a `passfile=`
 parameter, all read by libpq itself.
@@ -25,6 +28,7 @@ import contextlib
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import replace
 from typing import Any
@@ -56,6 +60,10 @@ _LEASE_TABLE = """
 MIGRATIONS = [*map(_dialect, base.MIGRATIONS[:4]), _LEASE_TABLE, *map(_dialect, base.MIGRATIONS[4:])]
 """SQLite's first four versions, the lease (service/leadership.py) as the fifth, then SQLite's later
 ones: a database's version number never changes meaning."""
+
+RECONNECT_MIN = 0.2
+RECONNECT_MAX = 5.0
+"""Seconds between attempts to reach a server that is away: doubling from the first to the second."""
 
 MIGRATION_LOCK = 7_215_001
 """The advisory lock replicas starting together take to migrate one at a time."""
@@ -120,20 +128,39 @@ class PgStore(SqlStore):
                                        application_name=f"reconciler {identity()}"[:63], options=limits)
         self._lock = threading.Lock()
         self._db: psycopg.Connection[Any] | None = None
+        self._pause = 0.0
+        self._retry_at = 0.0
+        self._down = ""
+        """Why the last connection attempt failed, while the server is away."""
         self.created = False
         with self._lock:
             self._connect()
 
     # -- the connection -------------------------------------------------------------------
     def _connect(self) -> psycopg.Connection[Any]:
+        """The connection, opened again if it broke; while the server is away, tried again only after a
+        pause that doubles (up to RECONNECT_MAX), so that every thread's call does not become a connection
+        attempt. The caller's error says when the next attempt is."""
         if self._db is not None and not self._db.closed and not self._db.broken:
             return self._db
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        wait = self._retry_at - time.monotonic()
+        if wait > 0:
+            raise StateError(f"cannot reach state store {self.path}: {self._down}; trying again in {wait:.1f}s")
         try:
             self._db = psycopg.connect(self._conninfo, autocommit=True)
             self._migrate(self._db)
         except psycopg.Error as e:
+            if self._db is not None:
+                self._db.close()
             self._db = None
-            raise StateError(f"cannot open state store {self.path}: {_first_line(e)}") from None
+            self._down = _first_line(e)
+            self._pause = min(self._pause * 2, RECONNECT_MAX) if self._pause else RECONNECT_MIN
+            self._retry_at = time.monotonic() + self._pause
+            raise StateError(f"cannot open state store {self.path}: {self._down}") from None
+        self._pause, self._retry_at = 0.0, 0.0
         return self._db
 
     def _migrate(self, db: psycopg.Connection[Any]) -> None:
@@ -206,7 +233,14 @@ class PgStore(SqlStore):
                 raise StateError(f"cannot write state store {self.path}: {_first_line(e)}") from None
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """A read that meets a connection the server's restart broke is made once more on a new one:
+        reading twice is harmless, and the first read after an outage then succeeds."""
         with self._lock:
+            try:
+                return self._connect().execute(_placeholders(sql), args).fetchall()
+            except psycopg.Error as e:
+                if self._db is None or not self._db.broken:
+                    raise StateError(f"cannot read state store {self.path}: {_first_line(e)}") from None
             try:
                 return self._connect().execute(_placeholders(sql), args).fetchall()
             except psycopg.Error as e:
