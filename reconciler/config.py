@@ -22,6 +22,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from types import UnionType
@@ -29,6 +30,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origi
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -42,7 +44,10 @@ from pydantic import (
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from reconciler.core import schedule as cron
 from reconciler.core.errors import ConfigError
+from reconciler.core.freeze import Window
+from reconciler.core.policy import Rule, glob_problem
 from reconciler.core.spec import nesting_problem, yaml_problem
 from reconciler.core.yamlpos import position, yaml_type
 
@@ -318,6 +323,124 @@ class HistorySettings(_Section):
                              interval=self.interval, timeout=self.timeout)
 
 
+# -- who may trigger what, and when not ----------------------------------------------------------------
+
+def _no_rules_if_null(value: Any) -> Any:
+    """`policy:` with every rule commented out is a policy with no rules: it allows nothing."""
+    return [] if value is None else value
+
+
+def _midnight_if_date(value: Any) -> Any:
+    """`from: 2026-12-20` (a date, unquoted) is that day's start, in UTC."""
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    """A time without an offset is UTC, as `plan --at` reads it; a plain datetime, not YAML's subclass."""
+    return datetime.fromtimestamp((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp(), UTC)
+
+
+def _checked_globs(globs: list[str] | None) -> list[str] | None:
+    for glob in globs or ():
+        problem = glob_problem(glob)
+        if problem:
+            raise ValueError(problem)
+    return globs
+
+
+Globs = Annotated[list[str], Field(min_length=1), AfterValidator(_checked_globs)]
+OptionalGlobs = Annotated[list[str] | None, AfterValidator(_checked_globs)]
+
+
+class PolicyRuleSettings(_Section):
+    """One entry of `policy:`: the triggers it covers and what they may ask for (a key left out: any)."""
+
+    shape = "a mapping with at least `triggers:` (the trigger names it covers, as globs)"
+
+    triggers: Globs
+    servers: OptionalGlobs = None
+    jobs: OptionalGlobs = None
+    parameters: Annotated[dict[str, Globs], BeforeValidator(_empty_if_null)] = Field(default_factory=dict)
+    schedule: bool = True
+
+    def rule(self, number: int) -> Rule:
+        return Rule(triggers=tuple(self.triggers), servers=None if self.servers is None else tuple(self.servers),
+                    jobs=None if self.jobs is None else tuple(self.jobs),
+                    parameters=tuple((name, tuple(values)) for name, values in self.parameters.items()),
+                    schedule=self.schedule, number=number)
+
+
+class FreezeSettings(_Section):
+    """One entry of `freeze:`: fixed (`from`, `until`) or recurring (`schedule`, `duration`, `timezone`)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    shape = "a mapping with `name:`, and `from:` and `until:` or `schedule:` and `duration:`"
+
+    name: Annotated[str, Field(min_length=1)]
+    from_: Annotated[datetime | None, BeforeValidator(_midnight_if_date), Field(alias="from")] = None
+    until: Annotated[datetime | None, BeforeValidator(_midnight_if_date)] = None
+    schedule: str | None = None
+    duration: str | None = None
+    timezone: str = "UTC"
+    triggers: Globs = Field(default_factory=lambda: ["**"])
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, expression: str | None) -> str | None:
+        if expression is not None:
+            cron.parse(expression)
+        return expression
+
+    @field_validator("duration")
+    @classmethod
+    def _duration(cls, text: str | None) -> str | None:
+        if text is not None and cron.parse_duration(text) <= timedelta(0):
+            raise ValueError("a freeze lasts longer than 0")
+        return text
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, name: str) -> str:
+        cron.zone(name)
+        return name
+
+    @model_validator(mode="after")
+    def _fixed_or_recurring(self) -> FreezeSettings:
+        fixed, recurring = (self.from_, self.until), (self.schedule, self.duration)
+        if any(v is not None for v in fixed) and any(v is not None for v in recurring):
+            raise ValueError("a window is fixed (`from`, `until`) or recurring (`schedule`, `duration`), not both")
+        if any(v is not None for v in recurring):
+            if None in recurring:
+                raise ValueError("a recurring window needs both `schedule` (when it opens) and `duration` (how "
+                                 "long it lasts, e.g. 62h)")
+        elif self.from_ is None or self.until is None:
+            raise ValueError("a window needs `from` and `until` (ISO 8601 times), or `schedule` and `duration`")
+        elif _utc(self.until) <= _utc(self.from_):
+            raise ValueError("`until` is not after `from`")
+        elif "timezone" in self.model_fields_set:
+            raise ValueError("`timezone` applies to recurring windows (`schedule`); give `from` and `until` with "
+                             "their offsets")
+        return self
+
+    def window(self) -> Window:
+        if self.schedule is not None and self.duration is not None:
+            return Window(self.name, tuple(self.triggers), schedule=cron.parse(self.schedule, self.timezone),
+                          duration=cron.parse_duration(self.duration))
+        assert self.from_ is not None and self.until is not None
+        return Window(self.name, tuple(self.triggers), start=_utc(self.from_), until=_utc(self.until))
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The `policy:` and `freeze:` sections: no secrets, so an operator may publish them for CI."""
+
+    rules: tuple[Rule, ...] | None = None
+    """None without `policy:`, which allows everything; `policy: []` allows nothing."""
+    windows: tuple[Window, ...] = ()
+
+
 class OperatorConfig(_Section):
     """The operator's config file, checked whole. Each top-level key is one field with a section model
     of its own; the keys to come (`commit_status`, `notify`, `policy`/`freeze`) are added here the same
@@ -327,6 +450,8 @@ class OperatorConfig(_Section):
 
     servers: Annotated[dict[str, ServerSettings], BeforeValidator(_empty_if_null)] = Field(default_factory=dict)
     history: HistorySettings | None = None
+    policy: Annotated[list[PolicyRuleSettings] | None, BeforeValidator(_no_rules_if_null)] = None
+    freeze: Annotated[list[FreezeSettings], BeforeValidator(_no_rules_if_null)] = Field(default_factory=list)
     _source: _Source = PrivateAttr()
 
     @classmethod
@@ -350,6 +475,11 @@ class OperatorConfig(_Section):
         `server_from_env`'s)."""
         return {name: settings.server(name, partial(self._secret, "servers", name))
                 for name, settings in self.servers.items()}
+
+    def rules(self) -> Policy:
+        """Who may trigger what (`policy:`), and when not (`freeze:`)."""
+        return Policy(rules=None if self.policy is None else tuple(r.rule(i) for i, r in enumerate(self.policy, 1)),
+                      windows=tuple(w.window() for w in self.freeze))
 
     def history_remote(self) -> HistoryRemote | None:
         """Where history is pushed, its token read now; None without a `history:` section."""
@@ -413,7 +543,8 @@ def _read_config(config_path: Path, triggers: Path | None) -> Any:
         raise ConfigError(f"{config_path}: {e}") from None
 
 
-_EXPECTED = {"dict": "a mapping", "int": "an integer", "float": "a number", "bool": "true or false",
+_EXPECTED = {"dict": "a mapping", "list": "a list", "datetime": "an ISO 8601 time", "int": "an integer",
+             "float": "a number", "bool": "true or false",
              "string": "a string"}
 """What a pydantic error type (by its first word) says was expected."""
 

@@ -7,15 +7,18 @@ from typing import Any
 
 
 def position(tree: Any, loc: tuple[Any, ...], *, key: bool) -> tuple[int, int]:
-    """Line and column (from 1) of `loc` in a round-trip tree: of its key, or with `key=False` its value;
-    as far as the tree goes where `loc` leaves it (a missing key: its mapping), the top where it has none."""
+    """Line and column (from 1) of `loc` in a round-trip tree: of its key, or with `key=False` its value (a
+    list's item by its index); as far as the tree goes where `loc` leaves it (a missing key: its mapping),
+    the top where it has none."""
     node, line, col = tree, 1, 1
     for i, part in enumerate(loc):
         lc = getattr(node, "lc", None)
-        if lc is None or not isinstance(node, dict) or part not in node:
+        if lc is not None and isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            line, col = lc.item(part)  # a list's item: the position of its value
+        elif lc is None or not isinstance(node, dict) or part not in node:
             break
-        last = i == len(loc) - 1
-        line, col = lc.key(part) if (key and last) else lc.value(part)
+        else:
+            line, col = lc.key(part) if (key and i == len(loc) - 1) else lc.value(part)
         line, col = line + 1, col + 1
         node = node[part]
     return line, col
