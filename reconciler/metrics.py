@@ -27,6 +27,13 @@ class Metrics:
                                     registry=self.registry)
         self.last_pass = Gauge("reconciler_last_successful_pass_timestamp_seconds",
                                "When the last full pass completed (Unix time).", registry=self.registry)
+        self.policy_violations = Gauge("reconciler_policy_violations", "Trigger specs that ask for what the "
+                                       "operator's policy does not allow (counted among the invalid specs).",
+                                       registry=self.registry)
+        self.config_invalid = Gauge("reconciler_config_invalid", "1 while the operator's config on disk cannot be "
+                                    "used (the daemon runs on the last good one), else 0.", registry=self.registry)
+        self.config_reloads = Counter("reconciler_config_reloads", "Times a changed operator config was taken up "
+                                      "without a restart.", registry=self.registry)
         self.state_errors = Counter("reconciler_state_store_errors", "Failed reads or writes of the state store.",
                                     registry=self.registry)
 

@@ -6,6 +6,8 @@ import argparse
 import signal
 import sys
 import threading
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from reconciler import logs
@@ -21,6 +23,7 @@ from reconciler.cli.options import (
     env,
     env_flag,
 )
+from reconciler.config import OperatorConfig, Policy, Server, servers_of
 
 
 def register(sub: Any) -> None:
@@ -86,8 +89,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         for daemon in current:
             daemon.request_stop()
 
+    def reload_soon(*_: Any) -> None:
+        for daemon in current:
+            daemon.reload_soon()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, request_stop)
+    signal.signal(signal.SIGHUP, reload_soon)
     first = True
     while not terminated.is_set():
         daemon = _assemble(args, servers, remote, first=first, terminated=terminated)
@@ -128,9 +136,12 @@ def _assemble(args: argparse.Namespace, servers: Any, remote: Any, *, first: boo
     delay = 1.0
     while True:
         try:
-            return assemble(args.triggers, args.state, args.history, servers, resync_interval=args.resync_interval,
-                            poll_max=args.poll_interval, writeback=None if remote is None else Writeback(remote),
-                            lease=args.lease)
+            daemon = assemble(args.triggers, args.state, args.history, servers, resync_interval=args.resync_interval,
+                              poll_max=args.poll_interval, writeback=None if remote is None else Writeback(remote),
+                              lease=args.lease, policy=_policy(options.operator_config(args)))
+            daemon.config_source = partial(_read_again, args)
+            daemon.config_file = None if args.config is None else str(args.config)
+            return daemon
         except StateError as e:
             if first or terminated is None:
                 raise
@@ -138,6 +149,20 @@ def _assemble(args: argparse.Namespace, servers: Any, remote: Any, *, first: boo
             if terminated.wait(delay):
                 return None
             delay = min(delay * 2, 30.0)
+
+
+def _policy(config: OperatorConfig | None) -> Policy:
+    return Policy() if config is None else config.rules()
+
+
+def _read_again(args: argparse.Namespace) -> tuple[dict[str, Server], Policy]:
+    """The operator's config as it is on disk now, its secret files read again: the daemon's live reload."""
+    config = OperatorConfig.load(Path(args.config), triggers=args.triggers, state=args.state) if args.config \
+        else None
+    servers = servers_of(config)
+    for server in servers.values():
+        logs.add_secrets(server.secrets)
+    return servers, _policy(config)
 
 
 def _close(daemon: Any, log: Any) -> None:

@@ -22,6 +22,8 @@ from reconciler.cli.options import (
     history_dir,
     timestamp,
 )
+from reconciler.config import Policy
+from reconciler.core import policy as rules
 from reconciler.core.errors import ConfigError, Problem, SpecError
 from reconciler.core.plan import Action, plan, unknown_server
 from reconciler.repo.catalog import Catalog, check_file
@@ -41,8 +43,8 @@ def register(sub: Any) -> None:
     p.add_argument("--triggers", type=Path, default=Path(env("triggers", "triggers")),
                    help="the triggers directory, for links and the config file's place (env RECONCILER_TRIGGERS)")
     p.add_argument("--config", type=Path, default=env("config"),
-                   help="the operator's servers config: specs naming another server are invalid "
-                        "(env RECONCILER_CONFIG; JENKINS_URL makes `default` known)")
+                   help="the operator's config: specs naming another server, or asking what its `policy:` does "
+                        "not allow, are invalid (env RECONCILER_CONFIG; JENKINS_URL makes `default` known)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("check", help="check specs against the live Jenkins, read-only (GETs only)",
@@ -99,9 +101,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     configured (a --config, or JENKINS_URL; in another repository's pre-commit hook there are none)."""
     errors: list[SpecError | ConfigError] = []
     servers = None
+    policy = Policy()
     if args.config or os.environ.get("JENKINS_URL"):
         try:
             servers = options.servers(args)
+            policy = _policy(args) or policy
         except ConfigError as e:  # judged like any file: one more invalid one, with its position
             errors.append(e)
     count, invalid, specs = _collect(args.paths or [args.triggers], args)
@@ -110,6 +114,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         errors += [SpecError(shown, [Problem(*_value_position(shown, "server"), unknown_server(spec.server,
                                                                                                servers))])
                    for shown, spec in specs if spec.server not in servers]
+    errors += _against_policy(specs, policy)
     for err in errors:
         print(err)
     warnings = [] if servers is None else untagged(specs, servers)
@@ -165,6 +170,26 @@ def _collect(paths: list[Path], args: argparse.Namespace) -> tuple[int, list[Spe
     return count, errors, specs
 
 
+def _policy(args: argparse.Namespace) -> Policy | None:
+    """The `policy:` and `freeze:` of --config, if given: they hold no secrets, so CI may be given them."""
+    config = options.operator_config(args)
+    return None if config is None else config.rules()
+
+
+def _against_policy(specs: list[tuple[str, Any]], policy: Policy) -> list[SpecError]:
+    """The specs the policy refuses, each violation at the offending key of its file."""
+    out = []
+    for shown, spec in specs:
+        found = rules.violations(spec, policy.rules)
+        if found:
+            try:
+                text = Path(shown).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                text = ""
+            out.append(SpecError(shown, rules.problems(text, found)))
+    return out
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     """The live contract check: each spec against the job it names, read-only."""
     from reconciler.jenkins import contract
@@ -172,6 +197,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     servers = options.servers(args)
     count, invalid, specs = _collect(args.paths or [args.triggers], args)
+    refused = _against_policy(specs, _policy(args) or Policy())
+    invalid += refused
+    specs = [(shown, spec) for shown, spec in specs if shown not in {e.path for e in refused}]
     clients = {name: Client(server, attempts=2, backoff=0.2, max_backoff=1.0) for name, server in servers.items()}
     try:
         report = contract.check(specs, clients, per_server=args.timeout)
@@ -214,8 +242,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     catalog = Catalog.scanned(args.triggers)
     fired, cursors = records.fired(history_dir(args), args.state)
     real_now = datetime.now(UTC)
-    verdicts = plan(catalog.specs, catalog.errors, fired, options.servers(args), now=args.at or real_now,
-                    cursors=cursors, refused=records.refused(args.state), since=min(real_now, args.at or real_now))
+    policy = _policy(args) or Policy()
+    against = {e.name: error for e in catalog.entries.values() if e.spec is not None
+               for error in _against_policy([(str(args.triggers / e.path), e.spec)], policy)}
+    specs = {name: spec for name, spec in catalog.specs.items() if name not in against}
+    verdicts = plan(specs, {**catalog.errors, **against}, fired, options.servers(args), now=args.at or real_now,
+                    cursors=cursors, refused=records.refused(args.state), since=min(real_now, args.at or real_now),
+                    windows=policy.windows)
     if args.json:
         print(json.dumps([{"trigger": v.trigger, "action": v.action.value, "detail": v.detail,
                            "server": v.spec.server if v.spec else None, "job": v.spec.job if v.spec else None,
@@ -239,11 +272,16 @@ def _plan_change(args: argparse.Namespace) -> int:
 
     repo = Repository.of(args.triggers, args.history)
     now = args.at or datetime.now(UTC)
+    policy = _policy(args)
+    policy_note = None if policy is not None and policy.rules is not None else \
+        "policy: not checked (" + ("the config has no `policy:`" if policy is not None else
+                                   "give --config with the operator's published config to check it") + ")"
     with contextlib.ExitStack() as stack:
         base, base_history = stack.enter_context(repo.checkout(args.base))
         head = stack.enter_context(repo.checkout(args.head))[0] if args.head else Catalog.scanned(args.triggers)
         fired = {(r.trigger, r.fire_key) for r in base_history.runs()}
-        changes = preview.preview(_entries(base), _entries(head), fired, now)
+        changes = preview.preview(_entries(base), _entries(head), fired, now,
+                                  rules=None if policy is None else policy.rules)
         findings: list[str] = []
         if args.check:
             firing = [(str(head.root / e.path), e.spec) for e in head.entries.values() if e.spec is not None
@@ -257,17 +295,22 @@ def _plan_change(args: argparse.Namespace) -> int:
     if fmt == "json":
         out = json.loads(preview.as_json(changes))
         out["check"] = findings if args.check else None
+        out["policy_checked"] = policy_note is None
         print(json.dumps(out, indent=2))
     elif fmt == "markdown":
         print(preview.as_markdown(changes, f"reconciler plan {args.base}..{args.head or 'working tree'}"))
         if findings:
             print("\n**Live check against Jenkins found problems:**\n")
             print("\n".join(f"- `{line}`" for line in findings))
+        if policy_note:
+            print(f"\n_{policy_note}_")
     else:
         print(preview.as_text(changes))
         for line in findings:
             print(f"check: {line}")
-    invalid = any(c.kind is preview.Kind.INVALID for c in changes)
+        if policy_note:
+            print(policy_note)
+    invalid = any(c.kind in (preview.Kind.INVALID, preview.Kind.POLICY) for c in changes)
     return EXIT_INVALID if invalid or findings else EXIT_OK
 
 

@@ -70,6 +70,8 @@ def frozen(windows: Sequence[Window], trigger: str, at: datetime) -> Frozen | No
     """Is `trigger` frozen at `at`, by which window, and until when. The end is where no window of
     the trigger's covers any more: a window that ends inside another (or opens as it closes) chains on.
     What `reconciler trigger --override-freeze` asks before it fires anyway."""
+    if not windows:
+        return None
     windows = tuple(windows)
     first = _covering(windows, trigger, at)
     if first is None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Container, Mapping
+from collections.abc import Collection, Container, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
 from reconciler.core import schedule as cron
 from reconciler.core.errors import SpecError
+from reconciler.core.freeze import Window, frozen
 from reconciler.core.spec import Spec
 
 
@@ -20,6 +21,8 @@ class Action(StrEnum):
     SCHEDULED = "scheduled"
     PENDING = "pending"
     """Jenkins refused the revision's run; it will be posted again."""
+    FROZEN = "frozen"
+    """A freeze window covers it: a one-shot waits for the window's end, a tick is skipped."""
 
 
 @dataclass(frozen=True)
@@ -49,17 +52,22 @@ def _held(spec: Spec, servers: Collection[str]) -> Verdict | None:
     return None
 
 
-def decide(spec: Spec, fired: Container[tuple[str, str]], servers: Collection[str]) -> Verdict:
-    """A one-shot fires once per revision."""
+def decide(spec: Spec, fired: Container[tuple[str, str]], servers: Collection[str], *,
+           windows: Sequence[Window] = (), now: datetime | None = None) -> Verdict:
+    """A one-shot fires once per revision, when no freeze window covers `now`."""
     held = _held(spec, servers)
     if held is not None:
         return held
     if (spec.name, spec.revision) in fired:
         return Verdict(spec.name, Action.UP_TO_DATE, f"revision {spec.revision} already fired", spec)
+    freeze = frozen(windows, spec.name, now) if windows and now is not None else None
+    if freeze is not None:
+        return Verdict(spec.name, Action.FROZEN, f"revision {spec.revision} waits: {freeze}", spec)
     return Verdict(spec.name, Action.FIRE, f"revision {spec.revision} not fired yet", spec)
 
 
-def decide_scheduled(spec: Spec, cursor: datetime | None, now: datetime, servers: Collection[str]) -> Verdict:
+def decide_scheduled(spec: Spec, cursor: datetime | None, now: datetime, servers: Collection[str], *,
+                     windows: Sequence[Window] = ()) -> Verdict:
     """A schedule never seen before starts at `now`: it fires from its next tick, not a backlog. (`plan
     --at` passes the real time as the cursor of such a schedule: a daemon started now would have been
     watching it until then.)"""
@@ -68,6 +76,9 @@ def decide_scheduled(spec: Spec, cursor: datetime | None, now: datetime, servers
     if held is not None:
         return held
     due = cron.due(spec.schedule, cursor or now, now, spec.starting_deadline)
+    freeze = frozen(windows, spec.name, due.fire) if windows and due.fire is not None else None
+    if freeze is not None:
+        return Verdict(spec.name, Action.FROZEN, f"tick {_show(spec.schedule, due.fire)} is skipped: {freeze}", spec)
     if due.fire is not None:
         return Verdict(spec.name, Action.FIRE, f"tick {_show(spec.schedule, due.fire)} is due", spec)
     nxt = cron.next_tick(spec.schedule, now)
@@ -81,12 +92,14 @@ def _show(schedule: cron.Schedule, tick: datetime) -> str:
 def plan(specs: Mapping[str, Spec], errors: Mapping[str, SpecError],
          fired: Container[tuple[str, str]], servers: Collection[str], *,
          now: datetime | None = None, cursors: Mapping[str, datetime] | None = None,
-         refused: Mapping[tuple[str, str], str] | None = None, since: datetime | None = None) -> list[Verdict]:
+         refused: Mapping[tuple[str, str], str] | None = None, since: datetime | None = None,
+         windows: Sequence[Window] = ()) -> list[Verdict]:
     """One verdict per trigger, sorted by name. A deleted spec has no verdict: it fires nothing.
     `refused` says, by (trigger, revision), why Jenkins refused a run and when it is tried again.
-    `since` is where a schedule without a cursor starts (default: `now`)."""
-    verdicts = [decide_scheduled(spec, (cursors or {}).get(spec.name) or since, now, servers)
-                if spec.schedule is not None and now is not None else decide(spec, fired, servers)
+    `since` is where a schedule without a cursor starts (default: `now`). `windows`: the freezes."""
+    verdicts = [decide_scheduled(spec, (cursors or {}).get(spec.name) or since, now, servers, windows=windows)
+                if spec.schedule is not None and now is not None else
+                decide(spec, fired, servers, windows=windows, now=now)
                 for spec in specs.values()]
     verdicts = [Verdict(v.trigger, Action.PENDING, (refused or {})[v.trigger, v.spec.revision], v.spec)
                 if v.action is Action.UP_TO_DATE and v.spec and (v.trigger, v.spec.revision) in (refused or {})

@@ -9,7 +9,7 @@ or repeats), which specs become invalid, and which triggers go.
 from __future__ import annotations
 
 import json
-from collections.abc import Container, Mapping
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -19,6 +19,7 @@ from cronsim import CronSim
 
 from reconciler.core import schedule as cron
 from reconciler.core.errors import SpecError
+from reconciler.core.policy import Rule, violations
 from reconciler.core.spec import Spec, job_url
 
 
@@ -42,6 +43,7 @@ class Kind(StrEnum):
     SCHEDULE_CHANGED = "schedule changed"
     SCHEDULE_REMOVED = "schedule removed"
     INVALID = "becomes invalid"
+    POLICY = "becomes invalid (policy)"
     DELETED = "deleted"
 
 
@@ -73,13 +75,13 @@ def request_of(spec: Spec) -> Request:
 
 
 def preview(base: Mapping[str, Entry], head: Mapping[str, Entry], fired: Container[tuple[str, str]],
-            now: datetime, ticks: int = 3) -> list[Change]:
+            now: datetime, ticks: int = 3, rules: Sequence[Rule] | None = None) -> list[Change]:
     """One change per trigger that differs between `base` and `head` (catalog entries by trigger),
-    sorted by trigger; `fired` is what the base's history says has fired."""
+    sorted by trigger; `fired` is what the base's history says has fired; `rules` the operator's policy."""
     changes = []
     for name in sorted(set(base) | set(head)):
         old, new = base.get(name), head.get(name)
-        change = _change(name, old, new, fired, now, ticks)
+        change = _against(name, old, new, rules) or _change(name, old, new, fired, now, ticks)
         if change is not None:
             changes.append(change)
     return changes
@@ -107,6 +109,19 @@ def _change(name: str, old: Entry | None, new: Entry | None, fired: Container[tu
             return None
         return Change(name, Kind.NO_FIRE, "only comments, layout, key order or the cause text changed", new.path)
     return _one_shot(name, new, before, fired)
+
+
+def _against(name: str, old: Entry | None, new: Entry | None, rules: Sequence[Rule] | None) -> Change | None:
+    """A head spec the policy refuses; nothing to say if the base's was refused for the same reasons."""
+    if new is None or new.spec is None or rules is None:
+        return None
+    found = violations(new.spec, rules)
+    if not found:
+        return None
+    if old is not None and old.spec is not None and violations(old.spec, rules) == found:
+        return Change(name, Kind.NO_FIRE, "still refused by the policy", new.path) \
+            if old.digest != new.digest else None
+    return Change(name, Kind.POLICY, "; ".join(v.message for v in found), new.path)
 
 
 def _one_shot(name: str, new: Entry, before: Spec | None, fired: Container[tuple[str, str]]) -> Change:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import threading
 import time
@@ -14,15 +15,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler import logs
-from reconciler.config import Server
+from reconciler.config import Policy, Server
+from reconciler.core import policy as rules
 from reconciler.core import schedule as cron
-from reconciler.core.errors import HistoryGitError, StateError
+from reconciler.core.errors import ConfigError, HistoryGitError, SpecError, StateError
+from reconciler.core.freeze import Frozen, frozen
 from reconciler.core.plan import Action, decide, unknown_server
 from reconciler.core.runs import Provenance, Run, RunStatus, new_run, superseded
 from reconciler.core.spec import Spec
 from reconciler.jenkins.client import Client
 from reconciler.repo import provenance
-from reconciler.repo.catalog import Catalog, Changes
+from reconciler.repo.catalog import MAX_SPEC_BYTES, Catalog, Changes
 from reconciler.repo.history import History
 from reconciler.repo.watch import Watcher
 from reconciler.repo.writeback import Writeback
@@ -41,6 +44,12 @@ STORE_RETRY = 5.0
 """After the state store refused a write (a full disk), how long the loop waits before a full pass tries again."""
 TRIM_AFTER = 500
 """Files parsed in one pass after which the heap is trimmed (see `trim_heap`)."""
+CONFIG_POLL = 2.0
+"""How often the operator's config (and the secret files it names) is read again to see if it changed:
+a ConfigMap or Secret changes by a symlink swap, which no watch on the file itself would see."""
+
+ConfigSource = Callable[[], tuple[Mapping[str, Server], Policy]]
+"""Reads the operator's config as it is now: the servers and the policy, or a ConfigError."""
 
 
 def trim_heap() -> None:
@@ -68,7 +77,8 @@ class Once:
 
 class Daemon:
     def __init__(self, catalog: Catalog, store: StateStore, history: History, servers: Mapping[str, Server],
-                 executor: Executor, *, clock: Callable[[], float] = time.time, resync_interval: float = 60.0):
+                 executor: Executor, *, clock: Callable[[], float] = time.time, resync_interval: float = 60.0,
+                 policy: Policy | None = None):
         self.catalog = catalog
         self.store = store
         self.history = history
@@ -99,8 +109,20 @@ class Daemon:
         """When this process started on an empty state store (a fresh pod): what it decides for the
         moment it started may have been posted by a process whose record of it never reached git."""
         self.unconfigured: dict[str, str] = {}
-        """Valid specs that name a server the operator has not configured, with the error: invalid, like
-        a broken file, and reported once per change."""
+        """Valid specs that name a server the operator has not configured, or ask what the policy does
+        not allow, with the error: invalid, like a broken file, and reported once per change."""
+        self.policy = policy or Policy()
+        self.against_policy: dict[str, tuple[bytes | None, str]] = {}
+        """The specs the policy refuses, with the digest of the bytes judged and the error with positions."""
+        self.frozen: dict[str, Frozen] = {}
+        """One-shots due but held back by a freeze window: decided again when it ends."""
+        self.config_source: ConfigSource | None = None
+        self.config_file: str | None = None
+        self.make_client: Callable[[Server], Client] | None = None
+        self.config_problem: str | None = None
+        """Why the operator's config on disk is not used, while it is not: the last good one is."""
+        self._new_config: tuple[Mapping[str, Server], Policy] | None = None
+        self._config_wake = threading.Event()
 
     def take_in_history(self, stop: threading.Event) -> None:
         """With write-back, take in the history branch before deciding anything. A store with records
@@ -145,7 +167,8 @@ class Daemon:
         retried = []
         for run in self.store.refused_due(now):
             spec = self.catalog.specs.get(run.trigger)
-            if run.server not in self.executor.clients or (spec is not None and spec.suspend):
+            if run.server not in self.executor.clients or (spec is not None and spec.suspend) or \
+                    run.trigger in self.unconfigured or frozen(self.policy.windows, run.trigger, _utc(now)):
                 continue  # stays refused until it can be posted
             reason = superseded(run, spec, now)
             if reason is not None:
@@ -206,11 +229,12 @@ class Daemon:
                 continue
             self.next_due.pop(spec.name, None)  # it may have been a schedule before
             verdict = decide(spec, fired, self.servers)
-            if verdict.action is Action.FIRE:
+            if verdict.action is Action.FIRE and not self._frozen(spec, now):
                 firing.append(spec)
         commits = self._provenance(firing)
         to_fire = [new_run(spec, now, provenance=commits.get(spec.name)) for spec in firing]
         self.executor.metrics.invalid_specs.set(len(self.catalog.errors) + len(self.unconfigured))
+        self.executor.metrics.policy_violations.set(len(self.against_policy))
         inserted = self.store.decide(to_fire)
         for run in inserted:
             self.log.info("fire_decided", trigger=run.trigger, run_id=run.run_id, job=run.job, revision=run.fire_key)
@@ -224,15 +248,52 @@ class Daemon:
         return {paths[path]: commit for path, commit in provenance.lookup(self.catalog.root, paths).items()}
 
     def _unconfigured(self, spec: Spec) -> bool:
-        """A spec naming a server the operator has not configured: invalid, said once per change."""
-        if spec.server in self.servers:
+        """A spec naming a server the operator has not configured, or asking what the policy does not
+        allow: invalid, said once per change."""
+        error = unknown_server(spec.server, self.servers) if spec.server not in self.servers else \
+            self._against_policy(spec)
+        if error is None:
             self.unconfigured.pop(spec.name, None)
             return False
-        error = unknown_server(spec.server, self.servers)
+        self.frozen.pop(spec.name, None)
         if self.unconfigured.get(spec.name) != error:
             self.unconfigured[spec.name] = error
             self.log.error("spec_invalid", trigger=spec.name, errors=[error])
         self.next_due.pop(spec.name, None)
+        return True
+
+    def _against_policy(self, spec: Spec) -> str | None:
+        """The policy's verdict on a spec, with the offending keys' positions: its file is read again
+        for them only when it is refused, and once per version of the file."""
+        found = rules.violations(spec, self.policy.rules)
+        if not found:
+            self.against_policy.pop(spec.name, None)
+            return None
+        entry = self.catalog.entries.get(spec.name)
+        digest = None if entry is None else entry.digest
+        known = self.against_policy.get(spec.name)
+        if known is not None and known[0] == digest and digest is not None:
+            return known[1]
+        path = spec.name if entry is None else entry.path
+        try:
+            with open(self.catalog.root / path, encoding="utf-8") as f:
+                text = f.read(MAX_SPEC_BYTES)
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        error = str(SpecError(path, rules.problems(text, found)))
+        self.against_policy[spec.name] = (digest, error)
+        return error
+
+    def _frozen(self, spec: Spec, now: float) -> bool:
+        """A one-shot due inside a freeze window waits for its end; said once per revision and window."""
+        freeze = frozen(self.policy.windows, spec.name, _utc(now))
+        if freeze is None:
+            self.frozen.pop(spec.name, None)
+            return False
+        if self.frozen.get(spec.name) != freeze:
+            self.log.info("fire_frozen", trigger=spec.name, revision=spec.revision, window=freeze.window,
+                          until=None if freeze.until is None else f"{freeze.until:%Y-%m-%dT%H:%M:%SZ}")
+        self.frozen[spec.name] = freeze
         return True
 
     def _arm(self, spec: Spec, now: float) -> None:
@@ -307,7 +368,12 @@ class Daemon:
         if due.missed_uncounted:
             self.log.warning("ticks_missed", trigger=spec.name, listed=len(due.missed),
                              note="more ticks were missed than are recorded")
-        if due.fire is not None:
+        freeze = None if due.fire is None else frozen(self.policy.windows, spec.name, due.fire)
+        if due.fire is not None and freeze is not None:
+            run = replace(new_run(spec, now, due.fire, commit), status=RunStatus.SKIPPED, finished_at=now,
+                          last_error=f"the tick falls in {freeze}")
+            decisions.append((run, "skipped"))
+        elif due.fire is not None:
             run = new_run(spec, now, due.fire, commit)
             if running and spec.concurrency == "forbid":
                 reason = f"concurrency: forbid, and run {running[0].run_id} is still {running[0].status}"
@@ -375,6 +441,8 @@ class Daemon:
     def readiness_notes(self) -> list[str]:
         """What /readyz says beside `ok`."""
         notes = [] if self.leadership is None else self.leadership.notes()
+        if self.config_problem is not None:
+            notes.append(f"the operator's config is invalid, the last good one is in use: {self.config_problem}")
         notes += [] if self.watcher is None else self.watcher.notes()
         return notes + ([] if self.writeback is None else self.writeback.notes())
 
@@ -385,6 +453,8 @@ class Daemon:
         # The watch starts before the first scan, so it is in place by the time the scan is done.
         self.watcher = Watcher(str(self.catalog.root), self._notice)
         self._watcher_thread = self.supervisor.start("watcher", self.watcher.run)
+        if self.config_source is not None:
+            self.supervisor.start("config", self._watch_config, stop)
         try:
             if self.leadership is None or self._stand_by(stop):
                 self._lead(stop)
@@ -417,11 +487,14 @@ class Daemon:
                 refusal = None
             if refusal is not None:
                 timeout = min(timeout, refusal - self.clock())
+            thaw = [f.until.timestamp() for f in self.frozen.values() if f.until is not None]
+            if thaw:
+                timeout = min(timeout, min(thaw) - self.clock())
             self._wake.wait(max(0.0, timeout))
             if stop.is_set():
                 break
             self._wake.clear()
-            resync = time.monotonic() >= next_resync
+            resync = time.monotonic() >= next_resync or self._take_config()
             error = self.supervisor.guard("pass", self._turn, resync)
             if error is not None:
                 # Nothing is lost: what was not recorded was not fired, and the full pass that follows
@@ -481,6 +554,7 @@ class Daemon:
         self.tick()
         if not resync:  # a full pass takes them up itself
             self.retry_refused()
+            self._thaw()
         paths = self._take_paths()
         if paths:
             self.reconcile(self.catalog.refresh(paths))
@@ -489,6 +563,67 @@ class Daemon:
             fired = self.pass_once()
             self.log.debug("resync_completed", specs=len(self.catalog.entries), fired=len(fired),
                            seconds=round(time.perf_counter() - started, 4))
+
+    def _thaw(self) -> None:
+        """The one-shots whose freeze has ended: decided again, so each fires once, now."""
+        now = self.clock()
+        names = [name for name, f in self.frozen.items() if f.until is not None and f.until.timestamp() <= now]
+        entries = [self.catalog.entries[name] for name in names if name in self.catalog.entries]
+        if entries:
+            self.reconcile(Changes(changed=entries))
+
+    # -- the operator's config, live -------------------------------------------------------------
+    def reload_soon(self, *_: Any) -> None:
+        """SIGHUP: read the operator's config again now. Safe from a signal handler."""
+        self._config_wake.set()
+
+    def _watch_config(self, stop: threading.Event) -> None:
+        """Read the config every CONFIG_POLL seconds (and on SIGHUP); hand a changed one to the loop."""
+        assert self.config_source is not None
+        while not stop.is_set():
+            self._config_wake.wait(CONFIG_POLL)
+            self._config_wake.clear()
+            if stop.is_set():
+                return
+            self.supervisor.guard("config_read", self._read_config)
+
+    def _read_config(self) -> None:
+        assert self.config_source is not None
+        try:
+            servers, policy = self.config_source()
+        except ConfigError as e:
+            problem = logs.redact(str(e))
+            if problem != self.config_problem:
+                self.log.error("config_invalid", file=self.config_file, errors=problem.splitlines(),
+                               note="the last good config stays in use")
+            self.config_problem = problem
+            self.executor.metrics.config_invalid.set(1)
+            return
+        if self.config_problem is not None:
+            self.log.info("config_valid", note="the config on disk is in use again")
+        self.config_problem = None
+        self.executor.metrics.config_invalid.set(0)
+        if dict(servers) != dict(self.servers) or policy != self.policy:
+            self._new_config = (servers, policy)
+            self._wake.set()
+
+    def _take_config(self) -> bool:
+        """On the loop's thread: take up a changed config; True if it did (a full pass follows)."""
+        new, self._new_config = self._new_config, None
+        if new is None:
+            return False
+        servers, policy = new
+        changed = changed_keys(self.servers, self.policy, servers, policy)
+        if self.make_client is not None:
+            fresh = {name: self.make_client(server) for name, server in servers.items()
+                     if self.servers.get(name) != server}
+            for client in self.executor.use_clients(fresh):
+                client.close()
+        self.servers, self.policy = dict(servers), policy
+        self.against_policy.clear()
+        self.executor.metrics.config_reloads.inc()
+        self.log.info("config_reloaded", changed=changed)
+        return True
 
     def _notice(self, paths: Iterable[str]) -> None:
         """The watcher's news: the paths to re-read at the next turn of the loop."""
@@ -513,15 +648,38 @@ class Daemon:
         return in_flight
 
 
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)
+
+
+def changed_keys(servers: Mapping[str, Server], policy: Policy, new_servers: Mapping[str, Server],
+                 new_policy: Policy) -> list[str]:
+    """What a reload changed, by key (`servers.ci.token`, `policy`): never a value, secrets being among them."""
+    out = []
+    for name in sorted(set(servers) | set(new_servers)):
+        old, new = servers.get(name), new_servers.get(name)
+        if old is None or new is None:
+            out.append(f"servers.{name}")
+        elif old != new:
+            out += [f"servers.{name}.{f.name}" for f in dataclasses.fields(Server)
+                    if getattr(old, f.name) != getattr(new, f.name)]
+    out += [key for key, a, b in (("policy", policy.rules, new_policy.rules),
+                                  ("freeze", policy.windows, new_policy.windows)) if a != b]
+    return out
+
+
 def assemble(triggers: Path, state: Path | str, history: Path | None, servers: Mapping[str, Server], *,
              clock: Callable[[], float] = time.time, resync_interval: float = 60.0,
              client_options: Mapping[str, Any] | None = None, writeback: Writeback | None = None,
-             lease: float | None = None, **executor_options: Any) -> Daemon:
+             lease: float | None = None, policy: Policy | None = None, **executor_options: Any) -> Daemon:
     """Wire a daemon to its parts: one client per server, the state store, history (in the write-back's
     clone, if there is one), the executor; on PostgreSQL, the lease that lets one replica fire (psycopg
     and the lease are loaded only by those who use them)."""
     stop = threading.Event()
-    clients = {name: Client(server, stop=stop, **(client_options or {})) for name, server in servers.items()}
+    def make_client(server: Server) -> Client:
+        return Client(server, stop=stop, **(client_options or {}))
+
+    clients = {name: make_client(server) for name, server in servers.items()}
     shared: PgStore | None = None
     if is_dsn(state):
         from reconciler.service.leadership import LEASE
@@ -536,7 +694,8 @@ def assemble(triggers: Path, state: Path | str, history: Path | None, servers: M
     if writeback is not None:
         executor.metrics.watch_history(writeback.unpushed_age)
     daemon = Daemon(Catalog(triggers), store, records, servers, executor, clock=clock,
-                    resync_interval=resync_interval)
+                    resync_interval=resync_interval, policy=policy)
+    daemon.make_client = make_client
     if shared is not None:
         from reconciler.service.leadership import Leadership
         from reconciler.store.postgres import identity

@@ -220,6 +220,18 @@ class Executor:
             pool.shutdown(wait=True, cancel_futures=True)
         return self.active()
 
+    def use_clients(self, clients: Mapping[str, Client]) -> list[Client]:
+        """The servers of a reloaded config: each one's next request goes through its new client (a
+        rotated token, say); a server no longer configured keeps its client, so its open runs finish.
+        Returns the clients replaced, for the caller to close."""
+        for name, client in clients.items():
+            if name not in self._pools:
+                self._pools[name] = ThreadPoolExecutor(max_workers=client.server.concurrency,
+                                                       thread_name_prefix=f"jenkins-{name}")
+        replaced = [self.clients[name] for name in clients if name in self.clients]
+        self.clients = {**self.clients, **clients}
+        return replaced
+
     # -- scheduling -------------------------------------------------------------------------
     def _start(self, fire: _Fire) -> None:
         self._submit(fire.run, self._fire, fire)
