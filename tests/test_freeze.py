@@ -4,6 +4,7 @@ window, until when; DST as schedules have it."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from hypothesis import given, settings
@@ -114,3 +115,126 @@ def test_frozen_agrees_with_every_tick_one_by_one(expression, zone, duration, at
         assert found.until >= expected  # later occurrences may chain on
         assert frozen([window], "x", found.until) is None
         assert frozen([window], "x", found.until - timedelta(seconds=1)) is not None
+
+
+def test_plan_says_frozen_with_the_window_and_its_end_and_a_tick_in_a_window_is_skipped():
+    from reconciler.core.plan import Action, plan
+    from reconciler.core.spec import parse
+
+    at = utc("2026-12-24T00:00:00Z")
+    one_shot = parse("job: j\n", name="a", path="a.yaml")
+    nightly = parse("job: j\nschedule: '0 0 * * *'\n", name="n", path="n.yaml")
+    verdicts = plan({"a": one_shot, "n": nightly}, {}, set(), {"default"}, now=at,
+                    cursors={"n": at - timedelta(minutes=1)}, windows=[YEAR_END])
+    assert [(v.trigger, v.action) for v in verdicts] == [("a", Action.FROZEN), ("n", Action.FROZEN)]
+    assert "freeze window 'year-end' until 2027-01-04T00:00:00Z" in verdicts[0].detail
+    assert "is skipped" in verdicts[1].detail
+    after = plan({"a": one_shot}, {}, set(), {"default"}, now=YEAR_END.until, windows=[YEAR_END])
+    assert after[0].action is Action.FIRE
+
+
+def test_a_tick_inside_a_window_is_recorded_skipped_with_the_windows_name(harness):
+    from reconciler.config import Policy
+    from reconciler.core.runs import RunStatus
+
+    from .test_daemon_schedule import FakeClock, history_of, started
+
+    tick = utc("2026-12-24T06:00:00Z")
+    clock = FakeClock(tick - timedelta(seconds=1))
+    daemon = started(harness, clock)
+    daemon.policy = Policy(windows=(YEAR_END,))
+    clock.set(tick)
+    assert daemon.tick() == []
+    [run] = harness.runs("nightly")
+    assert run.status is RunStatus.SKIPPED and "freeze window 'year-end'" in run.last_error
+    assert history_of(harness) == [("skipped", "2026-12-24T06:00:00Z")]
+    assert not harness.sim.triggers("manual")
+
+
+# -- end to end: a real daemon process, its config swapped as Kubernetes swaps a ConfigMap's -----------
+
+def configmap(folder: Path, version: int, text: str) -> Path:
+    """A ConfigMap volume: `operator.yaml` → `..data/operator.yaml`, `..data` → `..<version>`, swapped by
+    renaming a new `..data` link over the old one."""
+    data = folder / f"..v{version}"
+    data.mkdir(parents=True)
+    (data / "operator.yaml").write_text(text)
+    (folder / "..data_tmp").symlink_to(data.name)
+    (folder / "..data_tmp").replace(folder / "..data")
+    link = folder / "operator.yaml"
+    if not link.is_symlink():
+        link.symlink_to("..data/operator.yaml")
+    return link
+
+
+def test_a_freeze_holds_a_new_one_shot_until_the_config_without_it_releases_it_once_without_a_restart(
+        harness, tmp_path):
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from .conftest import TOKEN, USER, wait_for
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    freeze = (f"freeze:\n  - name: release-week\n    from: {now - timedelta(days=1):%Y-%m-%dT%H:%M:%SZ}\n"
+              f"    until: {now + timedelta(days=1):%Y-%m-%dT%H:%M:%SZ}\n")
+    config = configmap(tmp_path / "cm", 1, freeze)
+    harness.write("deploy", "job: plain\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"JENKINS_URL": harness.url, "JENKINS_USER": USER, "JENKINS_API_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"}
+    where = ["--triggers", str(harness.triggers), "--state", str(harness.state), "--history", str(harness.history),
+             "--config", str(config)]
+    log = (tmp_path / "daemon.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", *where, "--listen", f"127.0.0.1:{port}"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def events(name: str) -> list[dict]:
+        lines = (tmp_path / "daemon.log").read_text().splitlines()
+        return [e for e in (json.loads(line) for line in lines if line.startswith("{")) if e["event"] == name]
+
+    def readyz() -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
+                return answer.read().decode()
+        except OSError:
+            return ""
+
+    try:
+        [held] = wait_for(lambda: events("fire_frozen"), what="the one-shot held back")
+        assert held["window"] == "release-week" and held["until"] == f"{now + timedelta(days=1):%Y-%m-%dT%H:%M:%SZ}"
+        plan = subprocess.run([sys.executable, "-m", "reconciler", "plan", *where], env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert plan.stdout.split()[:2] == ["deploy", "frozen"]
+        assert f"freeze window 'release-week' until {now + timedelta(days=1):%Y-%m-%dT%H:%M:%SZ}" in plan.stdout
+        status = subprocess.run([sys.executable, "-m", "reconciler", "status", *where[:4], "--config", str(config)],
+                                env=env, capture_output=True, text=True, timeout=60)
+        assert "frozen" in status.stdout and "release-week" in status.stdout
+
+        # A broken config is reported with its position, and the last good one (the freeze) stays.
+        configmap(tmp_path / "cm", 2, freeze + "  - name: broken\n    from: 2026-01-01\n")
+        [invalid] = wait_for(lambda: events("config_invalid"), what="the invalid config reported")
+        assert invalid["file"] == str(config) and any(f"{config}:5:5:" in e for e in invalid["errors"])
+        assert "the operator's config is invalid" in wait_for(readyz, what="/readyz")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            assert "reconciler_config_invalid 1.0" in answer.read().decode()
+        time.sleep(3)
+        assert not harness.sim.triggers("plain")
+
+        started = time.monotonic()
+        configmap(tmp_path / "cm", 3, "freeze: []\n")
+        wait_for(lambda: harness.sim.triggers("plain"), timeout=20, what="the one-shot released")
+        released = time.monotonic() - started
+        [reloaded] = events("config_reloaded")
+        assert reloaded["changed"] == ["freeze"]
+        time.sleep(2.5)  # a further reading of the config, a turn of the loop: it fired once
+        assert len(harness.sim.triggers("plain")) == 1 and proc.poll() is None and released < 20
+        assert "invalid" not in readyz()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()

@@ -160,3 +160,72 @@ def test_violations_are_what_the_naive_reference_finds(name, job, server, params
     found = violations(spec(name, text), policy)
     assert {v.loc for v in found} == ref_violations(name, job, server, params, scheduled, policy)
     assert all(isinstance(v, Violation) and v.message for v in found)
+
+
+# -- end to end: a real daemon process, a simulated Jenkins ---------------------------------------------
+
+POLICY = """\
+policy:
+  - triggers: ["team-a/**"]
+    servers: [default]
+    jobs: ["team-a/*", "shared/lint"]
+    parameters: {ENV: [staging, "qa-*"]}
+    schedule: false
+"""
+ALLOWED = "job: team-a/deploy\nparameters:\n  ENV: staging\n"
+REFUSED = {  # trigger: (spec, the position and words of its error)
+    "team-a/wrong-job": ("# moved\njob: prod/deploy\n", "2:1", "job 'prod/deploy' is not allowed by policy rule 1"),
+    "team-a/wrong-env": ("job: team-a/deploy\nparameters:\n  ENV: production\n", "3:3",
+                         "parameter ENV='production' is not allowed by policy rule 1 (triggers: team-a/**): "
+                         "it allows ENV staging, qa-*"),
+    "team-a/nightly": ("# nightly\njob: team-a/deploy\nschedule: '@daily'\n", "3:1", "`schedule:` is not allowed"),
+    "team-b/deploy": ("job: team-a/deploy\n", "1:1", "no policy rule covers trigger 'team-b/deploy'"),
+}
+
+
+def test_the_policy_lets_its_specs_fire_and_refuses_the_others_with_positions_never_posting_them(
+        make_harness, tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import TOKEN, USER
+
+    harness = make_harness(jobs=[{"name": "team-a/deploy", "duration": 0, "parameters": ["ENV"],
+                                  "concurrent": True},
+                                 {"name": "prod/deploy", "duration": 0, "concurrent": True}])
+    config = tmp_path / "operator.yaml"
+    config.write_text(POLICY)
+    harness.write("team-a/ok", ALLOWED)
+    for name, (text, _, _) in REFUSED.items():
+        harness.write(name, text)
+    env = {"JENKINS_URL": harness.url, "JENKINS_USER": USER, "JENKINS_API_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"}
+
+    def reconciler(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "reconciler", *args, "--triggers", str(harness.triggers),
+                               "--config", str(config)], env=env, capture_output=True, text=True, timeout=60)
+
+    validate = reconciler("validate")
+    assert validate.returncode == 1
+    for name, (_, position, words) in REFUSED.items():
+        line = next(line for line in validate.stdout.splitlines() if f"{name}.yaml:" in line)
+        assert line.startswith(f"{harness.triggers / name}.yaml:{position}: ") and words in line, line
+    assert "team-a/ok" not in validate.stdout
+
+    plan = reconciler("plan", "--state", str(harness.state), "--history", str(harness.history))
+    rows = {line.split()[0]: line for line in plan.stdout.splitlines()}
+    assert rows["team-a/ok"].split()[1] == "fire"
+    assert all(rows[name].split()[1] == "invalid" for name in REFUSED)
+
+    once = reconciler("run", "--once", "--state", str(harness.state), "--history", str(harness.history))
+    assert once.returncode == 1, once.stdout + once.stderr  # invalid specs: exit 1, the valid one fired
+    posts = [r for r in harness.sim.requests if r.method == "POST"]
+    assert [r.path for r in posts] == ["/job/team-a/job/deploy/buildWithParameters"]
+    assert [[(p.name, v) for p, v in b.parameters] for b in harness.sim.builds("team-a/deploy")] == \
+        [[("ENV", "staging")]]
+    assert not harness.sim.builds("prod/deploy")
+    refused = [line for line in once.stdout.splitlines() if '"spec_invalid"' in line]
+    assert len(refused) == len(REFUSED) and all("policy" in line for line in refused)
+
+    status = reconciler("status", "--state", str(harness.state))
+    rows = {line.split()[0]: line for line in status.stdout.splitlines()[1:]}
+    assert "invalid (policy)" in rows["team-a/wrong-env"] and "team-a/wrong-env.yaml:3:3:" in rows["team-a/wrong-env"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,10 @@ from reconciler.cli.options import (
     env,
     history_dir,
 )
+from reconciler.config import Policy, load_policy
+from reconciler.core.errors import SpecError
+from reconciler.core.freeze import frozen
+from reconciler.core.policy import problems, violations
 from reconciler.core.runs import RunStatus
 from reconciler.repo.catalog import Catalog
 from reconciler.repo.history import History, iso
@@ -72,6 +78,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             store.close()
     catalog = Catalog.scanned(args.triggers)
     now = time.time()
+    policy = load_policy(Path(args.config), triggers=args.triggers) if args.config else Policy()
     rows = []
     for name in sorted(set(catalog.specs) | set(catalog.errors) | set(latest)):
         run = latest.get(name)
@@ -84,6 +91,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                 where = f"next attempt {records.next_attempt(run)}: {run.last_error}"
         elif spec == "invalid":
             where = str(catalog.errors[name]).splitlines()[0]
+        held = _held(catalog, name, run, policy, now)
+        if held is not None:
+            spec, status, where = "valid" if held[0] == "frozen" else "invalid", *held
         rows.append((name, spec, status, run, where))
     if args.json:
         print(json.dumps([{"trigger": name, "spec": spec, "status": status, **(_run_json(run) if run else {})}
@@ -103,9 +113,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _held(catalog: Catalog, name: str, run: Any, policy: Policy, now: float) -> tuple[str, str] | None:
+    """What the operator's config holds a valid spec to: refused by the policy (with the first offending
+    key's position), or frozen, if due, until its window ends."""
+    spec = catalog.specs.get(name)
+    if spec is None:
+        return None
+    found = violations(spec, policy.rules)
+    if found:
+        path = catalog.root / catalog.entries[name].path
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            return "invalid (policy)", str(SpecError(str(path), problems(path.read_text("utf-8"), found[:1])))
+        return "invalid (policy)", found[0].message
+    due = spec.schedule is not None or run is None or run.fire_key != spec.revision
+    freeze = frozen(policy.windows, name, datetime.fromtimestamp(now, UTC)) if due else None
+    return None if freeze is None else ("frozen", str(freeze))
+
+
 _COLOURS = {"SUCCESS": "32", "completed": "32", "UNSTABLE": "33", "refused": "31", "failed": "31", "lost": "31",
-            "unknown": "31", "FAILURE": "31", "ABORTED": "33", "cancelled": "33", "invalid": "31", "building": "36",
-            "queued": "36"}
+            "unknown": "31", "FAILURE": "31", "ABORTED": "33", "cancelled": "33", "invalid": "31",
+            "invalid (policy)": "31", "frozen": "36", "building": "36", "queued": "36"}
 """ANSI colours of the words a status table shows: green done, yellow partly, red for what needs a person."""
 
 
