@@ -21,7 +21,7 @@ from reconciler.cli.options import (
     env,
     history_dir,
 )
-from reconciler.config import Policy, load_policy
+from reconciler.config import Policy
 from reconciler.core.errors import SpecError
 from reconciler.core.freeze import frozen
 from reconciler.core.policy import problems, violations
@@ -78,7 +78,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             store.close()
     catalog = Catalog.scanned(args.triggers)
     now = time.time()
-    policy = load_policy(Path(args.config), triggers=args.triggers) if args.config else Policy()
+    config = options.operator_config(args)
+    policy = Policy() if config is None else config.rules()
     rows = []
     for name in sorted(set(catalog.specs) | set(catalog.errors) | set(latest)):
         run = latest.get(name)
