@@ -91,7 +91,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     def reload_soon(*_: Any) -> None:
         for daemon in current:
-            daemon.reload_soon()
+            if daemon.live is not None:
+                daemon.live.reload_soon()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, request_stop)
@@ -139,8 +140,7 @@ def _assemble(args: argparse.Namespace, servers: Any, remote: Any, *, first: boo
             daemon = assemble(args.triggers, args.state, args.history, servers, resync_interval=args.resync_interval,
                               poll_max=args.poll_interval, writeback=None if remote is None else Writeback(remote),
                               lease=args.lease, policy=_policy(options.operator_config(args)))
-            daemon.config_source = partial(_read_again, args)
-            daemon.config_file = None if args.config is None else str(args.config)
+            daemon.follow_config(partial(_read_again, args), None if args.config is None else str(args.config))
             return daemon
         except StateError as e:
             if first or terminated is None:

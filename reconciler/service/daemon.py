@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
 import gc
 import threading
 import time
@@ -18,7 +17,7 @@ from reconciler import logs
 from reconciler.config import Policy, Server
 from reconciler.core import policy as rules
 from reconciler.core import schedule as cron
-from reconciler.core.errors import ConfigError, HistoryGitError, SpecError, StateError
+from reconciler.core.errors import HistoryGitError, SpecError, StateError
 from reconciler.core.freeze import Frozen, frozen
 from reconciler.core.plan import Action, decide, unknown_server
 from reconciler.core.runs import Provenance, Run, RunStatus, new_run, superseded
@@ -30,6 +29,7 @@ from reconciler.repo.history import History
 from reconciler.repo.watch import Watcher
 from reconciler.repo.writeback import Writeback
 from reconciler.service.execute import Executor
+from reconciler.service.liveconfig import LiveConfig, Settings, changed_keys
 from reconciler.service.supervisor import Supervisor
 from reconciler.store.base import StateStore
 from reconciler.store.open import is_dsn, open_store
@@ -44,12 +44,6 @@ STORE_RETRY = 5.0
 """After the state store refused a write (a full disk), how long the loop waits before a full pass tries again."""
 TRIM_AFTER = 500
 """Files parsed in one pass after which the heap is trimmed (see `trim_heap`)."""
-CONFIG_POLL = 2.0
-"""How often the operator's config (and the secret files it names) is read again to see if it changed:
-a ConfigMap or Secret changes by a symlink swap, which no watch on the file itself would see."""
-
-ConfigSource = Callable[[], tuple[Mapping[str, Server], Policy]]
-"""Reads the operator's config as it is now: the servers and the policy, or a ConfigError."""
 
 
 def trim_heap() -> None:
@@ -116,13 +110,9 @@ class Daemon:
         """The specs the policy refuses, with the digest of the bytes judged and the error with positions."""
         self.frozen: dict[str, Frozen] = {}
         """One-shots due but held back by a freeze window: decided again when it ends."""
-        self.config_source: ConfigSource | None = None
-        self.config_file: str | None = None
+        self.live: LiveConfig | None = None
+        """The operator's config, read again as it changes (`reconciler run` sets it up)."""
         self.make_client: Callable[[Server], Client] | None = None
-        self.config_problem: str | None = None
-        """Why the operator's config on disk is not used, while it is not: the last good one is."""
-        self._new_config: tuple[Mapping[str, Server], Policy] | None = None
-        self._config_wake = threading.Event()
 
     def take_in_history(self, stop: threading.Event) -> None:
         """With write-back, take in the history branch before deciding anything. A store with records
@@ -441,8 +431,7 @@ class Daemon:
     def readiness_notes(self) -> list[str]:
         """What /readyz says beside `ok`."""
         notes = [] if self.leadership is None else self.leadership.notes()
-        if self.config_problem is not None:
-            notes.append(f"the operator's config is invalid, the last good one is in use: {self.config_problem}")
+        notes += [] if self.live is None else self.live.notes()
         notes += [] if self.watcher is None else self.watcher.notes()
         return notes + ([] if self.writeback is None else self.writeback.notes())
 
@@ -453,7 +442,7 @@ class Daemon:
         # The watch starts before the first scan, so it is in place by the time the scan is done.
         self.watcher = Watcher(str(self.catalog.root), self._notice)
         self._watcher_thread = self.supervisor.start("watcher", self.watcher.run)
-        if self.config_source is not None:
+        if self.live is not None:
             self.supervisor.start("config", self._watch_config, stop)
         try:
             if self.leadership is None or self._stand_by(stop):
@@ -572,54 +561,29 @@ class Daemon:
         if entries:
             self.reconcile(Changes(changed=entries))
 
-    # -- the operator's config, live -------------------------------------------------------------
-    def reload_soon(self, *_: Any) -> None:
-        """SIGHUP: read the operator's config again now. Safe from a signal handler."""
-        self._config_wake.set()
+    def follow_config(self, read: Callable[[], Settings], file: str | None) -> None:
+        """Read the operator's config again as it changes (and on SIGHUP, `self.live.reload_soon`)."""
+        self.live = LiveConfig(read, file, (dict(self.servers), self.policy), self.executor.metrics,
+                               self._wake.set)
 
     def _watch_config(self, stop: threading.Event) -> None:
-        """Read the config every CONFIG_POLL seconds (and on SIGHUP); hand a changed one to the loop."""
-        assert self.config_source is not None
-        while not stop.is_set():
-            self._config_wake.wait(CONFIG_POLL)
-            self._config_wake.clear()
-            if stop.is_set():
-                return
-            self.supervisor.guard("config_read", self._read_config)
-
-    def _read_config(self) -> None:
-        assert self.config_source is not None
-        try:
-            servers, policy = self.config_source()
-        except ConfigError as e:
-            problem = logs.redact(str(e))
-            if problem != self.config_problem:
-                self.log.error("config_invalid", file=self.config_file, errors=problem.splitlines(),
-                               note="the last good config stays in use")
-            self.config_problem = problem
-            self.executor.metrics.config_invalid.set(1)
-            return
-        if self.config_problem is not None:
-            self.log.info("config_valid", note="the config on disk is in use again")
-        self.config_problem = None
-        self.executor.metrics.config_invalid.set(0)
-        if dict(servers) != dict(self.servers) or policy != self.policy:
-            self._new_config = (servers, policy)
-            self._wake.set()
+        assert self.live is not None
+        while self.live.wait(stop):
+            self.supervisor.guard("config_read", self.live.check)
 
     def _take_config(self) -> bool:
         """On the loop's thread: take up a changed config; True if it did (a full pass follows)."""
-        new, self._new_config = self._new_config, None
+        new = None if self.live is None else self.live.take()
         if new is None:
             return False
         servers, policy = new
-        changed = changed_keys(self.servers, self.policy, servers, policy)
+        changed = changed_keys((dict(self.servers), self.policy), new)
         if self.make_client is not None:
             fresh = {name: self.make_client(server) for name, server in servers.items()
                      if self.servers.get(name) != server}
             for client in self.executor.use_clients(fresh):
                 client.close()
-        self.servers, self.policy = dict(servers), policy
+        self.servers, self.policy = servers, policy
         self.against_policy.clear()
         self.executor.metrics.config_reloads.inc()
         self.log.info("config_reloaded", changed=changed)
@@ -635,6 +599,8 @@ class Daemon:
         """Safe from a signal handler: ends `run` promptly; open runs stay open in the store."""
         self.executor.stop.set()
         self._wake.set()
+        if self.live is not None:
+            self.live.reload_soon()
 
     def close(self) -> list[Run]:
         """Stop the executor, close the store and the HTTP sessions; returns the runs left open."""
@@ -652,22 +618,6 @@ def _utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
 
 
-def changed_keys(servers: Mapping[str, Server], policy: Policy, new_servers: Mapping[str, Server],
-                 new_policy: Policy) -> list[str]:
-    """What a reload changed, by key (`servers.ci.token`, `policy`): never a value, secrets being among them."""
-    out = []
-    for name in sorted(set(servers) | set(new_servers)):
-        old, new = servers.get(name), new_servers.get(name)
-        if old is None or new is None:
-            out.append(f"servers.{name}")
-        elif old != new:
-            out += [f"servers.{name}.{f.name}" for f in dataclasses.fields(Server)
-                    if getattr(old, f.name) != getattr(new, f.name)]
-    out += [key for key, a, b in (("policy", policy.rules, new_policy.rules),
-                                  ("freeze", policy.windows, new_policy.windows)) if a != b]
-    return out
-
-
 def assemble(triggers: Path, state: Path | str, history: Path | None, servers: Mapping[str, Server], *,
              clock: Callable[[], float] = time.time, resync_interval: float = 60.0,
              client_options: Mapping[str, Any] | None = None, writeback: Writeback | None = None,
@@ -676,6 +626,7 @@ def assemble(triggers: Path, state: Path | str, history: Path | None, servers: M
     clone, if there is one), the executor; on PostgreSQL, the lease that lets one replica fire (psycopg
     and the lease are loaded only by those who use them)."""
     stop = threading.Event()
+
     def make_client(server: Server) -> Client:
         return Client(server, stop=stop, **(client_options or {}))
 
