@@ -211,6 +211,12 @@ def test_the_policy_lets_its_specs_fire_and_refuses_the_others_with_positions_ne
         assert line.startswith(f"{harness.triggers / name}.yaml:{position}: ") and words in line, line
     assert "team-a/ok" not in validate.stdout
 
+    check = reconciler("check")
+    assert check.returncode == 1
+    assert all(f"{harness.triggers / name}.yaml:{position}: " in check.stdout for name, (_, position, _) in
+               REFUSED.items())
+    assert "team-a/ok" not in check.stdout and "1 job(s)" in check.stderr  # only the allowed spec is read
+
     plan = reconciler("plan", "--state", str(harness.state), "--history", str(harness.history))
     rows = {line.split()[0]: line for line in plan.stdout.splitlines()}
     assert rows["team-a/ok"].split()[1] == "fire"
@@ -229,3 +235,82 @@ def test_the_policy_lets_its_specs_fire_and_refuses_the_others_with_positions_ne
     status = reconciler("status", "--state", str(harness.state))
     rows = {line.split()[0]: line for line in status.stdout.splitlines()[1:]}
     assert "invalid (policy)" in rows["team-a/wrong-env"] and "team-a/wrong-env.yaml:3:3:" in rows["team-a/wrong-env"]
+
+
+def test_a_rotated_token_file_is_read_again_and_used_without_a_restart_and_never_logged(harness, tmp_path):
+    import argparse
+    import threading
+    from functools import partial
+
+    from reconciler.cli.run import _read_again
+
+    from .conftest import TOKEN, USER, wait_for
+
+    token = tmp_path / "secrets" / "token"
+    token.parent.mkdir()
+    token.write_text("stale-token\n")
+    config = tmp_path / "operator.yaml"
+    config.write_text(f"servers:\n  default:\n    url: {harness.url}\n    user: {USER}\n    token: {{file: {token}}}\n")
+    args = argparse.Namespace(config=config, triggers=harness.triggers, state=harness.state)
+
+    daemon = harness.build()
+    daemon.follow_config(partial(_read_again, args), str(config))
+    thread = threading.Thread(target=daemon.run, args=(daemon.executor.stop,), daemon=True)
+    thread.start()
+    harness._running[-1] = (daemon, thread)
+    [stale] = harness.logs.wait_for("config_reloaded")  # the file's token replaces the harness's
+    assert stale["changed"] == ["servers.default.token"]
+    token.write_text(TOKEN + "\n")
+    rotated = harness.logs.wait_for("config_reloaded", 2)[1]
+    assert rotated["changed"] == ["servers.default.token"]
+    harness.write("deploy", "job: plain\n")
+    wait_for(lambda: harness.sim.triggers("plain"), what="a POST with the rotated token")
+    assert [r.status for r in harness.runs("deploy")] != ["refused"]
+    assert "stale-token" not in harness.logs.getvalue() and TOKEN not in harness.logs.getvalue()
+
+
+def test_violations_are_counted_in_metrics_and_a_policy_that_allows_the_spec_lets_it_fire(harness):
+    from reconciler.config import Policy
+
+    harness.write("team-b/deploy", "job: plain\n")
+    daemon = harness.build()
+    daemon.policy = Policy(rules=(TEAM_A,))
+    daemon.bootstrap()
+    assert daemon.pass_once() == []
+    assert b"reconciler_policy_violations 1.0" in daemon.executor.metrics.render()
+    [invalid] = harness.logs.wait_for("spec_invalid")
+    assert invalid["errors"] == ["team-b/deploy.yaml:1:1: no policy rule covers trigger 'team-b/deploy' (the rules "
+                                 "cover team-a/**), and with a policy a trigger no rule names may fire nothing: ask "
+                                 "the operator for a rule, or move the file where one applies"]
+    daemon.policy = Policy(rules=(TEAM_A, Rule(triggers=("team-b/**",), jobs=("plain",), number=2)))
+    [run] = daemon.pass_once()
+    assert run.trigger == "team-b/deploy"
+    assert b"reconciler_policy_violations 0.0" in daemon.executor.metrics.render()
+
+
+def test_plan_base_says_a_change_becomes_invalid_by_the_policy_and_that_it_was_not_checked_without_it(tmp_path):
+    """CI is given the operator's published config (a policy holds no secrets); without it, it says so."""
+    import subprocess
+
+    from .test_cli import reconciler
+    from .test_preview import git
+
+    repo = tmp_path / "repo"
+    (repo / "triggers" / "team-a").mkdir(parents=True)
+    (repo / "triggers" / "team-a" / "deploy.yaml").write_text(ALLOWED)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "base")
+    (repo / "triggers" / "team-a" / "deploy.yaml").write_text(REFUSED["team-a/wrong-env"][0])
+    published = tmp_path / "policy.yaml"
+    published.write_text(POLICY + "servers:\n  default: {url: 'https://jenkins.example', token: {env: UNSET}}\n")
+
+    checked = reconciler("plan", "--base", "main", "--triggers", str(repo / "triggers"),
+                         "--history", str(repo / "history"), "--config", str(published))
+    assert checked.returncode == 1, checked.stderr
+    assert "team-a/deploy: becomes invalid (policy): parameter ENV='production' is not allowed by policy rule 1" \
+        in checked.stdout
+    unchecked = reconciler("plan", "--base", "main", "--triggers", str(repo / "triggers"),
+                           "--history", str(repo / "history"))
+    assert unchecked.returncode == 0
+    assert "team-a/deploy: will fire" in unchecked.stdout and "policy: not checked" in unchecked.stdout
