@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from reconciler.core import schedule as cron
 from reconciler.core.freeze import Frozen, Window, frozen, local_instant, wall_clock_end
 
+from .conftest import wait_for
+
 BERLIN = ZoneInfo("Europe/Berlin")
 YEAR_END = Window("year-end", start=datetime(2026, 12, 20, tzinfo=UTC), until=datetime(2027, 1, 4, tzinfo=UTC))
 WEEKENDS = Window("weekends", schedule=cron.parse("0 18 * * FRI", "Europe/Berlin"), duration=timedelta(hours=62))
@@ -176,7 +178,7 @@ def test_a_freeze_holds_a_new_one_shot_until_the_config_without_it_releases_it_o
     import time
     import urllib.request
 
-    from .conftest import TOKEN, USER, wait_for
+    from .conftest import TOKEN, USER
 
     now = datetime.now(UTC).replace(microsecond=0)
     freeze = (f"freeze:\n  - name: release-week\n    from: {now - timedelta(days=1):%Y-%m-%dT%H:%M:%SZ}\n"
@@ -238,3 +240,27 @@ def test_a_freeze_holds_a_new_one_shot_until_the_config_without_it_releases_it_o
         proc.terminate()
         proc.wait(timeout=20)
         log.close()
+
+
+def test_a_one_shot_held_by_a_window_fires_once_when_the_window_ends(harness):
+    from reconciler.config import Policy
+
+    from .test_daemon_schedule import FakeClock
+
+    clock = FakeClock(YEAR_END.start + timedelta(days=1))
+    harness.write("deploy", "job: plain\n")
+    daemon = harness.build(clock)
+    daemon.policy = Policy(windows=(YEAR_END,))
+    daemon.bootstrap()
+    assert daemon.pass_once() == []
+    [held] = harness.logs.wait_for("fire_frozen")
+    assert held["window"] == "year-end" and held["until"] == "2027-01-04T00:00:00Z"
+    clock.set(YEAR_END.until - timedelta(seconds=1))
+    daemon._thaw()
+    assert daemon.pass_once() == [] and not harness.runs("deploy")
+    clock.set(YEAR_END.until)
+    daemon._thaw()
+    daemon._thaw()
+    assert daemon.pass_once() == []
+    wait_for(lambda: harness.sim.triggers("plain"))
+    assert len(harness.runs("deploy")) == 1 and len(harness.sim.triggers("plain")) == 1

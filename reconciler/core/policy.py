@@ -82,7 +82,26 @@ class Violation:
 
 def rule_for(name: str, rules: Sequence[Rule]) -> Rule | None:
     """The first rule whose `triggers` match the trigger's name."""
-    return next((rule for rule in rules if matches_any(rule.triggers, name)), None)
+    found = _chooser(rules).fullmatch(name)
+    return None if found is None or found.lastgroup is None else rules[int(found.lastgroup[1:])]
+
+
+_last_chooser: tuple[Sequence[Rule], re.Pattern[str]] | None = None
+
+
+def _chooser(rules: Sequence[Rule]) -> re.Pattern[str]:
+    """All the rules' globs in one expression, a group per rule in their order: an alternation tries its
+    branches in order, so the group that matches is the first rule's that does. One match per trigger
+    however many rules; kept for the last rules asked about (the same object a whole pass long, so found
+    by identity: hashing fifty rules per trigger would cost more than the match)."""
+    global _last_chooser
+    last = _last_chooser
+    if last is not None and last[0] is rules:
+        return last[1]
+    chooser = re.compile("|".join(f"(?P<r{i}>{'|'.join(_compiled(g).pattern for g in rule.triggers)})"
+                                  for i, rule in enumerate(rules)) or "(?!)")
+    _last_chooser = (rules, chooser)
+    return chooser
 
 
 def _listing(globs: Sequence[str]) -> str:
