@@ -346,8 +346,8 @@ class Executor:
             try:
                 found = self._find(client, run)
             except JenkinsRefused as e:
-                if e.status != 404:
-                    self._retry(fire, e)
+                if e.status != 404:  # 401, 403, a login redirect, TLS: asking again will not help
+                    self._refused(run, e, log, lookup=True)
                     return
                 found = None  # no such job: nothing of it was built, and the POST will say why
             except JenkinsError as e:
@@ -384,11 +384,15 @@ class Executor:
                  **({"joined": "an identical request already waiting"} if accepted.joined else {}))
         self._later(self._first_look(), _Look(run, self.poll_min))
 
-    def _refused(self, run: Run, error: JenkinsRefused, log: Any) -> None:
+    def _refused(self, run: Run, error: JenkinsRefused, log: Any, *, lookup: bool = False) -> None:
         """Jenkins said no before any queue item existed (401, 403, 404, a redirect to a login page, TLS):
         nothing was accepted, so nothing can have been built. The revision is not done: the run waits,
         longer after each refusal, and the daemon posts it again when it is due, at its next start, or on
-        `reconciler retry`. What to fix is in the error."""
+        `reconciler retry`. What to fix is in the error. A refused `lookup` (the search before a POST) is
+        the same: retrying it forever would record nothing and show nothing; the healed run looks itself
+        up again before it posts."""
+        if lookup:
+            error = JenkinsRefused(f"looking the run up before posting it: {error}", error.status)
         now = self.clock()
         delay = min(self.refused_min * 2 ** max(run.attempts - 1, 0), self.refused_max)
         run = self._update(run, status=RunStatus.REFUSED, last_error=str(error), retry_at=now + delay)

@@ -9,7 +9,8 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from reconciler.core.runs import Run, RunStatus, new_run
+from reconciler.core.plan import Action
+from reconciler.core.runs import ACCEPTED, Run, RunStatus, new_run
 from reconciler.core.schedule import cursors
 from reconciler.core.spec import Spec
 from reconciler.repo.history import History, iso
@@ -30,17 +31,32 @@ def fired(history_dir: Path, state: Path | str) -> tuple[set[tuple[str, str]], d
     return found, cursors(stored, found)
 
 
-def refused(state: Path | str) -> dict[tuple[str, str], str]:
-    """Refused runs by (trigger, revision): why, and when the daemon posts them again."""
-    if not store_exists(state):
-        return {}
-    store = open_store(state)
-    try:
-        runs = store.refused_due(float("inf"))
-    finally:
-        store.close()
-    return {(r.trigger, r.fire_key): f"Jenkins refused it; next attempt {next_attempt(r)}: {r.last_error}"
-            for r in runs}
+def unaccepted(history_dir: Path, state: Path | str) -> dict[tuple[str, str], tuple[Action, str]]:
+    """One-shot runs decided that Jenkins did not accept (ACCEPTED says which count as fired), by
+    (trigger, revision): what a reader is to be told instead of "already fired". The state store's
+    word wins over the history's."""
+    runs = {r.run_id: r for r in History(history_dir).runs()
+            if r.status not in ACCEPTED and not r.fire_key.startswith("@")}
+    if store_exists(state):
+        store = open_store(state)
+        try:
+            stored = store.unaccepted()
+            accepted = store.fired() - {(r.trigger, r.fire_key) for r in stored}
+            runs = {i: r for i, r in runs.items() if (r.trigger, r.fire_key) not in accepted}
+            runs.update({r.run_id: r for r in stored})
+        finally:
+            store.close()
+    return {(r.trigger, r.fire_key): not_fired(r) for r in runs.values()}
+
+
+def not_fired(run: Run) -> tuple[Action, str]:
+    """What became of a run Jenkins has not accepted, in a reader's words."""
+    error = f": {run.last_error}" if run.last_error else ""
+    if run.status is RunStatus.REFUSED:
+        return Action.PENDING, f"Jenkins refused it; next attempt {next_attempt(run)}{error}"
+    if run.status is RunStatus.FAILED:
+        return Action.NOT_FIRED, f"revision {run.fire_key} was given up without Jenkins accepting it{error}"
+    return Action.PENDING, f"revision {run.fire_key} decided, not yet accepted by Jenkins ({run.status}){error}"
 
 
 def next_attempt(run: Run) -> str:
