@@ -102,7 +102,7 @@ def test_a_refused_lookup_is_a_visible_refusal_that_retry_heals_with_exactly_one
     assert history == ["decided", "refused"]
 
     standin.refuse_reads = False
-    healed = reconciler("retry", "deploy", *common)
+    healed = reconciler("retry", "deploy", *common[:4])
     assert healed.returncode == 0 and "1 refused run" in healed.stderr
     before = len(standin.requests)
     again = reconciler("run", "--once", *common, env=env)

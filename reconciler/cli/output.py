@@ -62,8 +62,8 @@ class Table:
         if _is_terminal(stream):
             self._rich(stream)
             return
-        if self.title:
-            print(shown(self.title), file=stream)
+        if self.title:  # for people: stdout keeps to the header and one row per line
+            print(shown(self.title), file=sys.stderr)
         for cells in [self.headers, *self.rows]:
             print("\t".join(_plain(cell) for cell in cells), file=stream)
 
