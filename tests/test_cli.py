@@ -150,7 +150,8 @@ def test_run_once_status_and_history(tmp_path, simulator):
     assert TOKEN not in result.stdout + result.stderr
 
     status = json.loads(reconciler("status", "--json", env=env).stdout)
-    assert [(s["trigger"], s["status"], s["result"]) for s in status] == [("team/deploy", "completed", "SUCCESS")]
+    assert [(s["trigger"], s["state"], s["last_run"]["result"]) for s in status] == \
+        [("team/deploy", "fired", "SUCCESS")]
     history = reconciler("history", "team/deploy", env=env).stdout.splitlines()
     assert [line.split()[1] for line in history] == ["decided", "queued", "started", "completed"]
 
@@ -269,17 +270,16 @@ def test_status_lists_every_trigger_never_run_invalid_and_deleted_marked(tmp_pat
     (triggers / "new.yaml").write_text("job: plain\nrun: 3\n")
     (triggers / "broken.yaml").write_text("jbo: plain\n")
     lines = reconciler("status", *common).stdout.splitlines()
-    assert lines[0].split("\t") == ["TRIGGER", "KIND", "STATUS", "RESULT", "BUILD", "AGE", "NEXT TICK",
-                                    "WHY NOT FIRING"]
+    assert lines[0].split("\t") == ["TRIGGER", "KIND", "STATE", "LAST RUN", "BUILD", "AGE", "NEXT TICK", "DETAIL"]
     rows = {line.split("\t")[0]: line.split("\t")[1:] for line in lines[1:]}
-    assert rows["done"][:3] == ["one-shot", "completed", "SUCCESS"] and rows["done"][3].startswith(simulator.url)
-    assert rows["gone (deleted)"][:3] == ["", "completed", "SUCCESS"]
-    assert rows["gone (deleted)"][6] == "the spec was deleted: it fires nothing"
-    assert rows["new"][:2] == ["one-shot", "never run"]
-    assert rows["broken"][1] == "invalid" and rows["broken"][6].startswith("invalid: broken.yaml:1:1: ")
+    assert rows["done"][:3] == ["one-shot", "fired", "SUCCESS"] and rows["done"][3].startswith(simulator.url)
+    assert rows["gone"][:3] == ["", "deleted", "SUCCESS"]
+    assert rows["new"][:2] == ["one-shot", "pending"] and rows["new"][6].endswith("not fired yet")
+    assert rows["broken"][1] == "invalid" and rows["broken"][6].startswith("broken.yaml:1:1: ")
     [done] = [r for r in json.loads(reconciler("status", "--json", *common).stdout) if r["trigger"] == "done"]
-    assert (done["spec"], done["job"], done["server"], done["build_number"]) == ("valid", "plain", "default", 1)
-    assert done["duration_ms"] is not None and done["build_url"].startswith(simulator.url)
+    run = done["last_run"]
+    assert (done["state"], done["job"], done["server"], run["build_number"]) == ("fired", "plain", "default", 1)
+    assert run["duration_ms"] is not None and run["build_url"].startswith(simulator.url)
 
 
 def test_bad_listen_values_and_busy_addresses_are_one_line_with_exit_2(tmp_path, simulator):

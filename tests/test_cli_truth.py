@@ -95,7 +95,8 @@ def test_a_refused_lookup_is_a_visible_refusal_that_retry_heals_with_exactly_one
     assert any(json.loads(line)["event"] == "fire_refused" for line in refused.stdout.splitlines())
 
     [row] = json.loads(reconciler("status", "--json", *common[:4]).stdout)
-    assert row["status"] == "refused" and "401" in row["last_error"] and "looking the run up" in row["last_error"]
+    assert row["state"] == "refused" and "401" in row["detail"] and "looking the run up" in row["detail"]
+    assert row["last_run"]["status"] == "refused" and row["last_run"]["retry_at"]
     [verdict] = json.loads(reconciler("plan", "--json", *common, env=env).stdout)
     assert verdict["action"] == "pending" and "refused" in verdict["detail"]
     history = [json.loads(line)["event"] for line in (tmp_path / "h" / "deploy.jsonl").read_text().splitlines()]

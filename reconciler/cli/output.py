@@ -12,7 +12,8 @@ from typing import Any
 
 from reconciler import logs
 
-COLOURS = {"SUCCESS": "green", "completed": "green", "fire": "green", "UNSTABLE": "yellow", "ABORTED": "yellow",
+COLOURS = {"SUCCESS": "green", "completed": "green", "fire": "green", "fired": "green", "scheduled": "green",
+           "UNSTABLE": "yellow", "ABORTED": "yellow",
            "cancelled": "yellow", "pending": "yellow", "suspended": "yellow", "refused": "red", "failed": "red",
            "lost": "red", "FAILURE": "red", "invalid": "red", "not fired": "red", "building": "cyan",
            "queued": "cyan", "posting": "cyan", "decided": "cyan"}

@@ -13,23 +13,23 @@ from typing import Any
 from reconciler import logs
 from reconciler.cli import options, output
 from reconciler.cli.options import EXIT_OK, NoSuchTrigger, add_common, add_output, env, history_dir, note
-from reconciler.core.errors import ConfigError, SpecError
-from reconciler.core.runs import OPEN, Run, RunStatus
-from reconciler.core.schedule import next_tick
+from reconciler.core.errors import ConfigError
+from reconciler.core.overview import as_json, outcome, overview
+from reconciler.core.runs import OPEN
 from reconciler.repo.catalog import Catalog
-from reconciler.repo.history import History, iso
-from reconciler.service import records
+from reconciler.repo.history import History
 
 
 def register(sub: Any) -> None:
-    p = options.parser(sub, "status", help="every trigger: its kind, newest run, result, next tick, why not firing",
-                       description="Every trigger, from the specs on disk and the state store: its kind (one-shot or "
-                                   "schedule), its newest run (never run, pending, queued, building, its result "
-                                   "with the build link), how long ago, the next tick of a schedule, and why it "
-                                   "is not firing (invalid, with the error's position; suspended; refused, with "
-                                   "the next attempt). Deleted triggers with runs are listed too. A table on a "
-                                   "terminal; one tab-separated row per trigger otherwise.",
-                       epilog="example: reconciler status --json | jq '.[] | select(.status == \"refused\")'")
+    p = options.parser(sub, "status", help="every trigger: its kind, state, last run, next tick, why not firing",
+                       description="Every trigger, from the specs on disk and the state store, as the web page shows "
+                                   "it: its kind (one-shot or schedule), its state (fired, pending, scheduled, "
+                                   "refused, failed, suspended, invalid, deleted) and why (the error with its "
+                                   "position, the next attempt of a refused run), its newest run's result with the "
+                                   "build link, how long ago, and a schedule's next tick. Only a run Jenkins "
+                                   "accepted counts as fired. A table on a terminal; one tab-separated row per "
+                                   "trigger otherwise.",
+                       epilog="example: reconciler status --json | jq '.[] | select(.state == \"refused\")'")
     add_common(p, history=False)
     add_output(p)
     p.set_defaults(func=cmd_status)
@@ -67,68 +67,32 @@ def register(sub: Any) -> None:
 
 
 # -- status -----------------------------------------------------------------------------------
-def status_rows(catalog: Catalog, latest: dict[str, Run], now: float) -> list[dict[str, Any]]:
-    """One object per trigger (schema/status.schema.json): what `status` shows, as data."""
-    rows = []
-    for name in sorted(set(catalog.specs) | set(catalog.errors) | set(latest)):
-        run, spec, error = latest.get(name), catalog.specs.get(name), catalog.errors.get(name)
-        state = "valid" if spec else "invalid" if error else "deleted"
-        row: dict[str, Any] = {
-            "trigger": name, "spec": state,
-            "kind": None if spec is None else "schedule" if spec.schedule else "one-shot",
-            "status": str(run.status) if run else ("invalid" if error else "never run"),
-            "suspended": bool(spec and spec.suspend), "next_tick": None, "why": None, "errors": None,
-        }
-        if spec is not None and spec.schedule is not None and not spec.suspend:
-            row["next_tick"] = next_tick(spec.schedule, datetime.fromtimestamp(now, UTC)).isoformat()
-        if error is not None:
-            row["errors"] = _problems(error)
-            row["why"] = f"invalid: {str(error).splitlines()[0]}"
-        elif spec is not None and spec.suspend:
-            row["why"] = "suspended (suspend: true)"
-        elif run is not None and run.status is RunStatus.REFUSED:
-            row["why"] = f"refused; next attempt {records.next_attempt(run)}: {run.last_error}"
-        elif state == "deleted":
-            row["why"] = "the spec was deleted: it fires nothing"
-        rows.append({**row, **(_run_json(run) if run else {})})
-    return rows
-
-
-def _problems(error: SpecError) -> list[dict[str, Any]]:
-    return [{"path": error.path, "line": p.line, "column": p.column, "message": p.message} for p in error.problems]
-
-
-def _run_json(run: Run) -> dict[str, Any]:
-    return {"run_id": run.run_id, "result": run.result, "job": run.job, "server": run.server,
-            "build_number": run.build_number, "build_url": run.build_url, "queue_url": run.queue_url,
-            "decided_at": iso(run.decided_at), "posted_at": run.posted_at and iso(run.posted_at),
-            "finished_at": run.finished_at and iso(run.finished_at), "duration_ms": run.duration_ms,
-            "attempts": run.attempts, "last_error": run.last_error, "retry_at": run.retry_at and iso(run.retry_at),
-            "parameters": dict(run.parameters) if run.parameters else None, "cause": run.cause,
-            "provenance": run.provenance}
-
-
 def cmd_status(args: argparse.Namespace) -> int:
-    """Every trigger: the specs on disk and every trigger the store has runs of, each with its newest run."""
+    """Every trigger: the specs on disk and every trigger the store has runs of, each with its newest run,
+    as the web page shows them (core/overview.py: one source, schema/status.schema.json)."""
     catalog = Catalog.scanned(options.triggers_dir(args))
     store = options.state_store(args)
     try:
         latest = store.latest()
+        # Fired means accepted by Jenkins: a refused or given-up revision is not, for a spec reverted to it.
+        fired = store.fired() - {(r.trigger, r.fire_key) for r in store.unaccepted()}
     finally:
         store.close()
-    now = time.time()
-    rows = status_rows(catalog, latest, now)
+    errors = {**{rel: e.error for rel, e in catalog.rejected.items() if e.error is not None}, **catalog.errors}
+    now = datetime.now(UTC)
+    rows = overview(catalog.specs, errors, latest, now, fired=fired)
     if args.output == "json":
-        output.document(rows)
+        output.document([as_json(row) for row in rows])
         return EXIT_OK
-    table = output.Table("TRIGGER", "KIND", "STATUS", "RESULT", "BUILD", "AGE", "NEXT TICK", "WHY NOT FIRING")
+    table = output.Table("TRIGGER", "KIND", "STATE", "LAST RUN", "BUILD", "AGE", "NEXT TICK", "DETAIL")
     for row in rows:
-        shown = row["trigger"] + (" (deleted)" if row["spec"] == "deleted" else "")
-        build = output.Link(f"#{row['build_number']}", row["build_url"]) if row.get("build_number") else \
-            output.Link("", row.get("queue_url"))
-        age = _age(now - datetime.fromisoformat(row["decided_at"]).timestamp()) if row.get("decided_at") else ""
-        table.add(shown, row["kind"] or "", output.Word(row["status"]), output.Word(row.get("result") or ""),
-                  build, age, (row["next_tick"] or "")[:16].replace("T", " "), row["why"] or "")
+        last = row.last
+        build = output.Link("", None) if last is None else \
+            output.Link(f"#{last.build_number}", last.build_url) if last.build_number else \
+            output.Link("", last.queue_url)
+        table.add(row.name, row.kind or "", output.Word(row.state), output.Word(outcome(last) if last else ""),
+                  build, _age(now.timestamp() - last.decided_at) if last else "",
+                  f"{row.next_tick:%Y-%m-%d %H:%M}Z" if row.next_tick else "", row.detail)
     table.show()
     return EXIT_OK
 
