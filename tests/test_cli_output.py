@@ -219,3 +219,11 @@ def test_jobs_written_as_people_copy_them(tmp_path, simulator):
 def test_the_view_schemas_are_valid_json_schemas():
     for path in SCHEMAS.glob("*.schema.json"):
         jsonschema.Draft202012Validator.check_schema(json.loads(path.read_text()))
+
+
+def test_validate_shows_every_problem_of_a_file_at_once(tmp_path):
+    (tmp_path / "a.yaml").write_text("job: ''\ntimezone: UTC\n")
+    result = reconciler("validate", str(tmp_path / "a.yaml"))
+    assert result.returncode == 1 and result.stdout.splitlines() == [
+        f"{tmp_path}/a.yaml:1:6: job: is empty",
+        f"{tmp_path}/a.yaml:1:1: timezone applies only to scheduled triggers: add `schedule:`"]

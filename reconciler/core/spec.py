@@ -48,6 +48,18 @@ RESERVED_PARAMETERS = ("token", "cause", "delay", "json")
 spoof the cause (and drop the run id from it), move the quiet period or change how /build is read."""
 
 
+def _schedule_keys_problem(schedule: Any, keys: Any) -> str | None:
+    """Keys that mean something only beside `schedule:`. Checked again when other keys are wrong too
+    (pydantic runs a model's own checks only once its fields are valid): every problem at once."""
+    if schedule is not None:
+        return None
+    used = [k for k in ("timezone", "starting_deadline", "concurrency", "scheduled_time_parameter") if k in keys]
+    if not used:
+        return None
+    verb = "applies" if len(used) == 1 else "apply"
+    return f"{', '.join(used)} {verb} only to scheduled triggers: add `schedule:`"
+
+
 class SpecModel(BaseModel):
     """The shape of a trigger file, as users write it."""
 
@@ -106,13 +118,11 @@ class SpecModel(BaseModel):
 
     @model_validator(mode="after")
     def _schedule_keys_need_a_schedule(self) -> SpecModel:
-        if self.schedule is None:
-            used = [k for k in ("timezone", "starting_deadline", "concurrency", "scheduled_time_parameter")
-                    if k in self.model_fields_set]
-            if used:
-                verb = "applies" if len(used) == 1 else "apply"
-                raise ValueError(f"{', '.join(used)} {verb} only to scheduled triggers: add `schedule:`")
+        problem = _schedule_keys_problem(self.schedule, self.model_fields_set)
+        if problem:
+            raise ValueError(problem)
         return self
+
 
     @field_validator("job")
     @classmethod
@@ -337,7 +347,11 @@ def _parse(text: str, name: str, path: str) -> Spec:
     try:
         model = SpecModel.model_validate(data)
     except ValidationError as e:
-        raise SpecError(path, _locate(text, e)) from None
+        problems = _locate(text, e)
+        also = _schedule_keys_problem(data.get("schedule"), data)
+        if also and all(p.message != also for p in problems):
+            problems.append(Problem(1, 1, also))
+        raise SpecError(path, problems) from None
     params = None if model.parameters is None else tuple(  # the values as loaded: validation drops `written`
         (str(k), jenkins_value(data["parameters"][k])) for k in model.parameters)
     # Interned: ten thousand triggers usually name a few hundred jobs and a server or two.
@@ -469,6 +483,8 @@ def _describe(loc: tuple[Any, ...], err: Any) -> str:
                 "scheduled_time_parameter": "a string",
                 "provenance_parameters": "a mapping of commit fields (sha, author, email, date, subject) to "
                                          "parameter names"}.get(str(loc[0]) if loc else "")
+    if err["type"] == "string_too_short":
+        return f"{where}: is empty"
     if loc[0] == "concurrency" and err["type"] == "literal_error":
         return f"concurrency: expected allow, forbid or replace, got {err['input']!r}"
     if expected and err["type"] != "value_error":
