@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from reconciler.cli import options
@@ -35,8 +36,10 @@ def cmd_retry(args: argparse.Namespace) -> int:
     store = options.state_store(args)
     try:
         if args.names:
-            known = set(Catalog.scanned(options.triggers_dir(args)).entries) | set(store.latest())
+            known = set(store.latest())
             unknown = [name for name in args.names if name not in known]
+            if unknown and Path(args.triggers).is_dir():  # a trigger with no runs yet is no mistake
+                unknown = [name for name in unknown if name not in Catalog.scanned(args.triggers).entries]
             if unknown:
                 raise NoSuchTrigger(f"no trigger {', '.join(unknown)} in {args.triggers}, and no runs of "
                                     f"{'it' if len(unknown) == 1 else 'them'} in {args.state}")
