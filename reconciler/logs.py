@@ -1,4 +1,5 @@
-"""structlog, configured once: JSON lines (or console) on stdout, with every known secret scrubbed.
+"""structlog, configured once: on stdout, console lines on a terminal and JSON lines elsewhere (as
+structlog advises), with every known secret scrubbed.
 
 structlog is imported when something first logs, not before: it brings asyncio with it,
 and the commands a pre-commit hook runs (`validate`, `plan`) never log.
@@ -8,14 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from typing import Any, TextIO
 
 from reconciler.core.redact import add_secrets, redact, scrub
 
-__all__ = ["add_secrets", "configure", "get", "redact"]
+__all__ = ["add_secrets", "colour", "configure", "get", "redact"]
 
-_pending: tuple[str, TextIO | None, str] | None = ("json", None, "info")
+_pending: tuple[str | None, TextIO | None, str] | None = (None, None, "info")
 """How logs are to be written, until the first logger applies it."""
 _root: Any = None
 """The logger every `get` binds on. Built once per configuration: structlog otherwise assembles a
@@ -42,16 +44,32 @@ class _Tolerant:
             self._stream.flush()
 
 
-def configure(fmt: str = "json", stream: TextIO | None = None, level: str = "info") -> None:
-    """Takes effect for loggers got from now on."""
+def configure(fmt: str | None = None, stream: TextIO | None = None, level: str = "info") -> None:
+    """Takes effect for loggers got from now on. `fmt` None: console lines when the stream is a
+    terminal, JSON lines otherwise (a collector, a pipe, a file)."""
     global _pending
     _pending = (fmt, stream, level)
 
 
-def _apply(fmt: str, stream: TextIO | None, level: str) -> Any:
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no such method, or closed
+        return False
+
+
+def colour(stream: TextIO) -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set to anything (no-color.org)."""
+    return _is_terminal(stream) and not os.environ.get("NO_COLOR")
+
+
+def _apply(fmt: str | None, stream: TextIO | None, level: str) -> Any:
     import structlog
 
-    renderer: Any = (structlog.dev.ConsoleRenderer(colors=False) if fmt == "console"
+    out = stream or sys.stdout
+    if fmt is None:
+        fmt = "console" if _is_terminal(out) else "json"
+    renderer: Any = (structlog.dev.ConsoleRenderer(colors=colour(out)) if fmt == "console"
                      else structlog.processors.JSONRenderer(sort_keys=False))
     structlog.configure(
         processors=[
@@ -63,7 +81,7 @@ def _apply(fmt: str, stream: TextIO | None, level: str) -> Any:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.WriteLoggerFactory(_Tolerant(stream or sys.stdout)),  # type: ignore[arg-type]
+        logger_factory=structlog.WriteLoggerFactory(_Tolerant(out)),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     return structlog.get_logger("reconciler").bind()

@@ -54,7 +54,7 @@ def test_validate_fails_files_the_daemon_would_reject_by_their_names(tmp_path):
     assert result.stdout.splitlines() == [f"{tmp_path}/a.yml:1:1: trigger 'a' is already defined by a.yaml",
                                           f"{tmp_path}/caf\\xe9.yaml:1:1: the file name is not UTF-8 text: "
                                           "rename the file"]
-    assert "3 spec(s) checked, 2 invalid" in result.stderr
+    assert "3 specs checked, 2 invalid" in result.stderr
 
 
 def test_validate_judges_the_files_pre_commit_passes_as_the_daemon_judges_them(tmp_path):
@@ -70,7 +70,7 @@ def test_validate_judges_the_files_pre_commit_passes_as_the_daemon_judges_them(t
         f"{tmp_path}/a.yml:1:1: trigger 'a' is already defined by a.yaml",
         f"{tmp_path}/big.yaml:1:1: cannot read: larger than 256 KiB, where a trigger spec takes a few hundred bytes",
         f"{tmp_path}/caf\\xe9.yaml:1:1: the file name is not UTF-8 text: rename the file"]
-    assert "4 spec(s) checked, 3 invalid" in result.stderr
+    assert "4 specs checked, 3 invalid" in result.stderr
 
 
 def test_validate_refuses_a_spec_nested_a_hundred_thousand_deep_without_crashing(tmp_path):
@@ -110,6 +110,7 @@ def test_run_refuses_a_server_config_nested_a_hundred_thousand_deep_in_one_line(
 
 def test_a_file_the_daemon_cannot_read_at_start_is_named_in_one_line(tmp_path, simulator):
     (tmp_path / "h" / "a.jsonl").mkdir(parents=True)  # a history "file" that is a folder
+    (tmp_path / "t").mkdir()
     result = reconciler("run", "--once", "--triggers", str(tmp_path / "t"), "--state", str(tmp_path / "s.db"),
                         "--history", str(tmp_path / "h"), env=jenkins_env(simulator))
     assert (result.returncode, result.stderr.splitlines()[-1]) == (
@@ -149,7 +150,8 @@ def test_run_once_status_and_history(tmp_path, simulator):
     assert TOKEN not in result.stdout + result.stderr
 
     status = json.loads(reconciler("status", "--json", env=env).stdout)
-    assert [(s["trigger"], s["status"], s["result"]) for s in status] == [("team/deploy", "completed", "SUCCESS")]
+    assert [(s["trigger"], s["state"], s["last_run"]["result"]) for s in status] == \
+        [("team/deploy", "fired", "SUCCESS")]
     history = reconciler("history", "team/deploy", env=env).stdout.splitlines()
     assert [line.split()[1] for line in history] == ["decided", "queued", "started", "completed"]
 
@@ -217,7 +219,7 @@ def test_the_checked_in_schema_matches_the_code():
 
 def test_adopt_leaves_schedules_alone(tmp_path, simulator):
     _, adopted = adopt_one(tmp_path, simulator, "nightly", "job: plain\nschedule: '@daily'\n")
-    assert adopted.returncode == 0 and "0 trigger(s) adopted" in adopted.stderr
+    assert adopted.returncode == 0 and "0 triggers adopted" in adopted.stderr
 
 
 
@@ -236,9 +238,9 @@ def test_run_once_wait_exits_3_when_a_build_fails_or_a_run_is_refused_and_0_when
     assert refused.returncode == 3 and '"missing": "refused"' in refused.stdout
     wrong_token = reconciler("run", "--once", *common, env={**jenkins_env(sim), "JENKINS_API_TOKEN": "wrong"})
     assert wrong_token.returncode == 3  # the refused run is tried again at start, and refused again
-    planned = {line.split()[0]: line.split()[1] for line in reconciler("plan", *common, env=jenkins_env(sim)).stdout
-               .splitlines()}
-    assert planned == {"bad": "up", "good": "up", "missing": "pending"}  # "up to date", and the refused one
+    planned = dict(line.split("\t")[:2] for line in reconciler("plan", *common, env=jenkins_env(sim)).stdout
+                   .splitlines()[1:])
+    assert planned == {"bad": "up to date", "good": "up to date", "missing": "pending"}  # and the refused one
 
 
 def test_run_once_timeout_bounds_the_wait_and_exits_4(tmp_path, make_simulator):
@@ -268,14 +270,16 @@ def test_status_lists_every_trigger_never_run_invalid_and_deleted_marked(tmp_pat
     (triggers / "new.yaml").write_text("job: plain\nrun: 3\n")
     (triggers / "broken.yaml").write_text("jbo: plain\n")
     lines = reconciler("status", *common).stdout.splitlines()
-    assert lines[0].split()[:5] == ["TRIGGER", "STATUS", "RESULT", "BUILD", "AGE"]
-    rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
-    assert rows["done"][:3] == ["completed", "SUCCESS", "1"] and rows["done"][4].startswith(simulator.url)
-    assert rows["gone"][:3] == ["(deleted)", "completed", "SUCCESS"]
-    assert rows["new"] == ["never", "run"] and rows["broken"][0] == "invalid"
+    assert lines[0].split("\t") == ["TRIGGER", "KIND", "STATE", "LAST RUN", "BUILD", "AGE", "NEXT TICK", "DETAIL"]
+    rows = {line.split("\t")[0]: line.split("\t")[1:] for line in lines[1:]}
+    assert rows["done"][:3] == ["one-shot", "fired", "SUCCESS"] and rows["done"][3].startswith(simulator.url)
+    assert rows["gone"][:3] == ["", "deleted", "SUCCESS"]
+    assert rows["new"][:2] == ["one-shot", "pending"] and rows["new"][6].endswith("not fired yet")
+    assert rows["broken"][1] == "invalid" and rows["broken"][6].startswith("broken.yaml:1:1: ")
     [done] = [r for r in json.loads(reconciler("status", "--json", *common).stdout) if r["trigger"] == "done"]
-    assert (done["spec"], done["job"], done["server"], done["build_number"]) == ("valid", "plain", "default", 1)
-    assert done["duration_ms"] is not None and done["build_url"].startswith(simulator.url)
+    run = done["last_run"]
+    assert (done["state"], done["job"], done["server"], run["build_number"]) == ("fired", "plain", "default", 1)
+    assert run["duration_ms"] is not None and run["build_url"].startswith(simulator.url)
 
 
 def test_bad_listen_values_and_busy_addresses_are_one_line_with_exit_2(tmp_path, simulator):
@@ -302,9 +306,10 @@ def test_next_and_history_tell_a_missing_trigger_from_one_without_ticks_or_runs(
     (triggers / "nightly.yaml").write_text("job: plain\nschedule: '@daily'\n")
     assert "no trigger nope" in reconciler("next", "nope", "--triggers", str(triggers)).stderr
     assert "one-shot trigger" in reconciler("next", "once", "--triggers", str(triggers)).stderr
+    (tmp_path / "h").mkdir()
     fresh = reconciler("history", "nightly", "--triggers", str(triggers), "--history", str(tmp_path / "h"))
     assert (fresh.returncode, fresh.stderr.strip()) == (0, "reconciler: nightly has no runs yet")
-    assert reconciler("history", "nope", "--triggers", str(triggers), "--history", str(tmp_path / "h")).returncode == 2
+    assert reconciler("history", "nope", "--triggers", str(triggers), "--history", str(tmp_path / "h")).returncode == 1
 
 
 def test_a_spec_naming_an_unknown_server_is_invalid_to_validate_run_once_and_the_daemon(tmp_path, simulator):
@@ -354,9 +359,9 @@ def test_plan_at_a_later_time_agrees_on_a_fresh_store_and_after_the_daemon_ran(t
     (triggers / "hourly.yaml").write_text("job: plain\nschedule: '0 * * * *'\nstarting_deadline: 59m\n")
     at = (datetime.now(UTC) + timedelta(hours=2)).replace(minute=30).isoformat()
     common = ["--triggers", str(triggers), "--state", str(tmp_path / "s.db"), "--history", str(tmp_path / "h")]
-    fresh = reconciler("plan", *common, "--at", at, env=jenkins_env(simulator)).stdout.split()[:2]
+    fresh = reconciler("plan", *common, "--at", at, env=jenkins_env(simulator)).stdout.splitlines()[1].split()[:2]
     assert reconciler("run", "--once", *common, env=jenkins_env(simulator)).returncode == 0
-    after = reconciler("plan", *common, "--at", at, env=jenkins_env(simulator)).stdout.split()[:2]
+    after = reconciler("plan", *common, "--at", at, env=jenkins_env(simulator)).stdout.splitlines()[1].split()[:2]
     assert fresh == after == ["hourly", "fire"]
 
 
@@ -366,6 +371,8 @@ def test_status_is_coloured_on_a_terminal_and_plain_when_piped(tmp_path):
     triggers = tmp_path / "t"
     triggers.mkdir()
     (triggers / "broken.yaml").write_text("jbo: x\n")
+    assert reconciler("adopt", "--triggers", str(triggers), "--state", str(tmp_path / "s"), "--history",
+                      str(tmp_path / "h")).returncode == 1  # makes the store; the broken spec is invalid
     args = [sys.executable, "-m", "reconciler", "status", "--triggers", str(triggers), "--state", str(tmp_path / "s")]
     assert "\033[" not in subprocess.run(args, capture_output=True, text=True, timeout=60).stdout
     leader, follower = pty.openpty()
@@ -395,4 +402,4 @@ def test_logs_prints_the_console_of_the_latest_build(tmp_path, simulator):
     shown = reconciler("logs", "deploy", "--follow", *common, env=jenkins_env(simulator))
     assert shown.returncode == 0
     assert "Started by user Alice Example" in shown.stdout and "Finished: SUCCESS" in shown.stdout
-    assert reconciler("logs", "nope", *common, env=jenkins_env(simulator)).returncode == 2
+    assert reconciler("logs", "nope", *common, env=jenkins_env(simulator)).returncode == 1  # no such trigger

@@ -67,7 +67,7 @@ def test_check_reports_each_mismatch_at_its_position_and_sends_no_post(tmp_path,
         f"{t}/required.yaml:2:1: job parameter 'TICKET' has no default and the spec does not set it",
         f"{t}/commit.yaml:4:3: job 'deploy' defines no parameter 'GIT_COMMIT': Jenkins would drop it",
     }
-    assert "9 spec(s) checked against 5 job(s) in 6 read(s), as alice on default; 10 problem(s)" in result.stderr
+    assert "9 specs checked against 5 jobs in 6 reads, as alice on default; 10 problems" in result.stderr
     assert {r.method for r in sim.requests} == {"GET"}
 
 
@@ -84,8 +84,9 @@ def test_check_behind_an_sso_proxy_says_so_for_every_spec(tmp_path, sim):
     sim.sso()
     triggers = write(tmp_path, {"a": "job: plain\n", "b": "job: deploy\nparameters: {ENV: prod}\n"})
     result = reconciler("check", str(triggers), env=jenkins_env(sim))
-    assert result.returncode == 1
+    assert result.returncode == 2  # the server could not be asked: configuration, not the specs
     assert all("is an SSO proxy in front of Jenkins?" in line for line in result.stdout.splitlines())
+    assert "reconciler: server 'default' not checked: " in result.stderr
     assert len(result.stdout.splitlines()) == 2 and {r.method for r in sim.requests} <= {"GET"}
 
 

@@ -664,7 +664,7 @@ def test_reconciler_retry_makes_a_refused_run_due_at_once(harness):
     wait_for(lambda: harness.runs("deploy") and harness.runs("deploy")[0].status == "refused")
     result = subprocess.run([sys.executable, "-m", "reconciler", "retry", "deploy", "--state", str(harness.state)],
                             capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0 and "1 refused run(s) due again" in result.stderr
+    assert result.returncode == 0 and "1 refused run due again" in result.stderr
     wait_for(lambda: harness.runs("deploy")[0].status == "completed", timeout=30, what="the retried run")
     assert len(harness.sim.builds("plain")) == 1
 

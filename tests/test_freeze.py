@@ -211,7 +211,7 @@ def test_a_freeze_holds_a_new_one_shot_until_the_config_without_it_releases_it_o
         assert held["window"] == "release-week" and held["until"] == f"{now + timedelta(days=1):%Y-%m-%dT%H:%M:%SZ}"
         plan = subprocess.run([sys.executable, "-m", "reconciler", "plan", *where], env=env, capture_output=True,
                               text=True, timeout=60)
-        assert plan.stdout.split()[:2] == ["deploy", "frozen"]
+        assert [row.split("\t")[:2] for row in plan.stdout.splitlines()[1:]] == [["deploy", "frozen"]], plan.stderr
         assert f"freeze window 'release-week' until {now + timedelta(days=1):%Y-%m-%dT%H:%M:%SZ}" in plan.stdout
         status = subprocess.run([sys.executable, "-m", "reconciler", "status", *where[:4], "--config", str(config)],
                                 env=env, capture_output=True, text=True, timeout=60)

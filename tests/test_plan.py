@@ -36,3 +36,10 @@ def test_suspended_and_invalid_triggers_do_not_fire():
 def test_a_deleted_spec_has_no_verdict_and_fires_nothing():
     gone = spec("gone")
     assert plan({}, {}, {("gone", gone.revision)}, {"default"}) == []
+
+
+def test_every_verdict_and_change_has_its_words_in_one_and_many():
+    from reconciler.cli.specs import _ACTION_WORDS
+    from reconciler.core.preview import _SAID, Kind
+
+    assert set(_ACTION_WORDS) == set(Action) and set(_SAID) == set(Kind)

@@ -215,7 +215,7 @@ def test_the_policy_lets_its_specs_fire_and_refuses_the_others_with_positions_ne
     assert check.returncode == 1
     assert all(f"{harness.triggers / name}.yaml:{position}: " in check.stdout for name, (_, position, _) in
                REFUSED.items())
-    assert "team-a/ok" not in check.stdout and "1 job(s)" in check.stderr  # only the allowed spec is read
+    assert "team-a/ok" not in check.stdout and "against 1 job in" in check.stderr  # only the allowed spec is read
 
     plan = reconciler("plan", "--state", str(harness.state), "--history", str(harness.history))
     rows = {line.split()[0]: line for line in plan.stdout.splitlines()}
@@ -234,7 +234,9 @@ def test_the_policy_lets_its_specs_fire_and_refuses_the_others_with_positions_ne
 
     status = reconciler("status", "--state", str(harness.state))
     rows = {line.split()[0]: line for line in status.stdout.splitlines()[1:]}
-    assert "invalid (policy)" in rows["team-a/wrong-env"] and "team-a/wrong-env.yaml:3:3:" in rows["team-a/wrong-env"]
+    row = rows["team-a/wrong-env"].split("\t")
+    assert row[2] == "invalid" and "team-a/wrong-env.yaml:3:3: parameter ENV='production' is not allowed by policy" \
+        in row[-1]
 
 
 def test_a_rotated_token_file_is_read_again_and_used_without_a_restart_and_never_logged(harness, tmp_path):

@@ -23,8 +23,10 @@ def git(repo, *args):
 def fired_line(name: str, text: str) -> str:
     """A history line saying `name` fired at the revision `text` has (as the daemon writes it)."""
     revision = parse(text, name=name, path=name).revision
-    return json.dumps({"at": "2026-11-30T10:00:00.000Z", "event": "decided", "trigger": name, "run_id": "r1",
-                       "fire_key": revision, "server": "default", "job": "plain"}) + "\n"
+    decided = json.dumps({"at": "2026-11-30T10:00:00.000Z", "event": "decided", "trigger": name, "run_id": "r1",
+                          "fire_key": revision, "server": "default", "job": "plain"}) + "\n"
+    return decided + json.dumps({"at": "2026-11-30T10:00:01.000Z", "event": "queued", "trigger": name,
+                                 "run_id": "r1", "fire_key": revision, "queue_url": "http://ci/queue/item/1/"}) + "\n"
 
 
 BASE = {
@@ -90,15 +92,16 @@ def test_plan_base_head_says_what_merging_would_fire_and_what_not(repo):
     assert "is never closed" in changes["breaks"]["why"]
     nightly = changes["nightly"]
     resolved = cron.resolve("H 2 * * *", "nightly")
-    assert nightly["why"] == f"'H 2 * * *' = {resolved!r} in Europe/Berlin" and len(nightly["ticks"]) == 3
+    assert nightly["why"] == f"'0 3 * * *' in UTC → 'H 2 * * *' = {resolved!r} in Europe/Berlin"  # old → new
+    assert len(nightly["ticks"]) == 3
     assert all(("CET" in t or "CEST" in t) and t.endswith("UTC)") for t in nightly["ticks"])
 
 
 def test_the_markdown_is_a_comment_a_reviewer_reads_in_ten_seconds(repo):
     text = plan(repo, "--base", "main", "--head", "change", "--format", "markdown").stdout
     first, *rest = text.splitlines()
-    assert first == ("**reconciler plan main..change**: 3 will fire, 2 will not fire, 1 schedule changed, "
-                     "1 becomes invalid, 1 deleted")
+    assert first == ("**reconciler plan main..change**: 3 triggers will fire, 2 triggers will not fire, "
+                     "1 schedule changed, 1 trigger becomes invalid, 1 trigger deleted")
     rows = [line for line in rest if line.startswith("| `")]
     assert len(rows) == 8
     deploy = next(r for r in rows if r.startswith("| `deploy`"))
@@ -108,11 +111,12 @@ def test_the_markdown_is_a_comment_a_reviewer_reads_in_ten_seconds(repo):
 
 def test_the_working_tree_is_the_default_head_and_an_unchanged_tree_plans_nothing(repo):
     assert plan(repo, "--base", "change").stdout.strip().splitlines() == [
-        "no change to any trigger",
+        "reconciler plan change..working tree: no change to any trigger",
         "policy: not checked (give --config with the operator's published config to check it)"]
     (repo / "triggers" / "stays.yaml").write_text("job: plain\nrun: 10\n")
     out = plan(repo, "--base", "change").stdout.splitlines()
-    assert out[0] == "1 will fire" and out[1] == "stays: will fire: `run` bumped"
+    assert out[0] == "reconciler plan change..working tree: 1 trigger will fire"
+    assert out[1] == "stays: will fire: `run` bumped"
 
 
 def test_plan_base_check_adds_the_live_contract_check_of_what_will_fire(repo, make_simulator):
@@ -128,7 +132,8 @@ def test_plan_base_check_adds_the_live_contract_check_of_what_will_fire(repo, ma
 
 def test_an_unknown_revision_is_one_line_naming_it(repo):
     result = plan(repo, "--base", "no-such-branch")
-    assert result.returncode == 2 and result.stderr.strip().startswith("reconciler: git rev-parse")
+    assert result.returncode == 2 and result.stderr.strip().startswith(
+        "reconciler: no git revision 'no-such-branch' in ")
 
 
 def test_dst_notes_flag_the_ticks_a_clock_change_skips_or_repeats():

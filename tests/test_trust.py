@@ -132,7 +132,7 @@ def test_links_out_of_the_tree_loops_and_linked_folders_are_refused_not_followed
     assert f"{triggers}/outside.yaml:1:1: a symlink that leads out of the triggers directory: not read" in out
     assert f"{triggers}/nothing.yaml:1:1: a symlink to nothing" in out
     assert "value-from-outside-the-tree" not in out
-    assert "2 spec(s) checked" not in checked.stderr
+    assert "2 specs checked" not in checked.stderr
 
     result = run_once(tmp_path, simulator)
     assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr

@@ -36,7 +36,12 @@ def run_demo(triggers: Path, workdir: Path, *, keep_running: bool = False) -> in
     try:
         if keep_running:
             [page] = serve(daemon, None, web_listen="127.0.0.1:0")
-            print(f"\nThe web page: http://{page.address}/  (Ctrl-C ends the demo)\n", flush=True)
+            print(f"\nThe daemon keeps watching {triggers} against the simulated Jenkins at {sim.url}; try:\n"
+                  f"  the web page: http://{page.address}/\n"
+                  f"  edit a spec under {triggers} (bump its `run:`): it fires within a second\n"
+                  f"  reconciler status --triggers {triggers} --state {workdir / 'state.db'}\n"
+                  f"  reconciler history deploy-staging --history {workdir / 'history'}\n"
+                  "Ctrl-C ends the demo.\n", flush=True)
             try:
                 daemon.run(daemon.executor.stop)
             finally:

@@ -27,16 +27,17 @@ from reconciler.config import OperatorConfig, Policy, Server, servers_of
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("run", help="watch the triggers and fire what is due (the daemon)",
+    p = options.parser(sub, "run", help="watch the triggers and fire what is due (the daemon)",
                        description="The daemon: watch --triggers, fire each one-shot once per revision and each "
                                    "schedule once per tick, follow every run to its result, and record it in the "
                                    "state store and the history. With --once: one pass, then exit with a code a "
                                    "CI job can gate on (0 ok, 1 invalid specs, 2 error, 3 a run failed or was "
-                                   "refused, 4 --timeout).",
+                                   "refused, 4 --timeout). Without --once, a missing --triggers folder is waited "
+                                   "for (git-sync may not have checked it out yet), and /readyz says so.",
                        epilog="examples: reconciler run --listen 0.0.0.0:9090\n"
-                              "          reconciler run --once --wait --timeout 20m",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                              "          reconciler run --once --wait --timeout 20m")
     add_common(p)
+    options.add_logging(p)
     p.add_argument("--once", action="store_true", default=env_flag("once"),
                    help="one pass: fire what is due, wait until it is posted, exit (env RECONCILER_ONCE)")
     p.add_argument("--wait", action="store_true", default=env_flag("wait"),
@@ -65,6 +66,8 @@ def register(sub: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.once:
+        options.triggers_dir(args)  # one pass over a folder that is not there would say nothing
     servers = options.servers(args)
     if not servers:
         print("reconciler: no Jenkins server configured: set JENKINS_URL (and JENKINS_USER, JENKINS_API_TOKEN) "

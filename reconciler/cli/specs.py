@@ -7,70 +7,78 @@ import contextlib
 import json
 import os
 import sys
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reconciler.cli import options
+from reconciler.cli import options, output
 from reconciler.cli.options import (
     EXIT_ERROR,
     EXIT_INVALID,
     EXIT_OK,
+    NoSuchTrigger,
     add_common,
+    add_output,
     duration,
     env,
     history_dir,
+    note,
     timestamp,
 )
 from reconciler.config import Policy
-from reconciler.core import policy as rules
 from reconciler.core.errors import ConfigError, Problem, SpecError
 from reconciler.core.plan import Action, plan, unknown_server
+from reconciler.core.preview import counted
+from reconciler.core.runs import ACCEPTED
 from reconciler.repo.catalog import Catalog, check_file
 from reconciler.service import records
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("validate", help="check specs; prints file:line:col: message per error, exit 1 if any",
+    p = options.parser(sub, "validate", help="check specs; prints file:line:col: message per error, exit 1 if any",
                        description="Judge spec files as the daemon does, without Jenkins: YAML, schema, links, "
                                    "names, and the servers they name when servers are configured. Fast enough "
-                                   "for a pre-commit hook.",
+                                   "for a pre-commit hook. Every problem of every file is printed; notes (how a "
+                                   "job written as its URL path was read) go to stderr.",
                        epilog="examples: reconciler validate triggers/\n"
                               "          reconciler validate triggers/team/deploy.yaml --config /etc/reconciler/"
-                              "servers.yaml",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                              "servers.yaml")
     p.add_argument("paths", nargs="*", type=Path, help="files or directories (default: --triggers)")
     p.add_argument("--triggers", type=Path, default=Path(env("triggers", "triggers")),
                    help="the triggers directory, for links and the config file's place (env RECONCILER_TRIGGERS)")
     p.add_argument("--config", type=Path, default=env("config"),
                    help="the operator's config: specs naming another server, or asking what its `policy:` does "
                         "not allow, are invalid (env RECONCILER_CONFIG; JENKINS_URL makes `default` known)")
+    add_output(p)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("check", help="check specs against the live Jenkins, read-only (GETs only)",
+    p = options.parser(sub, "check", help="check specs against the live Jenkins, read-only (GETs only)",
                        description="For each spec, against the configured server: the job exists and we may read "
                                    "it, is buildable, its parameter definitions match (unknown names, choices, "
                                    "booleans, parameters without defaults), the endpoint fits, and nothing "
                                    "redirects to a login page. One read per job however many specs name it; never "
-                                   "a POST.",
+                                   "a POST. A server that refuses our credentials (or sends us to a login page) is a "
+                                   "configuration error: exit 2.",
                        epilog="example: reconciler check triggers/ --config /etc/reconciler/servers.yaml --json")
     p.add_argument("paths", nargs="*", type=Path, help="files or directories (default: --triggers)")
     p.add_argument("--triggers", type=Path, default=Path(env("triggers", "triggers")),
                    help="directory of trigger specs (env RECONCILER_TRIGGERS)")
     p.add_argument("--config", type=Path, default=env("config"),
                    help="the operator's servers config (env RECONCILER_CONFIG)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_output(p)
     p.add_argument("--timeout", type=duration, default=duration("30s"), metavar="DURATION",
                    help="the longest a server's checks may take (default 30s)")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("plan", help="what a pass would do now (or --at TIME), per trigger",
+    p = options.parser(sub, "plan", help="what a pass would do now (or --at TIME), per trigger",
                        description="Per trigger: fire, up to date, pending (refused by Jenkins, to be posted "
                                    "again), scheduled (with the next tick), suspended or invalid. Reads the state "
-                                   "store and the history; sends nothing.",
+                                   "store and the history (a missing state store: the history alone, said on "
+                                   "stderr); sends nothing. Only a run Jenkins accepted counts as fired.",
                        epilog="example: reconciler plan --at 2026-12-24T03:00:00+01:00 --json")
     add_common(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output (same as --format json)")
+    add_output(p)
     p.add_argument("--at", type=timestamp, help="ISO 8601 time to plan for (default: now); naive means UTC")
     p.add_argument("--base", metavar="REV", help="preview a change: compare the triggers at this git revision "
                                                  "(e.g. origin/main) with --head; offline, no Jenkins, no state")
@@ -81,24 +89,27 @@ def register(sub: Any) -> None:
                    help="with --base: also check what will fire against the live Jenkins (read-only)")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("next", help="upcoming fire times of a scheduled trigger",
+    p = options.parser(sub, "next", help="upcoming fire times of a scheduled trigger",
                        description="The next ticks of a schedule, with H resolved, in its time zone and in UTC.",
                        epilog="example: reconciler next nightly/regression --count 10")
     p.add_argument("name", help="trigger name, e.g. nightly/regression")
     p.add_argument("--count", type=int, default=5, help="how many ticks (default 5)")
     p.add_argument("--triggers", type=Path, default=Path(env("triggers", "triggers")),
                    help="directory of trigger specs (env RECONCILER_TRIGGERS)")
+    add_output(p)
     p.set_defaults(func=cmd_next)
 
-    p = sub.add_parser("schema", help="print the JSON Schema of a trigger spec (for editors and CI)",
-                   description="The JSON Schema of a trigger spec, for editors (yaml-language-server) and CI.",
-                   epilog="example: reconciler schema > schema/trigger.schema.json")
+    p = options.parser(sub, "schema", help="print the JSON Schema of a trigger spec (for editors and CI)",
+                       description="The JSON Schema of a trigger spec, for editors (yaml-language-server) and CI. "
+                                   "The shape of each command's --json output is in schema/<command>.schema.json.",
+                       epilog="example: reconciler schema > schema/trigger.schema.json")
     p.set_defaults(func=cmd_schema)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Specs judged as the daemon judges them: their files, and the servers they name where servers are
-    configured (a --config, or JENKINS_URL; in another repository's pre-commit hook there are none)."""
+    configured (a --config, or JENKINS_URL; in another repository's pre-commit hook there are none).
+    Every problem is printed, a file's and the config's alike."""
     errors: list[SpecError | ConfigError] = []
     servers = None
     policy = Policy()
@@ -114,14 +125,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
         errors += [SpecError(shown, [Problem(*_value_position(shown, "server"), unknown_server(spec.server,
                                                                                                servers))])
                    for shown, spec in specs if spec.server not in servers]
-    errors += _against_policy(specs, policy)
-    for err in errors:
-        print(err)
+    errors += records.against_policy(specs, policy)
     warnings = [] if servers is None else untagged(specs, servers)
-    for warning in warnings:
-        print(warning, file=sys.stderr)
-    print(f"{count} spec(s) checked, {len(errors)} invalid"
-          f"{f', {len(warnings)} warning(s)' if warnings else ''}", file=sys.stderr)
+    notes = [(shown, *_value_position(shown, "job"), text) for shown, spec in specs for text in spec.notes]
+    if args.output == "json":
+        output.document({"checked": count, "invalid": len(errors), "problems": [
+            problem for e in errors for problem in _problems(e)],
+            "notes": [{"path": path, "line": line, "column": column, "message": text}
+                      for path, line, column, text in notes],
+            "warnings": warnings})
+    else:
+        for err in errors:
+            print(output.shown(str(err)))
+        for path, line, column, text in notes:
+            note(args, output.shown(f"{path}:{line}:{column}: note: {text}"))
+        for warning in warnings:
+            note(args, output.shown(warning))
+        warned = f", {counted(len(warnings), 'warning')}" if warnings else ""
+        note(args, f"{counted(count, 'spec')} checked, {len(errors)} invalid{warned}")
     return EXIT_INVALID if errors else EXIT_OK
 
 
@@ -142,15 +163,36 @@ def untagged(specs: list[tuple[str, Any]], servers: Any) -> list[str]:
     return out
 
 
+def _problems(error: SpecError | ConfigError) -> list[dict[str, Any]]:
+    """Each problem with its position; a config error's position is in its text (`file:line:col: …`)."""
+    if isinstance(error, SpecError):
+        return [{"path": error.path, "line": p.line, "column": p.column, "message": p.message}
+                for p in error.problems]
+    path, line, column, message = _split_position(str(error))
+    return [{"path": path, "line": line, "column": column, "message": message}]
+
+
+def _split_position(text: str) -> tuple[str, int, int, str]:
+    import re
+
+    found = re.match(r"^(.*?):(\d+):(\d+): (.*)$", text, re.S)
+    if found is None:
+        return "", 1, 1, text
+    return found[1], int(found[2]), int(found[3]), found[4]
+
+
 def _collect(paths: list[Path], args: argparse.Namespace) -> tuple[int, list[SpecError], list[tuple[str, Any]]]:
     """The spec files under `paths` (folders scanned, files judged as a scan would): how many, the
     invalid ones, and the valid ones with the path to show. The servers config, if among them, is
-    left to whoever judges it as config."""
+    left to whoever judges it as config. A path that does not exist is a configuration error."""
     config = Path(args.config).resolve() if getattr(args, "config", None) else None
     errors: list[SpecError] = []
     specs: list[tuple[str, Any]] = []
     count = 0
     for path in paths:
+        if not path.exists() and not path.is_symlink():
+            raise ConfigError(f"no such file or folder: {path}" + (" (--triggers, env RECONCILER_TRIGGERS)"
+                                                                  if path == args.triggers else ""))
         if config is not None and path.resolve() == config:  # `validate triggers/*.yaml servers.yaml`
             count += 1
         elif path.is_dir():
@@ -158,15 +200,13 @@ def _collect(paths: list[Path], args: argparse.Namespace) -> tuple[int, list[Spe
             count += len(catalog.entries) + len(catalog.rejected)
             errors += [SpecError(str(path / e.path), e.problems) for e in catalog.errors.values()]
             specs += [(str(path / e.path), e.spec) for e in catalog.entries.values() if e.spec is not None]
-        elif path.exists():
+        else:
             count += 1
             judged = check_file(str(path), str(args.triggers))
             if isinstance(judged, SpecError):
                 errors.append(judged)
             else:
                 specs.append((str(path), judged))
-        else:
-            errors.append(SpecError(str(path), [Problem(1, 1, "no such file or directory")]))
     return count, errors, specs
 
 
@@ -176,20 +216,6 @@ def _policy(args: argparse.Namespace) -> Policy | None:
     return None if config is None else config.rules()
 
 
-def _against_policy(specs: list[tuple[str, Any]], policy: Policy) -> list[SpecError]:
-    """The specs the policy refuses, each violation at the offending key of its file."""
-    out = []
-    for shown, spec in specs:
-        found = rules.violations(spec, policy.rules)
-        if found:
-            try:
-                text = Path(shown).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError):
-                text = ""
-            out.append(SpecError(shown, rules.problems(text, found)))
-    return out
-
-
 def cmd_check(args: argparse.Namespace) -> int:
     """The live contract check: each spec against the job it names, read-only."""
     from reconciler.jenkins import contract
@@ -197,7 +223,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     servers = options.servers(args)
     count, invalid, specs = _collect(args.paths or [args.triggers], args)
-    refused = _against_policy(specs, _policy(args) or Policy())
+    refused = records.against_policy(specs, _policy(args) or Policy())
     invalid += refused
     specs = [(shown, spec) for shown, spec in specs if shown not in {e.path for e in refused}]
     clients = {name: Client(server, attempts=2, backoff=0.2, max_backoff=1.0) for name, server in servers.items()}
@@ -208,22 +234,24 @@ def cmd_check(args: argparse.Namespace) -> int:
             client.close()
     problems = [str(e) for e in invalid] + [str(f) for f in report.findings]
     warnings = untagged(specs, servers)
-    if args.json:
-        print(json.dumps({"specs": count, "jobs": report.jobs, "reads": report.reads, "users": report.users,
-                          "warnings": warnings,
-                          "problems": [{"path": f.path, "line": f.line, "column": f.column, "message": f.message}
-                                       for f in report.findings] +
-                                      [{"path": e.path, "line": p.line, "column": p.column, "message": p.message}
-                                       for e in invalid for p in e.problems]}, indent=2))
+    if args.output == "json":
+        output.document({"specs": count, "jobs": report.jobs, "reads": report.reads, "users": report.users,
+                         "unreached": report.unreached, "warnings": warnings,
+                         "problems": [{"path": f.path, "line": f.line, "column": f.column, "message": f.message}
+                                      for f in report.findings] + [p for e in invalid for p in _problems(e)]})
     else:
         for line in problems:
-            print(line)
+            print(output.shown(line))
         for line in warnings:
-            print(line, file=sys.stderr)
-    users = ", ".join(f"{user} on {server}" for server, user in sorted(report.users.items())) or "no server"
-    print(f"{count} spec(s) checked against {report.jobs} job(s) in {report.reads} read(s), as {users}; "
-          f"{len(problems)} problem(s). Job/Build permission is proven only by a POST, which check never sends",
-          file=sys.stderr)
+            note(args, output.shown(line))
+    users = ", ".join(f"{user} on {server}" for server, user in sorted(report.users.items()))
+    unreached = "; ".join(f"server {server!r} not checked: {why}" for server, why in sorted(report.unreached.items()))
+    note(args, f"{counted(count, 'spec')} checked against {counted(report.jobs, 'job')} in "
+               f"{counted(report.reads, 'read')}" + (f", as {users}" if users else "") +
+               f"; {counted(len(problems), 'problem')}. Job/Build permission is proven only by a POST, which check "
+               "never sends" + (f"\nreconciler: {unreached}" if unreached else ""))
+    if report.unreached:
+        return EXIT_ERROR  # credentials, a login page, a server down: configuration, not the specs
     return EXIT_INVALID if problems else EXIT_OK
 
 
@@ -239,28 +267,45 @@ def _value_position(path: str, key: str) -> tuple[int, int]:
 def cmd_plan(args: argparse.Namespace) -> int:
     if args.base:
         return _plan_change(args)
-    catalog = Catalog.scanned(args.triggers)
-    fired, cursors = records.fired(history_dir(args), args.state)
+    from reconciler.store.open import store_exists
+
+    catalog = Catalog.scanned(options.triggers_dir(args))
+    history = history_dir(args)
+    if not store_exists(args.state):
+        note(args, f"reconciler: no state store at {args.state}: planning from the history in {history} alone")
+    fired, cursors = records.fired(history, args.state)
     real_now = datetime.now(UTC)
+    at = args.at or real_now
     policy = _policy(args) or Policy()
     against = {e.name: error for e in catalog.entries.values() if e.spec is not None
-               for error in _against_policy([(str(args.triggers / e.path), e.spec)], policy)}
+               for error in records.against_policy([(str(catalog.root / e.path), e.spec)], policy)}
     specs = {name: spec for name, spec in catalog.specs.items() if name not in against}
-    verdicts = plan(specs, {**catalog.errors, **against}, fired, options.servers(args), now=args.at or real_now,
-                    cursors=cursors, refused=records.refused(args.state), since=min(real_now, args.at or real_now),
+    verdicts = plan(specs, {**catalog.errors, **against}, fired, options.servers(args), now=at, cursors=cursors,
+                    unaccepted=records.unaccepted(history, args.state), since=min(real_now, at),
                     windows=policy.windows)
-    if args.json:
-        print(json.dumps([{"trigger": v.trigger, "action": v.action.value, "detail": v.detail,
-                           "server": v.spec.server if v.spec else None, "job": v.spec.job if v.spec else None,
-                           "endpoint": v.spec.endpoint if v.spec else None,
-                           "parameters": dict(v.spec.parameters) if v.spec and v.spec.parameters else None,
-                           "revision": v.spec.revision if v.spec else None} for v in verdicts], indent=2))
+    if args.output == "json":
+        output.document([{"trigger": v.trigger, "action": v.action.value, "detail": v.detail,
+                          "server": v.spec.server if v.spec else None, "job": v.spec.job if v.spec else None,
+                          "endpoint": v.spec.endpoint if v.spec else None,
+                          "parameters": dict(v.spec.parameters) if v.spec and v.spec.parameters else None,
+                          "revision": v.spec.revision if v.spec else None} for v in verdicts])
     else:
-        width = max((len(v.trigger) for v in verdicts), default=7)
+        counts = Counter(v.action for v in verdicts)
+        said = ", ".join(f"{n} {_ACTION_WORDS[action][n != 1]}" for action, n in counts.items())
+        title = f"Plan at {at.isoformat(timespec='seconds')} for {counted(len(verdicts), 'trigger')}" + \
+            (f": {said}" if said else "")
+        table = output.Table("TRIGGER", "ACTION", "DETAIL", title=title)
         for v in verdicts:
-            detail = v.detail.splitlines()[0] if v.detail else ""
-            print(f"{v.trigger:<{width}}  {v.action.value:<10}  {detail}")
+            table.add(v.trigger, output.Word(v.action.value), v.detail.splitlines()[0] if v.detail else "")
+        table.show()
     return EXIT_INVALID if any(v.action is Action.INVALID for v in verdicts) else EXIT_OK
+
+
+_ACTION_WORDS = {Action.FIRE: ("to fire", "to fire"), Action.UP_TO_DATE: ("up to date", "up to date"),
+                 Action.INVALID: ("invalid", "invalid"), Action.SUSPENDED: ("suspended", "suspended"),
+                 Action.SCHEDULED: ("scheduled", "scheduled"), Action.PENDING: ("pending", "pending"),
+                 Action.NOT_FIRED: ("given up, not fired", "given up, not fired"),
+                 Action.FROZEN: ("frozen", "frozen")}
 
 
 def _plan_change(args: argparse.Namespace) -> int:
@@ -278,8 +323,9 @@ def _plan_change(args: argparse.Namespace) -> int:
                                    "give --config with the operator's published config to check it") + ")"
     with contextlib.ExitStack() as stack:
         base, base_history = stack.enter_context(repo.checkout(args.base))
-        head = stack.enter_context(repo.checkout(args.head))[0] if args.head else Catalog.scanned(args.triggers)
-        fired = {(r.trigger, r.fire_key) for r in base_history.runs()}
+        head = stack.enter_context(repo.checkout(args.head))[0] if args.head else \
+            Catalog.scanned(options.triggers_dir(args))
+        fired = {(r.trigger, r.fire_key) for r in base_history.runs() if r.status in ACCEPTED}
         changes = preview.preview(_entries(base), _entries(head), fired, now,
                                   rules=None if policy is None else policy.rules)
         findings: list[str] = []
@@ -291,25 +337,26 @@ def _plan_change(args: argparse.Namespace) -> int:
             report = contract.check(firing, clients, per_server=30.0)
             root = str(head.root) + os.sep
             findings = [str(f).replace(root, "") for f in report.findings]
-    fmt = "json" if args.json else args.format
+    fmt = "json" if args.output == "json" else args.format
+    title = f"reconciler plan {args.base}..{args.head or 'working tree'}"
     if fmt == "json":
         out = json.loads(preview.as_json(changes))
         out["check"] = findings if args.check else None
         out["policy_checked"] = policy_note is None
-        print(json.dumps(out, indent=2))
+        output.document(out)
     elif fmt == "markdown":
-        print(preview.as_markdown(changes, f"reconciler plan {args.base}..{args.head or 'working tree'}"))
+        print(preview.as_markdown(changes, title))
         if findings:
             print("\n**Live check against Jenkins found problems:**\n")
             print("\n".join(f"- `{line}`" for line in findings))
         if policy_note:
             print(f"\n_{policy_note}_")
     else:
-        print(preview.as_text(changes))
+        print(output.shown(preview.as_text(changes, title)))
         for line in findings:
-            print(f"check: {line}")
+            print(output.shown(f"check: {line}"))
         if policy_note:
-            print(policy_note)
+            print(output.shown(policy_note))
     invalid = any(c.kind in (preview.Kind.INVALID, preview.Kind.POLICY) for c in changes)
     return EXIT_INVALID if invalid or findings else EXIT_OK
 
@@ -322,21 +369,26 @@ def _entries(catalog: Catalog) -> dict[str, Any]:
 def cmd_next(args: argparse.Namespace) -> int:
     from reconciler.core.schedule import ticks
 
-    catalog = Catalog.scanned(args.triggers)
+    catalog = Catalog.scanned(options.triggers_dir(args))
     if args.name in catalog.errors:
-        print(catalog.errors[args.name], file=sys.stderr)
+        print(output.shown(str(catalog.errors[args.name])), file=sys.stderr)
         return EXIT_INVALID
     spec = catalog.specs.get(args.name)
     if spec is None:
-        print(f"reconciler: no trigger {args.name} in {args.triggers}", file=sys.stderr)
-        return EXIT_ERROR
+        raise NoSuchTrigger(f"no trigger {args.name} in {args.triggers}")
     if spec.schedule is None:
-        print(f"reconciler: {args.name} is a one-shot trigger (no `schedule:`): it has no ticks", file=sys.stderr)
-        return EXIT_ERROR
-    print(f"{spec.name}: {spec.schedule.expression!r} → {spec.schedule.cron!r} in {spec.schedule.timezone}")
+        raise NoSuchTrigger(f"{args.name} is a one-shot trigger (no `schedule:`): it has no ticks")
     upcoming = ticks(spec.schedule, datetime.now(UTC))
-    for _ in range(args.count):
-        tick = next(upcoming)
+    found = [next(upcoming) for _ in range(args.count)]
+    if args.output == "json":
+        output.document({"trigger": spec.name, "expression": spec.schedule.expression, "cron": spec.schedule.cron,
+                         "timezone": spec.schedule.timezone, "suspended": spec.suspend,
+                         "ticks": [{"local": t.astimezone(spec.schedule.tz).isoformat(),
+                                    "utc": f"{t:%Y-%m-%dT%H:%M:%SZ}"} for t in found]})
+        return EXIT_OK
+    print(output.shown(f"{spec.name}: {spec.schedule.expression!r} → {spec.schedule.cron!r} in "
+                       f"{spec.schedule.timezone}" + (" (suspended: nothing fires)" if spec.suspend else "")))
+    for tick in found:
         print(f"  {tick.astimezone(spec.schedule.tz).isoformat()}  ({tick:%Y-%m-%dT%H:%M:%SZ})")
     return EXIT_OK
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -13,39 +11,37 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import logs
-from reconciler.cli import options
-from reconciler.cli.options import (
-    EXIT_ERROR,
-    EXIT_OK,
-    add_common,
-    env,
-    history_dir,
-)
+from reconciler.cli import options, output
+from reconciler.cli.options import EXIT_OK, NoSuchTrigger, add_common, add_output, env, history_dir, note
 from reconciler.config import Policy
-from reconciler.core.errors import SpecError
-from reconciler.core.freeze import frozen
-from reconciler.core.policy import problems, violations
-from reconciler.core.runs import RunStatus
+from reconciler.core.errors import ConfigError
+from reconciler.core.overview import as_json, outcome, overview
+from reconciler.core.runs import OPEN
 from reconciler.repo.catalog import Catalog
-from reconciler.repo.history import History, iso
+from reconciler.repo.history import History
 from reconciler.service import records
-from reconciler.store.open import open_store, store_exists
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("status", help="every trigger and its newest run",
-                       description="Every trigger, from the specs on disk and the state store: never run, "
-                                   "pending (refused, with the next attempt), queued, building, its result; "
-                                   "invalid and deleted triggers marked.",
-                       epilog="example: reconciler status --json | jq '.[] | select(.status == \"refused\")'")
+    p = options.parser(sub, "status", help="every trigger: its kind, state, last run, next tick, why not firing",
+                       description="Every trigger, from the specs on disk and the state store, as the web page shows "
+                                   "it: its kind (one-shot or schedule), its state (fired, pending, scheduled, "
+                                   "refused, failed, suspended, invalid, deleted) and why (the error with its "
+                                   "position, the next attempt of a refused run), its newest run's result with the "
+                                   "build link, how long ago, and a schedule's next tick. Only a run Jenkins "
+                                   "accepted counts as fired. A table on a terminal; one tab-separated row per "
+                                   "trigger otherwise.",
+                       epilog="example: reconciler status --json | jq '.[] | select(.state == \"refused\")'")
     add_common(p, history=False)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_output(p)
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("history", help="the recorded events of one trigger",
+    p = options.parser(sub, "history", help="the recorded events of one trigger",
                        description="Each event of the trigger's runs, oldest first: what was asked of Jenkins "
-                                   "(parameters, cause), the queue item, the build and its result.",
-                       epilog="example: reconciler history team/deploy --json")
+                                   "(parameters, the cause note, who asked), the queue item, the build, its "
+                                   "result, and whether Jenkins kept the cause note and the parameters.",
+                       epilog="examples: reconciler history team/deploy --json\n"
+                              "          reconciler history team/deploy --follow --jsonl")
     p.add_argument("name", help="trigger name, e.g. team/deploy")
     p.add_argument("--history", type=Path, default=Path(env("history", "history")),
                    help="history directory (env RECONCILER_HISTORY)")
@@ -54,157 +50,173 @@ def register(sub: Any) -> None:
     p.add_argument("--config", type=Path, default=env("config"),
                    help="the operator's config: with history write-back, the history is read from its clone "
                         "(env RECONCILER_CONFIG)")
-    p.add_argument("--json", action="store_true", help="raw JSON lines")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing events as they are recorded")
+    add_output(p, jsonl="one event per line, as recorded (streams with --follow)")
     p.set_defaults(func=cmd_history)
 
-    p = sub.add_parser("logs", help="print the console of a trigger's latest build",
+    p = options.parser(sub, "logs", help="print the console of a trigger's latest build",
                        description="The console of the newest build of a trigger's runs, read from Jenkins "
-                                   "(progressiveText); --follow keeps printing until the build ends.",
+                                   "(progressiveText). --follow waits for a run still queued to start its build, "
+                                   "then prints until the build ends. --json prints the build's metadata "
+                                   "instead of its console.",
                        epilog="example: reconciler logs team/deploy --follow")
     p.add_argument("name", help="trigger name, e.g. team/deploy")
-    p.add_argument("--follow", action="store_true", help="keep printing while the build runs")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="wait for the newest run's build, and keep printing while it runs")
     add_common(p, history=False)
+    add_output(p)
     p.set_defaults(func=cmd_logs)
 
 
+# -- status -----------------------------------------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> int:
-    """Every trigger: the specs on disk and every trigger the store has runs of, each with its newest run."""
-    latest = {}
-    if store_exists(args.state):
-        store = open_store(args.state)
-        try:
-            latest = store.latest()
-        finally:
-            store.close()
-    catalog = Catalog.scanned(args.triggers)
-    now = time.time()
+    """Every trigger: the specs on disk and every trigger the store has runs of, each with its newest run,
+    as the web page shows them (core/overview.py: one source, schema/status.schema.json)."""
+    catalog = Catalog.scanned(options.triggers_dir(args))
+    store = options.state_store(args)
+    try:
+        latest = store.latest()
+        # Fired means accepted by Jenkins: a refused or given-up revision is not, for a spec reverted to it.
+        fired = store.fired() - {(r.trigger, r.fire_key) for r in store.unaccepted()}
+    finally:
+        store.close()
+    errors = {**{rel: e.error for rel, e in catalog.rejected.items() if e.error is not None}, **catalog.errors}
+    now = datetime.now(UTC)
     config = options.operator_config(args)
-    policy = Policy() if config is None else config.rules()
-    rows = []
-    for name in sorted(set(catalog.specs) | set(catalog.errors) | set(latest)):
-        run = latest.get(name)
-        spec = "valid" if name in catalog.specs else "invalid" if name in catalog.errors else "deleted"
-        status = run.status if run else ("invalid" if spec == "invalid" else "never run")
-        where = ""
-        if run is not None:
-            where = run.build_url or run.queue_url or run.last_error or ""
-            if run.status is RunStatus.REFUSED:
-                where = f"next attempt {records.next_attempt(run)}: {run.last_error}"
-        elif spec == "invalid":
-            where = str(catalog.errors[name]).splitlines()[0]
-        held = _held(catalog, name, run, policy, now)
-        if held is not None:
-            spec, status, where = "valid" if held[0] == "frozen" else "invalid", *held
-        rows.append((name, spec, status, run, where))
-    if args.json:
-        print(json.dumps([{"trigger": name, "spec": spec, "status": status, **(_run_json(run) if run else {})}
-                          for name, spec, status, run, _ in rows], indent=2))
+    refused, frozen = records.held([(str(catalog.root / e.path), e.spec) for e in catalog.entries.values()
+                                    if e.spec is not None], config.rules() if config else Policy(), now)
+    rows = overview(catalog.specs, errors, latest, now, fired=fired, refused=refused, frozen=frozen)
+    if args.output == "json":
+        output.document([as_json(row) for row in rows])
         return EXIT_OK
-    table = [("TRIGGER", "STATUS", "RESULT", "BUILD", "AGE", "URL OR ERROR")]
-    for name, spec, status, run, where in rows:
-        shown = name + (" (deleted)" if spec == "deleted" else "")
-        table.append((shown, status, (run.result or "") if run else "", str(run.build_number or "") if run else "",
-                      _age(now - run.decided_at) if run else "", where))
-    widths = [max(len(row[i]) for row in table) for i in range(5)]
-    paint = _painter(sys.stdout)
-    for row in table:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        cells[1], cells[2] = paint(row[1], cells[1]), paint(row[2], cells[2])
-        print("  ".join(cells) + "  " + row[5])
+    table = output.Table("TRIGGER", "KIND", "STATE", "LAST RUN", "BUILD", "AGE", "NEXT TICK", "DETAIL")
+    for row in rows:
+        last = row.last
+        build = output.Link("", None) if last is None else \
+            output.Link(f"#{last.build_number}", last.build_url) if last.build_number else \
+            output.Link("", last.queue_url)
+        table.add(row.name, row.kind or "", output.Word(row.state), output.Word(outcome(last) if last else ""),
+                  build, _age(now.timestamp() - last.decided_at) if last else "",
+                  f"{row.next_tick:%Y-%m-%d %H:%M}Z" if row.next_tick else "", row.detail)
+    table.show()
     return EXIT_OK
-
-
-def _held(catalog: Catalog, name: str, run: Any, policy: Policy, now: float) -> tuple[str, str] | None:
-    """What the operator's config holds a valid spec to: refused by the policy (with the first offending
-    key's position), or frozen, if due, until its window ends."""
-    spec = catalog.specs.get(name)
-    if spec is None:
-        return None
-    found = violations(spec, policy.rules)
-    if found:
-        path = catalog.root / catalog.entries[name].path
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            return "invalid (policy)", str(SpecError(str(path), problems(path.read_text("utf-8"), found[:1])))
-        return "invalid (policy)", found[0].message
-    due = spec.schedule is not None or run is None or run.fire_key != spec.revision
-    freeze = frozen(policy.windows, name, datetime.fromtimestamp(now, UTC)) if due else None
-    return None if freeze is None else ("frozen", str(freeze))
-
-
-_COLOURS = {"SUCCESS": "32", "completed": "32", "UNSTABLE": "33", "refused": "31", "failed": "31", "lost": "31",
-            "unknown": "31", "FAILURE": "31", "ABORTED": "33", "cancelled": "33", "invalid": "31",
-            "invalid (policy)": "31", "frozen": "36", "building": "36", "queued": "36"}
-"""ANSI colours of the words a status table shows: green done, yellow partly, red for what needs a person."""
-
-
-def _painter(stream: Any) -> Any:
-    """Colour on a terminal (unless NO_COLOR is set), plain text when piped."""
-    if not stream.isatty() or os.environ.get("NO_COLOR"):
-        return lambda word, cell: cell
-    return lambda word, cell: f"\033[{_COLOURS[word]}m{cell}\033[0m" if word in _COLOURS else cell
-
-
-def _run_json(run: Any) -> dict[str, Any]:
-    return {"run_id": run.run_id, "result": run.result, "job": run.job, "server": run.server,
-            "build_number": run.build_number, "build_url": run.build_url, "queue_url": run.queue_url,
-            "decided_at": iso(run.decided_at), "posted_at": run.posted_at and iso(run.posted_at),
-            "finished_at": run.finished_at and iso(run.finished_at), "duration_ms": run.duration_ms,
-            "attempts": run.attempts, "last_error": run.last_error, "retry_at": run.retry_at and iso(run.retry_at),
-            "parameters": dict(run.parameters) if run.parameters else None, "cause": run.cause,
-            "provenance": run.provenance}
 
 
 def _age(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
+    return f"{max(int(seconds), 0)}s"
 
 
+# -- history ----------------------------------------------------------------------------------
 def cmd_history(args: argparse.Namespace) -> int:
     history = history_dir(args)
+    if not history.is_dir():
+        raise ConfigError(f"no history folder at {history} (--history, env RECONCILER_HISTORY)")
     events = History(history).read(args.name)
     if not events:
-        known = args.name in Catalog.scanned(args.triggers).entries
-        print(f"reconciler: {args.name} has no runs yet" if known else
-              f"reconciler: no trigger {args.name} in {args.triggers}, and no history for it in {history}",
-              file=sys.stderr)
-        return EXIT_OK if known else EXIT_ERROR
+        if args.name not in Catalog.scanned(options.triggers_dir(args)).entries:
+            raise NoSuchTrigger(f"no trigger {args.name} in {args.triggers}, and no history for it in {history}")
+        note(args, f"reconciler: {args.name} has no runs yet")
+    if args.output == "json":
+        output.document({"trigger": args.name, "events": events})
+        return EXIT_OK
     for ev in events:
-        if args.json:
-            print(json.dumps(ev, sort_keys=True))
-            continue
-        shown = [("scheduled_for", "tick"), ("server", "server"), ("job", "job"), ("parameters", "parameters"),
-                 ("cause", "cause"), ("queue_url", "queue"), ("number", "build"), ("result", "result"),
-                 ("url", "url"), ("duration_ms", "ms"), ("reason", "reason")]
-        extra = "  ".join(f"{label}={_plain(ev[key])}" for key, label in shown if key in ev)
-        print(f"{ev.get('at')}  {ev.get('event'):<10} run {ev.get('run_id')}  {extra}".rstrip())
+        _show_event(args, ev)
+    seen = len(events)
+    while args.follow:
+        time.sleep(1.0)
+        events = History(history).read(args.name)
+        for ev in events[seen:]:
+            _show_event(args, ev)
+        seen = len(events)
     return EXIT_OK
 
 
-def _plain(value: Any) -> str:
+def _show_event(args: argparse.Namespace, ev: dict[str, Any]) -> None:
+    if args.output == "jsonl":
+        print(json.dumps(ev, sort_keys=True, ensure_ascii=False), flush=True)
+        return
+    print(history_line(ev), flush=args.follow)
+
+
+def history_line(ev: dict[str, Any]) -> str:
+    """One event for people: what was sent (parameters, cause note, who asked), what Jenkins did with it."""
+    parts = [str(ev.get("at")), f"{ev.get('event')!s:<9}", f"run {ev.get('run_id')}"]
+    if "scheduled_for" in ev:
+        parts.append(f"tick {ev['scheduled_for']}")
+    if ev.get("event") in ("decided", "adopted", "missed", "skipped"):
+        parts.append(f"job {ev.get('server', 'default')}:{ev.get('job')}")
+        parts.append("parameters " + (_pairs(ev["parameters"]) if ev.get("parameters") else "none (build)"))
+        commit = ev.get("provenance")
+        if isinstance(commit, dict):
+            parts.append(f"asked by {commit.get('author')} <{commit.get('email')}> in {str(commit.get('sha'))[:7]}")
+        if ev.get("cause"):
+            parts.append(f"cause {ev['cause']!r}")
+    for key, label in (("queue_url", "queue"), ("result", "result"), ("number", "build #"), ("url", ""),
+                       ("duration_ms", "ms")):
+        if ev.get(key) is not None:
+            parts.append(f"{label}{ev[key]}" if label.endswith("#") else
+                         f"{ev[key]} {label}" if label == "ms" else f"{label} {ev[key]}".strip())
+    if "causes" in ev:
+        kept = any(ev.get("run_id", "") in str(c) for c in ev.get("causes") or ())
+        parts.append("cause note kept by Jenkins" if kept else
+                     "cause note dropped by Jenkins (the job has no build token)")
+    if ev.get("ran_with"):
+        parts.append(f"ran with {_pairs(ev['ran_with'])}")
+    if ev.get("ignored"):
+        parts.append(f"Jenkins dropped parameters {', '.join(map(str, ev['ignored']))} (the job does not define "
+                     "them)")
+    if ev.get("changed"):
+        parts.append(f"Jenkins ran with other values: {_pairs(ev['changed'])}")
+    if ev.get("reason"):
+        parts.append(f"reason: {ev['reason']}")
+    if ev.get("retry_at"):
+        parts.append(f"next attempt {ev['retry_at']}")
+    return output.shown("  ".join(parts))
+
+
+def _pairs(value: Any) -> str:
     if isinstance(value, dict):
-        return ",".join(f"{k}={v}" for k, v in value.items())
+        return ", ".join(f"{k}={v}" for k, v in value.items())
     return str(value)
 
 
+# -- logs -------------------------------------------------------------------------------------
 def cmd_logs(args: argparse.Namespace) -> int:
     from reconciler.jenkins.client import Client
-    if not store_exists(args.state):
-        print(f"reconciler: no state store at {args.state}", file=sys.stderr)
-        return EXIT_ERROR
-    store = open_store(args.state)
+
+    store = options.state_store(args)
     try:
-        run = next((r for r in store.runs(args.name) if r.build_url), None)
+        runs = store.runs(args.name)
+        while args.follow and runs and runs[0].status in OPEN and not runs[0].build_url:  # the new build
+            note(args, f"reconciler: run {runs[0].run_id} of {args.name} is {runs[0].status}; waiting for its "
+                       "build to start")
+            while runs and runs[0].status in OPEN and not runs[0].build_url:
+                time.sleep(1.0)
+                runs = store.runs(args.name)
     finally:
         store.close()
+    if not runs and args.name not in Catalog.scanned(options.triggers_dir(args)).entries:
+        raise NoSuchTrigger(f"no trigger {args.name} in {args.triggers}, and no runs of it in {args.state}")
+    run = next((r for r in runs if r.build_url), None)
+    if runs and run is not runs[0]:
+        note(args, f"reconciler: the newest run of {args.name} ({runs[0].run_id}) is {runs[0].status}, without a "
+                   "build" + (f"; showing the build before it, #{run.build_number}" if run else ""))
     if run is None:
-        print(f"reconciler: {args.name} has no build yet", file=sys.stderr)
-        return EXIT_ERROR
+        note(args, f"reconciler: {args.name} has no build yet")
+        if args.output == "json":
+            output.document(None)
+        return EXIT_OK
+    if args.output == "json":
+        output.document({"trigger": run.trigger, "run_id": run.run_id, "status": str(run.status),
+                         "server": run.server, "job": run.job, "build_number": run.build_number,
+                         "build_url": run.build_url, "result": run.result})
+        return EXIT_OK
     servers = options.servers(args)
     if run.server not in servers:
-        print(f"reconciler: server {run.server!r} of {args.name}'s build is not configured", file=sys.stderr)
-        return EXIT_ERROR
+        raise ConfigError(f"server {run.server!r} of {args.name}'s build is not configured")
     client = Client(servers[run.server])
     start, more = 0, True
     try:

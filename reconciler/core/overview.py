@@ -37,6 +37,8 @@ class State(StrEnum):
     FAILED = "failed"
     """The current revision's run was given up; bump `run` to fire it again."""
     SUSPENDED = "suspended"
+    FROZEN = "frozen"
+    """A freeze window of the operator's holds it: a one-shot fires when the window ends."""
     INVALID = "invalid"
     DELETED = "deleted"
     """The spec is gone; its runs stay on record."""
@@ -88,9 +90,18 @@ def outcome(run: Run) -> str:
 
 
 def state_of(spec: Spec | None, problems: Sequence[Problem], last: Run | None,
-             fired: Container[tuple[str, str]]) -> tuple[State, str]:
+             fired: Container[tuple[str, str]], freeze: str | None = None) -> tuple[State, str]:
     """The trigger's state and why. An error outranks everything (nothing fires), then a spec
-    that is gone, then suspension; a refused run is next because it needs a person."""
+    that is gone, then suspension; a refused run is next because it needs a person. A freeze window
+    (`freeze`, what holds it) matters only to what would fire: a schedule, or a revision not fired."""
+    state, detail = _state_of(spec, problems, last, fired)
+    if freeze is not None and state in (State.SCHEDULED, State.PENDING):
+        return State.FROZEN, freeze
+    return state, detail
+
+
+def _state_of(spec: Spec | None, problems: Sequence[Problem], last: Run | None,
+              fired: Container[tuple[str, str]]) -> tuple[State, str]:
     if problems:
         return State.INVALID, str(problems[0])
     if spec is None:
@@ -116,13 +127,16 @@ def state_of(spec: Spec | None, problems: Sequence[Problem], last: Run | None,
 
 def overview(specs: Mapping[str, Spec], errors: Mapping[str, SpecError], latest: Mapping[str, Run],
              now: datetime, *, recent: Mapping[str, Sequence[str]] | None = None,
-             servers: Collection[str] | None = None, fired: Container[tuple[str, str]] = ()) -> list[Row]:
+             servers: Collection[str] | None = None, fired: Container[tuple[str, str]] = (),
+             refused: Mapping[str, Sequence[Problem]] | None = None,
+             frozen: Mapping[str, str] | None = None) -> list[Row]:
     """One row per trigger that has a spec, an error or runs on record, sorted by name.
 
     `latest` is each trigger's newest run; `recent`, the outcomes of its latest runs, oldest first (for
     the sparkline; without it, the newest run's alone). `servers`, when given, makes a spec naming
     another server invalid, as the daemon judges it. `fired` holds the (trigger, revision) pairs ever
-    decided, for a spec reverted to one of them.
+    decided, for a spec reverted to one of them. `refused`: the specs the operator's policy refuses,
+    with the offending keys; `frozen`: what holds each trigger a freeze window covers.
     """
     rows = []
     for name in sorted(set(specs) | set(errors) | set(latest)):
@@ -130,7 +144,9 @@ def overview(specs: Mapping[str, Spec], errors: Mapping[str, SpecError], latest:
         problems = _problems(error)
         if spec is not None and servers is not None and spec.server not in servers:
             problems = (Problem(unknown_server(spec.server, servers)),)
-        state, detail = state_of(spec, problems, last, fired)
+        if not problems and refused and name in refused:
+            problems = tuple(refused[name])
+        state, detail = state_of(spec, problems, last, fired, (frozen or {}).get(name))
         schedule = spec.schedule if spec is not None else None
         outcomes = (recent or {}).get(name) or ((outcome(last),) if last is not None else ())
         rows.append(Row(

@@ -20,7 +20,9 @@ class Action(StrEnum):
     SUSPENDED = "suspended"
     SCHEDULED = "scheduled"
     PENDING = "pending"
-    """Jenkins refused the revision's run; it will be posted again."""
+    """Decided, not accepted by Jenkins yet: being posted, or refused and to be posted again."""
+    NOT_FIRED = "not fired"
+    """Decided, given up without Jenkins accepting it: bump `run` to fire it again."""
     FROZEN = "frozen"
     """A freeze window covers it: a one-shot waits for the window's end, a tick is skipped."""
 
@@ -92,17 +94,20 @@ def _show(schedule: cron.Schedule, tick: datetime) -> str:
 def plan(specs: Mapping[str, Spec], errors: Mapping[str, SpecError],
          fired: Container[tuple[str, str]], servers: Collection[str], *,
          now: datetime | None = None, cursors: Mapping[str, datetime] | None = None,
-         refused: Mapping[tuple[str, str], str] | None = None, since: datetime | None = None,
-         windows: Sequence[Window] = ()) -> list[Verdict]:
+         unaccepted: Mapping[tuple[str, str], tuple[Action, str]] | None = None,
+         since: datetime | None = None, windows: Sequence[Window] = ()) -> list[Verdict]:
     """One verdict per trigger, sorted by name. A deleted spec has no verdict: it fires nothing.
-    `refused` says, by (trigger, revision), why Jenkins refused a run and when it is tried again.
-    `since` is where a schedule without a cursor starts (default: `now`). `windows`: the freezes."""
+    `unaccepted` names, by (trigger, revision), the runs decided that Jenkins has not accepted (being
+    posted, refused, given up), with what to say instead of "already fired": only a run Jenkins
+    accepted is fired. `since` is where a schedule without a cursor starts (default: `now`).
+    `windows`: the freezes."""
     verdicts = [decide_scheduled(spec, (cursors or {}).get(spec.name) or since, now, servers, windows=windows)
                 if spec.schedule is not None and now is not None else
                 decide(spec, fired, servers, windows=windows, now=now)
                 for spec in specs.values()]
-    verdicts = [Verdict(v.trigger, Action.PENDING, (refused or {})[v.trigger, v.spec.revision], v.spec)
-                if v.action is Action.UP_TO_DATE and v.spec and (v.trigger, v.spec.revision) in (refused or {})
+    held = unaccepted or {}
+    verdicts = [Verdict(v.trigger, *held[v.trigger, v.spec.revision], v.spec)
+                if v.action is Action.UP_TO_DATE and v.spec and (v.trigger, v.spec.revision) in held
                 else v for v in verdicts]
     verdicts += [Verdict(name, Action.INVALID, str(err)) for name, err in errors.items()]
     return sorted(verdicts, key=lambda v: v.trigger)

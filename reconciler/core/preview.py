@@ -150,13 +150,20 @@ def _schedule_change(name: str, new: Entry, before: Spec | None, now: datetime, 
     if same:
         return None
     kind = Kind.SCHEDULE_ADDED if before is None or before.schedule is None else Kind.SCHEDULE_CHANGED
-    resolved = spec.schedule.cron
-    why = f"{spec.schedule.expression!r}" + (f" = {resolved!r}" if resolved != spec.schedule.expression else "") + \
-        f" in {spec.schedule.timezone}" + (", suspended" if spec.suspend else "")
+    why = _expression(spec.schedule) + (", suspended" if spec.suspend else "")
+    if kind is Kind.SCHEDULE_CHANGED and before is not None and before.schedule is not None:
+        was = _expression(before.schedule) + (", suspended" if before.suspend else "")
+        why = f"{was} → {why}" if was != why else f"{why}; the job, parameters or run changed"
     upcoming = cron.ticks(spec.schedule, now)
     shown = [f"{t.astimezone(spec.schedule.tz):%Y-%m-%d %H:%M %Z} ({t:%Y-%m-%d %H:%M} UTC)"
              for t in (next(upcoming) for _ in range(count))]
     return Change(name, kind, why, new.path, request_of(spec), shown, dst_notes(spec.schedule, now))
+
+
+def _expression(schedule: cron.Schedule) -> str:
+    resolved = schedule.cron
+    return f"{schedule.expression!r}" + (f" = {resolved!r}" if resolved != schedule.expression else "") + \
+        f" in {schedule.timezone}"
 
 
 def dst_notes(schedule: cron.Schedule, now: datetime, days: int = 366) -> list[str]:
@@ -209,14 +216,32 @@ def _transitions(tz: Any, start: datetime, end: datetime) -> list[tuple[datetime
 
 # -- output -----------------------------------------------------------------------------------
 
+def counted(n: int, one: str, many: str | None = None) -> str:
+    """`1 trigger`, `2 triggers`: words that agree with their number."""
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
+_SAID = {Kind.FIRE: ("trigger will fire", None), Kind.NO_FIRE: ("trigger will not fire", "triggers will not fire"),
+         Kind.SCHEDULE_ADDED: ("schedule added", "schedules added"),
+         Kind.SCHEDULE_CHANGED: ("schedule changed", "schedules changed"),
+         Kind.SCHEDULE_REMOVED: ("schedule removed", "schedules removed"),
+         Kind.INVALID: ("trigger becomes invalid", "triggers become invalid"),
+         Kind.POLICY: ("trigger becomes invalid (policy)", "triggers become invalid (policy)"),
+         Kind.DELETED: ("trigger deleted", "triggers deleted")}
+
+
 def summary(changes: list[Change]) -> str:
     counts = {kind: sum(c.kind is kind for c in changes) for kind in Kind}
-    parts = [f"{n} {kind.value}" for kind, n in counts.items() if n]
+    parts = []
+    for kind, n in counts.items():
+        one, many = _SAID[kind]
+        if n:
+            parts.append(counted(n, one, many or one.replace("trigger ", "triggers ", 1)))
     return ", ".join(parts) if parts else "no change to any trigger"
 
 
-def as_text(changes: list[Change]) -> str:
-    lines = [summary(changes)]
+def as_text(changes: list[Change], title: str = "reconciler plan") -> str:
+    lines = [f"{title}: {summary(changes)}"]
     for c in changes:
         lines.append(f"{c.trigger}: {c.kind.value}: {c.why}")
         if c.request is not None and c.kind is Kind.FIRE:
@@ -237,7 +262,8 @@ def as_markdown(changes: list[Change], title: str = "reconciler plan") -> str:
             details = [c.why]
             if c.request is not None and c.kind is Kind.FIRE:
                 details.append(f"`POST {c.request.path}` on `{c.request.server}`"
-                               + (f" with `{_params(c.request.parameters)}`" if c.request.parameters else ""))
+                               + (f" with `{_params(c.request.parameters)}`" if c.request.parameters else "")
+                               + f"; cause `{c.request.cause}`")
             details += [f"next: {tick}" for tick in c.ticks]
             details += [f"⚠ DST: {note}" for note in c.dst]
             cells = [f"`{c.trigger}`", f"**{c.kind.value}**", "<br>".join(_cell(d) for d in details)]

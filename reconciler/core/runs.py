@@ -53,14 +53,15 @@ TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
                           S.CANCELLED, S.LOST, S.UNKNOWN}),
     S.QUEUED: frozenset({S.DECIDED, S.QUEUED, S.BUILDING, S.COMPLETED, S.FAILED, S.CANCELLED, S.LOST}),
     S.BUILDING: frozenset({S.BUILDING, S.COMPLETED, S.FAILED, S.CANCELLED, S.LOST}),
-    S.REFUSED: frozenset({S.DECIDED, S.REFUSED, S.FAILED, S.CANCELLED}),
+    S.REFUSED: frozenset({S.DECIDED, S.POSTING, S.REFUSED, S.FAILED, S.CANCELLED}),
     S.COMPLETED: frozenset(), S.FAILED: frozenset(), S.CANCELLED: frozenset(), S.LOST: frozenset(),
     S.UNKNOWN: frozenset(), S.ADOPTED: frozenset(), S.MISSED: frozenset(), S.SKIPPED: frozenset(),
 }
 """Which status may follow which. A status may follow itself where a step only adds to what is known
 (a second look at a queued item, another attempt). A `decided` run may be found already queued,
 building or done: a lookup before its POST (a fresh store, a takeover) finds what an earlier process
-posted. Adding a state is one line here."""
+posted. A refused run due again becomes `posting` where it can be looked up: it is looked up before
+its next POST. Adding a state is one line here."""
 
 OPEN = frozenset({S.DECIDED, S.POSTING, S.QUEUED, S.BUILDING})
 """A run in one of these still has work to do: post it, or follow it. A `refused` run waits for its

@@ -5,11 +5,12 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from ruamel.yaml import YAML
@@ -47,13 +48,30 @@ RESERVED_PARAMETERS = ("token", "cause", "delay", "json")
 spoof the cause (and drop the run id from it), move the quiet period or change how /build is read."""
 
 
+def _schedule_keys_problem(schedule: Any, keys: Any) -> str | None:
+    """Keys that mean something only beside `schedule:`. Checked again when other keys are wrong too
+    (pydantic runs a model's own checks only once its fields are valid): every problem at once."""
+    if schedule is not None:
+        return None
+    used = [k for k in ("timezone", "starting_deadline", "concurrency", "scheduled_time_parameter") if k in keys]
+    if not used:
+        return None
+    verb = "applies" if len(used) == 1 else "apply"
+    return f"{', '.join(used)} {verb} only to scheduled triggers: add `schedule:`"
+
+
 class SpecModel(BaseModel):
     """The shape of a trigger file, as users write it."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True,
                               title="Trigger spec", json_schema_extra={"additionalProperties": False})
 
-    job: Annotated[str, Field(min_length=1, description="Jenkins job; `a/b/c` is job c in folders a/b.")]
+    job: Annotated[str, Field(
+        min_length=1, description="Jenkins job; `a/b/c` is job c in folders a/b. Written as in a job's URL, "
+                                  "`job/a/job/b/job/c` means the same; `view/NAME/` prefixes are dropped (Jenkins "
+                                  "finds a job by its folders, not its views). Never a URL: a spec names no host, "
+                                  "the server comes from the operator's config.",
+        json_schema_extra={"not": {"pattern": "^[A-Za-z][A-Za-z0-9+.-]*://"}})]
     parameters: dict[str, ParamValue] | None = Field(
         None, description="Build parameters, sent as written (`1.10` stays 1.10; booleans as true/false). "
                            "Present: buildWithParameters; absent: build.")
@@ -100,17 +118,26 @@ class SpecModel(BaseModel):
 
     @model_validator(mode="after")
     def _schedule_keys_need_a_schedule(self) -> SpecModel:
-        if self.schedule is None:
-            used = [k for k in ("timezone", "starting_deadline", "concurrency", "scheduled_time_parameter")
-                    if k in self.model_fields_set]
-            if used:
-                verb = "applies" if len(used) == 1 else "apply"
-                raise ValueError(f"{', '.join(used)} {verb} only to scheduled triggers: add `schedule:`")
+        problem = _schedule_keys_problem(self.schedule, self.model_fields_set)
+        if problem:
+            raise ValueError(problem)
         return self
+
 
     @field_validator("job")
     @classmethod
     def _job_path(cls, v: str) -> str:
+        if _URL.match(v):
+            path = urlsplit(v).path
+            try:
+                job, _ = job_path(path)
+            except ValueError:
+                job = ""
+            job = "" if job == path else job
+            raise ValueError("a job is named by its path, never a URL (a spec names no host: the server comes "
+                             "from the operator's config); write " + (f"`job: {job}`" if job else
+                                                                      "the job's folders, `job: folder/sub/job`"))
+        v, _ = job_path(v)
         segments = v.split("/")
         if any(not seg.strip() for seg in segments):
             raise ValueError("job path has an empty segment; write folders as `folder/sub/job`")
@@ -176,6 +203,8 @@ class Spec:
     scheduled_time_parameter: str | None = None
     provenance_parameters: tuple[tuple[str, str], ...] | None = None
     """(commit field, job parameter) pairs."""
+    notes: tuple[str, ...] = ()
+    """How the spec was read where that may surprise its author (a job written as its URL path)."""
 
     @property
     def endpoint(self) -> str:
@@ -318,7 +347,11 @@ def _parse(text: str, name: str, path: str) -> Spec:
     try:
         model = SpecModel.model_validate(data)
     except ValidationError as e:
-        raise SpecError(path, _locate(text, e)) from None
+        problems = _locate(text, e)
+        also = _schedule_keys_problem(data.get("schedule"), data)
+        if also and all(p.message != also for p in problems):
+            problems.append(Problem(1, 1, also))
+        raise SpecError(path, problems) from None
     params = None if model.parameters is None else tuple(  # the values as loaded: validation drops `written`
         (str(k), jenkins_value(data["parameters"][k])) for k in model.parameters)
     # Interned: ten thousand triggers usually name a few hundred jobs and a server or two.
@@ -329,7 +362,7 @@ def _parse(text: str, name: str, path: str) -> Spec:
                 starting_deadline=cron.parse_duration(model.starting_deadline), concurrency=model.concurrency,
                 scheduled_time_parameter=model.scheduled_time_parameter,
                 provenance_parameters=None if model.provenance_parameters is None else
-                tuple(model.provenance_parameters.items()))
+                tuple(model.provenance_parameters.items()), notes=job_notes(data.get("job")))
 
 
 def structure_problem(text: str, *, refuse: bool = True) -> Problem | None:
@@ -450,6 +483,8 @@ def _describe(loc: tuple[Any, ...], err: Any) -> str:
                 "scheduled_time_parameter": "a string",
                 "provenance_parameters": "a mapping of commit fields (sha, author, email, date, subject) to "
                                          "parameter names"}.get(str(loc[0]) if loc else "")
+    if err["type"] == "string_too_short":
+        return f"{where}: is empty"
     if loc[0] == "concurrency" and err["type"] == "literal_error":
         return f"concurrency: expected allow, forbid or replace, got {err['input']!r}"
     if expected and err["type"] != "value_error":
@@ -470,6 +505,54 @@ def json_schema() -> dict[str, Any]:
     schema = SpecModel.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+_ENDPOINTS = ("build", "buildWithParameters", "api", "configure", "lastBuild", "")
+"""What may follow a job in its URL, copied along with it."""
+
+
+def job_path(written: str) -> tuple[str, list[str]]:
+    """A job as people copy it, as the reconciler names it, and the views dropped on the way. In the
+    form of a job's URL path (`job/a/job/b`, segments URL-encoded, perhaps after a Jenkins root or a
+    `view/NAME/`, perhaps with `/buildWithParameters` after it) it means `a/b`: views are dropped, for
+    Jenkins finds a job by its folders. Any other text is a `folder/job` path as it is."""
+    parts = [seg for seg in written.split("/") if seg]
+    starts = [i for i, seg in enumerate(parts) if seg in ("job", "view")]
+    if not starts or (parts[0] not in ("job", "view") and not _URL.match(written) and not written.startswith("/")):
+        return written, []
+    parts = parts[starts[0]:]
+    dropped: list[str] = []
+    while len(parts) >= 2 and parts[0] == "view":
+        dropped.append(f"view/{parts[1]}/")
+        parts = parts[2:]
+    if not parts or parts[0] != "job":
+        return "/".join(parts), dropped
+    names = []
+    while len(parts) >= 2 and parts[0] == "job":
+        names.append(unquote(parts[1]))
+        parts = parts[2:]
+    if parts and parts[0] not in _ENDPOINTS:
+        raise ValueError(f"in a job written as its URL path, `{'/'.join(parts)}` follows `job/{names[-1]}`: "
+                         "write each folder as `job/NAME`, or the path plainly, `folder/sub/job`")
+    return "/".join(names), dropped
+
+
+def job_notes(written: Any) -> tuple[str, ...]:
+    """What validate says about a job written as its URL path: how it was read."""
+    if not isinstance(written, str):
+        return ()
+    try:
+        job, dropped = job_path(written)
+    except ValueError:
+        return ()
+    if job == written:
+        return ()
+    views = f"; {' and '.join(f'`{v}`' for v in dropped)} dropped: Jenkins finds a job by its folders, not its " \
+            "views" if dropped else ""
+    return (f"job {written!r} read as `job: {job}`{views}",)
 
 
 def job_url(base: str, job: str) -> str:

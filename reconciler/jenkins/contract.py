@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.core.errors import JenkinsError, JenkinsRefused
@@ -47,6 +47,8 @@ class Report:
     reads: int
     users: dict[str, str]
     """Who each server took our credentials for."""
+    unreached: dict[str, str] = field(default_factory=dict)
+    """The servers that could not be asked (credentials refused, a login redirect, down), and why."""
 
 
 def check(specs: list[tuple[str, Spec]], clients: Mapping[str, Client], *, per_server: float = 30.0) -> Report:
@@ -55,7 +57,7 @@ def check(specs: list[tuple[str, Spec]], clients: Mapping[str, Client], *, per_s
     by_job: dict[tuple[str, str], list[tuple[str, Spec]]] = {}
     for shown, spec in specs:
         by_job.setdefault((spec.server, spec.job), []).append((shown, spec))
-    reads, users = 0, {}
+    reads, users, unreached = 0, {}, {}
     for server in sorted({server for server, _ in by_job}):
         client = clients.get(server)
         jobs = [(job, named) for (s, job), named in sorted(by_job.items()) if s == server]
@@ -69,6 +71,7 @@ def check(specs: list[tuple[str, Spec]], clients: Mapping[str, Client], *, per_s
             users[server] = client.whoami()
         except JenkinsError as e:
             findings += [_at(shown, spec, ("server",), str(e)) for _, named in jobs for shown, spec in named]
+            unreached[server] = str(e)
             continue
         for job, named in jobs:
             if time.monotonic() > deadline:
@@ -89,7 +92,7 @@ def check(specs: list[tuple[str, Spec]], clients: Mapping[str, Client], *, per_s
                 continue
             for shown, spec in named:
                 findings += compare(shown, spec, definition)
-    return Report(findings, len(by_job), reads, users)
+    return Report(findings, len(by_job), reads, users, unreached)
 
 
 def _own_parameters(spec: Spec) -> list[tuple[tuple[str, ...], str]]:

@@ -50,7 +50,11 @@ class Repository:
         return cls(top, "" if rel == "." else rel, history_rel)
 
     def commit(self, rev: str) -> str:
-        return _git(self.top, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").decode().strip()
+        try:
+            return _git(self.top, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").decode().strip()
+        except RevisionError:
+            raise RevisionError(f"no git revision {rev!r} in {self.top} (a branch, tag or commit; "
+                                "fetch it first if it is remote)") from None
 
     @contextlib.contextmanager
     def checkout(self, rev: str) -> Iterator[tuple[Catalog, History]]:

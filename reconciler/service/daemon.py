@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -164,7 +165,11 @@ class Daemon:
             if reason is not None:
                 self.executor.supersede(run, reason)
                 continue
-            [run] = self.store.update_many([(run, {"status": RunStatus.DECIDED, "retry_at": None})])
+            # Looked up before it is posted again, where it can be: a refused lookup, or a fresh store's
+            # run, may stand for a POST an earlier process made. Recorded, so a kill keeps that owed.
+            look = self.executor.taggable(run, self.executor.clients[run.server])
+            [run] = self.store.update_many([(run, {"status": RunStatus.POSTING if look else RunStatus.DECIDED,
+                                                   "retry_at": None})])
             self.log.info("fire_retried", trigger=run.trigger, run_id=run.run_id, last_error=run.last_error)
             self.executor.resume(run)
             retried.append(run)
@@ -419,6 +424,9 @@ class Daemon:
 
     def readiness_problems(self) -> list[str]:
         problems = [] if self.ready.is_set() else ["the first pass has not completed"]
+        if not os.path.isdir(self.catalog.root):
+            problems.append(f"waiting for the triggers folder {self.catalog.root} (not there yet: is git-sync "
+                            "still checking it out?)")
         if self._history_wait:
             problems.append(f"waiting for the history branch (the state store is empty): {self._history_wait}")
         unwritable = self.store.writable() or self._store_failure

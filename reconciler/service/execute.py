@@ -380,8 +380,8 @@ class Executor:
             try:
                 found = self._find(client, run)
             except JenkinsRefused as e:
-                if e.status != 404:
-                    self._retry(fire, e)
+                if e.status != 404:  # 401, 403, a login redirect, TLS: asking again will not help
+                    self._refused(run, e, log, lookup=True)
                     return
                 found = None  # the job's own URL says there is no such job: nothing of it was built
             except JenkinsError as e:
@@ -446,11 +446,15 @@ class Executor:
         self._finish(run, RunStatus.UNKNOWN, reason=reason)
         log.error("run_unknown", reason=reason)
 
-    def _refused(self, run: Run, error: JenkinsRefused, log: Any) -> None:
+    def _refused(self, run: Run, error: JenkinsRefused, log: Any, *, lookup: bool = False) -> None:
         """Jenkins said no before any queue item existed (401, 403, 404, a redirect to a login page, TLS):
         nothing was accepted, so nothing can have been built. The revision is not done: the run waits,
         longer after each refusal, and the daemon posts it again when it is due, at its next start, or on
-        `reconciler retry`. What to fix is in the error."""
+        `reconciler retry`. What to fix is in the error. A refused `lookup` (the search before a POST) is
+        the same: retrying it forever would record nothing and show nothing; the healed run looks itself
+        up again before it posts."""
+        if lookup:
+            error = JenkinsRefused(f"looking the run up before posting it: {error}", error.status)
         now = self.clock()
         delay = min(self.refused_min * 2 ** max(run.attempts - 1, 0), self.refused_max)
         run = self._update(run, status=RunStatus.REFUSED, last_error=str(error), retry_at=now + delay)

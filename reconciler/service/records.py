@@ -9,7 +9,13 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from reconciler.core.runs import Run, RunStatus, new_run
+from reconciler.config import Policy
+from reconciler.core import policy as rules
+from reconciler.core.errors import SpecError
+from reconciler.core.freeze import frozen
+from reconciler.core.overview import Problem
+from reconciler.core.plan import Action
+from reconciler.core.runs import ACCEPTED, Run, RunStatus, new_run
 from reconciler.core.schedule import cursors
 from reconciler.core.spec import Spec
 from reconciler.repo.history import History, iso
@@ -30,17 +36,32 @@ def fired(history_dir: Path, state: Path | str) -> tuple[set[tuple[str, str]], d
     return found, cursors(stored, found)
 
 
-def refused(state: Path | str) -> dict[tuple[str, str], str]:
-    """Refused runs by (trigger, revision): why, and when the daemon posts them again."""
-    if not store_exists(state):
-        return {}
-    store = open_store(state)
-    try:
-        runs = store.refused_due(float("inf"))
-    finally:
-        store.close()
-    return {(r.trigger, r.fire_key): f"Jenkins refused it; next attempt {next_attempt(r)}: {r.last_error}"
-            for r in runs}
+def unaccepted(history_dir: Path, state: Path | str) -> dict[tuple[str, str], tuple[Action, str]]:
+    """One-shot runs decided that Jenkins did not accept (ACCEPTED says which count as fired), by
+    (trigger, revision): what a reader is to be told instead of "already fired". The state store's
+    word wins over the history's."""
+    runs = {r.run_id: r for r in History(history_dir).runs()
+            if r.status not in ACCEPTED and not r.fire_key.startswith("@")}
+    if store_exists(state):
+        store = open_store(state)
+        try:
+            stored = store.unaccepted()
+            accepted = store.fired() - {(r.trigger, r.fire_key) for r in stored}
+            runs = {i: r for i, r in runs.items() if (r.trigger, r.fire_key) not in accepted}
+            runs.update({r.run_id: r for r in stored})
+        finally:
+            store.close()
+    return {(r.trigger, r.fire_key): not_fired(r) for r in runs.values()}
+
+
+def not_fired(run: Run) -> tuple[Action, str]:
+    """What became of a run Jenkins has not accepted, in a reader's words."""
+    error = f": {run.last_error}" if run.last_error else ""
+    if run.status is RunStatus.REFUSED:
+        return Action.PENDING, f"Jenkins refused it; next attempt {next_attempt(run)}{error}"
+    if run.status is RunStatus.FAILED:
+        return Action.NOT_FIRED, f"revision {run.fire_key} was given up without Jenkins accepting it{error}"
+    return Action.PENDING, f"revision {run.fire_key} decided, not yet accepted by Jenkins ({run.status}){error}"
 
 
 def next_attempt(run: Run) -> str:
@@ -62,3 +83,30 @@ def adopt(specs: list[Spec], history_dir: Path, state: Path | str) -> list[Run]:
     for run in adopted:
         history.decided(run, now, event="adopted")
     return adopted
+
+
+def against_policy(specs: list[tuple[str, Spec]], policy: Policy) -> list[SpecError]:
+    """The specs the policy refuses, each violation at the offending key of its file (`specs` pairs a
+    spec with the path of its file as shown)."""
+    out = []
+    for shown, spec in specs:
+        found = rules.violations(spec, policy.rules)
+        if found:
+            try:
+                text = Path(shown).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                text = ""
+            out.append(SpecError(shown, rules.problems(text, found)))
+    return out
+
+
+def held(specs: list[tuple[str, Spec]], policy: Policy, now: datetime) -> tuple[dict[str, list[Problem]],
+                                                                                dict[str, str]]:
+    """What the operator's config holds back, by trigger: the specs its policy refuses (see
+    `against_policy`), and the triggers a freeze window covers now, with the window and its end."""
+    names = {shown: spec.name for shown, spec in specs}
+    refused = {names[e.path]: [Problem(p.message, e.path, p.line, p.column) for p in e.problems]
+               for e in against_policy(specs, policy)}
+    covered = {spec.name: str(freeze) for _, spec in specs
+               if (freeze := frozen(policy.windows, spec.name, now)) is not None}
+    return refused, covered

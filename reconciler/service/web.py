@@ -25,7 +25,7 @@ from markupsafe import Markup
 
 from reconciler import logs
 from reconciler.core.errors import ConfigError, StateError
-from reconciler.core.overview import Row, State, as_json, counts, outcome, overview, sparkline
+from reconciler.core.overview import Problem, Row, State, as_json, counts, outcome, overview, sparkline
 from reconciler.core.runs import FINISHED, Run
 
 if TYPE_CHECKING:
@@ -163,8 +163,10 @@ class Web:
             specs, errors, latest = _only(specs, only), _only(errors, only), _only(latest, only)
             recent = {only: tuple(outcome(run) for run in reversed(store.runs(only, RECENT_RUNS)))}
         fired = store.fired_among([(s.name, s.revision) for s in specs.values() if s.schedule is None])
+        refused = {name: [Problem(error)] for name, (_, error) in daemon.against_policy.copy().items()}
+        frozen = {name: str(freeze) for name, freeze in daemon.frozen.copy().items()}
         return overview(specs, errors, latest, datetime.fromtimestamp(now, UTC), recent=recent,
-                        servers=daemon.servers, fired=fired)
+                        servers=daemon.servers, fired=fired, refused=refused, frozen=frozen)
 
     def _recent(self, latest: Mapping[str, Run]) -> dict[str, tuple[str, ...]]:
         """Each trigger's latest outcomes, oldest first. Decoding 20 runs of 1,000 triggers takes a second,

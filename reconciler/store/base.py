@@ -19,11 +19,12 @@ from dataclasses import fields, replace
 from typing import Any, Protocol
 
 from reconciler.core.redact import redact
-from reconciler.core.runs import OPEN, Run, check_step
+from reconciler.core.runs import ACCEPTED, OPEN, Run, RunStatus, check_step
 
 _OPEN_SQL = ",".join(f"'{status}'" for status in sorted(OPEN))
 """OPEN as SQL literals: SQLite uses the partial index of open runs only for a query that names its
 values, not one that binds them as parameters (that one read every run ever recorded)."""
+_UNACCEPTED_SQL = ",".join(f"'{status}'" for status in sorted(set(RunStatus) - ACCEPTED))
 
 MIGRATIONS = [
     """
@@ -84,6 +85,7 @@ class StateStore(Protocol):
     def retry_now(self, triggers: Collection[str] | None = None) -> int: ...
     def fired_among(self, fires: Collection[tuple[str, str]]) -> set[tuple[str, str]]: ...
     def fired(self) -> set[tuple[str, str]]: ...
+    def unaccepted(self) -> list[Run]: ...
     def last_ticks(self) -> dict[str, str]: ...
     def cursors(self) -> dict[str, float]: ...
     def open_runs(self, excluding: Collection[str] = ()) -> list[Run]: ...
@@ -162,6 +164,12 @@ class SqlStore:
         """The one-shot revisions ever decided. Ticks are not listed: a schedule's cursor (and the
         UNIQUE key) keeps each tick to one fire, and a minutely schedule has half a million a year."""
         return set(self._read("SELECT trigger, fire_key FROM runs WHERE fire_key NOT LIKE '@%'"))
+
+    def unaccepted(self) -> list[Run]:
+        """The one-shot runs decided that Jenkins has not accepted (or not yet): `fired` lists them too,
+        for the daemon decides a revision once, but a reader must not call them fired."""
+        rows = self._read(f"{SELECT} WHERE fire_key NOT LIKE '@%' AND status IN ({_UNACCEPTED_SQL})")
+        return [decode(r) for r in rows]
 
     def last_ticks(self) -> dict[str, str]:
         """Each schedule's latest recorded tick key (keys sort as their times do)."""
