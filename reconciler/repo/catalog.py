@@ -105,6 +105,7 @@ class Catalog:
     def __init__(self, root: Path):
         self.root = root
         self.entries: dict[str, Entry] = {}
+        self._specs: dict[str, Spec] | None = None
         self.rejected: dict[str, Entry] = {}
         """Paths that cannot be triggers: a second file for a trigger another file defines, a name that is
         not UTF-8, a link or folder not followed, the config file. Counted among the errors, and reported
@@ -141,7 +142,7 @@ class Catalog:
                 self._reread(name, found, changes)
         for name in list(self.entries):
             if name not in seen:
-                del self.entries[name]
+                self._drop(name)
                 changes.removed.append(name)
         return changes
 
@@ -177,7 +178,7 @@ class Catalog:
                 st = os.lstat(os.path.join(root, rel))
             except FileNotFoundError:
                 if old is not None:
-                    del self.entries[name]
+                    self._drop(name)
                     changes.removed.append(name)
                 continue
             found = _judge(root, real_root, rel, st)
@@ -236,22 +237,34 @@ class Catalog:
         try:
             raw = _read(found.source or os.path.join(self.root, rel), rel)
         except SpecError as e:
-            entry = Entry(name, rel, stamp, error=e)
+            entry = Entry(name, rel, stamp, error=judged(e))
         else:
             digest = hashlib.blake2b(raw, digest_size=16).digest()
             if old is not None and old.digest == digest and old.path == rel:
-                self.entries[name] = replace(old, stamp=stamp)
+                self.entries[name] = replace(old, stamp=stamp)  # the same spec: the cached dict holds
                 return
             try:
                 entry = Entry(name, rel, stamp, spec=_parse(raw, name, rel), digest=digest)
             except SpecError as e:
-                entry = Entry(name, rel, stamp, error=e, digest=digest)
-        self.entries[name] = entry
+                entry = Entry(name, rel, stamp, error=judged(e), digest=digest)
+        self._set(name, entry)
         changes.changed.append(entry)
+
+    def _set(self, name: str, entry: Entry) -> None:
+        self.entries[name] = entry
+        self._specs = None
+
+    def _drop(self, name: str) -> None:
+        del self.entries[name]
+        self._specs = None
 
     @property
     def specs(self) -> dict[str, Spec]:
-        return {n: e.spec for n, e in self.entries.items() if e.spec is not None}
+        """The valid specs by trigger: built once per change of the catalog, not per call (a tick of
+        thousands of schedules asks for it once per due trigger). Read it, never change it."""
+        if self._specs is None:
+            self._specs = {n: e.spec for n, e in self.entries.items() if e.spec is not None}
+        return self._specs
 
     @property
     def errors(self) -> dict[str, SpecError]:
@@ -259,6 +272,13 @@ class Catalog:
         errors = {n: e.error for n, e in self.entries.items() if e.error is not None}
         errors.update((rel, e.error) for rel, e in self.rejected.items() if e.error is not None)
         return errors
+
+
+def judged(error: SpecError) -> SpecError:
+    """An error as kept for as long as its file exists: its positions and text only. The traceback it
+    was raised with holds the frames that read the file, and with them the text and what was built."""
+    error.__traceback__ = error.__context__ = error.__cause__ = None
+    return error
 
 
 def folders(root: str) -> list[str]:
@@ -300,7 +320,7 @@ def check_file(path: str, triggers: str | None = None) -> Spec | SpecError:
     try:
         return _parse(_read(found.source if found and found.source else path, path), name, path)
     except SpecError as e:
-        return e
+        return judged(e)
 
 
 def _within(path: str, folder: str) -> bool:
