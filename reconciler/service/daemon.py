@@ -102,6 +102,8 @@ class Daemon:
         self.empty_start: float | None = None
         """When this process started on an empty state store (a fresh pod): what it decides for the
         moment it started may have been posted by a process whose record of it never reached git."""
+        self._fired_early: list[Run] = []
+        """What the scan under way decided before it was done (see `_early`)."""
         self.unconfigured: dict[str, str] = {}
         """Valid specs that name a server the operator has not configured, or ask what the policy does
         not allow, with the error: invalid, like a broken file, and reported once per change."""
@@ -228,7 +230,7 @@ class Daemon:
         inserted = self.store.decide(to_fire)
         for run in inserted:
             self.log.info("fire_decided", trigger=run.trigger, run_id=run.run_id, job=run.job, revision=run.fire_key)
-        first = full and self.passes == 0 and self.empty_start is not None
+        first = self.passes == 0 and self.empty_start is not None  # the first pass, early decisions included
         self.executor.submit(inserted, unsure={r.run_id for r in inserted} if first else ())
         return inserted
 
@@ -311,9 +313,10 @@ class Daemon:
         for run in self.executor.active():
             running.setdefault(run.trigger, []).append(run)
         due = [name for name, due_at in self.next_due.items() if due_at <= now_dt]
-        commits = self._provenance([self.catalog.specs[n] for n in due if n in self.catalog.specs]) if due else {}
+        specs = self.catalog.specs
+        commits = self._provenance([specs[n] for n in due if n in specs]) if due else {}
         for name in due:
-            spec = self.catalog.specs.get(name)
+            spec = specs.get(name)
             if spec is None or spec.schedule is None:
                 self.next_due.pop(name, None)
                 continue
@@ -375,11 +378,21 @@ class Daemon:
                 decisions.append((run, "decided"))
         return due.cursor, decisions
 
+    def _early(self, changes: Changes) -> None:
+        """What a long scan found so far: decided now, not after the slowest file; and the loop lives."""
+        self.heartbeat = time.monotonic()
+        if changes:
+            self._fired_early += self.reconcile(changes)
+
+    def _alive(self, _: Changes) -> None:
+        self.heartbeat = time.monotonic()
+
     def pass_once(self) -> list[Run]:
         metrics = self.executor.metrics
         with metrics.reconcile_duration.time():
-            changes = self.catalog.scan()
-            fired = self.reconcile(changes, full=True)
+            self._fired_early = []
+            changes = self.catalog.scan(self._early)
+            fired = self._fired_early + self.reconcile(changes, full=True)
             self._resume_stranded()
             fired += self.retry_refused()
         if len(changes.changed) >= TRIM_AFTER:
@@ -504,7 +517,7 @@ class Daemon:
         assert self.leadership is not None
         elected = self.leadership.elected
         self.supervisor.start("leadership", self.leadership.run, stop)
-        self.catalog.scan()
+        self.catalog.scan(self._alive)
         self.ready.set()
         self.log.info("standing_by", specs=len(self.catalog.entries))
         while not stop.is_set() and not elected.is_set():
@@ -513,7 +526,7 @@ class Daemon:
             self._wake.clear()
             paths = self._take_paths()
             if paths:
-                self.supervisor.guard("standby_refresh", self.catalog.refresh, paths)
+                self.supervisor.guard("standby_refresh", self.catalog.refresh, paths, self._alive)
         return elected.is_set() and not stop.is_set()
 
     def _until_done(self, step: str, work: Callable[[], Any], stop: threading.Event) -> Any:
@@ -546,7 +559,8 @@ class Daemon:
             self._thaw()
         paths = self._take_paths()
         if paths:
-            self.reconcile(self.catalog.refresh(paths))
+            self.reconcile(self.catalog.refresh(paths, self._early))
+            self._fired_early = []
         if resync:
             started = time.perf_counter()
             fired = self.pass_once()

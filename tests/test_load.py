@@ -1,0 +1,109 @@
+"""Bounded under load: heavy files beside ordinary specs, a real `reconciler run` process, its probes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from .conftest import TOKEN, USER, wait_for
+
+SIZE = 256 * 1024 - 64
+"""Just under the catalog's limit: what a committer can legally write."""
+
+
+def _fill(head: str, item: str, tail: str = "") -> str:
+    return head + item * ((SIZE - len(head) - len(tail)) // len(item)) + tail
+
+
+HEAVY = {  # the four shapes of the issue's measurement, each just under the size limit
+    "flow-list": lambda i: _fill(f"job: plain\nlist: [{i},", "1,", "1]\n"),
+    "many-keys": lambda i: "job: plain\n" + "".join(f"k{n:06}: {i}\n" for n in range(SIZE // 12)),
+    "parameters": lambda i: "job: plain\nparameters:\n" + "".join(f"  P{n:06}: v{i}\n" for n in range(SIZE // 14)),
+    "nested-flow": lambda i: _fill(f"job: plain\nparameters: [{i},", "{a: [b, {c: d}]},", "x]\n"),
+}
+
+
+def write_heavy(directory: Path, count: int, generation: int = 0) -> list[Path]:
+    shapes = list(HEAVY)
+    out = []
+    for i in range(count):
+        path = directory / f"heavy-{i:02}.yaml"
+        path.write_text(HEAVY[shapes[i % len(shapes)]](i + 1000 * generation)[:SIZE])
+        out.append(path)
+    return out
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_heavy_files_beside_ordinary_specs(tmp_path, simulator):
+    """20 heavy files (four shapes) beside 5 ordinary specs: the ordinary ones are POSTed, /healthz
+    answers 200 throughout, the heavy ones are invalid with a position, and memory stays bounded,
+    also after five of them are rewritten."""
+    triggers = tmp_path / "triggers"
+    triggers.mkdir()
+    write_heavy(triggers, 20)
+    for i in range(5):
+        (triggers / f"ordinary-{i}.yaml").write_text(f"job: plain\ncause: ordinary {i}\n")
+    env = {**os.environ, "JENKINS_URL": simulator.url, "JENKINS_USER": USER, "JENKINS_API_TOKEN": TOKEN,
+           "RECONCILER_LISTEN": "127.0.0.1:0", "RECONCILER_POLL_INTERVAL": "0.1"}
+    log = tmp_path / "log"
+    started = time.monotonic()
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "--triggers", str(triggers),
+                                 "--state", str(tmp_path / "s.db"), "--history", str(tmp_path / "h")],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    failures: list[int] = []
+    polls = 0
+    done = threading.Event()
+    try:
+        def address() -> str | None:
+            for line in log.read_text().splitlines():
+                if '"probes_listening"' in line:
+                    return json.loads(line)["address"]
+            return None
+
+        base = f"http://{wait_for(address, what='the probes to listen')}"
+
+        def poll() -> None:
+            nonlocal polls
+            while not done.is_set():
+                status = requests.get(base + "/healthz", timeout=10).status_code
+                polls += 1
+                if status != 200:
+                    failures.append(status)
+                done.wait(0.1)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        wait_for(lambda: len(simulator.triggers("plain")) == 5, timeout=30, what="the 5 ordinary specs' POSTs")
+        assert time.monotonic() - started < 30
+        wait_for(lambda: requests.get(base + "/readyz", timeout=5).status_code == 200, what="readiness")
+        invalid = [json.loads(line) for line in log.read_text().splitlines() if '"spec_invalid"' in line]
+        assert sorted(e["trigger"] for e in invalid) == [f"heavy-{i:02}" for i in range(20)]
+        assert all(":" in e["errors"][0] for e in invalid)  # each with its file:line:col
+        assert peak_rss_mib(proc.pid) < 200
+
+        write_heavy(triggers, 5, generation=1)  # rewritten: read again, judged again
+        wait_for(lambda: log.read_text().count('"spec_invalid"') >= 25, timeout=30, what="the rewritten files")
+        assert peak_rss_mib(proc.pid) < 200
+        assert len(simulator.triggers("plain")) == 5
+        done.set()
+        poller.join(timeout=15)
+        assert polls > 0 and failures == []
+    finally:
+        done.set()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
