@@ -272,6 +272,9 @@ class Client:
         """The Jenkins version the last answer named (`X-Jenkins`): some refusals depend on it."""
         self._definitions: dict[str, tuple[float, JobDefinition]] = {}
         self._definitions_lock = threading.Lock()
+        self.hold_until = 0.0
+        """Until when (time.monotonic()) Jenkins asked us to wait, by a 429 or 503 (and its Retry-After):
+        the executor starts no POST to this server before then."""
 
     def close(self) -> None:
         self.session.close()
@@ -317,6 +320,9 @@ class Client:
                 self._refresh_crumb()
                 attempt -= 1
                 continue
+            if error.status in (429, 503):  # the whole server waits, not only this request
+                hold = float(retry_after) if retry_after.isdigit() else self.backoff * 2 ** (attempt - 1)
+                self.hold_until = max(self.hold_until, time.monotonic() + min(self.max_backoff, hold))
             if self._sleep(self._retry_delay(error, attempt, retry_after, retry_ambiguous)):
                 raise error
 
@@ -441,6 +447,10 @@ class Client:
     # -- following --------------------------------------------------------------------------
     def _json(self, url: str, what: str, tree: str | None = None) -> Any:
         return self._request("GET", url + "api/json", what, params={"tree": tree} if tree else None).json()
+
+    def queue_length(self) -> int:
+        """How many items wait in Jenkins' queue (all jobs'), for a server's `max_queued`."""
+        return len(self._json(self.base + "queue/", "reading the queue", tree="items[id]").get("items") or ())
 
     def queue_item(self, queue_url: str, job: str) -> QueueState:
         try:
