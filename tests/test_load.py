@@ -107,3 +107,30 @@ def test_heavy_files_beside_ordinary_specs(tmp_path, simulator):
         done.set()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
+
+
+class ShiftedClock:
+    def __init__(self, at: float):
+        self.now = at
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_one_shot_is_not_queued_behind_a_tick_backlog(harness):
+    """1,000 schedules due at one minute (5,000 in bench/), and a one-shot written just after: its
+    POST is among the first, not after the ticks."""
+    minute = (int(time.time()) // 60 + 5) * 60
+    clock = ShiftedClock(minute - 1)
+    for i in range(1000):
+        harness.write(f"ticks/t{i:04}", f"job: plain\ncause: tick {i}\nschedule: '* * * * *'\n")
+    daemon = harness.build(clock)
+    daemon.bootstrap()
+    daemon.pass_once()
+    clock.now = minute + 1
+    assert len(daemon.tick()) == 1000
+    harness.write("one-shot", "job: manual\n")
+    daemon.reconcile(daemon.catalog.refresh([str(harness.triggers / "one-shot.yaml")]))
+    wait_for(lambda: len(harness.sim.triggers()) == 1001, timeout=120, what="1,001 POSTs")
+    jobs = ["/job/manual/" in r.path for r in harness.sim.triggers()]
+    assert jobs.index(True) < 100  # with one queue per server it came 1,001st

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -54,8 +55,11 @@ or `-`): a text with fewer than MAX_NODES / 2 of them is within the budget witho
 MAX_PROBLEMS = 20
 """The most problems kept for one file: a file of thousands of unknown keys is reported by its first
 ones (and their count), not by a report as large as the file, kept for as long as the file exists."""
-_STRUCTURE = ("&", "*", "!", "<<")
-"""Anchors, aliases, tags and merge keys start with these: a text without any has none."""
+_STRUCTURE = re.compile(r"(?:^|[\s,\[{])(?:[&*][\w-]|!\S)|<<", re.MULTILINE)
+"""Anchors and aliases start a node with `&` or `*` right before their name (letters, digits, `_`, `-`
+in libyaml, which the C parser is), tags with `!`, each after a space, a line's start, `,`, `[` or `{`;
+merge keys are `<<`: a text without these has none. A cron expression's `'* * * * *'` is not one of
+them, and costs no parse of its own."""
 MAX_NUMBER_DIGITS = 64
 """A longer number is refused rather than converted: Python's int() of thousands of digits is slow
 or refused, and no parameter needs it as a number (quoted, it is a string of any length)."""
@@ -370,7 +374,7 @@ def structure_problem(text: str, *, refuse: bool = True) -> Problem | None:
     text it cannot parse is left to the parse proper to report."""
     deep = sum(map(text.count, _NESTING)) > MAX_DEPTH
     many = refuse and 2 * sum(map(text.count, _NODE_MARKS)) + 1 > MAX_NODES
-    if not deep and not many and not (refuse and any(c in text for c in _STRUCTURE)):
+    if not deep and not many and not (refuse and _STRUCTURE.search(text)):
         return None
     depth = nodes = 0
     try:

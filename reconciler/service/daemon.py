@@ -208,6 +208,7 @@ class Daemon:
         now = self.clock()
         fired = self.store.fired_among([(s.name, s.revision) for s in candidates if s.schedule is None])
         firing: list[Spec] = []
+        started: dict[str, float] = {}
         for name in changes.removed:
             self.unconfigured.pop(name, None)
         for entry in changes.changed:
@@ -217,7 +218,7 @@ class Daemon:
             if self._unconfigured(spec):
                 continue
             if spec.schedule is not None:
-                self._arm(spec, now)
+                self._arm(spec, now, started)
                 continue
             self.next_due.pop(spec.name, None)  # it may have been a schedule before
             verdict = decide(spec, fired, self.servers)
@@ -227,7 +228,7 @@ class Daemon:
         to_fire = [new_run(spec, now, provenance=commits.get(spec.name)) for spec in firing]
         self.executor.metrics.invalid_specs.set(len(self.catalog.errors) + len(self.unconfigured))
         self.executor.metrics.policy_violations.set(len(self.against_policy))
-        inserted = self.store.decide(to_fire)
+        inserted = self.store.decide(to_fire, cursors=started)
         for run in inserted:
             self.log.info("fire_decided", trigger=run.trigger, run_id=run.run_id, job=run.job, revision=run.fire_key)
         first = self.passes == 0 and self.empty_start is not None  # the first pass, early decisions included
@@ -288,11 +289,12 @@ class Daemon:
         self.frozen[spec.name] = freeze
         return True
 
-    def _arm(self, spec: Spec, now: float) -> None:
-        """Set when a schedule next needs attention; a new schedule starts from now, not from a backlog."""
+    def _arm(self, spec: Spec, now: float, started: dict[str, float]) -> None:
+        """Set when a schedule next needs attention; a new schedule starts from now, not from a backlog
+        (its cursor goes into `started`, recorded with the pass's decisions: one commit, not one each)."""
         assert spec.schedule is not None
         if spec.name not in self.cursors:
-            self.store.decide([], cursors={spec.name: now})
+            started[spec.name] = now
             self.cursors[spec.name] = datetime.fromtimestamp(now, UTC)
         if spec.suspend or spec.server not in self.servers:
             self.next_due.pop(spec.name, None)
@@ -314,15 +316,22 @@ class Daemon:
             running.setdefault(run.trigger, []).append(run)
         due = [name for name, due_at in self.next_due.items() if due_at <= now_dt]
         specs = self.catalog.specs
+        known: dict[Any, Any] = {}
+        """What the cron arithmetic said, by its inputs: thousands of schedules due at one minute mostly
+        share an expression and a cursor, and each answer costs two walks of cronsim."""
         commits = self._provenance([specs[n] for n in due if n in specs]) if due else {}
         for name in due:
             spec = specs.get(name)
             if spec is None or spec.schedule is None:
                 self.next_due.pop(name, None)
                 continue
-            cursors[name], found = self._due_decisions(spec, now, now_dt, running.get(name, []), commits.get(name))
+            cursors[name], found = self._due_decisions(spec, now, now_dt, running.get(name, []), commits.get(name),
+                                                       known)
             decisions += found
-            self.next_due[name] = cron.next_tick(spec.schedule, max(cursors[name], now_dt))
+            after = (spec.schedule, max(cursors[name], now_dt))
+            if after not in known:
+                known[after] = cron.next_tick(*after)
+            self.next_due[name] = known[after]
         if not cursors:
             return []
         inserted = {r.run_id for r in self.store.decide([r for r, _ in decisions],
@@ -349,9 +358,14 @@ class Daemon:
         return self.empty_start is not None and tick is not None and tick.timestamp() <= self.empty_start
 
     def _due_decisions(self, spec: Spec, now: float, now_dt: datetime, running: list[Run],
-                       commit: Provenance | None = None) -> tuple[datetime, list[tuple[Run, str]]]:
+                       commit: Provenance | None = None, known: dict[Any, Any] | None = None,
+                       ) -> tuple[datetime, list[tuple[Run, str]]]:
         assert spec.schedule is not None
-        due = cron.due(spec.schedule, self.cursors[spec.name], now_dt, spec.starting_deadline)
+        inputs = (spec.schedule, self.cursors[spec.name], now_dt, spec.starting_deadline)
+        known = {} if known is None else known
+        if inputs not in known:
+            known[inputs] = cron.due(*inputs)
+        due = known[inputs]
         decisions: list[tuple[Run, str]] = []
         for missed in due.missed:
             run = replace(new_run(spec, now, missed), status=RunStatus.MISSED, finished_at=now,
