@@ -134,3 +134,32 @@ def test_a_one_shot_is_not_queued_behind_a_tick_backlog(harness):
     wait_for(lambda: len(harness.sim.triggers()) == 1001, timeout=120, what="1,001 POSTs")
     jobs = ["/job/manual/" in r.path for r in harness.sim.triggers()]
     assert jobs.index(True) < 100  # with one queue per server it came 1,001st
+
+
+def test_a_burst_drains_at_the_servers_rate_and_readyz_shows_the_backlog(harness):
+    harness.rate = 20.0
+    daemon = harness.start()
+    for i in range(30):
+        harness.write(f"burst/b{i:02}", "job: plain\n" + f"cause: b{i}\n")
+    wait_for(lambda: any("backlog on server default" in n for n in daemon.readiness_notes()), what="a backlog")
+    assert any("held: rate: 20/s" in n for n in daemon.readiness_notes())
+    wait_for(lambda: len(harness.sim.triggers("plain")) == 30, timeout=30, what="30 POSTs")
+    arrivals = sorted(r.at for r in harness.sim.triggers("plain"))
+    assert arrivals[-1] - arrivals[0] >= 29 / 20 * 0.9  # evenly spaced at 20/s, not all at once
+    assert not any("backlog" in n for n in daemon.readiness_notes())
+
+
+def test_retry_after_holds_every_post_to_the_server(harness):
+    harness.sim.fault(path="/build$", method="POST", status=429, headers={"Retry-After": "1"}, times=1)
+    harness.concurrency = 4
+    harness.start()
+    for i in range(8):
+        harness.write(f"burst/b{i}", "job: plain\n")
+    wait_for(lambda: len(harness.sim.triggers("plain")) == 8, timeout=30, what="8 POSTs")
+    too_many = [r.at for r in harness.sim.requests if r.status == 429]
+    assert len(too_many) == 1
+    # after the 429, no new POST started until its Retry-After had passed: only the three under way
+    # and the refused one's own retry (after the client's backoff, 50 ms here) arrived before
+    after = [r.at for r in harness.sim.triggers("plain") if r.at > too_many[0]]
+    assert len([t for t in after if t < too_many[0] + 0.9]) <= 4
+    assert len(after) == 8

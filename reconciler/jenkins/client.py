@@ -37,6 +37,8 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 ACCEPTED = frozenset({200, 201, 303})
 """A trigger POST answered with a queue item: 201 queued it; 303 (Jenkins 2.308 to mid-2024) and 200
 (since jenkinsci/jenkins#9446) mean an identical request was already waiting and this one joined it."""
+MAX_HOLD = 300.0
+"""The longest Retry-After honoured for the whole server: a longer one is a misconfiguration to outlast."""
 _QUEUE_ITEM = re.compile(r"/queue/item/(\d+)/?$")
 _LOGGING_ID = re.compile(r"Logging ID=([0-9A-Za-z-]{1,64})")
 DEFINITION_MAX_AGE = 60.0
@@ -321,8 +323,9 @@ class Client:
                 attempt -= 1
                 continue
             if error.status in (429, 503):  # the whole server waits, not only this request
-                hold = float(retry_after) if retry_after.isdigit() else self.backoff * 2 ** (attempt - 1)
-                self.hold_until = max(self.hold_until, time.monotonic() + min(self.max_backoff, hold))
+                hold = min(float(retry_after), MAX_HOLD) if retry_after.isdigit() else \
+                    min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+                self.hold_until = max(self.hold_until, time.monotonic() + hold)
             if self._sleep(self._retry_delay(error, attempt, retry_after, retry_ambiguous)):
                 raise error
 

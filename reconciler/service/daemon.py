@@ -460,6 +460,11 @@ class Daemon:
         notes = [] if self.leadership is None else self.leadership.notes()
         notes += [] if self.live is None else self.live.notes()
         notes += [] if self.watcher is None else self.watcher.notes()
+        for server, backlog in self.executor.backlog().items():
+            if backlog.posts:
+                notes.append(f"backlog on server {server}: {backlog.posts} fires waiting to be POSTed "
+                             f"({backlog.changes} changes, {backlog.ticks} ticks)" +
+                             (f"; held: {backlog.held}" if backlog.held else ""))
         return notes + ([] if self.writeback is None else self.writeback.notes())
 
     def run(self, stop: threading.Event) -> None:
