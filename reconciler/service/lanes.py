@@ -39,6 +39,9 @@ class Lane(enum.Enum):
 
 
 POSTS = (Lane.CHANGES, Lane.TICKS)
+TURNS = (Lane.CHANGES, Lane.TICKS)
+"""The POST lanes, taken in turn; follow-ups only when no POST may start (none waits, or the gate
+holds them): a burst lands first, and its looks, due together, then share reads of each job's builds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,9 +149,9 @@ class Lanes:
         """The next task, lanes in turn; POSTs only when the gate is open. Else how long to wait (None:
         until work is put)."""
         wait: float | None = None
-        lanes = list(Lane)
-        for i in range(len(lanes)):
-            lane = lanes[(self._turn + i) % len(lanes)]
+        lanes = TURNS
+        for i in range(len(lanes) + 1):
+            lane = lanes[(self._turn + i) % len(lanes)] if i < len(lanes) else Lane.FOLLOW
             queue = self._lanes[lane]
             if not queue:
                 continue
