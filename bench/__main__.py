@@ -637,7 +637,7 @@ def bench_lanes(sim: SimulatorProcess, work: Path, n: int, canaries: int) -> lis
     daemon = in_process_daemon(sim, triggers, work / "lanes.db", work / "lanes-history", clock)
     thread = threading.Thread(target=daemon.run, args=(daemon.executor.stop,), daemon=True)
     thread.start()
-    wait_for(daemon.ready.is_set, 120, "the first pass", 0.05)
+    wait_for(daemon.ready.is_set, 600, "the first pass", 0.05)
     tick_real = boundary - offset
     time.sleep(max(0.0, tick_real - time.time()))
     sim.mark()
@@ -666,8 +666,8 @@ def bench_lanes(sim: SimulatorProcess, work: Path, n: int, canaries: int) -> lis
 def bench_drain(sim: SimulatorProcess, work: Path, n: int, rate: float) -> list[Row]:
     """`n` new specs in one checkout against a server limited to `rate` POSTs a second."""
     config = work / "drain.yaml"
-    config.write_text(f"servers:\n  default:\n    url: {sim.url}\n    user: {USER}\n    token: {TOKEN}\n"
-                      f"    rate: {rate:g}/s\n")
+    config.write_text(f"servers:\n  default:\n    url: {sim.url}\n    user: {USER}\n"
+                      f"    token: {{env: JENKINS_API_TOKEN}}\n    rate: {rate:g}/s\n")
     rate_got, _, spacing = our_burst(sim, work, n, "drain", ("--config", str(config)))
     return [Row(f"drain at a set rate: {n} new specs, server `rate: {rate:g}/s` (first → last POST)",
                 f"{spacing:.1f} POSTs/s (rename → last POST: {rate_got:.1f}/s)", "", "",
