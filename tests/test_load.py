@@ -163,3 +163,18 @@ def test_retry_after_holds_every_post_to_the_server(harness):
     after = [r.at for r in harness.sim.triggers("plain") if r.at > too_many[0]]
     assert len([t for t in after if t < too_many[0] + 0.9]) <= 4
     assert len(after) == 8
+
+
+def test_a_servers_rate_and_max_queued_are_read_from_the_operators_config(tmp_path):
+    import pytest
+
+    from reconciler.config import load_servers
+    from reconciler.core.errors import ConfigError
+
+    config = tmp_path / "reconciler.yaml"
+    config.write_text("servers:\n  ci:\n    url: https://ci.example.com\n    rate: 600/m\n    max_queued: 50\n")
+    server = load_servers(config, {})["ci"]
+    assert (server.rate, server.max_queued) == (10.0, 50)
+    config.write_text("servers:\n  ci:\n    url: https://ci.example.com\n    rate: fast\n")
+    with pytest.raises(ConfigError, match="rate"):
+        load_servers(config, {})
