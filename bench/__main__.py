@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
 import shutil
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reconciler.support import (
+from bench.heavy import write_heavy
+from bench.support import (
     LOOK_EACH,
     TOKEN,
     USER,
@@ -34,7 +36,6 @@ from reconciler.support import (
     wait_for,
     write_specs,
 )
-
 from reconciler import logs
 from reconciler.config import Server
 from reconciler.core.runs import Run, new_run
@@ -529,6 +530,150 @@ def bench_ha(sim: SimulatorProcess, work: Path, n: int, kills: int, repeats: int
     ]
 
 
+# -- 9. bounded under load -------------------------------------------------------------------
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+class HealthPoller:
+    """GET /healthz every 0.2 s on a thread; counts the answers that are not 200."""
+
+    def __init__(self, log: Path):
+        self.log, self.polls, self.failures = log, 0, 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _address(self) -> str | None:
+        for line in self.log.read_text().splitlines() if self.log.exists() else ():
+            if '"probes_listening"' in line:
+                return json.loads(line)["address"]
+        return None
+
+    def _poll(self) -> None:
+        import requests
+
+        address = wait_for(self._address, 60, "the probes", 0.01)
+        while not self.done.is_set():
+            try:
+                ok = requests.get(f"http://{address}/healthz", timeout=5).status_code == 200
+            except requests.RequestException:
+                ok = False
+            self.polls += 1
+            self.failures += not ok
+            self.done.wait(0.2)
+
+    def stop(self) -> str:
+        self.done.set()
+        self.thread.join(timeout=10)
+        return f"{self.failures} of {self.polls} polls failed"
+
+
+def bench_heavy(sim: SimulatorProcess, work: Path, ordinary: int, heavy: int, rewrite: int) -> list[Row]:
+    """`heavy` files of 256 KiB (four shapes, bench/heavy.py) beside `ordinary` specs (adopted first when
+    there are thousands, as a running deployment has them): the first pass's time and CPU, when the
+    ordinary specs' POSTs arrived (when not adopted), peak RSS, /healthz failures; then `rewrite` heavy
+    files rewritten, and peak RSS again."""
+    name = f"heavy-{ordinary}"
+    triggers, state = work / name, work / f"{name}-state"
+    write_specs(triggers, ordinary, prefix="o")
+    state.mkdir()
+    adopted = ordinary > 100
+    if adopted:
+        run_quiet([sys.executable, "-m", "reconciler", "adopt", "--triggers", str(triggers), "--state",
+                   str(state / "state.db"), "--history", str(state / "history")], env=env_for(sim))
+        shutil.rmtree(state / "history")
+    write_heavy(triggers / "heavy", heavy)
+    daemon = DaemonProcess(sim, triggers, state, extra=("--listen", "127.0.0.1:0"))
+    poller = HealthPoller(daemon.log)
+    sim.mark()
+    started = time.time()
+    first_pass = daemon.start(timeout=300)
+    cpu = daemon.cpu_seconds()
+    posted = ""
+    if not adopted:
+        got = sim.collect_triggers(ordinary, 60)
+        posted = f"; the {ordinary} ordinary specs POSTed {max(r['at'] for r in got) - started:.2f} s after start"
+    assert daemon.proc is not None
+    peak = peak_rss_mib(daemon.proc.pid)
+    before = daemon.log.read_bytes().count(b'"spec_invalid"')
+    write_heavy(triggers / "heavy", rewrite, generation=1)
+    wait_for(lambda: daemon.log.read_bytes().count(b'"spec_invalid"') >= before + rewrite, 120, "the rewrites", 0.05)
+    time.sleep(1)
+    after = peak_rss_mib(daemon.proc.pid)
+    health = poller.stop()
+    daemon.stop()
+    where = f"{ordinary} specs + {heavy} heavy 256 KiB files"
+    return [
+        Row(f"first pass, {where} (process start → pass done; CPU of the process)",
+            f"{first_pass:.2f} s, {cpu:.2f} s of CPU{posted}", "", "", "CPU ≤ 20 s", verdict(cpu <= 20)),
+        Row(f"peak RSS, {where}; after {rewrite} heavy files are rewritten",
+            f"{peak:.1f} MiB; {after:.1f} MiB", "", "", "< 200 MiB", verdict(max(peak, after) < 200)),
+        Row(f"/healthz during the first pass and the rewrites, {where}", health, "", "", "0 failures",
+            verdict(poller.failures == 0)),
+    ]
+
+
+def bench_lanes(sim: SimulatorProcess, work: Path, n: int, canaries: int) -> list[Row]:
+    """`n` schedules due at one minute (in-process daemon on a shifted clock, as the lateness benchmark),
+    and one-shot canaries written while their ticks are being posted: each canary's write → POST, and
+    when the last tick's POST arrived."""
+    triggers = work / "lanes"
+    write_specs(triggers, 0)
+    for i in range(n):
+        sub = triggers / f"g{i // 100:03}"
+        sub.mkdir(exist_ok=True)
+        (sub / f"s{i:05}.yaml").write_text(f"job: bench-p\nparameters: {{N: 'tick{i}'}}\nschedule: '* * * * *'\n")
+    boundary = (int(time.time()) // 60 + 2) * 60
+    offset = boundary - 20.0 - time.time()  # the real clock, shifted: a minute boundary 20 s away
+
+    def clock() -> float:
+        return time.time() + offset
+
+    daemon = in_process_daemon(sim, triggers, work / "lanes.db", work / "lanes-history", clock)
+    thread = threading.Thread(target=daemon.run, args=(daemon.executor.stop,), daemon=True)
+    thread.start()
+    wait_for(daemon.ready.is_set, 600, "the first pass", 0.05)
+    tick_real = boundary - offset
+    time.sleep(max(0.0, tick_real - time.time()))
+    sim.mark()
+    written: dict[str, float] = {}
+    for k in range(canaries):  # spread over the posting of the ticks
+        time.sleep(max(0.0, tick_real + 0.5 + k * 1.0 - time.time()))
+        tmp = triggers / f".c{k}.tmp"
+        tmp.write_text(f"job: bench-p\nparameters: {{SEQ: 'canary{k}'}}\n")
+        written[f"canary{k}"] = time.time()
+        os.replace(tmp, triggers / f"canary{k}.yaml")
+    got = sim.collect_triggers(n + canaries, 120)
+    daemon.request_stop()
+    thread.join()
+    daemon.close()
+    ticks = [r["at"] - tick_real for r in got if r["params"].get("N")]
+    latency = [r["at"] - written[r["params"]["SEQ"][0]] for r in got if r["params"].get("SEQ")]
+    return [
+        Row(f"one-shot under a {n}-tick minute: write → POST of {canaries} canaries written 0.5-{canaries - 0.5:g} s "
+            "after the minute, while the ticks are posted", " / ".join(ms(x) for x in latency) +
+            f" (max {ms(max(latency))})", "", "", "each ≤ 1 s", verdict(max(latency) <= 1.0)),
+        Row(f"{n} ticks of one minute: tick → last POST received",
+            f"{max(ticks):.2f} s (p50 {percentile(ticks, 50):.2f} s)", "", "", "≤ 10 s", verdict(max(ticks) <= 10)),
+    ]
+
+
+def bench_drain(sim: SimulatorProcess, work: Path, n: int, rate: float) -> list[Row]:
+    """`n` new specs in one checkout against a server limited to `rate` POSTs a second."""
+    config = work / "drain.yaml"
+    config.write_text(f"servers:\n  default:\n    url: {sim.url}\n    user: {USER}\n"
+                      f"    token: {{env: JENKINS_API_TOKEN}}\n    rate: {rate:g}/s\n")
+    rate_got, _, spacing = our_burst(sim, work, n, "drain", ("--config", str(config)))
+    return [Row(f"drain at a set rate: {n} new specs, server `rate: {rate:g}/s` (first → last POST)",
+                f"{spacing:.1f} POSTs/s (rename → last POST: {rate_got:.1f}/s)", "", "",
+                f"{rate:g}/s ± 10 %", verdict(abs(spacing - rate) <= rate * 0.1))]
+
+
 NOTES = """\
 **Reading the burst rows.** Each burst is 1,000 new specs landing in one atomic rename, timed from
 the rename to the simulator receiving the last POST. Jenkins' answer time is modelled by the
@@ -566,7 +711,8 @@ def render(rows: list[Row], quick: bool) -> str:
     return head + "\n".join(lines) + "\n\n" + NOTES.format(missed=why)
 
 
-BENCHMARKS = ("latency", "burst", "scale", "idle", "lateness", "validate", "writeback", "ha")
+BENCHMARKS = ("latency", "burst", "scale", "idle", "lateness", "validate", "writeback", "ha", "heavy", "lanes",
+              "drain")
 
 
 def main() -> int:
@@ -601,6 +747,13 @@ def main() -> int:
             rows += bench_writeback(sim, work, 300 if q else 1000, 2 if q else 4)
         if "ha" in chosen:
             rows += bench_ha(sim, work, 300 if q else 1000, 5 if q else 20, 2 if q else 4)
+        if "heavy" in chosen:
+            rows += bench_heavy(sim, work, 5, 20, 5)
+            rows += bench_heavy(sim, work, 2000 if q else 10000, 20, 5)
+        if "lanes" in chosen:
+            rows += bench_lanes(sim, work, 1000 if q else 5000, 3)
+        if "drain" in chosen:
+            rows += bench_drain(sim, work, 50 if q else 100, 10)
     finally:
         sim.stop()
         shutil.rmtree(work, ignore_errors=True)

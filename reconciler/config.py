@@ -73,6 +73,10 @@ class Server:
     client_cert: str | None = None
     client_key: str | None = None
     """A client certificate (and its key, if not in the same file) for ingresses that ask for one."""
+    rate: float | None = None
+    """POSTs a second at most (`rate: 10/s`, `600/m`): a burst drains at this pace. None: no limit."""
+    max_queued: int | None = None
+    """No POST while Jenkins' queue holds this many items (read at most once a second). None: no limit."""
 
     @property
     def secrets(self) -> list[str]:
@@ -217,6 +221,14 @@ class ServerSettings(_Section):
     proxy: str | None = Field(None, repr=False)
     client_cert: str | None = None
     client_key: str | None = None
+    rate: str | None = None
+    max_queued: int | None = Field(None, gt=0)
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, rate: str | None) -> str | None:
+        _per_second(rate)
+        return rate
 
     @field_validator("url")
     @classmethod
@@ -235,7 +247,23 @@ class ServerSettings(_Section):
         return Server(name=name, url=self.url, user=self.user, token=secret("token"), job_token=secret("job_token"),
                       verify=self.ca_bundle or self.verify, concurrency=self.concurrency,
                       connect_timeout=self.connect_timeout, read_timeout=self.read_timeout, proxy=self.proxy,
-                      client_cert=self.client_cert, client_key=self.client_key)
+                      client_cert=self.client_cert, client_key=self.client_key, rate=_per_second(self.rate),
+                      max_queued=self.max_queued)
+
+
+def _per_second(rate: str | None) -> float | None:
+    """`10/s`, `600/m`, `36000/h` or a number (a second): POSTs per second."""
+    if rate is None:
+        return None
+    count, _, per = rate.strip().partition("/")
+    seconds = {"": 1, "s": 1, "m": 60, "h": 3600}.get(per.strip())
+    try:
+        value = float(count)
+    except ValueError:
+        value = 0.0
+    if seconds is None or not value > 0:
+        raise ValueError(f"rate: {rate!r} is not N/s, N/m or N/h with N > 0")
+    return value / seconds
 
 
 class AuthorSettings(_Section):

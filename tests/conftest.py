@@ -120,6 +120,8 @@ class Harness:
     sim: Simulator
     job_token: str | None = None
     concurrency: int = Server.concurrency
+    rate: float | None = None
+    max_queued: int | None = None
     retry_min: float = 0.02
     refused_min: float = 60.0
     """How long a refused run waits before its next attempt; tests that retry one make it short."""
@@ -157,7 +159,7 @@ class Harness:
 
     def server(self) -> Server:
         return Server(name="default", url=self.url, user=USER, token=TOKEN, job_token=self.job_token,
-                      concurrency=self.concurrency)
+                      concurrency=self.concurrency, rate=self.rate, max_queued=self.max_queued)
 
     def build(self, clock: Callable[[], float] = time.time, resync_interval: float = 60.0) -> Daemon:
         """A daemon wired to real parts, not yet running: tests may drive it step by step."""

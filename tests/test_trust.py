@@ -79,7 +79,7 @@ HOSTILE = {
     "date.yaml": ("job: plain\nparameters: {A: !!timestamp 2001-13-45}\n", "2:17", "explicit YAML tags"),
     "deadline.yaml": ("job: plain\nschedule: '* * * * *'\nstarting_deadline: 99999999999999999999999h\n", "3:20",
                       "starting_deadline: cannot read duration"),
-    "tab.yaml": ("job: plain\nparam\teters: {}\n", "1:1", "unknown key 'param\\teters'"),
+    "tab.yaml": ("job: plain\nparam\teters: {}\n", "2:1", "unknown key 'param\\teters'"),
     "merge.yaml": ("job: plain\n<<: {cause: x}\n", "2:1", "YAML merge keys (<<) are not accepted"),
     "dots.yaml": ("job: ../../script\n", "1:6", "`.` or `..` segment"),
     "token.yaml": ("job: deploy\nparameters: {token: guessed, cause: spoofed}\n", "2:13",

@@ -7,16 +7,24 @@ import hashlib
 import json
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
-from ruamel.yaml import YAML
 from ruamel.yaml.constructor import ConstructorError, SafeConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent, NodeEvent, ScalarEvent
+from ruamel.yaml.events import (
+    AliasEvent,
+    CollectionEndEvent,
+    CollectionStartEvent,
+    Event,
+    MappingStartEvent,
+    NodeEvent,
+    ScalarEvent,
+)
 from ruamel.yaml.main import CParser
 from ruamel.yaml.nodes import ScalarNode
 from ruamel.yaml.resolver import VersionedResolver, implicit_resolvers
@@ -24,7 +32,7 @@ from ruamel.yaml.tag import Tag
 
 from reconciler.core import schedule as cron
 from reconciler.core.errors import Problem, SpecError
-from reconciler.core.yamlpos import position, yaml_type
+from reconciler.core.yamlpos import yaml_type
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 CONFIG_FILES = ("reconciler.yaml", "reconciler.yml")
@@ -36,8 +44,22 @@ MAX_DEPTH = 32
 parameters); the YAML composer recurses once per level, in C, and tens of thousands crash the process."""
 _NESTING = ("[", "{", "-", ":", "?")
 """Every level of nesting opens with one of these: a text with fewer of them cannot be too deep."""
-_STRUCTURE = ("&", "*", "!", "<<")
-"""Anchors, aliases, tags and merge keys start with these: a text without any has none."""
+MAX_NODES = 5000
+"""The most YAML nodes (scalars and collections) a trigger spec may hold. A spec is a dozen keys and
+its parameters (two nodes each): a job with a thousand parameters fits twice over. Counted while the
+C parser streams the text, before anything is built from it, so a file's cost follows this, not its
+shape: a 256 KiB flow list of 131,000 numbers is refused after its first 5,000."""
+_NODE_MARKS = (*_NESTING, ",")
+"""Every node but the first comes after one of these (a key after `?`, `,`, a newline's value after `:`
+or `-`): a text with fewer than MAX_NODES / 2 of them is within the budget without being parsed."""
+MAX_PROBLEMS = 20
+"""The most problems kept for one file: a file of thousands of unknown keys is reported by its first
+ones (and their count), not by a report as large as the file, kept for as long as the file exists."""
+_STRUCTURE = re.compile(r"(?:^|[\s,\[{])(?:[&*][\w-]|!\S)|<<", re.MULTILINE)
+"""Anchors and aliases start a node with `&` or `*` right before their name (letters, digits, `_`, `-`
+in libyaml, which the C parser is), tags with `!`, each after a space, a line's start, `,`, `[` or `{`;
+merge keys are `<<`: a text without these has none. A cron expression's `'* * * * *'` is not one of
+them, and costs no parse of its own."""
 MAX_NUMBER_DIGITS = 64
 """A longer number is refused rather than converted: Python's int() of thousands of digits is slow
 or refused, and no parameter needs it as a number (quoted, it is a string of any length)."""
@@ -322,8 +344,10 @@ def parse(text: str, *, name: str, path: str) -> Spec:
     except SpecError:
         raise
     except Exception as e:  # a parser or validator bug on input nobody foresaw: still that file's error
-        raise SpecError(path, [Problem(1, 1, f"cannot read this file as a trigger spec ({type(e).__name__})")]) \
-            from None
+        kind = type(e).__name__
+    # Raised out here, not in the handler: an exception raised there keeps the one it handles (and, through
+    # its traceback, the text and whatever was built of it) as its __context__, `from None` or not.
+    raise SpecError(path, [Problem(1, 1, f"cannot read this file as a trigger spec ({kind})")])
 
 
 def _parse(text: str, name: str, path: str) -> Spec:
@@ -331,14 +355,17 @@ def _parse(text: str, name: str, path: str) -> Spec:
     if refused is not None:
         raise SpecError(path, [refused])
     loader = _Loader(text)
+    problem = None
     try:
         data = loader.get_single_data()
     except MarkedYAMLError as e:
-        raise SpecError(path, [yaml_problem(e)]) from None
+        problem = yaml_problem(e)
     except YAMLError as e:
-        raise SpecError(path, [Problem(1, 1, f"invalid YAML: {e}")]) from None
+        problem = Problem(1, 1, f"invalid YAML: {e}")
     finally:
         loader.dispose()
+    if problem is not None:  # raised outside the handler: a SpecError holds positions and text, nothing else
+        raise SpecError(path, [problem])
     if data is None:
         raise SpecError(path, [Problem(1, 1, "empty file: a trigger spec needs at least `job: NAME`")])
     if not isinstance(data, dict):
@@ -347,11 +374,15 @@ def _parse(text: str, name: str, path: str) -> Spec:
     try:
         model = SpecModel.model_validate(data)
     except ValidationError as e:
-        problems = _locate(text, e)
+        errors = e.errors(include_url=False, include_context=False)
+    else:
+        errors = None
+    if errors is not None:  # raised outside the handler, so no pydantic error (nor its document) is kept
+        problems = _locate(text, errors)
         also = _schedule_keys_problem(data.get("schedule"), data)
         if also and all(p.message != also for p in problems):
             problems.append(Problem(1, 1, also))
-        raise SpecError(path, problems) from None
+        raise SpecError(path, problems)
     params = None if model.parameters is None else tuple(  # the values as loaded: validation drops `written`
         (str(k), jenkins_value(data["parameters"][k])) for k in model.parameters)
     # Interned: ten thousand triggers usually name a few hundred jobs and a server or two.
@@ -367,19 +398,19 @@ def _parse(text: str, name: str, path: str) -> Spec:
 
 def structure_problem(text: str, *, refuse: bool = True) -> Problem | None:
     """What makes a YAML text cost more than its size, found before anything is built from it: nesting
-    deeper than MAX_DEPTH (the composer recurses once per level, in C) and, with `refuse`, anchors,
-    aliases and merge keys (a 1 KB "billion laughs" expands to gigabytes) and explicit tags (`!!int
-    0xZZ`, `!!timestamp 2001-13-45`: converters that fail in ways the schema never sees). Trigger specs
-    need none of them. Only the parser runs, which keeps its own stack, and only when the text holds a
-    character that could start one; a text it cannot parse is left to the parse proper to report."""
+    deeper than MAX_DEPTH (the composer recurses once per level, in C) and, with `refuse`, more than
+    MAX_NODES nodes, anchors, aliases and merge keys (a 1 KB "billion laughs" expands to gigabytes) and
+    explicit tags (`!!int 0xZZ`, `!!timestamp 2001-13-45`: converters that fail in ways the schema never
+    sees). Trigger specs need none of them. Only the parser runs, which keeps its own stack, it stops at
+    the first of these, and it runs only when the text holds enough characters that could start one; a
+    text it cannot parse is left to the parse proper to report."""
     deep = sum(map(text.count, _NESTING)) > MAX_DEPTH
-    if not deep and not (refuse and any(c in text for c in _STRUCTURE)):
+    many = refuse and 2 * sum(map(text.count, _NODE_MARKS)) + 1 > MAX_NODES
+    if not deep and not many and not (refuse and _STRUCTURE.search(text)):
         return None
-    parser = CParser(text)
-    depth = 0
+    depth = nodes = 0
     try:
-        while parser.check_event():
-            event = parser.get_event()
+        for event in _events(text):
             mark = event.start_mark
             where = (mark.line + 1, mark.column + 1)
             if isinstance(event, CollectionStartEvent):
@@ -391,6 +422,11 @@ def structure_problem(text: str, *, refuse: bool = True) -> Problem | None:
                 depth -= 1
             if not refuse:
                 continue
+            if isinstance(event, NodeEvent):
+                nodes += 1
+                if nodes > MAX_NODES:
+                    return Problem(*where, f"more than {MAX_NODES} YAML values: a trigger spec takes a few "
+                                           "dozen (a job, its parameters); the file is not read further")
             if isinstance(event, AliasEvent) or (isinstance(event, NodeEvent) and event.anchor):
                 return Problem(*where, "YAML anchors and aliases (&name, *name) are not accepted in trigger "
                                        "specs: write each value out")
@@ -403,9 +439,17 @@ def structure_problem(text: str, *, refuse: bool = True) -> Problem | None:
                                        "quote a value to make it text")
     except YAMLError:
         pass
+    return None
+
+
+def _events(text: str) -> Iterator[Event]:
+    """The C parser's events, one at a time: nothing is composed or constructed."""
+    parser = CParser(text)
+    try:
+        while parser.check_event():
+            yield parser.get_event()
     finally:
         parser.dispose()
-    return None
 
 
 def nesting_problem(text: str) -> Problem | None:
@@ -428,16 +472,11 @@ def yaml_problem(e: MarkedYAMLError) -> Problem:
     return Problem(line, col, problem)
 
 
-def _locate(text: str, error: ValidationError) -> list[Problem]:
-    """Re-read the text keeping positions, to put each validation error on its line and column. The
-    pure-Python reader is stricter than the C one in places (a tab inside a key): where it cannot
-    read the text, the errors stay, at the top of the file."""
-    try:
-        tree = YAML(typ="rt").load(text)
-    except YAMLError:
-        tree = None
+def _locate(text: str, errors: list[Any]) -> list[Problem]:
+    """Put each validation error on its line and column, from the C parser's marks (`_positions`)."""
+    places = _positions(text, max(len(_value_loc(tuple(err["loc"]))) for err in errors))
     problems = []
-    for err in error.errors():
+    for err in errors:
         loc = tuple(err["loc"])
         kind = err["type"]
         if kind == "extra_forbidden":
@@ -445,18 +484,79 @@ def _locate(text: str, error: ValidationError) -> list[Problem]:
             hint = difflib.get_close_matches(key, KNOWN_KEYS if len(loc) == 1 else (), n=1)
             message = f"unknown key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else
                                                 f"; known keys: {', '.join(KNOWN_KEYS)}")
-            line, col = position(tree, loc, key=True)
+            line, col = _position(places, loc, key=True)
         elif kind == "missing":
             message = f"missing required key {loc[-1]!r}"
-            line, col = position(tree, loc[:-1], key=False)
+            line, col = _position(places, loc[:-1], key=False)
         else:
             message = _describe(loc, err)
             if loc and loc[-1] == "[key]":  # a mapping key that is wrong itself: point at the key
-                line, col = position(tree, _value_loc(loc[:-1]), key=True)
+                line, col = _position(places, _value_loc(loc[:-1]), key=True)
             else:
-                line, col = position(tree, _value_loc(loc), key=False)
+                line, col = _position(places, _value_loc(loc), key=False)
         problems.append(Problem(line, col, message))
-    return sorted(set(problems), key=lambda p: (p.line, p.column, p.message))
+    found = sorted(set(problems), key=lambda p: (p.line, p.column, p.message))
+    if len(found) > MAX_PROBLEMS:
+        last = found[MAX_PROBLEMS - 1]
+        found = [*found[:MAX_PROBLEMS], Problem(last.line, last.column,
+                                                f"and {len(found) - MAX_PROBLEMS} more problems like these")]
+    return found
+
+
+Place = tuple[tuple[int, int], tuple[int, int]]
+"""Where a key is, and where its value is (line, column; from 1)."""
+
+
+def _positions(text: str, depth: int) -> dict[tuple[str, ...], Place]:
+    """Where each key and value down to `depth` levels is, by its path of keys as text (list items by
+    index): one pass of the C parser's events, each carrying its mark. Bounded like the parse: the node
+    budget was checked before anything was built."""
+    places: dict[tuple[str, ...], Place] = {(): ((1, 1), (1, 1))}
+    # Per open collection: its path (None inside a key that is itself a collection), whether a mapping
+    # waits for a key, the last key (or the next index), and where that key is.
+    stack: list[list[Any]] = []
+    try:
+        for event in _events(text):
+            if isinstance(event, CollectionEndEvent):
+                stack.pop()
+                continue
+            if not isinstance(event, NodeEvent):
+                continue
+            here = (event.start_mark.line + 1, event.start_mark.column + 1)
+            path: tuple[str, ...] | None = ()
+            if stack:
+                top = stack[-1]
+                if top[0] is None:
+                    path = None
+                elif top[1] is None:  # a sequence: items by index
+                    path = (*top[0], str(top[2]))
+                    top[2] += 1
+                elif top[1]:  # a mapping's key
+                    top[1] = False
+                    top[2], top[3] = (event.value, here) if isinstance(event, ScalarEvent) else (None, here)
+                    path = None
+                else:  # a mapping's value
+                    top[1] = True
+                    path = None if top[2] is None else (*top[0], top[2])
+                    if path is not None and len(path) <= depth:
+                        places.setdefault(path, (top[3], here))
+            if isinstance(event, CollectionStartEvent):
+                deeper = path if path is not None and len(path) < depth else None
+                stack.append([deeper, isinstance(event, MappingStartEvent) or None, 0, here])
+    except YAMLError:
+        pass
+    return places
+
+
+def _position(places: dict[tuple[str, ...], Place], loc: tuple[Any, ...], *, key: bool) -> tuple[int, int]:
+    """The deepest position known along `loc`: its key's (or value's) where found, else its parent's."""
+    line_col = places[()][1]
+    for i in range(1, len(loc) + 1):
+        place = places.get(tuple(str(part) for part in loc[:i]))
+        if place is None:
+            break
+        line_col = place[0] if (key and i == len(loc)) else place[1]
+    return line_col
 
 
 def _value_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -495,10 +595,7 @@ def _describe(loc: tuple[Any, ...], err: Any) -> str:
 def position_in(text: str, *loc: str, value: bool = False) -> tuple[int, int]:
     """Line and column of a key (or, with `value`, of its value) in a spec's text, `position_in(text,
     "parameters", "ENV")`, for an error found after parsing; the top of the file where there is none."""
-    try:
-        return position(YAML(typ="rt").load(text), loc, key=not value)
-    except YAMLError:
-        return 1, 1
+    return _position(_positions(text, len(loc)), loc, key=not value)
 
 
 def json_schema() -> dict[str, Any]:

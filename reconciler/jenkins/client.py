@@ -37,6 +37,8 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 ACCEPTED = frozenset({200, 201, 303})
 """A trigger POST answered with a queue item: 201 queued it; 303 (Jenkins 2.308 to mid-2024) and 200
 (since jenkinsci/jenkins#9446) mean an identical request was already waiting and this one joined it."""
+MAX_HOLD = 300.0
+"""The longest Retry-After honoured for the whole server: a longer one is a misconfiguration to outlast."""
 _QUEUE_ITEM = re.compile(r"/queue/item/(\d+)/?$")
 _LOGGING_ID = re.compile(r"Logging ID=([0-9A-Za-z-]{1,64})")
 DEFINITION_MAX_AGE = 60.0
@@ -272,6 +274,9 @@ class Client:
         """The Jenkins version the last answer named (`X-Jenkins`): some refusals depend on it."""
         self._definitions: dict[str, tuple[float, JobDefinition]] = {}
         self._definitions_lock = threading.Lock()
+        self.hold_until = 0.0
+        """Until when (time.monotonic()) Jenkins asked us to wait, by a 429 or 503 (and its Retry-After):
+        the executor starts no POST to this server before then."""
 
     def close(self) -> None:
         self.session.close()
@@ -317,6 +322,10 @@ class Client:
                 self._refresh_crumb()
                 attempt -= 1
                 continue
+            if error.status in (429, 503):  # the whole server waits, not only this request
+                hold = min(float(retry_after), MAX_HOLD) if retry_after.isdigit() else \
+                    min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+                self.hold_until = max(self.hold_until, time.monotonic() + hold)
             if self._sleep(self._retry_delay(error, attempt, retry_after, retry_ambiguous)):
                 raise error
 
@@ -441,6 +450,10 @@ class Client:
     # -- following --------------------------------------------------------------------------
     def _json(self, url: str, what: str, tree: str | None = None) -> Any:
         return self._request("GET", url + "api/json", what, params={"tree": tree} if tree else None).json()
+
+    def queue_length(self) -> int:
+        """How many items wait in Jenkins' queue (all jobs'), for a server's `max_queued`."""
+        return len(self._json(self.base + "queue/", "reading the queue", tree="items[id]").get("items") or ())
 
     def queue_item(self, queue_url: str, job: str) -> QueueState:
         try:

@@ -7,6 +7,8 @@ import errno
 import hashlib
 import os
 import stat
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -48,6 +50,28 @@ class Changes:
 
     def __bool__(self) -> bool:
         return bool(self.changed or self.removed)
+
+
+Progress = Callable[[Changes], None]
+"""Called during a long scan with what it found so far (those entries are not in the changes it
+returns), so a caller can act on ordinary specs without waiting for the slowest file, and show it lives."""
+PROGRESS_EVERY = 0.25
+"""Seconds between calls of a scan's `progress`."""
+
+
+class _Early:
+    """Hands what a scan found so far to its `progress`, every PROGRESS_EVERY seconds."""
+
+    def __init__(self, progress: Progress | None, changes: Changes):
+        self.progress, self.changes = progress, changes
+        self.last = time.monotonic()
+
+    def turn(self) -> None:
+        if self.progress is None or time.monotonic() - self.last < PROGRESS_EVERY:
+            return
+        batch, self.changes.changed = self.changes.changed, []
+        self.progress(Changes(changed=batch))
+        self.last = time.monotonic()
 
 
 CONFIG_IN_TREE = ("server configuration does not belong in the triggers repository: anyone who can commit here "
@@ -105,6 +129,7 @@ class Catalog:
     def __init__(self, root: Path):
         self.root = root
         self.entries: dict[str, Entry] = {}
+        self._specs: dict[str, Spec] | None = None
         self.rejected: dict[str, Entry] = {}
         """Paths that cannot be triggers: a second file for a trigger another file defines, a name that is
         not UTF-8, a link or folder not followed, the config file. Counted among the errors, and reported
@@ -117,8 +142,9 @@ class Catalog:
         catalog.scan()
         return catalog
 
-    def scan(self) -> Changes:
-        """Walk the whole directory; only files whose stamp moved are read and parsed again."""
+    def scan(self, progress: Progress | None = None) -> Changes:
+        """Walk the whole directory; only files whose stamp moved are read and parsed again. With
+        `progress`, the smallest files first: ordinary specs are found before a heavy one is read."""
         seen: dict[str, _Found] = {}
         rejected: dict[str, tuple[str, str, Stamp]] = {}
         for found in sorted(self._walk(), key=lambda f: f.rel):
@@ -135,56 +161,62 @@ class Catalog:
                 seen[name] = found
         changes = Changes()
         self.rejected = {rel: self._reject(rel, *why, changes) for rel, why in rejected.items()}
-        for name, found in seen.items():
+        early = _Early(progress, changes)
+        order: Iterable[tuple[str, _Found]] = seen.items() if progress is None else \
+            sorted(seen.items(), key=lambda item: item[1].stamp[1])
+        for name, found in order:
             old = self.entries.get(name)
             if old is None or old.stamp != found.stamp or old.path != found.rel:
                 self._reread(name, found, changes)
+                early.turn()
         for name in list(self.entries):
             if name not in seen:
-                del self.entries[name]
+                self._drop(name)
                 changes.removed.append(name)
         return changes
 
-    def refresh(self, paths: list[str]) -> Changes:
+    def refresh(self, paths: list[str], progress: Progress | None = None) -> Changes:
         """Re-read just the files a watcher named; anything else (a directory moved, a link) means a full scan."""
         root = os.path.abspath(self.root)
         real_root = os.path.realpath(self.root)  # watchers may report paths under a symlink's target
         targets: list[tuple[str, str]] = []
         for path in map(os.path.abspath, paths):
             if path in (root, real_root):
-                return self.scan()  # the directory itself changed (a git-sync swap)
+                return self.scan(progress)  # the directory itself changed (a git-sync swap)
             base = real_root if path.startswith(real_root + os.sep) else root
             rel = os.path.relpath(path, base).replace(os.sep, "/")
             if rel.startswith("../") or any(part.startswith(".") for part in rel.split("/")):
                 continue
             if _printable(rel) != rel or rel in CONFIG_FILES:
-                return self.scan()  # a name that is not UTF-8, the config file: the scan reports them
+                return self.scan(progress)  # a name that is not UTF-8, the config file: the scan reports them
             name = trigger_name(rel)
             if name is None and not rel.endswith(SPEC_SUFFIXES):
-                return self.scan()  # a directory appeared, vanished or moved
+                return self.scan(progress)  # a directory appeared, vanished or moved
             folder = os.path.dirname(rel)
             if folder and os.path.realpath(os.path.join(root, folder)) != os.path.join(real_root, folder):
-                return self.scan()  # a path through a linked folder: never a trigger of its own
+                return self.scan(progress)  # a path through a linked folder: never a trigger of its own
             old = self.entries.get(name) if name else None
             if (old is not None and old.path != rel) or rel in self.rejected:
-                return self.scan()  # `a.yml` beside `a.yaml`, or a refused path: let the scan sort it out
+                return self.scan(progress)  # `a.yml` beside `a.yaml`, or a refused path: let the scan sort it out
             if name is not None:
                 targets.append((name, rel))
         changes = Changes()
+        early = _Early(progress, changes)
         for name, rel in dict.fromkeys(targets):
             old = self.entries.get(name)
             try:
                 st = os.lstat(os.path.join(root, rel))
             except FileNotFoundError:
                 if old is not None:
-                    del self.entries[name]
+                    self._drop(name)
                     changes.removed.append(name)
                 continue
             found = _judge(root, real_root, rel, st)
             if found is None or found.refused is not None or found.source != os.path.join(root, rel):
-                return self.scan()  # a link, a pipe, a folder: the scan judges it with the rest
+                return self.scan(progress)  # a link, a pipe, a folder: the scan judges it with the rest
             if old is None or old.stamp != found.stamp:
                 self._reread(name, found, changes)
+                early.turn()
         return changes
 
     def _walk(self) -> list[_Found]:
@@ -236,22 +268,34 @@ class Catalog:
         try:
             raw = _read(found.source or os.path.join(self.root, rel), rel)
         except SpecError as e:
-            entry = Entry(name, rel, stamp, error=e)
+            entry = Entry(name, rel, stamp, error=judged(e))
         else:
             digest = hashlib.blake2b(raw, digest_size=16).digest()
             if old is not None and old.digest == digest and old.path == rel:
-                self.entries[name] = replace(old, stamp=stamp)
+                self.entries[name] = replace(old, stamp=stamp)  # the same spec: the cached dict holds
                 return
             try:
                 entry = Entry(name, rel, stamp, spec=_parse(raw, name, rel), digest=digest)
             except SpecError as e:
-                entry = Entry(name, rel, stamp, error=e, digest=digest)
-        self.entries[name] = entry
+                entry = Entry(name, rel, stamp, error=judged(e), digest=digest)
+        self._set(name, entry)
         changes.changed.append(entry)
+
+    def _set(self, name: str, entry: Entry) -> None:
+        self.entries[name] = entry
+        self._specs = None
+
+    def _drop(self, name: str) -> None:
+        del self.entries[name]
+        self._specs = None
 
     @property
     def specs(self) -> dict[str, Spec]:
-        return {n: e.spec for n, e in self.entries.items() if e.spec is not None}
+        """The valid specs by trigger: built once per change of the catalog, not per call (a tick of
+        thousands of schedules asks for it once per due trigger). Read it, never change it."""
+        if self._specs is None:
+            self._specs = {n: e.spec for n, e in self.entries.items() if e.spec is not None}
+        return self._specs
 
     @property
     def errors(self) -> dict[str, SpecError]:
@@ -259,6 +303,13 @@ class Catalog:
         errors = {n: e.error for n, e in self.entries.items() if e.error is not None}
         errors.update((rel, e.error) for rel, e in self.rejected.items() if e.error is not None)
         return errors
+
+
+def judged(error: SpecError) -> SpecError:
+    """An error as kept for as long as its file exists: its positions and text only. The traceback it
+    was raised with holds the frames that read the file, and with them the text and what was built."""
+    error.__traceback__ = error.__context__ = error.__cause__ = None
+    return error
 
 
 def folders(root: str) -> list[str]:
@@ -300,7 +351,7 @@ def check_file(path: str, triggers: str | None = None) -> Spec | SpecError:
     try:
         return _parse(_read(found.source if found and found.source else path, path), name, path)
     except SpecError as e:
-        return e
+        return judged(e)
 
 
 def _within(path: str, folder: str) -> bool:

@@ -43,6 +43,9 @@ HEARTBEAT = 10.0
 """The loop wakes at least this often, so /healthz can tell a sleeping loop from a stuck one."""
 STORE_RETRY = 5.0
 """After the state store refused a write (a full disk), how long the loop waits before a full pass tries again."""
+TICK_BATCH = 1000
+"""Due schedules handled in one turn of the loop, so that 5,000 due at one minute never hold a change
+written meanwhile for the whole batch (each thousand is about half a second of deciding)."""
 TRIM_AFTER = 500
 """Files parsed in one pass after which the heap is trimmed (see `trim_heap`)."""
 
@@ -103,6 +106,8 @@ class Daemon:
         self.empty_start: float | None = None
         """When this process started on an empty state store (a fresh pod): what it decides for the
         moment it started may have been posted by a process whose record of it never reached git."""
+        self._fired_early: list[Run] = []
+        """What the scan under way decided before it was done (see `_early`)."""
         self.unconfigured: dict[str, str] = {}
         """Valid specs that name a server the operator has not configured, or ask what the policy does
         not allow, with the error: invalid, like a broken file, and reported once per change."""
@@ -211,6 +216,7 @@ class Daemon:
         now = self.clock()
         fired = self.store.fired_among([(s.name, s.revision) for s in candidates if s.schedule is None])
         firing: list[Spec] = []
+        started: dict[str, float] = {}
         for name in changes.removed:
             self.unconfigured.pop(name, None)
         for entry in changes.changed:
@@ -220,7 +226,7 @@ class Daemon:
             if self._unconfigured(spec):
                 continue
             if spec.schedule is not None:
-                self._arm(spec, now)
+                self._arm(spec, now, started)
                 continue
             self.next_due.pop(spec.name, None)  # it may have been a schedule before
             verdict = decide(spec, fired, self.servers)
@@ -230,10 +236,10 @@ class Daemon:
         to_fire = [new_run(spec, now, provenance=commits.get(spec.name)) for spec in firing]
         self.executor.metrics.invalid_specs.set(len(self.catalog.errors) + len(self.unconfigured))
         self.executor.metrics.policy_violations.set(len(self.against_policy))
-        inserted = self.store.decide(to_fire)
+        inserted = self.store.decide(to_fire, cursors=started)
         for run in inserted:
             self.log.info("fire_decided", trigger=run.trigger, run_id=run.run_id, job=run.job, revision=run.fire_key)
-        first = full and self.passes == 0 and self.empty_start is not None
+        first = self.passes == 0 and self.empty_start is not None  # the first pass, early decisions included
         self.executor.submit(inserted, unsure={r.run_id for r in inserted} if first else ())
         return inserted
 
@@ -291,11 +297,12 @@ class Daemon:
         self.frozen[spec.name] = freeze
         return True
 
-    def _arm(self, spec: Spec, now: float) -> None:
-        """Set when a schedule next needs attention; a new schedule starts from now, not from a backlog."""
+    def _arm(self, spec: Spec, now: float, started: dict[str, float]) -> None:
+        """Set when a schedule next needs attention; a new schedule starts from now, not from a backlog
+        (its cursor goes into `started`, recorded with the pass's decisions: one commit, not one each)."""
         assert spec.schedule is not None
         if spec.name not in self.cursors:
-            self.store.decide([], cursors={spec.name: now})
+            started[spec.name] = now
             self.cursors[spec.name] = datetime.fromtimestamp(now, UTC)
         if spec.suspend or spec.server not in self.servers:
             self.next_due.pop(spec.name, None)
@@ -306,7 +313,8 @@ class Daemon:
         """Handle every schedule due at the clock's now: fire, skip or mark missed, once per tick.
 
         All due schedules' decisions go into one transaction: a thousand triggers due at the same
-        minute cost one commit, not a thousand.
+        minute cost one commit, not a thousand. At most TICK_BATCH of them a call: the loop's next turn,
+        at once, takes the rest, after the changes the watcher named meanwhile.
         """
         now = self.clock()
         now_dt = datetime.fromtimestamp(now, UTC)
@@ -315,16 +323,24 @@ class Daemon:
         running: dict[str, list[Run]] = {}
         for run in self.executor.active():
             running.setdefault(run.trigger, []).append(run)
-        due = [name for name, due_at in self.next_due.items() if due_at <= now_dt]
-        commits = self._provenance([self.catalog.specs[n] for n in due if n in self.catalog.specs]) if due else {}
+        due = [name for name, due_at in self.next_due.items() if due_at <= now_dt][:TICK_BATCH]
+        specs = self.catalog.specs
+        known: dict[Any, Any] = {}
+        """What the cron arithmetic said, by its inputs: thousands of schedules due at one minute mostly
+        share an expression and a cursor, and each answer costs two walks of cronsim."""
+        commits = self._provenance([specs[n] for n in due if n in specs]) if due else {}
         for name in due:
-            spec = self.catalog.specs.get(name)
+            spec = specs.get(name)
             if spec is None or spec.schedule is None:
                 self.next_due.pop(name, None)
                 continue
-            cursors[name], found = self._due_decisions(spec, now, now_dt, running.get(name, []), commits.get(name))
+            cursors[name], found = self._due_decisions(spec, now, now_dt, running.get(name, []), commits.get(name),
+                                                       known)
             decisions += found
-            self.next_due[name] = cron.next_tick(spec.schedule, max(cursors[name], now_dt))
+            after = (spec.schedule, max(cursors[name], now_dt))
+            if after not in known:
+                known[after] = cron.next_tick(*after)
+            self.next_due[name] = known[after]
         if not cursors:
             return []
         inserted = {r.run_id for r in self.store.decide([r for r, _ in decisions],
@@ -351,9 +367,14 @@ class Daemon:
         return self.empty_start is not None and tick is not None and tick.timestamp() <= self.empty_start
 
     def _due_decisions(self, spec: Spec, now: float, now_dt: datetime, running: list[Run],
-                       commit: Provenance | None = None) -> tuple[datetime, list[tuple[Run, str]]]:
+                       commit: Provenance | None = None, known: dict[Any, Any] | None = None,
+                       ) -> tuple[datetime, list[tuple[Run, str]]]:
         assert spec.schedule is not None
-        due = cron.due(spec.schedule, self.cursors[spec.name], now_dt, spec.starting_deadline)
+        inputs = (spec.schedule, self.cursors[spec.name], now_dt, spec.starting_deadline)
+        known = {} if known is None else known
+        if inputs not in known:
+            known[inputs] = cron.due(*inputs)
+        due = known[inputs]
         decisions: list[tuple[Run, str]] = []
         for missed in due.missed:
             run = replace(new_run(spec, now, missed), status=RunStatus.MISSED, finished_at=now,
@@ -380,11 +401,21 @@ class Daemon:
                 decisions.append((run, "decided"))
         return due.cursor, decisions
 
+    def _early(self, changes: Changes) -> None:
+        """What a long scan found so far: decided now, not after the slowest file; and the loop lives."""
+        self.heartbeat = time.monotonic()
+        if changes:
+            self._fired_early += self.reconcile(changes)
+
+    def _alive(self, _: Changes) -> None:
+        self.heartbeat = time.monotonic()
+
     def pass_once(self) -> list[Run]:
         metrics = self.executor.metrics
         with metrics.reconcile_duration.time():
-            changes = self.catalog.scan()
-            fired = self.reconcile(changes, full=True)
+            self._fired_early = []
+            changes = self.catalog.scan(self._early)
+            fired = self._fired_early + self.reconcile(changes, full=True)
             self._resume_stranded()
             fired += self.retry_refused()
         if len(changes.changed) >= TRIM_AFTER:
@@ -441,6 +472,11 @@ class Daemon:
         notes = [] if self.leadership is None else self.leadership.notes()
         notes += [] if self.live is None else self.live.notes()
         notes += [] if self.watcher is None else self.watcher.notes()
+        for server, backlog in self.executor.backlog().items():
+            if backlog.posts:
+                notes.append(f"backlog on server {server}: {backlog.posts} fires waiting to be POSTed "
+                             f"({backlog.changes} changes, {backlog.ticks} ticks)" +
+                             (f"; held: {backlog.held}" if backlog.held else ""))
         return notes + ([] if self.writeback is None else self.writeback.notes())
 
     def run(self, stop: threading.Event) -> None:
@@ -512,7 +548,7 @@ class Daemon:
         assert self.leadership is not None
         elected = self.leadership.elected
         self.supervisor.start("leadership", self.leadership.run, stop)
-        self.catalog.scan()
+        self.catalog.scan(self._alive)
         self.ready.set()
         self.log.info("standing_by", specs=len(self.catalog.entries))
         while not stop.is_set() and not elected.is_set():
@@ -521,7 +557,7 @@ class Daemon:
             self._wake.clear()
             paths = self._take_paths()
             if paths:
-                self.supervisor.guard("standby_refresh", self.catalog.refresh, paths)
+                self.supervisor.guard("standby_refresh", self.catalog.refresh, paths, self._alive)
         return elected.is_set() and not stop.is_set()
 
     def _until_done(self, step: str, work: Callable[[], Any], stop: threading.Event) -> Any:
@@ -554,7 +590,8 @@ class Daemon:
             self._thaw()
         paths = self._take_paths()
         if paths:
-            self.reconcile(self.catalog.refresh(paths))
+            self.reconcile(self.catalog.refresh(paths, self._early))
+            self._fired_early = []
         if resync:
             started = time.perf_counter()
             fired = self.pass_once()

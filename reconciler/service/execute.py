@@ -11,8 +11,10 @@ at any line resumes from what the store says (see README, "What is guaranteed"):
 - `queued` / `building`: follow the queue item, then the build.
 
 How it runs: every step of a run (a lookup, a POST, a look at its queue item or build) is a call on
-its server's pool of worker threads, as many as the server's `concurrency`, which is therefore the
-most requests one Jenkins gets from us at once; a slow answer holds only its own thread. A step that
+its server's worker threads, as many as the server's `concurrency`, which is therefore the most
+requests one Jenkins gets from us at once; a slow answer holds only its own thread. The steps wait
+in fair lanes (one-shot POSTs, tick POSTs, follow-ups: see lanes.py), and POSTs pass the server's
+gate (its `rate`, `max_queued`, Jenkins' Retry-After). A step that
 has to wait (a retry's backoff, the next look at a queued build) goes on a timer heap, and one timer
 thread hands it to the pool when it is due, putting the looks at runs of one job due together into
 one call, so that one read of the job's recent builds answers them all. Each step records itself in
@@ -28,7 +30,6 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -46,6 +47,7 @@ from reconciler.jenkins.client import MASKED, Client, Found, RecentBuilds
 from reconciler.jenkins.contract import explain_500
 from reconciler.metrics import Metrics
 from reconciler.repo.history import History, iso
+from reconciler.service.lanes import Backlog, Lane, Lanes
 from reconciler.service.supervisor import Supervisor
 from reconciler.store.base import StateStore
 
@@ -125,9 +127,7 @@ class Executor:
         self._next_builds: dict[tuple[str, str], tuple[float, int]] = {}
         """Each job's `nextBuildNumber` as last read (monotonic time, number): the bound of POSTs to it."""
         """Runs whose build's parameters and causes were read back (once each, in this process)."""
-        self._pools = {name: ThreadPoolExecutor(max_workers=client.server.concurrency,
-                                                thread_name_prefix=f"jenkins-{name}")
-                       for name, client in clients.items()}
+        self._lanes = {name: self._lanes_for(name, client) for name, client in clients.items()}
         self._cv = threading.Condition()
         """Guards the open runs; notified as they change, for `wait_idle`."""
         self._active: dict[str, Run] = {}
@@ -216,8 +216,8 @@ class Executor:
         with self._timers_cv:
             self._timers_cv.notify_all()
         self._timer.join(timeout=5)
-        for pool in self._pools.values():
-            pool.shutdown(wait=True, cancel_futures=True)
+        for lanes in self._lanes.values():
+            lanes.shutdown(cancel=True)
         return self.active()
 
     def use_clients(self, clients: Mapping[str, Client]) -> list[Client]:
@@ -225,12 +225,23 @@ class Executor:
         rotated token, say); a server no longer configured keeps its client, so its open runs finish.
         Returns the clients replaced, for the caller to close."""
         for name, client in clients.items():
-            if name not in self._pools:
-                self._pools[name] = ThreadPoolExecutor(max_workers=client.server.concurrency,
-                                                       thread_name_prefix=f"jenkins-{name}")
+            if name not in self._lanes:
+                self._lanes[name] = self._lanes_for(name, client)
+            else:  # the server's pace as the config now says; its workers stay
+                self._lanes[name].rate, self._lanes[name].max_queued = client.server.rate, client.server.max_queued
         replaced = [self.clients[name] for name in clients if name in self.clients]
         self.clients = {**self.clients, **clients}
         return replaced
+
+    def _lanes_for(self, name: str, client: Client) -> Lanes:
+        """A server's lanes; they ask its current client (a reload may replace it) for the queue and holds."""
+        return Lanes(name, client.server.concurrency, rate=client.server.rate, max_queued=client.server.max_queued,
+                     queue_length=lambda: self.clients[name].queue_length(),
+                     hold_until=lambda: self.clients[name].hold_until)
+
+    def backlog(self) -> dict[str, Backlog]:
+        """What waits for each server: POSTs (one-shots, ticks) and follow-ups, and why POSTs are held."""
+        return {name: lanes.backlog() for name, lanes in self._lanes.items()}
 
     # -- scheduling -------------------------------------------------------------------------
     def _start(self, fire: _Fire) -> None:
@@ -239,8 +250,9 @@ class Executor:
     def _submit(self, run: Run, step: Callable[..., None], *args: Any) -> None:
         if self.stop.is_set():
             return  # the run stays open in the store, for the next start
-        with contextlib.suppress(RuntimeError):  # the pool shut down meanwhile: the same
-            self._pools[run.server].submit(self._guarded, step, run, *args)
+        lane = Lane.FOLLOW if step != self._fire else Lane.TICKS if run.fire_key.startswith("@") else Lane.CHANGES
+        with contextlib.suppress(RuntimeError):  # the lanes shut down meanwhile: the same
+            self._lanes[run.server].put(lane, self._guarded, step, run, *args)
 
     def _later(self, delay: float, entry: _Look | _Fire) -> None:
         with self._timers_cv:

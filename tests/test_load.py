@@ -1,0 +1,180 @@
+"""Bounded under load: heavy files beside ordinary specs, a real `reconciler run` process, its probes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from .conftest import TOKEN, USER, wait_for
+
+SIZE = 256 * 1024 - 64
+"""Just under the catalog's limit: what a committer can legally write."""
+
+
+def _fill(head: str, item: str, tail: str = "") -> str:
+    return head + item * ((SIZE - len(head) - len(tail)) // len(item)) + tail
+
+
+HEAVY = {  # the four shapes of the issue's measurement, each just under the size limit
+    "flow-list": lambda i: _fill(f"job: plain\nlist: [{i},", "1,", "1]\n"),
+    "many-keys": lambda i: "job: plain\n" + "".join(f"k{n:06}: {i}\n" for n in range(SIZE // 12)),
+    "parameters": lambda i: "job: plain\nparameters:\n" + "".join(f"  P{n:06}: v{i}\n" for n in range(SIZE // 14)),
+    "nested-flow": lambda i: _fill(f"job: plain\nparameters: [{i},", "{a: [b, {c: d}]},", "x]\n"),
+}
+
+
+def write_heavy(directory: Path, count: int, generation: int = 0) -> list[Path]:
+    shapes = list(HEAVY)
+    out = []
+    for i in range(count):
+        path = directory / f"heavy-{i:02}.yaml"
+        path.write_text(HEAVY[shapes[i % len(shapes)]](i + 1000 * generation)[:SIZE])
+        out.append(path)
+    return out
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_heavy_files_beside_ordinary_specs(tmp_path, simulator):
+    """20 heavy files (four shapes) beside 5 ordinary specs: the ordinary ones are POSTed, /healthz
+    answers 200 throughout, the heavy ones are invalid with a position, and memory stays bounded,
+    also after five of them are rewritten."""
+    triggers = tmp_path / "triggers"
+    triggers.mkdir()
+    write_heavy(triggers, 20)
+    for i in range(5):
+        (triggers / f"ordinary-{i}.yaml").write_text(f"job: plain\ncause: ordinary {i}\n")
+    env = {**os.environ, "JENKINS_URL": simulator.url, "JENKINS_USER": USER, "JENKINS_API_TOKEN": TOKEN,
+           "RECONCILER_LISTEN": "127.0.0.1:0", "RECONCILER_POLL_INTERVAL": "0.1"}
+    log = tmp_path / "log"
+    started = time.monotonic()
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "--triggers", str(triggers),
+                                 "--state", str(tmp_path / "s.db"), "--history", str(tmp_path / "h")],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    failures: list[int] = []
+    polls = 0
+    done = threading.Event()
+    try:
+        def address() -> str | None:
+            for line in log.read_text().splitlines():
+                if '"probes_listening"' in line:
+                    return json.loads(line)["address"]
+            return None
+
+        base = f"http://{wait_for(address, what='the probes to listen')}"
+
+        def poll() -> None:
+            nonlocal polls
+            while not done.is_set():
+                status = requests.get(base + "/healthz", timeout=10).status_code
+                polls += 1
+                if status != 200:
+                    failures.append(status)
+                done.wait(0.1)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        wait_for(lambda: len(simulator.triggers("plain")) == 5, timeout=30, what="the 5 ordinary specs' POSTs")
+        assert time.monotonic() - started < 30
+        wait_for(lambda: requests.get(base + "/readyz", timeout=5).status_code == 200, what="readiness")
+        invalid = [json.loads(line) for line in log.read_text().splitlines() if '"spec_invalid"' in line]
+        assert sorted(e["trigger"] for e in invalid) == [f"heavy-{i:02}" for i in range(20)]
+        assert all(":" in e["errors"][0] for e in invalid)  # each with its file:line:col
+        assert peak_rss_mib(proc.pid) < 200
+
+        write_heavy(triggers, 5, generation=1)  # rewritten: read again, judged again
+        wait_for(lambda: log.read_text().count('"spec_invalid"') >= 25, timeout=30, what="the rewritten files")
+        assert peak_rss_mib(proc.pid) < 200
+        assert len(simulator.triggers("plain")) == 5
+        done.set()
+        poller.join(timeout=15)
+        assert polls > 0 and failures == []
+    finally:
+        done.set()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+
+
+class ShiftedClock:
+    def __init__(self, at: float):
+        self.now = at
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_one_shot_is_not_queued_behind_a_tick_backlog(harness):
+    """1,000 schedules due at one minute (5,000 in bench/), and a one-shot written just after: its
+    POST is among the first, not after the ticks."""
+    minute = (int(time.time()) // 60 + 5) * 60
+    clock = ShiftedClock(minute - 1)
+    for i in range(1000):
+        harness.write(f"ticks/t{i:04}", f"job: plain\ncause: tick {i}\nschedule: '* * * * *'\n")
+    daemon = harness.build(clock)
+    daemon.bootstrap()
+    daemon.pass_once()
+    clock.now = minute + 1
+    assert len(daemon.tick()) == 1000
+    harness.write("one-shot", "job: manual\n")
+    daemon.reconcile(daemon.catalog.refresh([str(harness.triggers / "one-shot.yaml")]))
+    wait_for(lambda: len(harness.sim.triggers()) == 1001, timeout=120, what="1,001 POSTs")
+    jobs = ["/job/manual/" in r.path for r in harness.sim.triggers()]
+    assert jobs.index(True) < 100  # with one queue per server it came 1,001st
+
+
+def test_a_burst_drains_at_the_servers_rate_and_readyz_shows_the_backlog(harness):
+    harness.rate = 20.0
+    daemon = harness.start()
+    for i in range(30):
+        harness.write(f"burst/b{i:02}", "job: plain\n" + f"cause: b{i}\n")
+    wait_for(lambda: any("backlog on server default" in n and "held: rate: 20/s" in n
+                         for n in daemon.readiness_notes()), what="a backlog held by the rate")
+    wait_for(lambda: len(harness.sim.triggers("plain")) == 30, timeout=30, what="30 POSTs")
+    arrivals = sorted(r.at for r in harness.sim.triggers("plain"))
+    assert arrivals[-1] - arrivals[0] >= 29 / 20 * 0.9  # evenly spaced at 20/s, not all at once
+    assert not any("backlog" in n for n in daemon.readiness_notes())
+
+
+def test_retry_after_holds_every_post_to_the_server(harness):
+    harness.sim.fault(path="/build$", method="POST", status=429, headers={"Retry-After": "1"}, times=1)
+    harness.concurrency = 4
+    harness.start()
+    for i in range(8):
+        harness.write(f"burst/b{i}", "job: plain\n")
+    wait_for(lambda: len(harness.sim.triggers("plain")) == 8, timeout=30, what="8 POSTs")
+    too_many = [r.at for r in harness.sim.requests if r.status == 429]
+    assert len(too_many) == 1
+    # after the 429, no new POST started until its Retry-After had passed: only the three under way
+    # and the refused one's own retry (after the client's backoff, 50 ms here) arrived before
+    after = [r.at for r in harness.sim.triggers("plain") if r.at > too_many[0]]
+    assert len([t for t in after if t < too_many[0] + 0.9]) <= 4
+    assert len(after) == 8
+
+
+def test_a_servers_rate_and_max_queued_are_read_from_the_operators_config(tmp_path):
+    import pytest
+
+    from reconciler.config import load_servers
+    from reconciler.core.errors import ConfigError
+
+    config = tmp_path / "reconciler.yaml"
+    config.write_text("servers:\n  ci:\n    url: https://ci.example.com\n    rate: 600/m\n    max_queued: 50\n")
+    server = load_servers(config, {})["ci"]
+    assert (server.rate, server.max_queued) == (10.0, 50)
+    config.write_text("servers:\n  ci:\n    url: https://ci.example.com\n    rate: fast\n")
+    with pytest.raises(ConfigError, match="rate"):
+        load_servers(config, {})
