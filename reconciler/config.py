@@ -51,6 +51,13 @@ from reconciler.core.policy import Rule, glob_problem
 from reconciler.core.spec import nesting_problem, yaml_problem
 from reconciler.core.yamlpos import position, yaml_type
 
+ALERTS = ("failed", "refused", "lost", "recovered", "paused", "unknown", "abandoned")
+DEFAULT_ALERTS = ("failed", "refused", "lost", "recovered", "paused")
+PROVIDERS = {"github": "https://api.github.com", "gitlab": None, "gitea": None,
+             "bitbucket": "https://api.bitbucket.org/2.0"}
+"""The forges commit statuses go to, and the API each answers at unless `api_url` says otherwise."""
+_HOSTED = {"json", "xml", "form", "mailto", "http"}
+"""Apprise schemes whose host is a host; in the others (slack://, discord://, msteams://) it is a key."""
 _SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:[^/]")
 _BRANCH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._/-]*$")
 
@@ -139,6 +146,76 @@ class HistoryRemote:
         if not self.token:
             return []
         return [self.token, base64.b64encode(f"{self.token_user}:{self.token}".encode()).decode()]
+
+
+@dataclass(frozen=True)
+class CommitStatus:
+    """Where each fire's steps are set as commit statuses on its spec's commit: the operator's forge,
+    never one a spec names."""
+
+    provider: str
+    api_url: str
+    repository: str
+    """owner/name; on GitLab the project's path (group/sub/name) or its numeric id."""
+    token: str = field(repr=False)
+    context: str = "reconciler/{trigger}"
+    """The status's name; another installation on the same repository gives another."""
+
+    @property
+    def secrets(self) -> list[str]:
+        return [self.token]
+
+    def warnings(self) -> list[str]:
+        parts = urlsplit(self.api_url)
+        if parts.scheme == "http" and not _loopback(parts.hostname or ""):
+            return [f"commit_status: the {self.provider} token is sent over plain http to {parts.hostname}: use https"]
+        return []
+
+
+@dataclass(frozen=True)
+class NotifyChannel:
+    """One channel messages go to: an Apprise URL (itself a secret: a webhook's URL is its key), the
+    alerts it hears of, and the triggers (globs) it hears about."""
+
+    url: str = field(repr=False)
+    on: tuple[str, ...] = DEFAULT_ALERTS
+    triggers: tuple[str, ...] = ()
+    where: str = "notify.0"
+    """How errors name this channel: never by its URL."""
+
+    @property
+    def secrets(self) -> list[str]:
+        """The URL and each of its parts long enough to be a key (Apprise logs a webhook's host and path)."""
+        parts = urlsplit(self.url)
+        host = None if parts.scheme.rstrip("s") in _HOSTED else parts.hostname  # slack://TOKEN/…: a key, not a host
+        pieces = [host, parts.username, parts.password, *parts.path.split("/"), *re.split(r"[&=]", parts.query)]
+        return [self.url, *(p for p in pieces if p and len(p) >= 6)]
+
+    def warnings(self) -> list[str]:
+        parts = urlsplit(self.url)
+        if parts.scheme in ("json", "xml", "form") and not _loopback(parts.hostname or ""):
+            return [f"{self.where}: messages are sent over plain http to {parts.hostname}: use {parts.scheme}s://"]
+        return []
+
+
+@dataclass(frozen=True)
+class Deliveries:
+    """The operator's `commit_status` and `notify`: who hears of each fire, and where."""
+
+    commit_status: CommitStatus | None = None
+    notify: tuple[NotifyChannel, ...] = ()
+
+    @property
+    def secrets(self) -> list[str]:
+        found = [] if self.commit_status is None else self.commit_status.secrets
+        return found + [s for channel in self.notify for s in channel.secrets]
+
+    def warnings(self) -> list[str]:
+        found = [] if self.commit_status is None else self.commit_status.warnings()
+        return found + [w for channel in self.notify for w in channel.warnings()]
+
+    def __bool__(self) -> bool:
+        return self.commit_status is not None or bool(self.notify)
 
 
 def _loopback(host: str) -> bool:
@@ -469,10 +546,70 @@ class Policy:
     windows: tuple[Window, ...] = ()
 
 
+class CommitStatusSettings(_Section):
+    """The `commit_status:` section; `commit_status()` is the `CommitStatus` it configures."""
+
+    shape = "a mapping with `provider`, `repository` and `token` (and `api_url` for GitLab and Gitea)"
+
+    provider: Literal["github", "gitlab", "gitea", "bitbucket"]
+    api_url: str | None = None
+    repository: str
+    token: Annotated[dict[Literal["env", "file"], str], BeforeValidator(_reference)]
+    context: str = CommitStatus.context
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, url: str | None) -> str | None:
+        return None if url is None else _normalize_url(url).rstrip("/")
+
+    @field_validator("context")
+    @classmethod
+    def _context(cls, context: str) -> str:
+        if not context.strip() or "{" in context.replace("{trigger}", "") or "}" in context.replace("{trigger}", ""):
+            raise ValueError("the context may use `{trigger}` and no other placeholder")
+        return context
+
+    @model_validator(mode="after")
+    def _forge(self) -> CommitStatusSettings:
+        if self.api_url is None and PROVIDERS[self.provider] is None:
+            raise ValueError(f"{self.provider} needs `api_url`, e.g. https://HOST/api/"
+                             f"{'v4' if self.provider == 'gitlab' else 'v1'}")
+        repository = self.repository.strip("/")
+        if self.provider == "gitlab":
+            good = bool(repository) and ".." not in repository.split("/")
+        else:
+            good = re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", repository) is not None and ".." not in repository
+        if not good:
+            shape = "the project path (group/name) or id" if self.provider == "gitlab" else "owner/name"
+            raise ValueError(f"`repository` is {shape}, not {repository!r}")
+        return self
+
+    def commit_status(self, secret: Callable[[str], str | None]) -> CommitStatus:
+        token = secret("token")
+        assert token is not None
+        return CommitStatus(self.provider, self.api_url or str(PROVIDERS[self.provider]), self.repository.strip("/"),
+                            token, self.context)
+
+
+class NotifySettings(_Section):
+    """One entry of `notify:`; `channel()` is the `NotifyChannel` it configures."""
+
+    shape = "a mapping with `url` (an Apprise URL as `{env: NAME}` or `{file: PATH}`: a webhook's URL is its key)"
+
+    url: Annotated[dict[Literal["env", "file"], str], BeforeValidator(_reference)]
+    on: list[Literal["failed", "refused", "lost", "recovered", "paused", "unknown", "abandoned"]] = \
+        Field(default_factory=lambda: list(DEFAULT_ALERTS))
+    triggers: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+
+    def channel(self, index: int, secret: Callable[[str], str | None]) -> NotifyChannel:
+        url = secret("url")
+        assert url is not None
+        return NotifyChannel(url, tuple(self.on), tuple(self.triggers), f"notify.{index}")
+
+
 class OperatorConfig(_Section):
     """The operator's config file, checked whole. Each top-level key is one field with a section model
-    of its own; the keys to come (`commit_status`, `notify`, `policy`/`freeze`) are added here the same
-    way, and until then they are unknown keys, refused with their position."""
+    of its own; a key none of them is, is refused with its position."""
 
     shape = "a mapping with `servers:` or `history:`"
 
@@ -480,6 +617,9 @@ class OperatorConfig(_Section):
     history: HistorySettings | None = None
     policy: Annotated[list[PolicyRuleSettings] | None, BeforeValidator(_no_rules_if_null)] = None
     freeze: Annotated[list[FreezeSettings], BeforeValidator(_no_rules_if_null)] = Field(default_factory=list)
+    commit_status: CommitStatusSettings | None = None
+    notify: Annotated[list[NotifySettings], BeforeValidator(lambda v: [] if v is None else v)] = \
+        Field(default_factory=list)
     _source: _Source = PrivateAttr()
 
     @classmethod
@@ -513,12 +653,19 @@ class OperatorConfig(_Section):
         """Where history is pushed, its token read now; None without a `history:` section."""
         return None if self.history is None else self.history.remote(partial(self._secret, "history"))
 
-    def _secret(self, *loc: str) -> str | None:
+    def deliveries(self) -> Deliveries:
+        """Commit statuses and messages, their token and URLs read now; empty without either section."""
+        status = None if self.commit_status is None else \
+            self.commit_status.commit_status(partial(self._secret, "commit_status"))
+        return Deliveries(status, tuple(channel.channel(i, partial(self._secret, "notify", i))
+                                        for i, channel in enumerate(self.notify)))
+
+    def _secret(self, *loc: Any) -> str | None:
         """The secret the reference at `loc` names; a ConfigError at the reference's position if it cannot
         be read."""
         node: Any = self
         for part in loc:
-            node = node[part] if isinstance(node, dict) else getattr(node, part)
+            node = node[part] if isinstance(node, dict | list) else getattr(node, part)
         source = self._source
         try:
             return _secret_value(node, source.env, source.path.parent)
@@ -548,6 +695,14 @@ def load_history_remote(config_path: Path | None, env: Mapping[str, str] | None 
     if config_path is None:
         return None
     return OperatorConfig.load(config_path, env, triggers=triggers, state=state).history_remote()
+
+
+def load_deliveries(config_path: Path | None, env: Mapping[str, str] | None = None, *,
+                    triggers: Path | None = None) -> Deliveries:
+    """The `commit_status:` and `notify:` sections of the operator's config (none: nothing is sent)."""
+    if config_path is None:
+        return Deliveries()
+    return OperatorConfig.load(config_path, env, triggers=triggers).deliveries()
 
 
 def _read_config(config_path: Path, triggers: Path | None) -> Any:

@@ -50,6 +50,16 @@ class Metrics:
         return Counter("reconciler_leader_takeovers", "Times this replica took the lease over from another.",
                        registry=self.registry)
 
+    def watch_deliveries(self, oldest_age: Callable[[], float]) -> tuple[Counter, Counter]:
+        """Commit statuses and messages (service/deliveries.py): attempts by outcome, and the outbox's age."""
+        Gauge("reconciler_outbox_oldest_age_seconds", "How long ago the oldest commit status or message still "
+              "waiting to be delivered was enqueued; 0 when none waits.",
+              registry=self.registry).set_function(oldest_age)
+        return (Counter("reconciler_status_deliveries", "Attempts to set a commit status, by provider and outcome "
+                        "(delivered, retried, given_up).", ["provider", "outcome"], registry=self.registry),
+                Counter("reconciler_notifications", "Attempts to send a message, by outcome (delivered, retried, "
+                        "given_up).", ["outcome"], registry=self.registry))
+
     def count_in_flight(self, count: Callable[[], float]) -> None:
         self.runs_in_flight.set_function(count)
 

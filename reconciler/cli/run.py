@@ -23,7 +23,7 @@ from reconciler.cli.options import (
     env,
     env_flag,
 )
-from reconciler.config import OperatorConfig, Policy, Server, servers_of
+from reconciler.config import Deliveries, OperatorConfig, Policy, Server, servers_of
 
 
 def register(sub: Any) -> None:
@@ -74,12 +74,17 @@ def cmd_run(args: argparse.Namespace) -> int:
               "or give a servers config with --config", file=sys.stderr)
         return EXIT_ERROR
     remote = options.history_remote(args)
+    config = options.operator_config(args)
+    deliveries = Deliveries() if config is None else config.deliveries()
+    logs.add_secrets(deliveries.secrets)
     log = logs.get()
+    for warning in deliveries.warnings():
+        log.warning("delivery_insecure", warning=warning)
     for server in servers.values():
         for warning in server.warnings():
             log.warning("server_insecure", server=server.name, warning=warning)
     if args.once:
-        daemon = _assemble(args, servers, remote)
+        daemon = _assemble(args, servers, remote, deliveries)
         try:
             return _run_once(daemon, args, log)
         finally:
@@ -102,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, reload_soon)
     first = True
     while not terminated.is_set():
-        daemon = _assemble(args, servers, remote, first=first, terminated=terminated)
+        daemon = _assemble(args, servers, remote, deliveries, first=first, terminated=terminated)
         if daemon is None:
             return EXIT_OK
         current[:] = [daemon]
@@ -128,7 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _assemble(args: argparse.Namespace, servers: Any, remote: Any, *, first: bool = True,
+def _assemble(args: argparse.Namespace, servers: Any, remote: Any, deliveries: Deliveries, *, first: bool = True,
               terminated: threading.Event | None = None) -> Any:
     """The daemon's parts. At start a store that cannot be opened ends the process (exit 2, for the
     orchestrator); when starting over as a standby, the database may still be away: tried again, with
@@ -142,7 +147,7 @@ def _assemble(args: argparse.Namespace, servers: Any, remote: Any, *, first: boo
         try:
             daemon = assemble(args.triggers, args.state, args.history, servers, resync_interval=args.resync_interval,
                               poll_max=args.poll_interval, writeback=None if remote is None else Writeback(remote),
-                              lease=args.lease, policy=_policy(options.operator_config(args)))
+                              lease=args.lease, policy=_policy(options.operator_config(args)), deliveries=deliveries)
             daemon.follow_config(partial(_read_again, args), None if args.config is None else str(args.config))
             return daemon
         except StateError as e:

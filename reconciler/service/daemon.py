@@ -24,6 +24,7 @@ from reconciler.core.plan import Action, decide, unknown_server
 from reconciler.core.runs import Provenance, Run, RunStatus, new_run, superseded
 from reconciler.core.spec import Spec
 from reconciler.jenkins.client import Client
+from reconciler.metrics import Metrics
 from reconciler.repo import provenance
 from reconciler.repo.catalog import MAX_SPEC_BYTES, Catalog, Changes
 from reconciler.repo.history import History
@@ -36,6 +37,8 @@ from reconciler.store.base import StateStore
 from reconciler.store.open import is_dsn, open_store
 
 if TYPE_CHECKING:
+    from reconciler.config import Deliveries as DeliverySettings
+    from reconciler.service.deliveries import Deliveries
     from reconciler.service.leadership import Leadership
     from reconciler.store.postgres import PgStore
 
@@ -83,6 +86,8 @@ class Daemon:
         self.writeback = history.writeback
         self.leadership: Leadership | None = None
         """With replicas on PostgreSQL: the lease that lets this one fire (see leadership.py)."""
+        self.deliveries: Deliveries | None = None
+        """Commit statuses and messages, if the operator configured any (see deliveries.py)."""
         self.servers = servers
         self.executor = executor
         self.supervisor = executor.supervisor
@@ -156,6 +161,9 @@ class Daemon:
         self._resume(self.store.open_runs(), posting_after=0.0 if self.leadership is None else
                      self.leadership.inherited_posting_delay)
         self.store.retry_now()  # a start is when the operator's configuration may have changed: try again
+        if self.deliveries is not None:
+            self.deliveries.resume(fresh=self.empty_start is not None)
+            self.deliveries.start(self.supervisor.start)
 
     def retry_refused(self) -> list[Run]:
         """Post again the refused runs that are due, if their spec still asks for them; supersede the others."""
@@ -439,6 +447,8 @@ class Daemon:
         fired = self.pass_once()
         started |= {r.run_id for r in fired}
         done = self.executor.wait_idle(timeout, posted_only=not wait)
+        if self.deliveries is not None:
+            self.deliveries.flush(10.0)
         self.log.info("pass_completed", specs=len(self.catalog.entries), fired=len(fired),
                       invalid=len(self.catalog.errors) + len(self.unconfigured))
         if self.catalog.errors or self.unconfigured:
@@ -650,6 +660,8 @@ class Daemon:
     def close(self) -> list[Run]:
         """Stop the executor, close the store and the HTTP sessions; returns the runs left open."""
         in_flight = self.executor.shutdown()
+        if self.deliveries is not None:
+            self.deliveries.close()
         if self.writeback is not None:
             self.writeback.close()
         self.supervisor.shutdown()
@@ -666,7 +678,8 @@ def _utc(timestamp: float) -> datetime:
 def assemble(triggers: Path, state: Path | str, history: Path | None, servers: Mapping[str, Server], *,
              clock: Callable[[], float] = time.time, resync_interval: float = 60.0,
              client_options: Mapping[str, Any] | None = None, writeback: Writeback | None = None,
-             lease: float | None = None, policy: Policy | None = None, **executor_options: Any) -> Daemon:
+             lease: float | None = None, policy: Policy | None = None, deliveries: DeliverySettings | None = None,
+             delivery_options: Mapping[str, Any] | None = None, **executor_options: Any) -> Daemon:
     """Wire a daemon to its parts: one client per server, the state store, history (in the write-back's
     clone, if there is one), the executor; on PostgreSQL, the lease that lets one replica fire (psycopg
     and the lease are loaded only by those who use them)."""
@@ -684,14 +697,23 @@ def assemble(triggers: Path, state: Path | str, history: Path | None, servers: M
         lease = lease or LEASE
         shared = PgStore(str(state), hold=lease)
     store: StateStore = shared if shared is not None else open_store(state)
-    records = History(writeback.history_dir if writeback is not None else history, writeback)
+    root = writeback.history_dir if writeback is not None else history
+    metrics = executor_options.pop("metrics", None) or Metrics()
+    outbox = None
+    records = History(root, writeback)
+    if deliveries:
+        from reconciler.service.deliveries import Deliveries, Observed
+
+        outbox = Deliveries(deliveries, store, metrics, stop=stop, clock=clock, **(delivery_options or {}))
+        records = Observed(root, writeback, outbox)
     executor = Executor(store, records, clients, stop=stop, clock=clock, supervisor=Supervisor(stop),
-                        **executor_options)
+                        metrics=metrics, **executor_options)
     if writeback is not None:
         executor.metrics.watch_history(writeback.unpushed_age)
     daemon = Daemon(Catalog(triggers), store, records, servers, executor, clock=clock,
                     resync_interval=resync_interval, policy=policy)
     daemon.make_client = make_client
+    daemon.deliveries = outbox
     if shared is not None:
         from reconciler.service.leadership import Leadership
         from reconciler.store.postgres import identity
@@ -701,4 +723,6 @@ def assemble(triggers: Path, state: Path | str, history: Path | None, servers: M
         shared.fence = leadership.fence
         executor.may_post = leadership.may_act
         daemon.leadership = leadership
+        if outbox is not None:
+            outbox.may_deliver = leadership.may_act
     return daemon

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
-from dataclasses import fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Protocol
 
 from reconciler.core.redact import redact
@@ -69,10 +69,65 @@ MIGRATIONS = [
     """
     ALTER TABLE runs ADD COLUMN next_build INTEGER;
     """,
+    """
+    CREATE TABLE outbox (
+        id         TEXT PRIMARY KEY,
+        run_id     TEXT NOT NULL,
+        trigger    TEXT NOT NULL,
+        kind       TEXT NOT NULL,
+        state      TEXT NOT NULL,
+        payload    TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        due_at     REAL NOT NULL,
+        attempts   INTEGER NOT NULL DEFAULT 0,
+        outcome    TEXT,
+        done_at    REAL,
+        last_error TEXT
+    );
+    CREATE INDEX outbox_due ON outbox (due_at) WHERE outcome IS NULL;
+    CREATE INDEX outbox_by_run ON outbox (run_id, kind);
+    CREATE TABLE streaks (
+        trigger TEXT PRIMARY KEY,
+        failing INTEGER NOT NULL,
+        run_id  TEXT,
+        at      REAL NOT NULL
+    );
+    """,
 ]
 
 COLUMNS = tuple(f.name for f in fields(Run))
 SELECT = f"SELECT {','.join(COLUMNS)} FROM runs"
+
+
+OUTBOX_COLUMNS = ("id", "run_id", "trigger", "kind", "state", "payload", "created_at", "due_at", "attempts",
+                  "outcome", "done_at", "last_error")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One row of the outbox: a commit status or a message waiting to be sent (or sent, or given up).
+    Its id names the run, the channel and the step, so enqueuing a step again changes nothing."""
+
+    id: str
+    run_id: str
+    trigger: str
+    kind: str
+    """`status`, or `notify<N>` for the operator's Nth channel."""
+    state: str
+    payload: dict[str, Any]
+    created_at: float
+    due_at: float
+    attempts: int = 0
+    outcome: str | None = None
+    """None while waiting; `delivered`, `given_up` or `superseded` (a newer status of its run came first)."""
+    done_at: float | None = None
+    last_error: str | None = None
+
+
+def _delivery(row: tuple[Any, ...]) -> Delivery:
+    data = dict(zip(OUTBOX_COLUMNS, row, strict=True))
+    data["payload"] = json.loads(data["payload"])
+    return Delivery(**data)
 
 
 class StateStore(Protocol):
@@ -95,6 +150,15 @@ class StateStore(Protocol):
     def next_retry_at(self) -> float | None: ...
     def writable(self) -> str | None: ...
     def is_empty(self) -> bool: ...
+    def enqueue(self, rows: list[Delivery], streak: tuple[str, bool, str | None, float] | None = None) -> None: ...
+    def outbox_due(self, now: float, limit: int = 50) -> list[Delivery]: ...
+    def settle(self, delivery: Delivery, **changes: Any) -> None: ...
+    def outbox_summary(self) -> dict[str, Any]: ...
+    def streak(self, trigger: str) -> tuple[bool, str | None, float] | None: ...
+    def has_streaks(self) -> bool: ...
+    def outcomes_since(self, since: float) -> list[Run]: ...
+    def newest_outcomes(self) -> list[Run]: ...
+    def prune_outbox(self, before: float) -> int: ...
     def close(self) -> None: ...
 
 
@@ -195,3 +259,81 @@ class SqlStore:
 
     def is_empty(self) -> bool:
         return not self._read("SELECT 1 FROM runs LIMIT 1")
+
+    # -- the outbox (service/deliveries.py) ---------------------------------------------------
+    def enqueue(self, rows: list[Delivery], streak: tuple[str, bool, str | None, float] | None = None) -> None:
+        """Add deliveries (one already there is left as it is) and move a trigger's streak, in one
+        commit. A commit status supersedes its run's older ones still waiting: only the newest is sent."""
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        for row in rows:
+            values = asdict(row)
+            values["payload"] = json.dumps(row.payload, sort_keys=True)
+            values["last_error"] = stored_text(row.last_error)
+            statements.append((f"INSERT INTO outbox ({','.join(OUTBOX_COLUMNS)}) VALUES "
+                               f"({','.join('?' * len(OUTBOX_COLUMNS))}) ON CONFLICT (id) DO NOTHING",
+                               tuple(values[c] for c in OUTBOX_COLUMNS)))
+            if row.kind == "status":
+                statements.append(("UPDATE outbox SET outcome = 'superseded', done_at = ? WHERE run_id = ? AND "
+                                   "kind = 'status' AND outcome IS NULL AND created_at < ? AND id <> ?",
+                                   (row.created_at, row.run_id, row.created_at, row.id)))
+        if streak is not None:
+            trigger, failing, run_id, at = streak
+            statements.append(("INSERT INTO streaks (trigger, failing, run_id, at) VALUES (?, ?, ?, ?) ON CONFLICT "
+                               "(trigger) DO UPDATE SET failing = excluded.failing, run_id = excluded.run_id, "
+                               "at = excluded.at", (trigger, int(failing), run_id, at)))
+        if statements:
+            self._write_steps(statements, durable=False)
+
+    def outbox_due(self, now: float, limit: int = 50) -> list[Delivery]:
+        rows = self._read(f"SELECT {','.join(OUTBOX_COLUMNS)} FROM outbox WHERE outcome IS NULL AND due_at <= ? "
+                          "ORDER BY created_at, id LIMIT ?", (now, limit))
+        return [_delivery(r) for r in rows]
+
+    def settle(self, delivery: Delivery, **changes: Any) -> None:
+        """Record how an attempt went: `outcome` (and `done_at`) once it is over, or the next `due_at`."""
+        if "last_error" in changes:
+            changes["last_error"] = stored_text(changes["last_error"])
+        self._write_steps([(f"UPDATE outbox SET {','.join(f'{k} = ?' for k in changes)} WHERE id = ?",
+                            (*changes.values(), delivery.id))], durable=False)
+
+    def outbox_summary(self) -> dict[str, Any]:
+        """Counts by kind and outcome (`waiting` for those not yet over), the oldest waiting one's time,
+        and the newest given up, with why."""
+        counts: dict[str, dict[str, int]] = {}
+        for kind, outcome, count in self._read("SELECT CASE WHEN kind = 'status' THEN 'status' ELSE 'notify' END, "
+                                               "COALESCE(outcome, 'waiting'), COUNT(*) FROM outbox GROUP BY 1, 2"):
+            counts.setdefault(kind, {})[outcome] = count
+        oldest = self._read("SELECT MIN(created_at) FROM outbox WHERE outcome IS NULL")[0][0]
+        given_up = self._read(f"SELECT {','.join(OUTBOX_COLUMNS)} FROM outbox WHERE outcome = 'given_up' "
+                              "ORDER BY done_at DESC LIMIT 1")
+        return {"counts": counts, "oldest_waiting": oldest,
+                "last_given_up": _delivery(given_up[0]) if given_up else None}
+
+    def streak(self, trigger: str) -> tuple[bool, str | None, float] | None:
+        rows = self._read("SELECT failing, run_id, at FROM streaks WHERE trigger = ?", (trigger,))
+        return None if not rows else (bool(rows[0][0]), rows[0][1], rows[0][2])
+
+    def has_streaks(self) -> bool:
+        return bool(self._read("SELECT 1 FROM streaks LIMIT 1"))
+
+    def outcomes_since(self, since: float) -> list[Run]:
+        """Runs that ended since `since`, oldest first, and those waiting after a refusal."""
+        rows = self._read(f"{SELECT} WHERE finished_at >= ? OR status = 'refused' ORDER BY "
+                          "COALESCE(finished_at, decided_at)", (since,))
+        return [decode(r) for r in rows]
+
+    def newest_outcomes(self) -> list[Run]:
+        """Each trigger's newest run that ended (or waits refused): where its streak stands."""
+        rows = self._read(f"{SELECT} r WHERE status IN ('completed', 'failed', 'lost', 'cancelled', 'refused') AND "
+                          "COALESCE(finished_at, decided_at) = (SELECT MAX(COALESCE(finished_at, decided_at)) FROM "
+                          "runs WHERE trigger = r.trigger AND status IN ('completed', 'failed', 'lost', 'cancelled', "
+                          "'refused'))")
+        return [decode(r) for r in rows]
+
+    def prune_outbox(self, before: float) -> int:
+        """Forget deliveries over before `before`; how many."""
+        count = self._read("SELECT COUNT(*) FROM outbox WHERE outcome IS NOT NULL AND done_at < ?", (before,))[0][0]
+        if count:
+            self._write_steps([("DELETE FROM outbox WHERE outcome IS NOT NULL AND done_at < ?", (before,))],
+                              durable=False)
+        return count
