@@ -152,6 +152,9 @@ class GitLab(Forge):
 
 
 class Bitbucket(Forge):
+    """Bitbucket requires a link with every status: a step with none yet (decided, before Jenkins
+    gave a queue item) is skipped; the queued step that follows it carries one."""
+
     name = "bitbucket"
     states: ClassVar[dict[CommitState, str]] = {
         CommitState.PENDING: "INPROGRESS", CommitState.RUNNING: "INPROGRESS", CommitState.SUCCESS: "SUCCESSFUL",
@@ -161,10 +164,15 @@ class Bitbucket(Forge):
                 description: str) -> tuple[str, dict[str, str], dict[str, Any]]:
         workspace, slug = self.settings.repository.split("/")
         body = {"key": context, "name": context, "state": self.states[state], "description": description,
-                "url": target_url or ""}  # Bitbucket requires a url
+                "url": target_url}
         return (f"{self.settings.api_url}/repositories/{quote(workspace)}/{quote(slug)}/commit/{quote(sha)}"
                 "/statuses/build", {"Authorization": f"Bearer {self.settings.token}",
                                     "Accept": "application/json"}, body)
+
+    def post(self, sha: str, context: str, state: CommitState, target_url: str | None, description: str) -> Answer:
+        if not target_url:
+            return Answer(True)
+        return super().post(sha, context, state, target_url, description)
 
 
 PROVIDERS: dict[str, type[Forge]] = {"github": GitHub, "gitea": Gitea, "gitlab": GitLab, "bitbucket": Bitbucket}

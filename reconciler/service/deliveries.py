@@ -75,6 +75,8 @@ class Deliveries:
         """One trigger's streak is read and moved by one step at a time."""
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self.hold_until = 0.0
+        """The forge asked for a pause (a rate limit): no status is sent before then, whichever run's."""
         self.oldest: float | None = None
         """When the oldest delivery still waiting was enqueued, as the worker last saw."""
         self.provider = settings.commit_status.provider if settings.commit_status else "none"
@@ -164,18 +166,24 @@ class Deliveries:
                 pruned = now
             self._wake.clear()
             due = self.store.outbox_due(now)
+            sent = 0
             for delivery in due:
                 if self.stop.is_set():
                     return
+                if delivery.kind == "status" and self.clock() < self.hold_until:
+                    continue  # rate limited: the forge's whole API waits, not just this status
                 self.deliver(delivery)
-            summary = self.store.outbox_summary()
-            self.oldest = summary["oldest_waiting"]
-            if len(due) < 50:
+                sent += 1
+            self.oldest = self.store.outbox_oldest()
+            if len(due) < 50 or not sent:
                 self._wake.wait(self._next_wait())
 
     def _next_wait(self) -> float:
         rows = self.store.outbox_due(float("inf"), limit=1)
-        return 30.0 if not rows else min(30.0, max(0.0, rows[0].due_at - self.clock()))
+        due = 30.0 if not rows else rows[0].due_at - self.clock()
+        if self.hold_until > self.clock():
+            due = max(due, min(self.hold_until - self.clock(), 30.0))
+        return min(30.0, max(0.05, due))
 
     def deliver(self, delivery: Delivery) -> None:
         log = self.log.bind(trigger=delivery.trigger, run_id=delivery.run_id, kind=delivery.kind,
@@ -199,6 +207,8 @@ class Deliveries:
             log.error("delivery_given_up", reason=reason, attempts=attempts)
             return
         delay = max(answer.retry_in, min(self.retry_min * 2 ** (attempts - 1), self.retry_max))
+        if delivery.kind == "status" and answer.status in (403, 429):
+            self.hold_until = now + delay
         self.store.settle(delivery, due_at=now + delay, attempts=attempts, last_error=answer.error)
         self._count(delivery, "retried")
         log.warning("delivery_retrying", error=answer.error, attempts=attempts, retry_in=round(delay, 1))

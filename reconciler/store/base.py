@@ -154,6 +154,7 @@ class StateStore(Protocol):
     def outbox_due(self, now: float, limit: int = 50) -> list[Delivery]: ...
     def settle(self, delivery: Delivery, **changes: Any) -> None: ...
     def outbox_summary(self) -> dict[str, Any]: ...
+    def outbox_oldest(self) -> float | None: ...
     def streak(self, trigger: str) -> tuple[bool, str | None, float] | None: ...
     def has_streaks(self) -> bool: ...
     def outcomes_since(self, since: float) -> list[Run]: ...
@@ -303,11 +304,15 @@ class SqlStore:
         for kind, outcome, count in self._read("SELECT CASE WHEN kind = 'status' THEN 'status' ELSE 'notify' END, "
                                                "COALESCE(outcome, 'waiting'), COUNT(*) FROM outbox GROUP BY 1, 2"):
             counts.setdefault(kind, {})[outcome] = count
-        oldest = self._read("SELECT MIN(created_at) FROM outbox WHERE outcome IS NULL")[0][0]
+        oldest = self.outbox_oldest()
         given_up = self._read(f"SELECT {','.join(OUTBOX_COLUMNS)} FROM outbox WHERE outcome = 'given_up' "
                               "ORDER BY done_at DESC LIMIT 1")
         return {"counts": counts, "oldest_waiting": oldest,
                 "last_given_up": _delivery(given_up[0]) if given_up else None}
+
+    def outbox_oldest(self) -> float | None:
+        """When the oldest delivery still waiting was enqueued (read through the index of waiting ones)."""
+        return self._read("SELECT MIN(created_at) FROM outbox WHERE outcome IS NULL AND due_at >= 0")[0][0]
 
     def streak(self, trigger: str) -> tuple[bool, str | None, float] | None:
         rows = self._read("SELECT failing, run_id, at FROM streaks WHERE trigger = ?", (trigger,))
