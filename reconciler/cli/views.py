@@ -14,6 +14,7 @@ from reconciler import logs
 from reconciler.cli import options, output
 from reconciler.cli.options import EXIT_OK, NoSuchTrigger, add_common, add_output, env, history_dir, note
 from reconciler.config import Policy
+from reconciler.core import text
 from reconciler.core.errors import ConfigError
 from reconciler.core.overview import as_json, outcome, overview
 from reconciler.core.runs import OPEN
@@ -76,6 +77,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     store = options.state_store(args)
     try:
         latest = store.latest()
+        outbox = store.outbox_summary()
         # Fired means accepted by Jenkins: a refused or given-up revision is not, for a spec reverted to it.
         fired = store.fired() - {(r.trigger, r.fire_key) for r in store.unaccepted()}
     finally:
@@ -99,7 +101,27 @@ def cmd_status(args: argparse.Namespace) -> int:
                   build, _age(now.timestamp() - last.decided_at) if last else "",
                   f"{row.next_tick:%Y-%m-%d %H:%M}Z" if row.next_tick else "", row.detail)
     table.show()
+    if outbox["counts"]:
+        print(_deliveries(outbox, now.timestamp()))
     return EXIT_OK
+
+
+def _deliveries(outbox: dict[str, Any], now: float) -> str:
+    """One line on commit statuses and messages: how many are sent, waiting (since when), given up (why)."""
+    parts = []
+    for kind, label in (("status", "commit statuses"), ("notify", "messages")):
+        counts = outbox["counts"].get(kind)
+        if counts:
+            parts.append(f"{label} " + ", ".join(f"{n} {state.replace('_', ' ')}" for state, n in
+                                                 sorted(counts.items())))
+    line = "deliveries: " + "; ".join(parts)
+    if outbox["oldest_waiting"] is not None:
+        line += f"; oldest waiting {_age(now - outbox['oldest_waiting'])}"
+    given_up = outbox["last_given_up"]
+    if given_up is not None:
+        line += f"\nlast given up: {text.terminal(f'{given_up.trigger} ({given_up.kind} {given_up.state}): ')}" \
+                f"{text.terminal(given_up.last_error or '')}"
+    return line
 
 
 def _age(seconds: float) -> str:
