@@ -273,3 +273,18 @@ def test_a_hanging_forge_holds_only_the_worker_for_its_timeout():
         assert "did not answer" in answer[0].error
     finally:
         silent.stop()
+
+
+def test_the_kubernetes_example_sets_up_both_from_a_secret(tmp_path):
+    from ruamel.yaml import YAML
+
+    root = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes" / "base"
+    configmap = YAML(typ="safe").load((root / "configmap.yaml").read_text())
+    (tmp_path / "servers.yaml").write_text(configmap["data"]["servers.yaml"])
+    env = {"GITHUB_TOKEN": "ghp_example", "SLACK_WEBHOOK_URL": "slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ"}
+    found = load_deliveries(tmp_path / "servers.yaml", env)
+    assert found.commit_status.provider == "github" and found.notify[0].triggers == ("team-a/**",)
+    deployment = YAML(typ="safe").load((root / "deployment.yaml").read_text())
+    [reconciler] = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "reconciler"]
+    from_secret = {e["name"] for e in reconciler["env"] if "valueFrom" in e}
+    assert {"GITHUB_TOKEN", "SLACK_WEBHOOK_URL"} <= from_secret
