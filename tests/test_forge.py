@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from reconciler import logs
-from reconciler.config import CommitStatusSettings, Deliveries, NotifySettings, load_deliveries
+from reconciler.config import CommitStatus, Deliveries, NotifyChannel, load_deliveries
 from reconciler.core.alerts import CommitState
 from reconciler.core.errors import ConfigError
 from reconciler.forge.statuses import forge_for
@@ -70,11 +70,11 @@ def forge_harness(tmp_path: Path, simulator: Any) -> Iterator[Callable[..., Forg
     standins: list[Any] = []
 
     def make(provider: str = "github", repository: str = "platform/jenkins-triggers", *,
-             notify: tuple[NotifySettings, ...] = (), script: list[Any] | None = None,
+             notify: tuple[NotifyChannel, ...] = (), script: list[Any] | None = None,
              api_url: str | None = None, **options: Any) -> tuple[ForgeHarness, Forge]:
         forge = Forge(provider, repository, FORGE_TOKEN, script=list(script or []))
         standins.append(forge)
-        settings = CommitStatusSettings(provider, api_url or forge.api, repository, FORGE_TOKEN)
+        settings = CommitStatus(provider, api_url or forge.api, repository, FORGE_TOKEN)
         h = ForgeHarness(tmp_path, simulator, job_token="deploy-job-token", deliveries=Deliveries(settings, notify))
         h.delivery_options.update(options)
         made.append(h)
@@ -191,7 +191,7 @@ def test_each_provider_is_spoken_to_as_its_documentation_says(tmp_path):
                 "gitlab": ("running", "success"), "bitbucket": ("INPROGRESS", "SUCCESSFUL", "FAILED", "FAILED")}
     for provider, repository in (("github", "o/r"), ("gitea", "o/r"), ("gitlab", "42"), ("bitbucket", "ws/slug")):
         forge = Forge(provider, repository, FORGE_TOKEN, commits={sha})
-        adapter = forge_for(CommitStatusSettings(provider, forge.api, repository, FORGE_TOKEN))
+        adapter = forge_for(CommitStatus(provider, forge.api, repository, FORGE_TOKEN))
         try:
             states = [CommitState.RUNNING, CommitState.SUCCESS] if provider == "gitlab" else \
                 [CommitState.PENDING, CommitState.SUCCESS, CommitState.FAILURE, CommitState.ERROR]
@@ -226,17 +226,22 @@ def test_the_operators_config_names_the_forge_and_its_channels(tmp_path):
 
 
 @pytest.mark.parametrize(("text", "error"), [
-    ("commit_status:\n  provider: sourcehut\n  repository: a/b\n  token: {env: T}\n", "not one of bitbucket"),
-    ("commit_status:\n  provider: github\n  repository: a/b\n  token: ghp_literal\n", "give secrets as a reference"),
+    ("commit_status:\n  provider: sourcehut\n  repository: a/b\n  token: {env: T}\n",
+     "c.yaml:2:13: commit_status.provider: Input should be 'github', 'gitlab', 'gitea' or 'bitbucket'"),
+    ("commit_status:\n  provider: github\n  repository: a/b\n  token: ghp_literal\n",
+     "c.yaml:4:10: commit_status.token: give secrets as a reference"),
     ("commit_status:\n  provider: gitea\n  repository: a/b\n  token: {env: T}\n", "gitea needs `api_url`"),
-    ("commit_status:\n  provider: github\n  repository: a\n  token: {env: T}\n", "owner/name"),
+    ("commit_status:\n  provider: github\n  repository: a\n  token: {env: T}\n", "`repository` is owner/name"),
     ("commit_status:\n  provider: github\n  repository: a/b\n  token: {env: T}\n  context: x/{job}\n",
-     "no other placeholder"),
+     "c.yaml:5:12: commit_status.context: the context may use `{trigger}` and no other placeholder"),
     ("commit_status:\n  provider: github\n  repository: a/b\n  token: {env: T}\n  contxt: x\n",
-     "c.yaml:5:3: unknown key commit_status.contxt"),
-    ("notify:\n  - url: {env: T}\n    on: [faild]\n", "unknown alert 'faild'"),
-    ("notify:\n  url: {env: T}\n", "`notify` is a list"),
-    ("notify:\n  - url: https://hooks.example.com/x\n", "give secrets as a reference"),
+     r"c.yaml:5:3: unknown key commit_status.contxt \(did you mean 'context'"),
+    ("notify:\n  - url: {env: T}\n    on: [faild]\n", "c.yaml:3:10: notify.0.on.0: Input should be 'failed'"),
+    ("notify:\n  url: {env: T}\n", "c.yaml:2:3: notify: expected a list, got a mapping"),
+    ("notify:\n  - url: https://hooks.example.com/x\n", "c.yaml:2:10: notify.0.url: give secrets as a reference"),
+    ("notify:\n  - url: {env: T}\n  - url: {env: MISSING}\n",
+     "c.yaml:3:10: notify.1.url: environment variable MISSING is not set"),
+    ("notify:\n  - on: [failed]\n", "c.yaml:2:5: notify.0: `url` is required"),
 ])
 def test_a_bad_commit_status_or_notify_section_says_what_to_change(tmp_path, text, error):
     config = tmp_path / "c.yaml"
@@ -263,7 +268,7 @@ def test_a_hanging_forge_holds_only_the_worker_for_its_timeout():
     """Timeouts on every call: the adapter returns, not delivered, when the forge never answers."""
     silent = Silent()
     try:
-        adapter = forge_for(CommitStatusSettings("github", silent.url, "o/r", FORGE_TOKEN), read_timeout=0.3)
+        adapter = forge_for(CommitStatus("github", silent.url, "o/r", FORGE_TOKEN), read_timeout=0.3)
         answer: list[Any] = []
         thread = threading.Thread(target=lambda: answer.append(adapter.post("a" * 40, "c", CommitState.SUCCESS,
                                                                             None, "d")))

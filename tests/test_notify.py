@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.config import CommitStatusSettings, Deliveries, NotifySettings
+from reconciler.config import CommitStatus, Deliveries, NotifyChannel
 from reconciler.core import text
 from reconciler.core.alerts import Alert, Streak, glob_pattern, message, next_alert, status_update
 from reconciler.core.runs import Run, RunStatus
@@ -33,9 +33,9 @@ def notify_harness(tmp_path: Path, simulator: Any) -> Iterator[Callable[..., tup
 
     def make(*, on: tuple[str, ...] = ("failed", "refused", "lost", "recovered", "paused"),
              triggers: tuple[str, ...] = (), answers: list[int] | None = None,
-             status: CommitStatusSettings | None = None, refused_min: float = 60.0) -> tuple[ForgeHarness, Recorder]:
+             status: CommitStatus | None = None, refused_min: float = 60.0) -> tuple[ForgeHarness, Recorder]:
         recorder = Recorder(answers)
-        channel = NotifySettings(recorder.json_url(f"/hooks/{HOOK_SECRET}"), on, triggers)
+        channel = NotifyChannel(recorder.json_url(f"/hooks/{HOOK_SECRET}"), on, triggers)
         h = ForgeHarness(tmp_path, simulator, job_token="deploy-job-token", deliveries=Deliveries(status, (channel,)),
                          refused_min=refused_min)
         made.extend([h, recorder])
@@ -122,7 +122,7 @@ def test_a_chat_that_fails_is_asked_again_and_no_secret_is_written_anywhere(noti
     forge = Forge("github", "platform/jenkins-triggers", FORGE_TOKEN,
                   script=[(500, {}, {"message": f"token {FORGE_TOKEN} was rejected"})])
     try:
-        status = CommitStatusSettings("github", forge.api, "platform/jenkins-triggers", FORGE_TOKEN)
+        status = CommitStatus("github", forge.api, "platform/jenkins-triggers", FORGE_TOKEN)
         harness, recorder = notify_harness(answers=[500, 503], status=status)
         sha = harness.commit("deploy", "job: manual\n")
         forge.commits.add(sha)
@@ -163,12 +163,12 @@ def test_the_streak_says_each_change_once():
     steps = [("a", RunStatus.COMPLETED, "SUCCESS"), ("b", RunStatus.COMPLETED, "FAILURE"),
              ("c", RunStatus.LOST, None), ("d", RunStatus.CANCELLED, None), ("e", RunStatus.REFUSED, None),
              ("e", RunStatus.COMPLETED, "SUCCESS"), ("f", RunStatus.COMPLETED, "UNSTABLE"),
-             ("g", RunStatus.FAILED, None), ("h", RunStatus.COMPLETED, "SUCCESS")]
+             ("g", RunStatus.FAILED, None), ("h", RunStatus.COMPLETED, "SUCCESS"), ("i", RunStatus.UNKNOWN, None)]
     for at, (run_id, status, result) in enumerate(steps, start=1):
         alert, streak = next_alert(streak, _run(run_id, status, result), status.value, float(at))
         said.append(alert)
     assert said == [None, Alert.FAILED, Alert.LOST, None, Alert.REFUSED, Alert.RECOVERED, Alert.FAILED, None,
-                    Alert.RECOVERED]
+                    Alert.RECOVERED, Alert.UNKNOWN]
     again, same = next_alert(streak, _run("b", RunStatus.COMPLETED, "FAILURE"), "completed", 2.0)
     assert again is None and same == streak, "a step counted before says nothing at a restart"
 

@@ -6,8 +6,9 @@ speak each forge's and chat's language (forge/) live at the edge.
 
 Messages deduplicate per trigger, by a streak: the first run that ends other than SUCCESS after a
 success (or as the trigger's first) says `failed`, once; the failures after it in the same streak
-say nothing; the first SUCCESS after says `recovered`. A refused or lost run says so once (Jenkins
-said no, or forgot the build: someone has to act), and counts as a failure of the streak. One
+say nothing; the first SUCCESS after says `recovered`. A refused, lost or unknown run says so once
+(Jenkins said no, forgot the build, or cannot tell whether it built it: someone has to act), and
+counts as a failure of the streak. One
 message per change of state, never one per reconcile, retry or pod.
 """
 
@@ -67,7 +68,7 @@ class StatusUpdate:
 
 _FAILURE_RESULTS = frozenset({"FAILURE", "UNSTABLE", "ABORTED", "NOT_BUILT"})
 _ERRORS = {RunStatus.REFUSED: "refused by Jenkins", RunStatus.LOST: "lost by Jenkins",
-           RunStatus.FAILED: "given up"}
+           RunStatus.UNKNOWN: "outcome unknown", RunStatus.FAILED: "given up"}
 
 
 def status_update(run: Run, event: str, context: str) -> StatusUpdate | None:
@@ -122,7 +123,8 @@ class Streak:
     at: float = 0.0
 
 
-OUTCOMES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.LOST, RunStatus.CANCELLED, RunStatus.REFUSED})
+OUTCOMES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.LOST, RunStatus.UNKNOWN, RunStatus.CANCELLED,
+                      RunStatus.REFUSED})
 """The steps that move a streak; the others (decided, queued, started, skipped, missed) do not."""
 
 
@@ -142,6 +144,8 @@ def next_alert(streak: Streak, run: Run, event: str, at: float) -> tuple[Alert |
         return Alert.REFUSED, after
     if event == RunStatus.LOST:
         return Alert.LOST, after
+    if event == RunStatus.UNKNOWN:
+        return Alert.UNKNOWN, after
     return (None if streak.failing else Alert.FAILED), after
 
 

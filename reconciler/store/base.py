@@ -329,10 +329,9 @@ class SqlStore:
 
     def newest_outcomes(self) -> list[Run]:
         """Each trigger's newest run that ended (or waits refused): where its streak stands."""
-        rows = self._read(f"{SELECT} r WHERE status IN ('completed', 'failed', 'lost', 'cancelled', 'refused') AND "
-                          "COALESCE(finished_at, decided_at) = (SELECT MAX(COALESCE(finished_at, decided_at)) FROM "
-                          "runs WHERE trigger = r.trigger AND status IN ('completed', 'failed', 'lost', 'cancelled', "
-                          "'refused'))")
+        ended = "status IN ('completed', 'failed', 'lost', 'unknown', 'cancelled', 'refused')"
+        rows = self._read(f"{SELECT} r WHERE {ended} AND COALESCE(finished_at, decided_at) = (SELECT "
+                          f"MAX(COALESCE(finished_at, decided_at)) FROM runs WHERE trigger = r.trigger AND {ended})")
         return [decode(r) for r in rows]
 
     def prune_outbox(self, before: float) -> int:
