@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reconciler.support import (
+from bench.support import (
     LOOK_EACH,
     TOKEN,
     USER,
@@ -34,7 +34,6 @@ from reconciler.support import (
     wait_for,
     write_specs,
 )
-
 from reconciler import logs
 from reconciler.config import Server
 from reconciler.core.runs import Run, new_run
