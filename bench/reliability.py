@@ -12,6 +12,7 @@ Every daemon is `reconciler run` in a process of its own, killed with SIGKILL, p
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import random
@@ -514,10 +515,18 @@ def torture(work: Path, setup: str, kills: int, budget: float, burst: int) -> Ta
                 write(triggers, f"k{tally.kills}/s{i:03}", f"job: busy\nparameters: {{WHO: k{tally.kills}s{i}}}\n"
                       + extra)
                 written += 1
-            jenkins.fault(path="/job/busy/buildWithParameters$", method="POST",
-                          latency=rng.choice((0.02, 0.1, 0.3)), after=rng.random() < 0.5)
+            latency = rng.choice((0.02, 0.1, 0.3))
+            jenkins.fault(path="/job/busy/buildWithParameters$", method="POST", latency=latency,
+                          after=rng.random() < 0.5)
+            posts0 = len(jenkins.ledger()["posts"])
             daemon.start()
-            time.sleep(rng.uniform(0.3, 2.5))
+            if rng.random() < 0.7:  # most kills while POSTs are in Jenkins' hands; the rest at any moment
+                want = posts0 + rng.randint(1, 10)
+                with contextlib.suppress(TimeoutError):  # everything was posted before the kill came
+                    wait_for(lambda want=want: len(jenkins.ledger()["posts"]) >= want, 20, "POSTs", 0.01)
+                time.sleep(rng.uniform(0, 1.5 * latency))
+            else:
+                time.sleep(rng.uniform(0.3, 3.0))
             daemon.kill()
             tally.kills += 1
             jenkins.clear()
@@ -564,7 +573,7 @@ def run_all(work: Path, quick: bool, only: set[str] | None = None) -> list[Tally
                 pg.stop()
     if "torture" in want:
         for setup in SETUPS:
-            tallies.append(torture(work, setup, 6 if quick else 25, 60 if quick else 150, 20 if quick else 40))
+            tallies.append(torture(work, setup, 6 if quick else 20, 40 if quick else 90, 20 if quick else 40))
     return tallies
 
 
