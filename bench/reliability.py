@@ -603,15 +603,18 @@ def section(tallies: list[Tally], quick: bool, stamp: str) -> str:
     lines += ["", f"Torture: {total} kills in all. " + (
         "Every scenario: 0 doubles, 0 lost, 0 misrecorded." if not bad else
         "Not met: " + "; ".join(f"{t.name}: {', '.join((t.failures + t.details)[:5])}" for t in bad) + ".")]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + END + "\n"
+
+
+END = "<!-- end of the reliability section: `python -m bench --only reliability` replaces what is above -->"
 
 
 def place(results: Path, text: str) -> None:
     """Put the section into RESULTS.md in place of an earlier one, or after the table; the rest stays."""
     current = results.read_text() if results.exists() else ""
-    m = re.search(r"^## Reliability\n.*?(?=^## |\Z)", current, re.S | re.M)
+    m = re.search(r"^## Reliability\n.*?" + re.escape(END) + r"\n", current, re.S | re.M)
     if m:
-        updated = current[:m.start()] + text + ("\n" if current[m.end():] else "") + current[m.end():]
+        updated = current[:m.start()] + text + current[m.end():]
     else:
         marker = current.find("\n**Reading the burst rows.**")
         updated = current + "\n" + text if marker < 0 else current[:marker + 1] + text + "\n" + current[marker + 1:]
