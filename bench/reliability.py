@@ -424,7 +424,10 @@ def paused_leader(work: Path, pg: Any, rounds: int, n: int) -> Tally:
         for d in replicas.values():
             d.stop()
         jenkins.stop()
-    tally.notes.append(f"both replicas alive after every round: {'yes' if alive_after else 'no'}")
+    withheld = sum(d.events("post_withheld") for d in replicas.values())
+    found = sum(d.events("fire_found") for d in replicas.values())
+    tally.notes.append(f"both replicas alive after every round: {'yes' if alive_after else 'no'}; POSTs withheld "
+                       f"by a paused leader: {withheld}; runs left `posting` found by the next leader: {found}")
     if not alive_after:
         tally.failures.append("a replica exited")
     tally.seconds = time.monotonic() - started
