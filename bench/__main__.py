@@ -21,7 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+<<<<<<< HEAD
 from bench.heavy import write_heavy
+=======
+from bench import reliability
+>>>>>>> reliab
 from bench.support import (
     LOOK_EACH,
     TOKEN,
@@ -699,7 +703,7 @@ its posting mark (fsynced) and the history line before the POST. {missed}
 """
 
 
-def render(rows: list[Row], quick: bool) -> str:
+def render(rows: list[Row], quick: bool, reliability: str = "") -> str:
     head = (f"# Benchmarks\n\n{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC · {os.cpu_count()} CPUs · "
             f"Python {platform.python_version()} · {'quick' if quick else 'full'} run · `python -m bench"
             f"{' --quick' if quick else ''}`\n\nEvery figure is measured in this one run on this machine, against "
@@ -708,11 +712,15 @@ def render(rows: list[Row], quick: bool) -> str:
     lines += [f"| {r.benchmark} | {r.ours} | {r.peer} | {r.ratio} | {r.target} | {r.met} |" for r in rows]
     missed = [r.benchmark for r in rows if r.met.startswith(verdict(False))]
     why = ("Missed in this run: " + "; ".join(missed) + ".") if missed else "Every target is met in this run."
-    return head + "\n".join(lines) + "\n\n" + NOTES.format(missed=why)
+    return head + "\n".join(lines) + "\n\n" + (reliability + "\n" if reliability else "") + NOTES.format(missed=why)
 
 
+<<<<<<< HEAD
 BENCHMARKS = ("latency", "burst", "scale", "idle", "lateness", "validate", "writeback", "ha", "heavy", "lanes",
               "drain")
+=======
+BENCHMARKS = ("latency", "burst", "scale", "idle", "lateness", "validate", "writeback", "ha", "reliability")
+>>>>>>> reliab
 
 
 def main() -> int:
@@ -721,7 +729,7 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true", help="do not overwrite bench/RESULTS.md")
     parser.add_argument("--only", choices=BENCHMARKS, action="append",
                         help="run just this benchmark (repeatable); implies --no-write, since RESULTS.md holds "
-                             "whole runs")
+                             "whole runs, except for `reliability`, whose section of RESULTS.md is replaced alone")
     args = parser.parse_args()
     q = args.quick
     chosen = set(args.only or BENCHMARKS)
@@ -747,6 +755,7 @@ def main() -> int:
             rows += bench_writeback(sim, work, 300 if q else 1000, 2 if q else 4)
         if "ha" in chosen:
             rows += bench_ha(sim, work, 300 if q else 1000, 5 if q else 20, 2 if q else 4)
+<<<<<<< HEAD
         if "heavy" in chosen:
             rows += bench_heavy(sim, work, 5, 20, 5)
             rows += bench_heavy(sim, work, 2000 if q else 10000, 20, 5)
@@ -754,12 +763,23 @@ def main() -> int:
             rows += bench_lanes(sim, work, 1000 if q else 5000, 3)
         if "drain" in chosen:
             rows += bench_drain(sim, work, 50 if q else 100, 10)
+=======
+        section = ""
+        if "reliability" in chosen:
+            tallies = reliability.run_all(work, q)
+            section = reliability.section(tallies, q, f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")
+>>>>>>> reliab
     finally:
         sim.stop()
         shutil.rmtree(work, ignore_errors=True)
-    report = render(rows, q)
+    if args.only:
+        print(render(rows, q) if rows else "", section, sep="\n")
+        if section and not args.no_write:
+            reliability.place(HERE / "RESULTS.md", section)
+        return 0
+    report = render(rows, q, section)
     print(report)
-    if not args.no_write and not args.only:
+    if not args.no_write:
         (HERE / "RESULTS.md").write_text(report)
     return 0
 

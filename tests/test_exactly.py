@@ -10,10 +10,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import requests
+
+from reconciler.config import Server
+from reconciler.jenkins.client import Client
 
 from .conftest import TOKEN, USER, wait_for
 from .test_daemon import daemon_process, db_status
@@ -188,3 +192,25 @@ def test_postgresql_stopped_under_three_replicas_all_live_and_later_specs_fire(m
         assert set(seqs(harness.sim).values()) == {1}
     finally:
         group.stop()
+
+
+def test_builds_that_start_between_the_lookups_reads_do_not_push_the_run_out_of_its_reach(make_harness):
+    """The lookup reads the newest builds with the job's next number, then the rest of the builds since
+    the run's recorded number. Builds that start in between (the restarted daemon's own POSTs to the
+    same job) push the older ones down the list: the run's build, the oldest of them, must still be read."""
+    harness = make_harness(job_token="deploy-job-token", jobs=[BUSY])
+    sim = harness.sim
+    client = Client(Server(name="default", url=harness.url, user=USER, token=TOKEN, job_token="deploy-job-token"))
+    since = client.next_build_number("busy")
+    client.trigger("busy", (("WHO", "us"),), "mine [reconciler run 0123456789abcdef]")
+    [ours] = wait_for(lambda: builds_of(sim, "us"), what="our build")
+    build_elsewhere(sim, 30)
+    sim.fault(path="^/job/busy/api/json$", latency=1.0, process=True, times=1)  # the first read, answered late
+    meanwhile = threading.Thread(target=lambda: (time.sleep(0.3), build_elsewhere(sim, 5)))
+    meanwhile.start()
+    try:
+        found = client.find("busy", run_id="0123456789abcdef", since=since)
+    finally:
+        meanwhile.join()
+        client.close()
+    assert found is not None and found.build_number == ours, "not found: it would be posted again"

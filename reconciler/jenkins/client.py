@@ -546,9 +546,11 @@ class Client:
                 if matches(b):
                     return Found(build_url=f"{url}{b['number']}/", build_number=int(b["number"]))
             offset += len(builds)
-            if len(builds) < asked or (end is not None and offset >= end):
-                return None  # the end of the job's list, or of the builds since
-            upto = offset + PAGE if end is None else min(offset + PAGE, end)
+            if len(builds) < asked:
+                return None  # the end of the job's list
+            # On until a build older than `since` shows (one past `end`, so a run not posted costs no extra
+            # read): builds that started since the first read push the older ones down, past `end`.
+            upto = offset + PAGE if end is None else min(offset + PAGE, max(end + 1, offset + FIRST_READ))
             asked, field_name = upto - offset, "builds" if upto <= 100 else "allBuilds"
             builds = self._json(url, "searching builds", f"{field_name}[{fields}]{{{offset},{upto}}}").get(
                 field_name) or []
