@@ -21,11 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-<<<<<<< HEAD
-from bench.heavy import write_heavy
-=======
 from bench import reliability
->>>>>>> reliab
+from bench.heavy import write_heavy
 from bench.support import (
     LOOK_EACH,
     TOKEN,
@@ -715,12 +712,8 @@ def render(rows: list[Row], quick: bool, reliability: str = "") -> str:
     return head + "\n".join(lines) + "\n\n" + (reliability + "\n" if reliability else "") + NOTES.format(missed=why)
 
 
-<<<<<<< HEAD
 BENCHMARKS = ("latency", "burst", "scale", "idle", "lateness", "validate", "writeback", "ha", "heavy", "lanes",
-              "drain")
-=======
-BENCHMARKS = ("latency", "burst", "scale", "idle", "lateness", "validate", "writeback", "ha", "reliability")
->>>>>>> reliab
+              "drain", "reliability")
 
 
 def main() -> int:
@@ -755,7 +748,6 @@ def main() -> int:
             rows += bench_writeback(sim, work, 300 if q else 1000, 2 if q else 4)
         if "ha" in chosen:
             rows += bench_ha(sim, work, 300 if q else 1000, 5 if q else 20, 2 if q else 4)
-<<<<<<< HEAD
         if "heavy" in chosen:
             rows += bench_heavy(sim, work, 5, 20, 5)
             rows += bench_heavy(sim, work, 2000 if q else 10000, 20, 5)
@@ -763,12 +755,10 @@ def main() -> int:
             rows += bench_lanes(sim, work, 1000 if q else 5000, 3)
         if "drain" in chosen:
             rows += bench_drain(sim, work, 50 if q else 100, 10)
-=======
         section = ""
         if "reliability" in chosen:
             tallies = reliability.run_all(work, q)
             section = reliability.section(tallies, q, f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")
->>>>>>> reliab
     finally:
         sim.stop()
         shutil.rmtree(work, ignore_errors=True)
