@@ -180,7 +180,7 @@ def test_a_secret_that_jenkins_echoes_back_is_scrubbed_from_every_record(tmp_pat
     status = reconciler("status", "--json", "--triggers", str(tmp_path / "triggers"), "--state",
                         str(tmp_path / "s.db"), env={**jenkins_env(sim), **env})
     [run] = json.loads(status.stdout)
-    assert "Authorization: Basic ***" in run["last_error"]  # the echo was recorded, its secrets were not
+    assert "Authorization: Basic ***" in run["last_run"]["last_error"]  # the echo recorded, its secrets not
     history = "".join(p.read_text() for p in (tmp_path / "h").rglob("*.jsonl"))
     records = {"log": result.stdout + result.stderr, "status": status.stdout, "history": history,
                "state": (tmp_path / "s.db").read_bytes().decode("latin-1") +

@@ -393,6 +393,9 @@ class Executor:
                 found = self._find(client, run)
             except JenkinsRefused as e:
                 if e.status != 404:  # 401, 403, a login redirect, TLS: asking again will not help
+                    if fire.record:  # the refusal is of a decision: history says what was decided first
+                        self.history.decided(run, run.decided_at)
+                        fire.record = False
                     self._refused(run, e, log, lookup=True)
                     return
                 found = None  # the job's own URL says there is no such job: nothing of it was built
