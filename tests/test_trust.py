@@ -359,6 +359,9 @@ def test_odd_names_and_poisoned_history_stop_no_fresh_start_and_a_forged_line_fi
               json.dumps(forged)]
     (history / "ok.jsonl").write_text("\n".join(poison) + "\n")
     (history / "ghost.jsonl").write_text(json.dumps({**forged, "trigger": "ghost"}) + "\n")
+    queued = {**forged, "trigger": "queued", "run_id": "e0e0e0e0e0e0e0e0"}  # a vanished queue item: never reposted
+    (history / "queued.jsonl").write_text(json.dumps(queued) + "\n" + json.dumps(
+        {**queued, "event": "queued", "queue_url": f"{simulator.url}queue/item/99999/"}) + "\n")
 
     result = run_once(tmp_path, simulator)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr

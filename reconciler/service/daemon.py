@@ -29,7 +29,7 @@ from reconciler.repo.catalog import MAX_SPEC_BYTES, Catalog, Changes
 from reconciler.repo.history import History
 from reconciler.repo.watch import Watcher
 from reconciler.repo.writeback import Writeback
-from reconciler.service.execute import Executor
+from reconciler.service.execute import REPOSTS, Executor
 from reconciler.service.liveconfig import LiveConfig, Settings, changed_keys
 from reconciler.service.supervisor import Supervisor
 from reconciler.store.base import StateStore
@@ -148,10 +148,11 @@ class Daemon:
         """Rebuild a fresh store from history, then resume whatever an earlier process left open.
 
         History is evidence, never an instruction: its lines come from a branch anyone with push access
-        writes. A run rebuilt from it that would still post (or be followed, or posted again) is carried
+        writes. A run rebuilt from it that would still be posted (decided, posting, refused) is carried
         on only if a current valid spec asks for it (the same trigger and revision, or a tick of its
         schedule within the starting deadline), and then with the request that spec makes; any other
-        is recorded `abandoned` with the reason, never posted."""
+        is recorded `abandoned` with the reason, never posted. One Jenkins already accepted (queued,
+        building) is followed as before, which only reads, but is never posted again unless a spec asks."""
         if self.store.is_empty():
             self.empty_start = self.clock()
             runs = list(self.history.runs())
@@ -182,7 +183,9 @@ class Daemon:
         abandoned = []
         for run in acting:
             expected, reason = _asked_for(run, specs.get(run.trigger), now)
-            if expected is None:
+            if expected is None and run.status in (RunStatus.QUEUED, RunStatus.BUILDING):
+                run = replace(run, attempts=max(run.attempts, REPOSTS + 1))  # followed (GETs), never reposted
+            elif expected is None:
                 run = replace(run, status=RunStatus.ABANDONED, finished_at=now, last_error=reason, retry_at=None)
                 abandoned.append(run)
             else:
