@@ -364,11 +364,13 @@ def test_odd_names_and_poisoned_history_stop_no_fresh_start_and_a_forged_line_fi
         {**queued, "event": "queued", "queue_url": f"{simulator.url}queue/item/99999/"}) + "\n")
 
     result = run_once(tmp_path, simulator)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    assert result.returncode == 3, result.stdout[-2000:] + result.stderr  # 3: the forged queued run, lost
     assert "Traceback" not in result.stdout + result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [e["runs"] for e in events if e["event"] == "runs_failed"] == [{"queued": "lost"}]
+    assert not [e for e in events if e["event"] == "fire_reposted"]
     assert sorted(r.params["TARGET"] for r in simulator.triggers("team a/dëploy ü")) == [["a"], ["b"], ["c"]]
     assert len(simulator.triggers("plain")) == 1  # `ok`, at its own revision: the forged line is not its revision
-    events = [json.loads(line) for line in result.stdout.splitlines()]
     skipped = [e["problem"] for e in events if e["event"] == "history_line_skipped"]
     assert any(":1: not JSON" in p for p in skipped) and any(":6: nested too deep" in p for p in skipped)
     assert any(":7: longer than" in p for p in skipped) and any(":8: unknown event" in p for p in skipped)
