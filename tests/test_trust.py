@@ -180,8 +180,9 @@ def test_a_secret_that_jenkins_echoes_back_is_scrubbed_from_every_record(tmp_pat
     assert [r.status for r in sim.requests if r.path.endswith("/build")] == [403]
     status = reconciler("status", "--json", "--triggers", str(tmp_path / "triggers"), "--state",
                         str(tmp_path / "s.db"), env={**jenkins_env(sim), **env})
-    [run] = json.loads(status.stdout)
-    assert "Authorization: Basic ***" in run["last_error"]  # the echo was recorded, its secrets were not
+    [row] = json.loads(status.stdout)
+    error = row["last_run"]["last_error"]
+    assert "403" in error and "Authorization" not in error  # the refusal was recorded, never the echoed page
     history = "".join(p.read_text() for p in (tmp_path / "h").rglob("*.jsonl"))
     records = {"log": result.stdout + result.stderr, "status": status.stdout, "history": history,
                "state": (tmp_path / "s.db").read_bytes().decode("latin-1") +
@@ -311,7 +312,7 @@ def test_secrets_echoed_in_every_form_leave_no_fragment_in_any_record_or_output(
     finally:
         echo.close()
     status = json.loads(outputs["status --json"].stdout)
-    assert status[0]["last_error"], "the refusal was recorded"
+    assert status[0]["last_run"]["last_error"], "the refusal was recorded"
     assert "403" in outputs["check"].stdout and "Authorization" not in outputs["check"].stdout
     records = {f"{name}: {stream}": getattr(result, stream) for name, result in outputs.items()
                for stream in ("stdout", "stderr")}

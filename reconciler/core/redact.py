@@ -201,6 +201,11 @@ _DROP = re.compile(r"<(script|style|head|textarea)\b.*?</\1\s*>", re.I | re.S)
 _MESSAGE = (re.compile(r"<th>\s*MESSAGE:?\s*</th>\s*<td>(.*?)</td>", re.I | re.S),  # Jetty's error page
             re.compile(r"<p\b[^>]*>(.*?)</p>", re.I | re.S),  # Jenkins' error page: <h1>Error</h1><p>…</p>
             re.compile(r"<h[12]\b[^>]*>(.*?)</h[12]>", re.I | re.S))
+_ECHO = re.compile(r"(?i)\b(?:proxy-)?authorization\s*:|\b(?:cookie|set-cookie|host|user-agent|accept(?:-[a-z]+)?|"
+                   r"content-(?:type|length)|connection|jenkins-crumb|x-[a-z-]+)\s*:\s*\S|"
+                   r"(?:^|[\s&?])(?:token|json|cause)=")
+"""Where an echo of our request starts in an error message (its headers, its form): from there on the
+message is withheld, whatever a redaction would leave of it."""
 PAGE_MESSAGE = 200
 PAGE_READ = 1 << 20
 """How much of an error page is looked at for its message."""
@@ -222,7 +227,10 @@ def page_message(body: str, limit: int = PAGE_MESSAGE) -> str:
     if found is None:
         lines = (_line(line) for line in re.sub(r"<[^>]*>", "\n", body).splitlines())
         found = next((line for line in lines if line), "")
-    return clip(found, limit)
+    echo = _ECHO.search(found)
+    if echo is not None:
+        found = found[:echo.start()].rstrip(" :;,") + " [the echoed request is withheld]"
+    return clip(found.strip(), limit)
 
 
 def _line(fragment: str) -> str:
