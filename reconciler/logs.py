@@ -14,6 +14,7 @@ import sys
 from typing import Any, TextIO
 
 from reconciler.core.redact import add_secrets, redact, scrub
+from reconciler.core.text import cut, terminal
 
 __all__ = ["add_secrets", "colour", "configure", "get", "redact"]
 
@@ -24,8 +25,43 @@ _root: Any = None
 new logger (factory, processors, wrapper) on every `get_logger().bind()`, once per fire."""
 
 
+NAME_FIELDS = frozenset({"trigger", "job", "server", "file", "path", "name", "leader"})
+NAME_LIMIT = 200
+"""Names come from the triggers repository (file and job names) and may be 100 kB long: a log line
+carries at most this much of one, and a hash of the whole to tell two apart."""
+TEXT_LIMIT = 4096
+"""Any other text field (an error, a list of them) is cut here, after it is redacted."""
+
+
 def _scrub_processor(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    return scrub(event_dict)
+    """Secrets out first, then cut: a cut secret is no longer found."""
+    return {key: _bounded(key, value) for key, value in scrub(event_dict).items()}
+
+
+def _bounded(key: str, value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        if key == "exception":
+            return value
+        return cut(value, NAME_LIMIT) if key in NAME_FIELDS else cut(value, TEXT_LIMIT)
+    if depth < 3 and isinstance(value, list | tuple):
+        return [_bounded(key, v, depth + 1) for v in value[:100]]
+    if depth < 3 and isinstance(value, dict):
+        return {cut(str(k), NAME_LIMIT): _bounded(str(k), v, depth + 1) for k, v in list(value.items())[:100]}
+    return value
+
+
+def _terminal_processor(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """For the console renderer: control characters from specs or Jenkins shown escaped, so no log
+    line moves the cursor, clears the screen or sets the clipboard (JSON lines escape them already)."""
+    return {key: _escaped(key, value) for key, value in event_dict.items()}
+
+
+def _escaped(key: str, value: Any) -> Any:
+    if isinstance(value, str):
+        return terminal(value, keep="\n\t" if key == "exception" else "")
+    if isinstance(value, list | tuple | dict):
+        return terminal(repr(value))
+    return value
 
 
 class _Tolerant:
@@ -78,6 +114,7 @@ def _apply(fmt: str | None, stream: TextIO | None, level: str) -> Any:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             _scrub_processor,
+            *([_terminal_processor] if fmt == "console" else []),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),

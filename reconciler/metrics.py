@@ -3,16 +3,37 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from reconciler.core.text import cut
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+OUTCOMES = frozenset({"success", "unstable", "failure", "not_built", "aborted", "failed", "cancelled", "lost",
+                      "missed", "skipped", "refused", "abandoned", "unknown"})
+"""Jenkins' five results in lower case and the reconciler's own outcomes: any other text a server sends
+as a result is `unknown`, so a build cannot mint series."""
+LABEL_LIMIT = 120
+"""Server and job names come from the triggers repository: cut (with a hash) so /metrics stays small."""
+
+
+class _BoundedCounter(Counter):
+    """A counter by (server, job, outcome) whose label values are bounded whatever the repository or
+    Jenkins say."""
+
+    def labels(self, *values: Any, **named: Any) -> Any:
+        server, job, outcome = (str(v) for v in values)
+        return super().labels(cut(server, LABEL_LIMIT), cut(job, LABEL_LIMIT),
+                              outcome if outcome in OUTCOMES else "unknown")
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.fires = Counter("reconciler_fires", "Runs that reached an outcome, by server, job and outcome "
+        self.fires = _BoundedCounter("reconciler_fires", "Runs that reached an outcome, by server, job and outcome "
                              "(the build's result in lower case, or failed, cancelled, lost, missed, skipped).",
                              ["server", "job", "outcome"], registry=self.registry)
         self.fire_latency = Histogram("reconciler_fire_latency_seconds",

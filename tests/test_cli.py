@@ -108,14 +108,17 @@ def test_run_refuses_a_server_config_nested_a_hundred_thousand_deep_in_one_line(
         2, f"reconciler: {tmp_path}/reconciler.yaml:1:41: nested more than 32 levels deep")
 
 
-def test_a_file_the_daemon_cannot_read_at_start_is_named_in_one_line(tmp_path, simulator):
-    (tmp_path / "h" / "a.jsonl").mkdir(parents=True)  # a history "file" that is a folder
-    (tmp_path / "t").mkdir()
+def test_a_folder_named_like_a_history_file_stops_no_start(tmp_path, simulator):
+    (tmp_path / "h" / "a.jsonl").mkdir(parents=True)  # a "history file" that is a folder: not a history file
+    (tmp_path / "t" / "a.jsonl").mkdir(parents=True)  # and a trigger in a folder named like one
+    (tmp_path / "t" / "a.jsonl" / "deploy.yaml").write_text("job: deploy\nparameters: {ENV: prod}\n")
+    (tmp_path / "t" / "team.yaml").write_text("job: plain\n")
     result = reconciler("run", "--once", "--triggers", str(tmp_path / "t"), "--state", str(tmp_path / "s.db"),
                         "--history", str(tmp_path / "h"), env=jenkins_env(simulator))
-    assert (result.returncode, result.stderr.splitlines()[-1]) == (
-        2, f"reconciler: [Errno 21] Is a directory: '{tmp_path}/h/a.jsonl'")
+    assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+    assert len(simulator.triggers("plain")) == 1 and len(simulator.triggers("deploy")) == 1
+    assert (tmp_path / "h" / "a%2Ejsonl" / "deploy.jsonl").is_file() and (tmp_path / "h" / "a.jsonl").is_dir()
 
 
 def test_validate_takes_single_files():

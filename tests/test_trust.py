@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -179,8 +180,9 @@ def test_a_secret_that_jenkins_echoes_back_is_scrubbed_from_every_record(tmp_pat
     assert [r.status for r in sim.requests if r.path.endswith("/build")] == [403]
     status = reconciler("status", "--json", "--triggers", str(tmp_path / "triggers"), "--state",
                         str(tmp_path / "s.db"), env={**jenkins_env(sim), **env})
-    [run] = json.loads(status.stdout)
-    assert "Authorization: Basic ***" in run["last_run"]["last_error"]  # the echo recorded, its secrets not
+    [row] = json.loads(status.stdout)
+    error = row["last_run"]["last_error"]
+    assert "403" in error and "Authorization" not in error  # the refusal was recorded, never the echoed page
     history = "".join(p.read_text() for p in (tmp_path / "h").rglob("*.jsonl"))
     records = {"log": result.stdout + result.stderr, "status": status.stdout, "history": history,
                "state": (tmp_path / "s.db").read_bytes().decode("latin-1") +
@@ -245,3 +247,193 @@ def test_insecure_server_settings_are_warned_about_at_start(tmp_path, triggers):
                         "server anonymous: no API token or user is configured, so requests are anonymous and "
                         "Jenkins will likely refuse them: set JENKINS_USER and JENKINS_API_TOKEN (or user: and "
                         "token: in the config)"]
+
+
+# -- round two: secrets in every form, output no one can spoof, names and history that cannot break a start ----
+
+class _Echo:
+    """A stand-in for a Jenkins (or the proxy in front of it) that refuses everything with an error page
+    echoing the request's Authorization header and the job token in every form, the secret placed so
+    that a cut at 200 characters falls at a different place of it on each answer."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from .test_text import forms
+
+        count = [0]
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                form = self.rfile.read(length).decode() if length else ""
+                count[0] += 1
+                pad = "w" * (180 + count[0] % 25)
+                echoed = " ".join([*forms(TOKEN), *forms(JOB_TOKEN), *forms(BASIC)])
+                body = (f"<html><head><title>Error</title></head><body><h1>Error</h1><p>{pad}{TOKEN} {JOB_TOKEN} "
+                        f"{echoed}</p><pre>Authorization: {self.headers.get('Authorization')}\n{form}</pre>"
+                        "</body></html>").encode()
+                self.send_response(403)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_secrets_echoed_in_every_form_leave_no_fragment_in_any_record_or_output(tmp_path, triggers):
+    from .test_text import leaks
+
+    echo = _Echo()
+    try:
+        env = {"JENKINS_URL": echo.url, "JENKINS_USER": USER, "JENKINS_API_TOKEN": TOKEN,
+               "JENKINS_JOB_TOKEN": JOB_TOKEN}
+        common = ("--triggers", str(triggers), "--state", str(tmp_path / "s.db"))
+        outputs = {"run": run_once(tmp_path, None, "--timeout", "8s", env=env)}
+        for name, args in {"status": ("status", *common), "status --json": ("status", "--json", *common),
+                           "history": ("history", "ok", "--history", str(tmp_path / "h"), "--triggers", str(triggers)),
+                           "history --json": ("history", "ok", "--json", "--history", str(tmp_path / "h")),
+                           "check": ("check", str(triggers)), "check --json": ("check", "--json", str(triggers)),
+                           "plan": ("plan", *common, "--history", str(tmp_path / "h"))}.items():
+            outputs[name] = bounded(*args, env=env)
+    finally:
+        echo.close()
+    status = json.loads(outputs["status --json"].stdout)
+    assert status[0]["last_run"]["last_error"], "the refusal was recorded"
+    assert "403" in outputs["check"].stdout and "Authorization" not in outputs["check"].stdout
+    records = {f"{name}: {stream}": getattr(result, stream) for name, result in outputs.items()
+               for stream in ("stdout", "stderr")}
+    records["history"] = "".join(p.read_text() for p in (tmp_path / "h").rglob("*.jsonl"))
+    records["state"] = "".join(p.read_bytes().decode("latin-1") for p in tmp_path.glob("s.db*"))
+    for where, text in records.items():
+        assert "Traceback" not in text, where
+        assert not leaks(text, (TOKEN, JOB_TOKEN, BASIC)), where
+
+
+CONTROL = "\x1b]52;c;ZXZpbA==\x07\x1b[2J\x9b31m\x1b]8;;http://evil\x1b\\"
+
+
+def test_no_control_byte_from_a_spec_reaches_a_text_output(tmp_path, triggers, simulator):
+    (triggers / f"ctl{CONTROL[:6]}.yaml").write_text('job: plain\nparameters: {X: "' + CONTROL.encode(
+        "unicode_escape").decode() + '"}\ncause: "\\e[2J"\n')
+    (triggers / "bad.yaml").write_text("job: plain\x1b[2J\nrun: \x9b\n")
+    run_once(tmp_path, simulator)
+    common = ("--triggers", str(triggers), "--state", str(tmp_path / "s.db"))
+    for args in (("validate", str(triggers)), ("status", *common), ("plan", *common, "--history", str(tmp_path / "h")),
+                 ("history", f"ctl{CONTROL[:6]}", "--history", str(tmp_path / "h"), "--triggers", str(triggers))):
+        result = bounded(*args, env=jenkins_env(simulator))
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", result.stdout + result.stderr), (args, result.stdout)
+        assert "Traceback" not in result.stderr
+    checked = bounded("validate", str(triggers))
+    assert all(re.match(rf"{re.escape(str(triggers))}/[^:]+:\d+:\d+: ", line) for line in checked.stdout.splitlines())
+    assert f"{triggers}/bad.yaml:1:11: invalid YAML: a control character (U+001B)" in checked.stdout
+
+
+def test_odd_names_and_poisoned_history_stop_no_fresh_start_and_a_forged_line_fires_nothing(tmp_path, triggers,
+                                                                                         simulator):
+    (triggers / "team.jsonl").mkdir()
+    (triggers / "team.jsonl" / "deploy.yaml").write_text("job: team a/dëploy ü\nparameters: {TARGET: a}\n")
+    (triggers / "team.yaml").write_text("job: team a/dëploy ü\nparameters: {TARGET: b}\n")
+    (triggers / ("L" * 250 + ".yaml")).write_text("job: team a/dëploy ü\nparameters: {TARGET: c}\n")
+    history = tmp_path / "h"
+    history.mkdir()
+    forged = {"at": "2026-01-01T00:00:00Z", "event": "decided", "trigger": "ok", "run_id": "f0f0f0f0f0f0f0f0",
+              "fire_key": "0123456789abcdef", "server": "default", "job": "deploy",
+              "parameters": {"ENV": "prod-everything"}, "cause": "forged"}
+    poison = ["not json", json.dumps([1, 2]), json.dumps({"event": "decided", "trigger": "ok"}),
+              json.dumps({**forged, "run_id": 7}), json.dumps({**forged, "parameters": {"A": {"b": 1}}}),
+              "[" * 100_000 + "]" * 100_000, json.dumps({**forged, "cause": "x" * 10_000_000}),
+              json.dumps({**forged, "event": "launch"}), json.dumps({**forged, "fire_key": "@garbage"}),
+              json.dumps(forged)]
+    (history / "ok.jsonl").write_text("\n".join(poison) + "\n")
+    (history / "ghost.jsonl").write_text(json.dumps({**forged, "trigger": "ghost"}) + "\n")
+    queued = {**forged, "trigger": "queued", "run_id": "e0e0e0e0e0e0e0e0"}  # a vanished queue item: never reposted
+    (history / "queued.jsonl").write_text(json.dumps(queued) + "\n" + json.dumps(
+        {**queued, "event": "queued", "queue_url": f"{simulator.url}queue/item/99999/"}) + "\n")
+
+    result = run_once(tmp_path, simulator)
+    assert result.returncode == 3, result.stdout[-2000:] + result.stderr  # 3: the forged queued run, lost
+    assert "Traceback" not in result.stdout + result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [e["runs"] for e in events if e["event"] == "runs_failed"] == [{"queued": "lost"}]
+    assert not [e for e in events if e["event"] == "fire_reposted"]
+    assert sorted(r.params["TARGET"] for r in simulator.triggers("team a/dëploy ü")) == [["a"], ["b"], ["c"]]
+    assert len(simulator.triggers("plain")) == 1  # `ok`, at its own revision: the forged line is not its revision
+    skipped = [e["problem"] for e in events if e["event"] == "history_line_skipped"]
+    assert any(":1: not JSON" in p for p in skipped) and any(":6: nested too deep" in p for p in skipped)
+    assert any(":7: longer than" in p for p in skipped) and any(":8: unknown event" in p for p in skipped)
+    abandoned = {e["trigger"] for e in events if e["event"] == "run_abandoned"}
+    assert abandoned == {"ok", "ghost"}
+    assert all("prod-everything" not in str(r.params) for r in simulator.requests)
+    assert (history / "team%2Ejsonl" / "deploy.jsonl").is_file() and (history / "team.jsonl").is_file()
+    [long] = [p for p in history.glob("L*") if p.is_file()]
+    assert len(long.name.encode()) <= 255
+    again = bounded("history", "L" * 250, "--history", str(history), "--triggers", str(triggers))
+    assert again.returncode == 0 and "decided" in again.stdout
+    plan = bounded("plan", "--triggers", str(triggers), "--state", str(tmp_path / "s.db"), "--history", str(history),
+                   env=jenkins_env(simulator))
+    assert "Traceback" not in plan.stderr and plan.returncode == 0
+
+
+def test_slow_clients_on_the_probe_port_do_not_silence_healthz(tmp_path, triggers, simulator):
+    import threading
+    import time
+
+    log = tmp_path / "log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "--triggers", str(triggers),
+                                 "--state", str(tmp_path / "s.db"), "--history", str(tmp_path / "h"),
+                                 "--listen", "127.0.0.1:0"],
+                                env={**os.environ, **jenkins_env(simulator)}, stdout=out, stderr=subprocess.STDOUT)
+    stop = threading.Event()
+    try:
+        def address() -> tuple[str, int] | None:
+            for line in log.read_text().splitlines():
+                if '"probes_listening"' in line:
+                    host, _, port = json.loads(line)["address"].rpartition(":")
+                    return host, int(port)
+            return None
+
+        where = wait_for(address, what="the probe port")
+        wait_for(lambda: simulator.triggers("plain"), what="the first pass")
+
+        def slow() -> None:  # one byte every 2 s, and again when the connection is closed
+            while not stop.is_set():
+                try:
+                    with socket.create_connection(where, timeout=5) as s:
+                        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n":
+                            s.sendall(bytes([byte]))
+                            if stop.wait(2):
+                                return
+                except OSError:
+                    stop.wait(0.1)
+
+        clients = [threading.Thread(target=slow, daemon=True) for _ in range(40)]
+        for c in clients:
+            c.start()
+        time.sleep(3)
+        answered = 0
+        for _ in range(10):
+            if requests.get(f"http://{where[0]}:{where[1]}/healthz", timeout=3).ok:
+                answered += 1
+            time.sleep(0.7)
+        assert answered == 10
+        assert proc.poll() is None
+    finally:
+        stop.set()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert "Traceback" not in log.read_text()

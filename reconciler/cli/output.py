@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler import logs
+from reconciler.core import text as safe
 
 COLOURS = {"SUCCESS": "green", "completed": "green", "fire": "green", "fired": "green", "scheduled": "green",
            "UNSTABLE": "yellow", "ABORTED": "yellow",
@@ -19,19 +20,27 @@ COLOURS = {"SUCCESS": "green", "completed": "green", "fire": "green", "fired": "
            "queued": "cyan", "posting": "cyan", "decided": "cyan"}
 """The words a table colours: green done, yellow partly or waiting, red for what needs a person."""
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_RAW_IN_JSON = re.compile(r"[\x7f-\x9f\u2028\u2029]")
+"""What json.dumps(ensure_ascii=False) leaves raw although a terminal acts on it: DEL, the C1 controls
+(\x9b is a CSI on its own), and the line separators some readers break lines at."""
 
 
 def shown(text: str) -> str:
-    """Text from specs or Jenkins made harmless for a terminal: control characters (an ESC that would
-    move the cursor or retitle the window) written as escapes. A stand-in until core/text.py (branch
-    `untrusted`) lands; then that is to be called here instead."""
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    """Text from specs or Jenkins as a command prints it: secrets scrubbed, control characters (an ESC
+    that would move the cursor, retitle the window or set the clipboard) written as escapes (`\\x1b`);
+    line breaks and tabs are the layout's."""
+    return safe.shown(text, keep="\n\t")
+
+
+def json_text(value: Any, **options: Any) -> str:
+    """JSON as a command prints it: exact, with every control character (C1 too) written `\\u00XX`."""
+    text = json.dumps(value, ensure_ascii=False, **options)
+    return _RAW_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def document(value: Any) -> None:
     """One JSON document on stdout."""
-    print(json.dumps(value, indent=2, ensure_ascii=False))
+    print(json_text(value, indent=2))
 
 
 @dataclass(frozen=True)
@@ -86,7 +95,7 @@ class Table:
                 if isinstance(cell, Word) and colour and cell.text in COLOURS:
                     text.stylize(COLOURS[cell.text])
                 if isinstance(cell, Link) and cell.url:
-                    text = Text(shown(cell.text or cell.url), style=Style(link=cell.url))
+                    text = Text(shown(cell.text or cell.url), style=Style(link=safe.terminal(cell.url)))
                 row.append(text)
             table.add_row(*row)
         console.print(table)

@@ -150,12 +150,12 @@ def untagged(specs: list[tuple[str, Any]], servers: Any) -> list[str]:
     """A warning for each spec whose runs carry no tag Jenkins keeps (its server has no job token, it
     has no run_id_parameter): after a crash while posting, such a run cannot be looked up in Jenkins."""
     out = []
-    for shown, spec in specs:
+    for path, spec in specs:
         server = servers.get(spec.server)
         if server is None or server.job_token or spec.run_id_parameter:
             continue
-        line, column = _value_position(shown, "job")
-        out.append(f"{shown}:{line}:{column}: warning: cannot be made exactly-once after a crash: no run id "
+        line, column = _value_position(path, "job")
+        out.append(f"{path}:{line}:{column}: warning: cannot be made exactly-once after a crash: no run id "
                    f"reaches Jenkins (server {spec.server!r} has no job_token, the spec no run_id_parameter), so "
                    "a run interrupted while posting cannot be looked up and is recorded `unknown`, not posted "
                    "again; set run_id_parameter to a parameter the job defines, or give the server a job_token "

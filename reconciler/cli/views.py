@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reconciler import logs
 from reconciler.cli import options, output
 from reconciler.cli.options import EXIT_OK, NoSuchTrigger, add_common, add_output, env, history_dir, note
 from reconciler.config import Policy
@@ -18,6 +16,7 @@ from reconciler.core import text
 from reconciler.core.errors import ConfigError
 from reconciler.core.overview import as_json, outcome, overview
 from reconciler.core.runs import OPEN
+from reconciler.core.text import terminal
 from reconciler.repo.catalog import Catalog
 from reconciler.repo.history import History
 from reconciler.service import records
@@ -136,7 +135,10 @@ def cmd_history(args: argparse.Namespace) -> int:
     history = history_dir(args)
     if not history.is_dir():
         raise ConfigError(f"no history folder at {history} (--history, env RECONCILER_HISTORY)")
-    events = History(history).read(args.name)
+    read = History(history)
+    events = read.read(args.name)
+    for problem in read.problems:  # a bad line is skipped, and said
+        note(args, f"reconciler: {output.shown(problem)}")
     if not events:
         if args.name not in Catalog.scanned(options.triggers_dir(args)).entries:
             raise NoSuchTrigger(f"no trigger {args.name} in {args.triggers}, and no history for it in {history}")
@@ -158,9 +160,9 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def _show_event(args: argparse.Namespace, ev: dict[str, Any]) -> None:
     if args.output == "jsonl":
-        print(json.dumps(ev, sort_keys=True, ensure_ascii=False), flush=True)
+        print(output.json_text(ev, sort_keys=True), flush=True)
         return
-    print(history_line(ev), flush=args.follow)
+    print(terminal(history_line(ev)), flush=args.follow)
 
 
 def history_line(ev: dict[str, Any]) -> str:
@@ -244,7 +246,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     try:
         while more:
             text, start, more = client.console(run.build_url or "", start)
-            sys.stdout.write(logs.redact(text))
+            sys.stdout.write(output.shown(text))
             sys.stdout.flush()
             if not args.follow:
                 break

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from cronsim import CronSim
 
 from reconciler.core import schedule as cron
+from reconciler.core import text as safe
 from reconciler.core.errors import SpecError
 from reconciler.core.policy import Rule, violations
 from reconciler.core.spec import Spec, job_url
@@ -241,44 +242,47 @@ def summary(changes: list[Change]) -> str:
 
 
 def as_text(changes: list[Change], title: str = "reconciler plan") -> str:
-    lines = [f"{title}: {summary(changes)}"]
+    """For a terminal: every piece of the repository's text with its control characters escaped."""
+    t = safe.terminal
+    lines = [f"{t(title)}: {summary(changes)}"]
     for c in changes:
-        lines.append(f"{c.trigger}: {c.kind.value}: {c.why}")
+        lines.append(f"{t(c.trigger)}: {c.kind.value}: {t(c.why)}")
         if c.request is not None and c.kind is Kind.FIRE:
-            lines.append(f"    POST {c.request.path} on {c.request.server}"
-                         + (f" with {_params(c.request.parameters)}" if c.request.parameters else "")
-                         + f"; cause {c.request.cause!r}")
+            lines.append(f"    POST {t(c.request.path)} on {t(c.request.server)}"
+                         + (f" with {t(_params(c.request.parameters))}" if c.request.parameters else "")
+                         + f"; cause {t(repr(c.request.cause))}")
         lines += [f"    next: {tick}" for tick in c.ticks]
         lines += [f"    DST: {note}" for note in c.dst]
     return "\n".join(lines)
 
 
 def as_markdown(changes: list[Change], title: str = "reconciler plan") -> str:
-    """A pull-request comment a reviewer reads in ten seconds: a summary line, then a table."""
-    out = [f"**{title}**: {summary(changes)}"]
+    """A pull-request comment a reviewer reads in ten seconds: a summary line, then a table. Every piece
+    of the repository's text is escaped (names and requests as code spans nothing inside can close,
+    the rest as text with markdown and HTML escaped), so no file name or value can end a row, hide
+    the rows after it (`<!--`) or pose as a link."""
+    out = [f"**{safe.md_text(title)}**: {summary(changes)}"]
     if changes:
         out += ["", "| trigger | what | details |", "| --- | --- | --- |"]
         for c in changes:
-            details = [c.why]
+            details = [safe.md_text(c.why)]
             if c.request is not None and c.kind is Kind.FIRE:
-                details.append(f"`POST {c.request.path}` on `{c.request.server}`"
-                               + (f" with `{_params(c.request.parameters)}`" if c.request.parameters else "")
-                               + f"; cause `{c.request.cause}`")
-            details += [f"next: {tick}" for tick in c.ticks]
-            details += [f"⚠ DST: {note}" for note in c.dst]
-            cells = [f"`{c.trigger}`", f"**{c.kind.value}**", "<br>".join(_cell(d) for d in details)]
+                details.append(f"{safe.md_code('POST ' + c.request.path)} on {safe.md_code(c.request.server)}"
+                               + (f" with {safe.md_code(_params(c.request.parameters))}"
+                                  if c.request.parameters else "")
+                               + f"; cause {safe.md_code(c.request.cause)}")
+            details += [f"next: {safe.md_text(tick)}" for tick in c.ticks]
+            details += [f"⚠ DST: {safe.md_text(note)}" for note in c.dst]
+            cells = [safe.md_code(c.trigger), f"**{c.kind.value}**", "<br>".join(details)]
             out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
 def as_json(changes: list[Change]) -> str:
+    """Exact: control characters (C1 too) as `\\u00XX`, as json.dumps writes them by default."""
     return json.dumps({"summary": summary(changes),
                        "changes": [{**asdict(c), "kind": c.kind.value} for c in changes]}, indent=2)
 
 
 def _params(parameters: dict[str, str] | None) -> str:
     return ", ".join(f"{k}={v}" for k, v in (parameters or {}).items())
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")

@@ -42,20 +42,24 @@ class RunStatus(StrEnum):
     """Taken as fired without a POST (`reconciler adopt`)."""
     MISSED = "missed"
     SKIPPED = "skipped"
+    ABANDONED = "abandoned"
+    """Rebuilt from history but asked for by no current spec: recorded, never posted (history is
+    evidence of what ran, never an instruction to run something)."""
 
 
 S = RunStatus
 
 TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     S.DECIDED: frozenset({S.DECIDED, S.POSTING, S.QUEUED, S.BUILDING, S.COMPLETED, S.REFUSED, S.FAILED, S.CANCELLED,
-                          S.LOST}),
+                          S.LOST, S.ABANDONED}),
     S.POSTING: frozenset({S.DECIDED, S.POSTING, S.QUEUED, S.BUILDING, S.COMPLETED, S.REFUSED, S.FAILED,
-                          S.CANCELLED, S.LOST, S.UNKNOWN}),
-    S.QUEUED: frozenset({S.DECIDED, S.QUEUED, S.BUILDING, S.COMPLETED, S.FAILED, S.CANCELLED, S.LOST}),
-    S.BUILDING: frozenset({S.BUILDING, S.COMPLETED, S.FAILED, S.CANCELLED, S.LOST}),
+                          S.CANCELLED, S.LOST, S.UNKNOWN, S.ABANDONED}),
+    S.QUEUED: frozenset({S.DECIDED, S.QUEUED, S.BUILDING, S.COMPLETED, S.FAILED, S.CANCELLED, S.LOST, S.ABANDONED}),
+    S.BUILDING: frozenset({S.BUILDING, S.COMPLETED, S.FAILED, S.CANCELLED, S.LOST, S.ABANDONED}),
     S.REFUSED: frozenset({S.DECIDED, S.POSTING, S.REFUSED, S.FAILED, S.CANCELLED}),
     S.COMPLETED: frozenset(), S.FAILED: frozenset(), S.CANCELLED: frozenset(), S.LOST: frozenset(),
     S.UNKNOWN: frozenset(), S.ADOPTED: frozenset(), S.MISSED: frozenset(), S.SKIPPED: frozenset(),
+    S.ABANDONED: frozenset(),
 }
 """Which status may follow which. A status may follow itself where a step only adds to what is known
 (a second look at a queued item, another attempt). A `decided` run may be found already queued,
@@ -76,7 +80,7 @@ ACCEPTED = frozenset({S.QUEUED, S.BUILDING, S.COMPLETED, S.CANCELLED, S.LOST, S.
 EVENT_STATUS = {"decided": S.POSTING, "queued": S.QUEUED, "started": S.BUILDING, "completed": S.COMPLETED,
                 "failed": S.FAILED, "cancelled": S.CANCELLED, "lost": S.LOST, "unknown": S.UNKNOWN,
                 "adopted": S.ADOPTED,
-                "missed": S.MISSED, "skipped": S.SKIPPED, "refused": S.REFUSED}
+                "missed": S.MISSED, "skipped": S.SKIPPED, "refused": S.REFUSED, "abandoned": S.ABANDONED}
 """A history event, and the status it leaves its run in. A run whose history stops at `decided` may
 have been posted: it is resolved like a crash while posting."""
 

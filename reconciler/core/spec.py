@@ -27,6 +27,7 @@ from ruamel.yaml.events import (
 )
 from ruamel.yaml.main import CParser
 from ruamel.yaml.nodes import ScalarNode
+from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.resolver import VersionedResolver, implicit_resolvers
 from ruamel.yaml.tag import Tag
 
@@ -360,8 +361,10 @@ def _parse(text: str, name: str, path: str) -> Spec:
         data = loader.get_single_data()
     except MarkedYAMLError as e:
         problem = yaml_problem(e)
+    except ReaderError as e:
+        problem = reader_problem(text, e)
     except YAMLError as e:
-        problem = Problem(1, 1, f"invalid YAML: {e}")
+        problem = Problem(1, 1, f"invalid YAML: {_one_line(str(e))}")
     finally:
         loader.dispose()
     if problem is not None:  # raised outside the handler: a SpecError holds positions and text, nothing else
@@ -466,10 +469,29 @@ def yaml_problem(e: MarkedYAMLError) -> Problem:
                        f"this {bracket} is never closed ({e.problem})")
     mark = e.problem_mark or e.context_mark
     line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-    problem = e.problem or "invalid YAML"
+    problem = _one_line(e.problem or "invalid YAML")
     if problem.startswith("found duplicate key"):
         problem = problem.split(" with value", 1)[0].replace("found duplicate key", "duplicate key")
     return Problem(line, col, problem)
+
+
+def reader_problem(text: str, e: ReaderError) -> Problem:
+    """A character YAML does not allow, at its line and column (the reader counts UTF-8 bytes), named
+    by its code point: the character itself, a control character, would act on the reader's terminal."""
+    position = e.position if isinstance(e.position, int) else 0
+    before = text.encode("utf-8", "surrogatepass")[:max(0, position)].decode("utf-8", "ignore")
+    line = before.count("\n") + 1
+    column = len(before) - (before.rfind("\n") + 1) + 1
+    if isinstance(e.character, bytes):
+        return Problem(line, column, f"not UTF-8 text (byte #x{ord(e.character[:1] or b'0'):02x})")
+    kind = "a control character" if e.character < 0x20 or 0x7F <= e.character <= 0x9F else "a character"
+    return Problem(line, column, f"invalid YAML: {kind} (U+{e.character:04X}) YAML does not allow: write it "
+                                 f"as an escape in a double-quoted string (\\x{e.character:02x}), or remove it")
+
+
+def _one_line(message: str) -> str:
+    """A message on one line: every line of `validate`'s output starts with a position."""
+    return " ".join(message.split())
 
 
 def _locate(text: str, errors: list[Any]) -> list[Problem]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+from reconciler.core.redact import redact
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 """C0 and C1 controls, DEL, and the line/paragraph separators and bidi overrides a terminal or
 viewer acts on rather than shows."""
@@ -97,3 +99,8 @@ def chat(text: str) -> str:
     text = text.replace("@", "@\u200d")
     text = re.sub(r"(?i)\b(https?|ftp|mailto|file|javascript|data)(:)", "\\1\u200b\\2", text)
     return re.sub(r"(?i)\bwww\.", "www\u200b.", text)
+
+
+def shown(text: str, *, keep: str = "") -> str:
+    """Text from outside as a command prints it: secrets out (before anything is cut), controls escaped."""
+    return terminal(redact(text), keep=keep)

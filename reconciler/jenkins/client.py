@@ -31,6 +31,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from reconciler.config import Server
 from reconciler.core.errors import JenkinsRefused, JenkinsServerError, JenkinsUnavailable, LoginRedirect, Withheld
+from reconciler.core.redact import clip, page_message
 from reconciler.core.spec import job_url
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -158,11 +159,9 @@ def version_of(header: str) -> tuple[int, ...] | None:
 
 
 def _snippet(text: str) -> str:
-    """Jenkins' error pages are HTML; keep their message only."""
-    m = re.search(r"<p>(.*?)</p>", text, re.S) or re.search(r"<h1>(.*?)</h1>", text, re.S) or \
-        re.search(r"<h2>(.*?)</h2>", text, re.S)  # Jetty's page for sendError: "HTTP ERROR 400 <message>"
-    plain = re.sub(r"<[^>]+>", " ", m.group(1) if m else text)
-    return " ".join(plain.split())[:200]
+    """Jenkins' error pages are HTML; keep their own message line only, redacted, then cut (whatever
+    else the page holds, an echo of our request's headers or form included, is no one's business)."""
+    return page_message(text)
 
 
 _SENDING = threading.local()
@@ -373,11 +372,12 @@ class Client:
             location = response.headers.get("Location", "")
             target = location.split("?", 1)[0]
             if urlsplit(location).netloc not in ("", self._host) or "login" in location.lower():
+                target = clip(target, 200)
                 return LoginRedirect(f"{what}: redirected to {target}: is an SSO proxy in front of Jenkins? "
                                      f"Point the server url at an address that takes API tokens directly; "
                                      f"the redirect was not followed", status)
-            return JenkinsRefused(f"{what}: unexpected redirect ({status}) to {target}", status)
-        page = response.content.decode("utf-8", "replace")
+            return JenkinsRefused(f"{what}: unexpected redirect ({status}) to {clip(target, 200)}", status)
+        page = response.content[:1 << 20].decode("utf-8", "replace")
         body = _snippet(page)
         user = self.server.user or "anonymous"
         logging_id = _LOGGING_ID.search(page)
@@ -623,5 +623,5 @@ def _reason(e: BaseException) -> str:
         re.search(r"\[SSL: [A-Z0-9_]+\] ([^(')\"]+?)\s*\(_ssl", text) or \
         re.search(r"(\w+(?:Error|Disconnected)\(.*?\))", text)
     if m:
-        return m.group(1).strip()
-    return re.sub(r"<[^>]+>", "", text)[:160]
+        return clip(m.group(1).strip(), 160)
+    return clip(re.sub(r"<[^>]+>", "", text), 160)

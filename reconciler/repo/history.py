@@ -3,13 +3,26 @@
 Each event is one `write()` of one whole line to a file opened with O_APPEND, so a killed process
 leaves whole lines; a torn last line (power loss) is skipped by readers and closed off by the next
 writer, so it never breaks the lines after it.
+
+History comes back from a git branch anyone with push access can write, so it is evidence, never an
+instruction: every line read back is checked (JSON, an object, known event, the types and sizes of
+its fields, the trigger of its file) and a bad one is reported with file and line number and
+skipped. Whether a run rebuilt from it is carried on is the daemon's call (`Daemon.bootstrap`).
+
+A trigger's file is its name with `.jsonl`, each segment encoded so that no two names share a path,
+no folder is named like a history file (`team.jsonl/deploy` must not need a folder where `team`'s
+file is), and no segment exceeds the file system's name limit: `%` is written `%25`; a folder whose
+name ends in `.jsonl` has that dot written `%2E`; a segment longer than NAME_MAX bytes keeps its
+start and ends in `%~` and a hash of the whole (such a file's trigger is read from its lines).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -21,6 +34,44 @@ from reconciler.logs import redact
 
 if TYPE_CHECKING:
     from reconciler.repo.writeback import Writeback
+
+SUFFIX = ".jsonl"
+NAME_MAX = 255
+"""Bytes in one file name on every file system a history lives on (ext4, xfs, btrfs, overlayfs)."""
+MAX_LINE = 1 << 20
+"""A history line longer than this is not one we wrote (a spec is at most 256 KiB): skipped unread."""
+MAX_PROBLEMS = 20
+"""Bad lines reported per file; the rest are counted."""
+_HASHED = "%~"
+_TEXT = 1 << 18
+"""The longest text field a line may carry (a cause or reason of a 256 KiB spec)."""
+_SHORT = 4096
+
+
+def _segment(segment: str, leaf: bool) -> str:
+    encoded = segment.replace("%", "%25")
+    if not leaf and encoded.endswith(SUFFIX):
+        encoded = encoded[: -len(SUFFIX)] + "%2Ejsonl"
+    room = NAME_MAX - (len(SUFFIX) if leaf else 0)
+    raw = encoded.encode("utf-8", "surrogateescape")
+    if len(raw) <= room:
+        return encoded
+    digest = hashlib.sha256(segment.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    start = raw[: room - len(_HASHED) - len(digest)].decode("utf-8", "ignore")
+    return re.sub(r"%[0-9A-F]?$", "", start) + _HASHED + digest
+
+
+def relative_path(trigger: str) -> str:
+    """Where a trigger's history lives under the history directory (see the module's docstring)."""
+    *folders, leaf = trigger.split("/")
+    return "/".join([*(_segment(f, False) for f in folders), _segment(leaf, True)]) + SUFFIX
+
+
+def _trigger_of(relative: str) -> str | None:
+    """The trigger a history file's path names, or None for a hashed one (its lines say)."""
+    if _HASHED in relative:
+        return None
+    return re.sub(r"%(25|2E)", lambda m: "%" if m.group(1) == "25" else ".", relative[: -len(SUFFIX)])
 
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -36,9 +87,12 @@ class History:
             writeback.lock if writeback is not None else contextlib.nullcontext()
         """With write-back, git's steps that touch the files and the appends take turns."""
 
+        self.problems: list[str] = []
+        """Lines read back that were not valid history: `file:line: why`, for the reader to report."""
+
     def path_of(self, trigger: str) -> Path:
         assert self.root is not None
-        return self.root / f"{trigger}.jsonl"
+        return self.root / relative_path(trigger)
 
     def append(self, run: Run, event: str, at: float, **fields: Any) -> None:
         if self._dir is None:
@@ -48,7 +102,7 @@ class History:
         if run.fire_key.startswith("@"):  # every line of a tick says which tick
             record["scheduled_for"] = run.fire_key[1:]
         line = redact(json.dumps(record, sort_keys=True, ensure_ascii=False)) + "\n"
-        path = os.path.join(self._dir, f"{run.trigger}.jsonl")
+        path = os.path.join(self._dir, relative_path(run.trigger))
         with self._lock:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
@@ -80,21 +134,33 @@ class History:
         if self.root is None:
             return []
         with self._lock:  # not while a rebase rewrites the file
-            return list(_lines(self.path_of(trigger)))
+            return list(self._lines(trigger))
 
     def triggers(self) -> list[str]:
         if self.root is None or not self.root.is_dir():
             return []
-        return sorted(str(p.relative_to(self.root))[: -len(".jsonl")] for p in self.root.rglob("*.jsonl"))
+        names = set()
+        for path in self.root.rglob(f"*{SUFFIX}"):
+            if not path.is_file():
+                continue
+            relative = path.relative_to(self.root).as_posix()
+            name = _trigger_of(relative)
+            if name is None:  # hashed: the first valid line names it, if it is really that trigger's file
+                name = next((str(ev["trigger"]) for ev in _lines(path, None, [])), None)
+                if name is None or relative_path(name) != relative:
+                    continue
+            names.add(name)
+        return sorted(names)
+
+    def _lines(self, trigger: str) -> Iterator[dict[str, Any]]:
+        return _lines(self.path_of(trigger), trigger, self.problems)
 
     def runs(self) -> Iterator[Run]:
         """Every run the history knows, as the state store would hold it."""
         for trigger in self.triggers():
             runs: dict[str, Run] = {}
-            for ev in _lines(self.path_of(trigger)):
-                run_id, event = ev.get("run_id"), ev.get("event")
-                if not isinstance(run_id, str) or event not in EVENT_STATUS:
-                    continue
+            for ev in self._lines(trigger):
+                run_id, event = ev["run_id"], ev["event"]
                 at = _parse_iso(ev.get("at"))
                 if event in ("decided", "adopted", "missed", "skipped") and run_id not in runs:
                     params = ev.get("parameters")
@@ -128,17 +194,92 @@ def _parse_iso(value: Any) -> float:
         return 0.0
 
 
-def _lines(path: Path) -> Iterator[dict[str, Any]]:
+_STR, _INT = (str,), (int,)
+_FIELDS: dict[str, tuple[tuple[type, ...], int]] = {
+    "at": (_STR, 64), "event": (_STR, 32), "trigger": (_STR, _SHORT * 4), "run_id": (_STR, 128),
+    "fire_key": (_STR, 256), "scheduled_for": (_STR, 64), "server": (_STR, _SHORT), "job": (_STR, _SHORT * 4),
+    "cause": (_STR, _TEXT), "tag_param": (_STR, _SHORT), "reason": (_STR, _TEXT), "queue_url": (_STR, _SHORT * 4),
+    "url": (_STR, _SHORT * 4), "result": (_STR, 64), "retry_at": (_STR, 64), "number": (_INT, 0),
+    "duration_ms": (_INT, 0), "status": (_INT, 0), "parameters": ((dict,), 0), "provenance": ((dict,), 0),
+    "ran_with": ((dict,), 0), "changed": ((dict,), 0), "causes": ((list,), 0), "ignored": ((list,), 0),
+}
+"""Each field a line may carry: its type and, for text, its longest length. Unknown fields (a newer
+version's) are kept if they are flat: no line we write nests deeper than a mapping of values."""
+_SCALAR = (str, int, float, bool, type(None))
+_FIRE_KEY = re.compile(r"[\w.+-]{1,64}|@\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\dZ")
+"""A one-shot's revision, or a tick as `@2026-05-10T06:00:00Z`."""
+
+
+def problem(record: Any, trigger: str | None) -> str | None:
+    """Why a parsed line is not a history line we could have written, or None."""
+    if not isinstance(record, dict):
+        return f"not a JSON object but {type(record).__name__}"
+    for key in ("event", "run_id", "trigger", "fire_key"):
+        if not isinstance(record.get(key), str) or not record[key]:
+            return f"no {key}" if key not in record else f"{key} is not text"
+    if record["event"] not in EVENT_STATUS:
+        return f"unknown event {record['event'][:40]!r}"
+    if not _FIRE_KEY.fullmatch(record["fire_key"]):
+        return "fire_key is neither a revision nor a tick"
+    if trigger is not None and record["trigger"] != trigger:
+        return "a line of another trigger"
+    for key, value in record.items():
+        kinds, longest = _FIELDS.get(key, (_SCALAR, _TEXT))
+        if value is None:
+            continue
+        if not isinstance(value, kinds) or (kinds == _INT and isinstance(value, bool)):
+            return f"{key[:40]!r} is {type(value).__name__}, not {' or '.join(k.__name__ for k in kinds)}"
+        if isinstance(value, str) and longest and len(value) > longest:
+            return f"{key!r} is longer than {longest} characters"
+        if isinstance(value, dict):
+            if len(value) > 10_000 or not all(isinstance(k, str) and isinstance(v, _SCALAR) and
+                                              (not isinstance(v, str) or len(v) <= _TEXT) for k, v in value.items()):
+                return f"{key!r} is not a flat mapping of names to values"
+        elif isinstance(value, list) and (len(value) > 10_000 or not all(isinstance(v, str) for v in value)):
+            return f"{key!r} is not a list of text"
+    return None
+
+
+def _lines(path: Path, trigger: str | None, problems: list[str]) -> Iterator[dict[str, Any]]:
+    """The valid lines of a history file; each bad one is reported in `problems` (`file:line: why`)
+    and skipped. A line is read at most MAX_LINE bytes at a time, and parsed only if it fits."""
+    bad = 0
+
+    def report(number: int, why: str) -> None:
+        nonlocal bad
+        bad += 1
+        if bad <= MAX_PROBLEMS and len(problems) < 1000:
+            problems.append(f"{path}:{number}: {why}; line skipped")
+
     try:
-        with path.open(encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if not line.endswith("\n"):
-                    return  # torn by a crash mid-write
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(record, dict):
-                    yield record
+        f = path.open("rb")
     except FileNotFoundError:
         return
+    with f:
+        number = 0
+        while raw := f.readline(MAX_LINE + 1):
+            number += 1
+            if not raw.endswith(b"\n"):
+                if len(raw) <= MAX_LINE:
+                    break  # torn by a crash mid-write: the end of what is readable
+                while (rest := f.readline(MAX_LINE)) and not rest.endswith(b"\n"):
+                    pass
+                report(number, f"longer than {MAX_LINE} bytes")
+                continue
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8", "replace"))
+            except RecursionError:
+                report(number, "nested too deep")
+                continue
+            except ValueError:
+                report(number, "not JSON")
+                continue
+            why = problem(record, trigger)
+            if why is not None:
+                report(number, why)
+                continue
+            yield record
+    if bad > MAX_PROBLEMS:
+        problems.append(f"{path}: {bad - MAX_PROBLEMS} more bad line(s) skipped")

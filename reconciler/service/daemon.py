@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,7 @@ from reconciler.repo.catalog import MAX_SPEC_BYTES, Catalog, Changes
 from reconciler.repo.history import History
 from reconciler.repo.watch import Watcher
 from reconciler.repo.writeback import Writeback
-from reconciler.service.execute import Executor
+from reconciler.service.execute import REPOSTS, Executor
 from reconciler.service.liveconfig import LiveConfig, Settings, changed_keys
 from reconciler.service.supervisor import Supervisor
 from reconciler.store.base import StateStore
@@ -150,13 +150,27 @@ class Daemon:
                 return
 
     def bootstrap(self) -> None:
-        """Rebuild a fresh store from history, then resume whatever an earlier process left open."""
+        """Rebuild a fresh store from history, then resume whatever an earlier process left open.
+
+        History is evidence, never an instruction: its lines come from a branch anyone with push access
+        writes. A run rebuilt from it that would still be posted (decided, posting, refused) is carried
+        on only if a current valid spec asks for it (the same trigger and revision, or a tick of its
+        schedule within the starting deadline), and then with the request that spec makes; any other
+        is recorded `abandoned` with the reason, never posted. One Jenkins already accepted (queued,
+        building) is followed as before, which only reads, but is never posted again unless a spec asks."""
         if self.store.is_empty():
             self.empty_start = self.clock()
             runs = list(self.history.runs())
+            for problem in self.history.problems:
+                self.log.warning("history_line_skipped", problem=problem)
+            self.history.problems.clear()
             if runs:
+                runs, abandoned = self._judge(runs)
                 self.store.decide(runs)
                 self.log.info("state_rebuilt", runs=len(runs), source=str(self.history.root))
+                for run in abandoned:
+                    self.history.append(run, RunStatus.ABANDONED, self.clock(), reason=run.last_error)
+                    self.log.warning("run_abandoned", trigger=run.trigger, run_id=run.run_id, reason=run.last_error)
         self.cursors = cron.cursors(self.store.cursors(), self.store.last_ticks().items())
         self._resume(self.store.open_runs(), posting_after=0.0 if self.leadership is None else
                      self.leadership.inherited_posting_delay)
@@ -164,6 +178,29 @@ class Daemon:
         if self.deliveries is not None:
             self.deliveries.resume(fresh=self.empty_start is not None)
             self.deliveries.start(self.supervisor.start)
+
+    def _judge(self, runs: list[Run]) -> tuple[list[Run], list[Run]]:
+        """Runs rebuilt from history, each that would still act carried on only as a current spec asks;
+        returns all runs, and those abandoned among them."""
+        acting = [run for run in runs if run.is_open or run.status is RunStatus.REFUSED]
+        if not acting:
+            return runs, []
+        specs = Catalog.scanned(self.catalog.root).specs
+        now = self.clock()
+        judged: dict[str, Run] = {}
+        abandoned = []
+        for run in acting:
+            expected, reason = _asked_for(run, specs.get(run.trigger), now)
+            if expected is None and run.status in (RunStatus.QUEUED, RunStatus.BUILDING):
+                run = replace(run, attempts=max(run.attempts, REPOSTS + 1))  # followed (GETs), never reposted
+            elif expected is None:
+                run = replace(run, status=RunStatus.ABANDONED, finished_at=now, last_error=reason, retry_at=None)
+                abandoned.append(run)
+            else:
+                run = replace(run, server=expected.server, job=expected.job, parameters=expected.parameters,
+                              cause=expected.cause, tag_param=expected.tag_param)
+            judged[run.run_id] = run
+        return [judged.get(run.run_id, run) for run in runs], abandoned
 
     def retry_refused(self) -> list[Run]:
         """Post again the refused runs that are due, if their spec still asks for them; supersede the others."""
@@ -673,6 +710,35 @@ class Daemon:
 
 def _utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
+
+
+def _asked_for(run: Run, spec: Spec | None, now: float) -> tuple[Run | None, str]:
+    """The run a current spec would make in place of `run` rebuilt from history, or why none would."""
+    why = "rebuilt from history but no current valid spec asks for it: not posted"
+    if spec is None:
+        return None, f"{why} (no valid spec {run.trigger!r})"
+    if spec.suspend:
+        return None, f"{why} (the spec is suspended)"
+    provenance = None
+    if run.provenance is not None and set(run.provenance) == set(Provenance.__slots__) and \
+            all(isinstance(v, str) for v in run.provenance.values()):
+        provenance = Provenance(**run.provenance)
+    tick = cron.tick_of_key(run.fire_key)
+    if tick is None:
+        if spec.schedule is not None or spec.revision != run.fire_key:
+            return None, f"{why} (the spec is at revision {spec.revision}, the run at {run.fire_key})"
+        expected = new_run(spec, run.decided_at, provenance=provenance)
+    else:
+        if spec.schedule is None:
+            return None, f"{why} (the spec has no schedule)"
+        if cron.next_tick(spec.schedule, tick - timedelta(seconds=1)) != tick:
+            return None, f"{why} ({run.fire_key[1:]} is not a tick of the spec's schedule)"
+        if not 0 <= now - tick.timestamp() <= spec.starting_deadline.total_seconds():
+            return None, f"{why} (the tick {run.fire_key[1:]} is not the current one)"
+        expected = new_run(spec, run.decided_at, tick, provenance)
+    if expected.run_id != run.run_id:
+        return None, f"{why} (its run id is not the one the spec's revision or tick has)"
+    return expected, ""
 
 
 def assemble(triggers: Path, state: Path | str, history: Path | None, servers: Mapping[str, Server], *,

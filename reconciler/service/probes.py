@@ -2,14 +2,19 @@
 page (web.py) unless `--web-listen` gives it an address of its own, served by this same server.
 
 Whoever reaches the port may hold connections open; each costs a thread and a descriptor. So a
-request must arrive within READ_TIMEOUT, and beyond MAX_CONNECTIONS at once new ones are closed
-unanswered: the probes may fail for a moment, the daemon does not run out of descriptors.
+whole request (its line and headers) must arrive within READ_TIMEOUT in total, however slowly it
+trickles in, and be at most MAX_REQUEST bytes; at most MAX_CONNECTIONS are served at once, and a
+connection beyond that takes the place of the one that has waited longest for its request (a client
+that sends at once, as kubelet and Prometheus do, is then answered however many slow ones there
+are). A client that misbehaves costs its connection, never a traceback in the log.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -24,7 +29,53 @@ from reconciler.service.web import Web
 
 MAX_CONNECTIONS = 32
 READ_TIMEOUT = 5.0
-"""Seconds a connection may take to send its request; kubelet and Prometheus send theirs at once."""
+"""Seconds a connection may take to send its whole request; kubelet and Prometheus send theirs at once."""
+MAX_REQUEST = 16 * 1024
+"""Bytes of request line and headers read at most; a probe's request is a few hundred."""
+TAKE_OVER_WAIT = 0.5
+"""How long a new connection waits for the slot of the slow one it displaced."""
+
+
+class _Refused(OSError):
+    """A client that sent too much, or too slowly: its connection is closed."""
+
+
+class _DeadlineReader:
+    """The request's bytes, read against one deadline for the whole request and a cap on bytes (the
+    socket's own timeout applies per read: one byte every 2 s would keep a connection for ever)."""
+
+    def __init__(self, sock: socket.socket, deadline: float, cap: int):
+        self._sock, self._deadline, self._left = sock, deadline, cap
+        self._buffer = b""
+
+    def readline(self, limit: int = -1) -> bytes:
+        while b"\n" not in self._buffer and (limit < 0 or len(self._buffer) < limit):
+            remaining = self._deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Refused("the request did not arrive in time")
+            if self._left <= 0:
+                raise _Refused("the request is too large")
+            self._sock.settimeout(remaining)
+            try:
+                chunk = self._sock.recv(min(4096, self._left))
+            except TimeoutError:
+                raise _Refused("the request did not arrive in time") from None
+            if not chunk:
+                break
+            self._left -= len(chunk)
+            self._buffer += chunk
+        end = self._buffer.find(b"\n") + 1 or len(self._buffer)
+        if limit >= 0:
+            end = min(end, limit)
+        line, self._buffer = self._buffer[:end], self._buffer[end:]
+        return line
+
+    def read(self, size: int = -1) -> bytes:
+        """A probe request has no body; whatever is sent after the headers is not read."""
+        return b""
+
+    def close(self) -> None:
+        pass
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -33,6 +84,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     head = False
     """Answering a HEAD: the headers a GET would get, no body."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = _DeadlineReader(self.connection, time.monotonic() + READ_TIMEOUT, MAX_REQUEST)  # type: ignore[assignment]
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        self.server.request_read(self.connection)
+        return parsed
 
     def log_message(self, format: str, *args: Any) -> None:
         """Probes are polled every few seconds; they do not belong in the log."""
@@ -97,19 +157,45 @@ class _ProbeServer(ThreadingHTTPServer):
         self.web = web
         self.probes = probes
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._waiting: dict[socket.socket, float] = {}
+        """Connections holding a slot that have not sent their whole request yet, with when they came."""
+        self._waiting_lock = threading.Lock()
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
+            self._displace_slowest()
+            if not self._slots.acquire(timeout=TAKE_OVER_WAIT):
+                self.shutdown_request(request)
+                return
+        with self._waiting_lock:
+            self._waiting[request] = time.monotonic()
         super().process_request(request, client_address)
+
+    def _displace_slowest(self) -> None:
+        """Close the connection that has waited longest for its request: its thread ends, its slot frees."""
+        with self._waiting_lock:
+            if not self._waiting:
+                return
+            slowest = min(self._waiting, key=self._waiting.__getitem__)
+            del self._waiting[slowest]
+        with contextlib.suppress(OSError):
+            slowest.shutdown(socket.SHUT_RDWR)
+
+    def request_read(self, request: socket.socket) -> None:
+        with self._waiting_lock:
+            self._waiting.pop(request, None)
 
     def process_request_thread(self, request: socket.socket, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
+            self.request_read(request)
             self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up, resets, sends too much or too slowly costs its connection, and is no
+        news: socketserver would print a traceback for each."""
 
 
 class Probes:
