@@ -185,11 +185,13 @@ class NotifyChannel:
 
     @property
     def secrets(self) -> list[str]:
-        """The URL and each of its parts long enough to be a key (Apprise logs a webhook's host and path)."""
+        """Each part of the URL long enough to be a key (Apprise logs a webhook's host and path), but not
+        the URL whole: redaction masks any 8 characters of a secret, and `json://127.0.0.1:…` would
+        then mask every loopback address in the logs."""
         parts = urlsplit(self.url)
         host = None if parts.scheme.rstrip("s") in _HOSTED else parts.hostname  # slack://TOKEN/…: a key, not a host
         pieces = [host, parts.username, parts.password, *parts.path.split("/"), *re.split(r"[&=]", parts.query)]
-        return [self.url, *(p for p in pieces if p and len(p) >= 6)]
+        return [p for p in pieces if p and len(p) >= 6]
 
     def warnings(self) -> list[str]:
         parts = urlsplit(self.url)

@@ -23,7 +23,7 @@ from reconciler.store.sqlite import Store
 from .conftest import TOKEN, Harness, wait_for
 from .forge_standins import Forge, Silent, closed_port
 
-FORGE_TOKEN = "ghp_forgeTOKEN0123456789abcdef"
+FORGE_TOKEN = "ghp_f0rgeTqK8vXw2LmZr5NyHs"
 
 
 @dataclass

@@ -24,7 +24,7 @@ from .conftest import wait_for
 from .forge_standins import Forge, Recorder
 from .test_forge import FORGE_TOKEN, ForgeHarness
 
-HOOK_SECRET = "hookSECRET0123456789xyz"
+HOOK_SECRET = "hookS3cr3tQzv7WkP2xYmN"
 
 
 @pytest.fixture
