@@ -437,3 +437,27 @@ def test_slow_clients_on_the_probe_port_do_not_silence_healthz(tmp_path, trigger
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     assert "Traceback" not in log.read_text()
+
+
+def test_a_forged_line_for_a_later_revision_cannot_keep_that_change_from_firing(tmp_path, triggers, simulator):
+    """The forger writes a `decided` line for the revision a spec will reach (revisions can be computed):
+    it is abandoned at the fresh start, and when a commit brings the spec to it, it fires, once."""
+    from reconciler.core.runs import run_id_of
+    from reconciler.core.spec import parse
+
+    later = "job: plain\nrun: 2\n"
+    revision = parse(later, name="ok", path="ok.yaml").revision
+    history = tmp_path / "h"
+    history.mkdir()
+    (history / "ok.jsonl").write_text(json.dumps(
+        {"at": "2026-01-01T00:00:00Z", "event": "decided", "trigger": "ok", "run_id": run_id_of("ok", revision),
+         "fire_key": revision, "server": "default", "job": "plain", "cause": "forged"}) + "\n")
+    first = run_once(tmp_path, simulator)
+    assert first.returncode == 0 and len(simulator.triggers("plain")) == 1, first.stdout[-2000:]
+    assert [e["trigger"] for e in map(json.loads, first.stdout.splitlines()) if e["event"] == "run_abandoned"] == \
+        ["ok"]
+    (triggers / "ok.yaml").write_text(later)
+    second = run_once(tmp_path, simulator)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr
+    assert len(simulator.triggers("plain")) == 2
+    assert run_once(tmp_path, simulator).returncode == 0 and len(simulator.triggers("plain")) == 2

@@ -59,7 +59,7 @@ TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     S.REFUSED: frozenset({S.DECIDED, S.POSTING, S.REFUSED, S.FAILED, S.CANCELLED}),
     S.COMPLETED: frozenset(), S.FAILED: frozenset(), S.CANCELLED: frozenset(), S.LOST: frozenset(),
     S.UNKNOWN: frozenset(), S.ADOPTED: frozenset(), S.MISSED: frozenset(), S.SKIPPED: frozenset(),
-    S.ABANDONED: frozenset(),
+    S.ABANDONED: frozenset({S.DECIDED}),  # decided afresh when a current spec asks for what it was
 }
 """Which status may follow which. A status may follow itself where a step only adds to what is known
 (a second look at a queued item, another attempt). A `decided` run may be found already queued,

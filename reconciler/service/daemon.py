@@ -282,6 +282,9 @@ class Daemon:
         self.executor.metrics.invalid_specs.set(len(self.catalog.errors) + len(self.unconfigured))
         self.executor.metrics.policy_violations.set(len(self.against_policy))
         inserted = self.store.decide(to_fire, cursors=started)
+        if len(inserted) < len(to_fire):  # a revision whose only record is an abandoned one
+            taken = {r.run_id for r in inserted}
+            inserted += self.store.revive([r for r in to_fire if r.run_id not in taken])
         for run in inserted:
             self.log.info("fire_decided", trigger=run.trigger, run_id=run.run_id, job=run.job, revision=run.fire_key)
         first = self.passes == 0 and self.empty_start is not None  # the first pass, early decisions included

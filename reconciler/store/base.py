@@ -141,6 +141,19 @@ class StateStore(Protocol):
     def fired_among(self, fires: Collection[tuple[str, str]]) -> set[tuple[str, str]]: ...
     def fired(self) -> set[tuple[str, str]]: ...
     def unaccepted(self) -> list[Run]: ...
+    def revive(self, runs: list[Run]) -> list[Run]:
+        """Decide again those of `runs` whose record was abandoned (a run read back from history that no
+        spec asked for then): a line in history may say a revision was decided, but only a spec's asking
+        makes it fire, so a forged line cannot keep a later change from firing. The runs revived."""
+        revived = []
+        for run in runs:
+            [[status]] = self._read("SELECT status FROM runs WHERE run_id = ?", (run.run_id,)) or [[None]]
+            if status == RunStatus.ABANDONED:
+                changes = {c: getattr(run, c) for c in COLUMNS if c not in ("run_id", "trigger", "fire_key")}
+                self.update_many([(replace(run, status=RunStatus.ABANDONED), changes)], durable=True)
+                revived.append(run)
+        return revived
+
     def last_ticks(self) -> dict[str, str]: ...
     def cursors(self) -> dict[str, float]: ...
     def open_runs(self, excluding: Collection[str] = ()) -> list[Run]: ...
@@ -228,13 +241,27 @@ class SqlStore:
     def fired(self) -> set[tuple[str, str]]:
         """The one-shot revisions ever decided. Ticks are not listed: a schedule's cursor (and the
         UNIQUE key) keeps each tick to one fire, and a minutely schedule has half a million a year."""
-        return set(self._read("SELECT trigger, fire_key FROM runs WHERE fire_key NOT LIKE '@%'"))
+        return set(self._read("SELECT trigger, fire_key FROM runs WHERE fire_key NOT LIKE '@%' "
+                              "AND status != 'abandoned'"))
 
     def unaccepted(self) -> list[Run]:
         """The one-shot runs decided that Jenkins has not accepted (or not yet): `fired` lists them too,
         for the daemon decides a revision once, but a reader must not call them fired."""
         rows = self._read(f"{SELECT} WHERE fire_key NOT LIKE '@%' AND status IN ({_UNACCEPTED_SQL})")
         return [decode(r) for r in rows]
+
+    def revive(self, runs: list[Run]) -> list[Run]:
+        """Decide again those of `runs` whose record was abandoned (a run read back from history that no
+        spec asked for then): a line in history may say a revision was decided, but only a spec's asking
+        makes it fire, so a forged line cannot keep a later change from firing. The runs revived."""
+        revived = []
+        for run in runs:
+            [[status]] = self._read("SELECT status FROM runs WHERE run_id = ?", (run.run_id,)) or [[None]]
+            if status == RunStatus.ABANDONED:
+                changes = {c: getattr(run, c) for c in COLUMNS if c not in ("run_id", "trigger", "fire_key")}
+                self.update_many([(replace(run, status=RunStatus.ABANDONED), changes)], durable=True)
+                revived.append(run)
+        return revived
 
     def last_ticks(self) -> dict[str, str]:
         """Each schedule's latest recorded tick key (keys sort as their times do)."""

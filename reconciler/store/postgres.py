@@ -292,7 +292,8 @@ class PgStore(SqlStore):
             return set()
         triggers, keys = zip(*fires, strict=True)
         return set(self._read("SELECT trigger, fire_key FROM runs WHERE (trigger, fire_key) IN "
-                              "(SELECT * FROM unnest(?::text[], ?::text[]))", (list(triggers), list(keys))))
+                              "(SELECT * FROM unnest(?::text[], ?::text[])) AND status != 'abandoned'",
+                              (list(triggers), list(keys))))
 
     def open_runs(self, excluding: Collection[str] = ()) -> list[Run]:
         rows = self._read(f"{SELECT} WHERE status = ANY(?::text[]) AND NOT run_id = ANY(?::text[]) "

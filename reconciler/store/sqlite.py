@@ -118,7 +118,8 @@ class Store(SqlStore):
         if not fires:
             return set()
         return set(self._read("SELECT trigger, fire_key FROM runs WHERE (trigger, fire_key) IN (SELECT "
-                              "json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?))",
+                              "json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)) "
+                              "AND status != 'abandoned'",
                               (json.dumps(list(fires)),)))
 
     def open_runs(self, excluding: Collection[str] = ()) -> list[Run]:
