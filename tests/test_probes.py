@@ -59,3 +59,41 @@ def test_not_ready_before_the_first_pass(harness):
     daemon = harness.build()
     assert daemon.readiness_problems() == ["the first pass has not completed", "the watcher is not running"]
     assert daemon.liveness_problems() == []
+
+
+def test_readyz_waits_for_a_triggers_folder_not_checked_out_yet_and_the_daemon_fires_once_it_is(tmp_path, simulator):
+    """git-sync checks the repository out after the daemon starts, and links it into place: until then
+    /readyz says what it waits for; then the daemon reads the folder and fires, without a restart."""
+    triggers = tmp_path / "git" / "triggers"  # the link git-sync makes, to a worktree it checks out
+    env = {**os.environ, "JENKINS_URL": simulator.url, "JENKINS_USER": USER, "JENKINS_API_TOKEN": TOKEN,
+           "RECONCILER_LISTEN": "127.0.0.1:0"}
+    log = tmp_path / "log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "--triggers", str(triggers),
+                                 "--state", str(tmp_path / "s.db"), "--history", str(tmp_path / "h")],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        def address() -> str | None:
+            for line in log.read_text().splitlines():
+                if '"probes_listening"' in line:
+                    return json.loads(line)["address"]
+            return None
+
+        base = f"http://{wait_for(address, what='the probes to listen')}"
+        waiting = wait_for(lambda: (r := requests.get(base + "/readyz", timeout=5)).status_code == 503 and
+                           f"waiting for the triggers folder {triggers}" in r.text and r.text, what="/readyz to wait")
+        assert "git-sync" in waiting and proc.poll() is None
+        assert requests.get(base + "/healthz", timeout=5).status_code == 200  # waiting is not dead
+
+        worktree = tmp_path / "git" / ".worktrees" / "abc123"
+        worktree.mkdir(parents=True)
+        (worktree / "deploy.yaml").write_text("job: plain\n")
+        triggers.symlink_to(worktree)
+        wait_for(lambda: simulator.triggers("plain"), timeout=30, what="the fire once the folder is there")
+        ready = wait_for(lambda: (r := requests.get(base + "/readyz", timeout=5)).status_code == 200 and r.text,
+                         what="readiness")
+        assert "waiting for the triggers folder" not in ready
+        assert len(simulator.triggers("plain")) == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
