@@ -8,6 +8,7 @@ import resource
 import socket
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -406,3 +407,37 @@ def test_logs_prints_the_console_of_the_latest_build(tmp_path, simulator):
     assert shown.returncode == 0
     assert "Started by user Alice Example" in shown.stdout and "Finished: SUCCESS" in shown.stdout
     assert reconciler("logs", "nope", *common, env=jenkins_env(simulator)).returncode == 1  # no such trigger
+
+
+def test_logs_follow_waits_for_the_build_of_a_newer_run_still_queued(tmp_path, harness):
+    """A new revision's run waits in the queue behind the previous build (the job runs one build at a
+    time): `logs --follow` waits for its build rather than show the previous one, then prints it."""
+    harness.write("deploy", "job: serial\nparameters: {N: first}\n")
+    harness.start()
+    wait_for(lambda: harness.runs("deploy")[0].status == "building", what="the first build")
+    harness.write("deploy", "job: serial\nparameters: {N: second}\n")
+    wait_for(lambda: len(harness.runs("deploy")) == 2 and harness.runs("deploy")[0].status == "queued",
+             what="the new run queued behind the first build")
+    out, err = tmp_path / "out", tmp_path / "err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "logs", "deploy", "--follow", "--triggers", str(harness.triggers),
+             "--state", str(harness.state)], stdout=stdout, stderr=stderr,
+            env={**os.environ, **jenkins_env(harness.sim)})
+    try:
+        wait_for(lambda: "waiting for its build to start" in err.read_text(), timeout=30, what="the wait said")
+        time.sleep(1.5)  # the command reads the store each second: it would have shown build #1 by now
+        assert out.read_text() == "" and follower.poll() is None
+        assert harness.runs("deploy")[0].status == "queued"
+
+        harness.sim.finish("serial", 1)  # the new run's build starts
+        wait_for(lambda: "N=second" in out.read_text(), timeout=30, what="the new build's console")
+        harness.sim.finish("serial", 2)
+        assert follower.wait(timeout=30) == 0
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+    shown = out.read_text()
+    assert "N=first" not in shown and "Finished: SUCCESS" in shown
+    assert harness.runs("deploy")[0].build_number == 2
