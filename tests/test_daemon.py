@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -10,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from datetime import datetime
 
 import pytest
 import requests
@@ -654,6 +656,27 @@ def test_a_refusal_is_not_a_fire_the_run_is_posted_again_once_jenkins_accepts(ha
     [run] = harness.runs("later")
     assert len(harness.sim.builds("not-yet")) == 1 and run.attempts >= 2
     assert "refused" in harness.events("later") and "queued" in harness.events("later")
+
+
+def test_a_refused_lookup_waits_longer_after_each_refusal_as_a_refused_post_does(make_harness):
+    """A job token and a fresh store: each run is looked up before its POST. An SSO or a token without read
+    permission answers that lookup 401: each refusal doubles the wait (refused_min 1 s here), as after a
+    refused POST, instead of asking again every refused_min forever."""
+    harness = make_harness(job_token="deploy-job-token")
+    harness.refused_min = 1.0
+    harness.sim.fault(path="^/queue/api/json", method="GET", status=401, times=3)
+    harness.write("deploy", "job: manual\n")
+    harness.start()
+    wait_for(lambda: harness.sim.triggers("manual"), timeout=30, what="the POST once the lookups are answered")
+    refusals = [e for e in harness.logs.events() if e["event"] == "fire_refused"]
+    assert [e["retry_in"] for e in refusals] == [1, 2, 4]
+    at = [datetime.fromisoformat(e["timestamp"]).timestamp() for e in refusals]
+    waited = [later - earlier for earlier, later in itertools.pairwise(at)]
+    assert 1 <= waited[0] < 7 and 2 <= waited[1] < 8, waited  # kept to, and not left to the loop's 10 s heartbeat
+    assert all("looking the run up before posting it" in e["error"] and e["status"] == 401 for e in refusals)
+    [run] = harness.runs("deploy")
+    assert run.attempts == 4 and len(harness.sim.triggers("manual")) == 1
+    assert harness.events("deploy")[:4] == ["decided", "refused", "refused", "refused"]
 
 
 def test_reconciler_retry_makes_a_refused_run_due_at_once(harness):

@@ -129,6 +129,7 @@ class Run:
     duration_ms: int | None = None
     finished_at: float | None = None
     attempts: int = 0
+    """Tries at getting it into Jenkins: each POST, and each lookup before one that Jenkins refused."""
     last_error: str | None = None
     retry_at: float | None = None
     """For a run Jenkins refused (status `refused`): when to post it again."""

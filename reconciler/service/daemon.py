@@ -783,6 +783,7 @@ def assemble(triggers: Path, state: Path | str, history: Path | None, servers: M
                     resync_interval=resync_interval, policy=policy)
     daemon.make_client = make_client
     daemon.deliveries = outbox
+    executor.on_refused = daemon._wake.set
     if shared is not None:
         from reconciler.service.leadership import Leadership
         from reconciler.store.postgres import identity

@@ -139,6 +139,8 @@ class Executor:
         self._seq = itertools.count()
         self.may_post: Callable[[], bool] | None = None
         """Asked right before each POST attempt: with replicas, whether this one's lease surely holds."""
+        self.on_refused: Callable[[], None] = lambda: None
+        """Told of each refusal: the daemon's loop, asleep until the retry it knew of, wakes for this one's."""
         self.supervisor = supervisor or Supervisor(stop)
         self._timer = self.supervisor.start("timers", self._run_timers)
         self.metrics.count_in_flight(lambda: len(self._active))
@@ -468,14 +470,18 @@ class Executor:
         `reconciler retry`. What to fix is in the error. A refused `lookup` (the search before a POST) is
         the same: retrying it forever would record nothing and show nothing; the healed run looks itself
         up again before it posts."""
+        attempts = run.attempts  # a POST counted itself before it was sent
         if lookup:
             error = JenkinsRefused(f"looking the run up before posting it: {error}", error.status)
+            attempts += 1  # counted too, or its wait would never grow past refused_min
         now = self.clock()
-        delay = min(self.refused_min * 2 ** max(run.attempts - 1, 0), self.refused_max)
-        run = self._update(run, status=RunStatus.REFUSED, last_error=str(error), retry_at=now + delay)
+        delay = min(self.refused_min * 2 ** max(attempts - 1, 0), self.refused_max)
+        run = self._update(run, status=RunStatus.REFUSED, last_error=str(error), retry_at=now + delay,
+                           attempts=attempts)
         self.metrics.fires.labels(run.server, run.job, "refused").inc()
         self.history.append(run, "refused", now, reason=str(error), status=error.status, retry_at=iso(now + delay))
         log.error("fire_refused", error=str(error), status=error.status, retry_in=round(delay))
+        self.on_refused()
 
     def _explain(self, client: Client, fire: _Fire, error: JenkinsServerError) -> JenkinsRefused | None:
         """Jenkins' 500 says no more than a Logging ID. An illegal choice, a repeated parameter, a job that is
