@@ -229,6 +229,31 @@ def test_the_sparkline_kept_between_requests_follows_new_runs(page):
              what="the sparkline to show both runs")
 
 
+def test_a_spec_reverted_to_a_revision_jenkins_refused_is_not_fired_on_the_page_nor_in_status(harness):
+    """Revision A refused (no such job), B fired, then the spec reverted to A: the store has decided A,
+    but Jenkins never accepted it. The page and `status` say the same, and neither says fired."""
+    refused = "job: not-there\n"
+    harness.write("t", refused)
+    daemon = harness.start()
+    wait_for(lambda: [r.status for r in harness.runs("t")] == ["refused"], what="revision A refused")
+    harness.write("t", "job: plain\n")
+    wait_for(lambda: [r.status for r in harness.runs("t")] == ["completed", "refused"], what="revision B fired")
+    harness.write("t", refused)
+    wait_for(lambda: daemon.catalog.specs["t"].job == "not-there", what="the revert read")
+    [listener] = serve(daemon, "127.0.0.1:0")
+    try:
+        [shown] = requests.get(f"http://{listener.address}/api/v1/triggers", timeout=10).json()
+        page = requests.get(f"http://{listener.address}/", timeout=10).text
+    finally:
+        listener.stop()
+    status = subprocess.run([sys.executable, "-m", "reconciler", "status", "--json", "--triggers",
+                             str(harness.triggers), "--state", str(harness.state)],
+                            capture_output=True, text=True, timeout=60)
+    [said] = json.loads(status.stdout)
+    assert shown["state"] == said["state"] == "pending" and shown["detail"] == said["detail"]
+    assert "not fired" in shown["detail"] and '<span class="state pending">pending</span>' in page
+
+
 def test_a_thousand_triggers_render_in_well_under_a_second(harness):
     for i in range(1000):
         harness.write(f"team{i % 10}/t{i:04d}", "job: plain\n" if i % 10 else "job: plain\nschedule: 'H * * * *'\n")

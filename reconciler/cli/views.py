@@ -77,8 +77,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         latest = store.latest()
         outbox = store.outbox_summary()
-        # Fired means accepted by Jenkins: a refused or given-up revision is not, for a spec reverted to it.
-        fired = store.fired() - {(r.trigger, r.fire_key) for r in store.unaccepted()}
+        fired = records.accepted(store)
     finally:
         store.close()
     errors = {**{rel: e.error for rel, e in catalog.rejected.items() if e.error is not None}, **catalog.errors}

@@ -134,9 +134,10 @@ def overview(specs: Mapping[str, Spec], errors: Mapping[str, SpecError], latest:
 
     `latest` is each trigger's newest run; `recent`, the outcomes of its latest runs, oldest first (for
     the sparkline; without it, the newest run's alone). `servers`, when given, makes a spec naming
-    another server invalid, as the daemon judges it. `fired` holds the (trigger, revision) pairs ever
-    decided, for a spec reverted to one of them. `refused`: the specs the operator's policy refuses,
-    with the offending keys; `frozen`: what holds each trigger a freeze window covers.
+    another server invalid, as the daemon judges it. `fired` holds the (trigger, revision) pairs Jenkins
+    accepted (service/records.py `accepted`), for a spec reverted to one of them. `refused`: the specs
+    the operator's policy refuses, with the offending keys; `frozen`: what holds each trigger a freeze
+    window covers.
     """
     rows = []
     for name in sorted(set(specs) | set(errors) | set(latest)):

@@ -5,6 +5,7 @@ read together: a fresh store may know less than the history committed to git."""
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ from reconciler.core.runs import ACCEPTED, Run, RunStatus, new_run
 from reconciler.core.schedule import cursors
 from reconciler.core.spec import Spec
 from reconciler.repo.history import History, iso
+from reconciler.store.base import StateStore
 from reconciler.store.open import open_store, store_exists
 
 
@@ -34,6 +36,15 @@ def fired(history_dir: Path, state: Path | str) -> tuple[set[tuple[str, str]], d
         finally:
             store.close()
     return found, cursors(stored, found)
+
+
+def accepted(store: StateStore, among: Collection[tuple[str, str]] | None = None) -> set[tuple[str, str]]:
+    """The one-shot revisions Jenkins accepted, by (trigger, revision): what `status` and the page call
+    fired, for a spec reverted to one. The store decides a revision once, and its `fired` lists them all,
+    refused and given up too. `among`: only these pairs are asked about (the page asks for the specs'
+    current revisions, in one query)."""
+    decided = store.fired() if among is None else store.fired_among(among)
+    return decided - {(r.trigger, r.fire_key) for r in store.unaccepted()}
 
 
 def unaccepted(history_dir: Path, state: Path | str) -> dict[tuple[str, str], tuple[Action, str]]:

@@ -27,6 +27,7 @@ from reconciler import logs
 from reconciler.core.errors import ConfigError, StateError
 from reconciler.core.overview import Problem, Row, State, as_json, counts, outcome, overview, sparkline
 from reconciler.core.runs import FINISHED, Run
+from reconciler.service import records
 
 if TYPE_CHECKING:
     from reconciler.service.daemon import Daemon
@@ -162,7 +163,7 @@ class Web:
         else:
             specs, errors, latest = _only(specs, only), _only(errors, only), _only(latest, only)
             recent = {only: tuple(outcome(run) for run in reversed(store.runs(only, RECENT_RUNS)))}
-        fired = store.fired_among([(s.name, s.revision) for s in specs.values() if s.schedule is None])
+        fired = records.accepted(store, [(s.name, s.revision) for s in specs.values() if s.schedule is None])
         refused = {name: [Problem(error)] for name, (_, error) in daemon.against_policy.copy().items()}
         frozen = {name: str(freeze) for name, freeze in daemon.frozen.copy().items()}
         return overview(specs, errors, latest, datetime.fromtimestamp(now, UTC), recent=recent,
