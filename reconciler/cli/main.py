@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from reconciler import logs
-from reconciler.cli import operate, run, specs, tools, views
+from reconciler.cli import operate, ops, run, specs, tools, views
 from reconciler.cli.options import EXIT_ERROR, EXIT_INVALID, EXIT_PIPE, Formatter, NoSuchTrigger, version
 from reconciler.core.errors import ReconcilerError
 
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                "operator's config file (--config); never from specs.\n" + EXIT_CODES)
     parser.add_argument("--version", action="version", version=f"reconciler {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for family in (run, specs, views, operate, tools):
+    for family in (run, specs, views, operate, ops, tools):
         family.register(sub)
     return parser
 

@@ -45,6 +45,9 @@ class RunStatus(StrEnum):
     ABANDONED = "abandoned"
     """Rebuilt from history but asked for by no current spec: recorded, never posted (history is
     evidence of what ran, never an instruction to run something)."""
+    REQUESTED = "requested"
+    """Asked for by an operator (`reconciler trigger`, `backfill`), not yet taken up: it waits while its
+    trigger is paused, or while a run of a `concurrency: forbid` trigger is open."""
 
 
 S = RunStatus
@@ -60,6 +63,7 @@ TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     S.COMPLETED: frozenset(), S.FAILED: frozenset(), S.CANCELLED: frozenset(), S.LOST: frozenset(),
     S.UNKNOWN: frozenset(), S.ADOPTED: frozenset(), S.MISSED: frozenset(), S.SKIPPED: frozenset(),
     S.ABANDONED: frozenset({S.DECIDED}),  # decided afresh when a current spec asks for what it was
+    S.REQUESTED: frozenset({S.DECIDED, S.FAILED, S.ABANDONED}),
 }
 """Which status may follow which. A status may follow itself where a step only adds to what is known
 (a second look at a queued item, another attempt). A `decided` run may be found already queued,
@@ -80,9 +84,15 @@ ACCEPTED = frozenset({S.QUEUED, S.BUILDING, S.COMPLETED, S.CANCELLED, S.LOST, S.
 EVENT_STATUS = {"decided": S.POSTING, "queued": S.QUEUED, "started": S.BUILDING, "completed": S.COMPLETED,
                 "failed": S.FAILED, "cancelled": S.CANCELLED, "lost": S.LOST, "unknown": S.UNKNOWN,
                 "adopted": S.ADOPTED,
-                "missed": S.MISSED, "skipped": S.SKIPPED, "refused": S.REFUSED, "abandoned": S.ABANDONED}
+                "missed": S.MISSED, "skipped": S.SKIPPED, "refused": S.REFUSED, "abandoned": S.ABANDONED,
+                "requested": S.REQUESTED}
 """A history event, and the status it leaves its run in. A run whose history stops at `decided` may
 have been posted: it is resolved like a crash while posting."""
+
+
+REQUESTED_KEYS = ("!", "+")
+"""Fire keys of runs an operator asked for: `!` and a request id (`reconciler trigger`), `+` and a tick's
+key (`reconciler backfill`). Neither is a revision or a schedule's own tick."""
 
 
 class IllegalTransition(ReconcilerError):
@@ -205,6 +215,8 @@ def superseded(run: Run, spec: Spec | None, now: float) -> str | None:
     """Why a refused run is not to be posted again, if it is not: what it was decided for has gone."""
     if spec is None:
         return "not posted again: the spec was removed"
+    if run.fire_key.startswith(REQUESTED_KEYS):  # an operator asked for this very run, whatever the spec is now
+        return None
     if not run.fire_key.startswith("@"):
         if spec.schedule is not None or spec.revision != run.fire_key:
             return f"not posted again: the spec changed since (now revision {spec.revision})"

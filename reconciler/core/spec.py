@@ -114,6 +114,9 @@ class SpecModel(BaseModel):
                              "replace (cancel or stop it).")
     scheduled_time_parameter: str | None = Field(
         None, description="A job parameter that receives the tick's time (ISO 8601, in `timezone`).")
+    pause_after_failures: Annotated[int, Field(ge=1, le=1000)] | None = Field(
+        None, description="Pause the trigger itself after this many runs in a row ended other than SUCCESS "
+                          "(`reconciler resume NAME` lifts it).")
     provenance_parameters: dict[Literal[PROVENANCE_FIELDS], str] | None = Field(  # type: ignore[valid-type]
         None, description="Job parameters that receive the commit behind the spec, e.g. {sha: GIT_COMMIT, "
                           "author: REQUESTED_BY}; fields: sha, author, email, date, subject. Sent empty where "
@@ -228,6 +231,7 @@ class Spec:
     """(commit field, job parameter) pairs."""
     notes: tuple[str, ...] = ()
     """How the spec was read where that may surprise its author (a job written as its URL path)."""
+    pause_after_failures: int | None = None
 
     @property
     def endpoint(self) -> str:
@@ -396,7 +400,8 @@ def _parse(text: str, name: str, path: str) -> Spec:
                 starting_deadline=cron.parse_duration(model.starting_deadline), concurrency=model.concurrency,
                 scheduled_time_parameter=model.scheduled_time_parameter,
                 provenance_parameters=None if model.provenance_parameters is None else
-                tuple(model.provenance_parameters.items()), notes=job_notes(data.get("job")))
+                tuple(model.provenance_parameters.items()), notes=job_notes(data.get("job")),
+                pause_after_failures=model.pause_after_failures)
 
 
 def structure_problem(text: str, *, refuse: bool = True) -> Problem | None:
@@ -602,13 +607,15 @@ def _describe(loc: tuple[Any, ...], err: Any) -> str:
     expected = {"job": "a string", "server": "a string", "cause": "a string", "run": "an integer ≥ 1",
                 "suspend": "true or false", "run_id_parameter": "a string", "schedule": "a string",
                 "timezone": "a string", "starting_deadline": "a string",
-                "scheduled_time_parameter": "a string",
+                "scheduled_time_parameter": "a string", "pause_after_failures": "an integer from 1 to 1000",
                 "provenance_parameters": "a mapping of commit fields (sha, author, email, date, subject) to "
                                          "parameter names"}.get(str(loc[0]) if loc else "")
     if err["type"] == "string_too_short":
         return f"{where}: is empty"
     if loc[0] == "concurrency" and err["type"] == "literal_error":
         return f"concurrency: expected allow, forbid or replace, got {err['input']!r}"
+    if expected and err["type"] in ("greater_than_equal", "less_than_equal"):
+        return f"{where}: expected {expected}, got {err['input']}"
     if expected and err["type"] != "value_error":
         return f"{where}: expected {expected}, got {yaml_type(err['input'])}"
     return f"{where}: {err['msg'].removeprefix('Value error, ')}"

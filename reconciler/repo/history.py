@@ -95,14 +95,19 @@ class History:
         return self.root / relative_path(trigger)
 
     def append(self, run: Run, event: str, at: float, **fields: Any) -> None:
+        record = {"run_id": run.run_id, "fire_key": run.fire_key, **fields}
+        if run.fire_key.lstrip("+").startswith("@"):  # every line of a tick (or a backfilled one) says which tick
+            record["scheduled_for"] = run.fire_key.lstrip("+")[1:]
+        self.record(run.trigger, event, at, **record)
+
+    def record(self, trigger: str, event: str, at: float, **fields: Any) -> None:
+        """One line in a trigger's history: a step of a run, or an operator's act (a pause, a resume)."""
         if self._dir is None:
             return
-        record = {"at": iso(at), "event": event, "trigger": run.trigger, "run_id": run.run_id,
-                  "fire_key": run.fire_key, **{k: v for k, v in fields.items() if v is not None}}
-        if run.fire_key.startswith("@"):  # every line of a tick says which tick
-            record["scheduled_for"] = run.fire_key[1:]
+        record = {"at": iso(at), "event": event, "trigger": trigger,
+                  **{k: v for k, v in fields.items() if v is not None}}
         line = redact(json.dumps(record, sort_keys=True, ensure_ascii=False)) + "\n"
-        path = os.path.join(self._dir, relative_path(run.trigger))
+        path = os.path.join(self._dir, relative_path(trigger))
         with self._lock:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
@@ -160,9 +165,11 @@ class History:
         for trigger in self.triggers():
             runs: dict[str, Run] = {}
             for ev in self._lines(trigger):
+                if ev["event"] in OPERATOR_EVENTS:
+                    continue
                 run_id, event = ev["run_id"], ev["event"]
                 at = _parse_iso(ev.get("at"))
-                if event in ("decided", "adopted", "missed", "skipped") and run_id not in runs:
+                if event in ("decided", "adopted", "missed", "skipped", "requested") and run_id not in runs:
                     params = ev.get("parameters")
                     runs[run_id] = Run(
                         run_id=run_id, trigger=trigger, fire_key=str(ev.get("fire_key")),
@@ -186,6 +193,17 @@ class History:
                     finished_at=at if status in FINISHED else run.finished_at)
             yield from runs.values()
 
+    def pauses(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Each trigger whose history ends paused, with its `paused` line (read back into a fresh store:
+        such a line may only hold a trigger back)."""
+        for trigger in self.triggers():
+            last = None
+            for ev in self._lines(trigger):
+                if ev["event"] in OPERATOR_EVENTS:
+                    last = ev
+            if last is not None and last.get("event") == "paused":
+                yield trigger, last
+
 
 def _parse_iso(value: Any) -> float:
     try:
@@ -206,20 +224,25 @@ _FIELDS: dict[str, tuple[tuple[type, ...], int]] = {
 """Each field a line may carry: its type and, for text, its longest length. Unknown fields (a newer
 version's) are kept if they are flat: no line we write nests deeper than a mapping of values."""
 _SCALAR = (str, int, float, bool, type(None))
-_FIRE_KEY = re.compile(r"[\w.+-]{1,64}|@\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\dZ")
-"""A one-shot's revision, or a tick as `@2026-05-10T06:00:00Z`."""
+_FIRE_KEY = re.compile(r"[\w.+-]{1,64}|!\w{1,64}|\+?@\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):"
+                       r"[0-5]\d:[0-5]\dZ")
+"""A one-shot's revision, a tick as `@2026-05-10T06:00:00Z`, or an operator's request: `!` and its id
+(`reconciler trigger`), `+` and a tick (`reconciler backfill`)."""
+OPERATOR_EVENTS = ("paused", "resumed")
+"""Lines of an operator's act on a trigger, not of a run: no run id, no fire key."""
 
 
 def problem(record: Any, trigger: str | None) -> str | None:
     """Why a parsed line is not a history line we could have written, or None."""
     if not isinstance(record, dict):
         return f"not a JSON object but {type(record).__name__}"
-    for key in ("event", "run_id", "trigger", "fire_key"):
+    operator = record.get("event") in OPERATOR_EVENTS
+    for key in ("event", "trigger") if operator else ("event", "run_id", "trigger", "fire_key"):
         if not isinstance(record.get(key), str) or not record[key]:
             return f"no {key}" if key not in record else f"{key} is not text"
-    if record["event"] not in EVENT_STATUS:
+    if record["event"] not in EVENT_STATUS and not operator:
         return f"unknown event {record['event'][:40]!r}"
-    if not _FIRE_KEY.fullmatch(record["fire_key"]):
+    if not operator and not _FIRE_KEY.fullmatch(record["fire_key"]):
         return "fire_key is neither a revision nor a tick"
     if trigger is not None and record["trigger"] != trigger:
         return "a line of another trigger"

@@ -21,7 +21,7 @@ from reconciler.core import schedule as cron
 from reconciler.core.errors import HistoryGitError, SpecError, StateError
 from reconciler.core.freeze import Frozen, frozen
 from reconciler.core.plan import Action, decide, unknown_server
-from reconciler.core.runs import Provenance, Run, RunStatus, new_run, superseded
+from reconciler.core.runs import REQUESTED_KEYS, Provenance, Run, RunStatus, new_run, superseded
 from reconciler.core.spec import Spec
 from reconciler.jenkins.client import Client
 from reconciler.metrics import Metrics
@@ -32,6 +32,7 @@ from reconciler.repo.watch import Watcher
 from reconciler.repo.writeback import Writeback
 from reconciler.service.execute import REPOSTS, Executor
 from reconciler.service.liveconfig import LiveConfig, Settings, changed_keys
+from reconciler.service.operations import POLL, Operations
 from reconciler.service.supervisor import Supervisor
 from reconciler.store.base import StateStore
 from reconciler.store.open import is_dsn, open_store
@@ -124,6 +125,11 @@ class Daemon:
         self.live: LiveConfig | None = None
         """The operator's config, read again as it changes (`reconciler run` sets it up)."""
         self.make_client: Callable[[Server], Client] | None = None
+        self.operations = Operations(self)
+        """Operators' requests, pauses and backfills (`reconciler trigger`, `pause`, `resume`, `backfill`)."""
+        executor.finished = self.operations.ended
+        self._look_up: set[str] = set()
+        """Runs rebuilt from history that an operator had asked for: looked up, never posted."""
 
     def take_in_history(self, stop: threading.Event) -> None:
         """With write-back, take in the history branch before deciding anything. A store with records
@@ -160,7 +166,7 @@ class Daemon:
         building) is followed as before, which only reads, but is never posted again unless a spec asks."""
         if self.store.is_empty():
             self.empty_start = self.clock()
-            runs = list(self.history.runs())
+            runs, self._look_up = self.operations.rebuilt(list(self.history.runs()))
             for problem in self.history.problems:
                 self.log.warning("history_line_skipped", problem=problem)
             self.history.problems.clear()
@@ -182,7 +188,8 @@ class Daemon:
     def _judge(self, runs: list[Run]) -> tuple[list[Run], list[Run]]:
         """Runs rebuilt from history, each that would still act carried on only as a current spec asks;
         returns all runs, and those abandoned among them."""
-        acting = [run for run in runs if run.is_open or run.status is RunStatus.REFUSED]
+        acting = [run for run in runs if (run.is_open or run.status is RunStatus.REFUSED) and
+                  not run.fire_key.startswith(REQUESTED_KEYS)]  # an operator's requests: Operations.rebuilt
         if not acting:
             return runs, []
         specs = Catalog.scanned(self.catalog.root).specs
@@ -209,7 +216,8 @@ class Daemon:
         for run in self.store.refused_due(now):
             spec = self.catalog.specs.get(run.trigger)
             if run.server not in self.executor.clients or (spec is not None and spec.suspend) or \
-                    run.trigger in self.unconfigured or frozen(self.policy.windows, run.trigger, _utc(now)):
+                    run.trigger in self.unconfigured or frozen(self.policy.windows, run.trigger, _utc(now)) or \
+                    self.operations.holds(run.trigger):
                 continue  # stays refused until it can be posted
             reason = superseded(run, spec, now)
             if reason is not None:
@@ -233,7 +241,7 @@ class Daemon:
             if run.server not in self.executor.clients:
                 continue
             try:
-                self.executor.resume(run, posting_after)
+                self.executor.resume(run, posting_after, post=run.run_id not in self._look_up)
             except OSError as e:
                 self.log.error("resume_failed", trigger=run.trigger, run_id=run.run_id, error=str(e))
             else:
@@ -275,7 +283,8 @@ class Daemon:
                 continue
             self.next_due.pop(spec.name, None)  # it may have been a schedule before
             verdict = decide(spec, fired, self.servers)
-            if verdict.action is Action.FIRE and not self._frozen(spec, now):
+            if verdict.action is Action.FIRE and not self.operations.holds(spec.name) and \
+                    not self._frozen(spec, now):
                 firing.append(spec)
         commits = self._provenance(firing)
         to_fire = [new_run(spec, now, provenance=commits.get(spec.name)) for spec in firing]
@@ -439,7 +448,11 @@ class Daemon:
             decisions.append((run, "skipped"))
         elif due.fire is not None:
             run = new_run(spec, now, due.fire, commit)
-            if running and spec.concurrency == "forbid":
+            pause = self.operations.paused.get(spec.name)
+            if pause is not None and pause.holds(now):
+                decisions.append((replace(run, status=RunStatus.SKIPPED, finished_at=now, last_error=pause.describe()),
+                                  "skipped"))
+            elif running and spec.concurrency == "forbid":
                 reason = f"concurrency: forbid, and run {running[0].run_id} is still {running[0].status}"
                 skipped = replace(run, status=RunStatus.SKIPPED, finished_at=now, last_error=reason)
                 decisions.append((skipped, "skipped"))
@@ -461,9 +474,11 @@ class Daemon:
     def pass_once(self) -> list[Run]:
         metrics = self.executor.metrics
         with metrics.reconcile_duration.time():
+            self.operations.refresh()  # pauses first: the scan decides what it parses as it goes
             self._fired_early = []
             changes = self.catalog.scan(self._early)
             fired = self._fired_early + self.reconcile(changes, full=True)
+            fired += self.operations.take_up()
             self._resume_stranded()
             fired += self.retry_refused()
         if len(changes.changed) >= TRIM_AFTER:
@@ -487,6 +502,7 @@ class Daemon:
         fired = self.pass_once()
         started |= {r.run_id for r in fired}
         done = self.executor.wait_idle(timeout, posted_only=not wait)
+        self.operations.turn()  # pauses after failures, and the history lines of what operators did
         if self.deliveries is not None:
             self.deliveries.flush(10.0)
         self.log.info("pass_completed", specs=len(self.catalog.entries), fired=len(fired),
@@ -562,6 +578,7 @@ class Daemon:
         while not stop.is_set():
             self.heartbeat = time.monotonic()
             timeout = min(next_resync - time.monotonic(), HEARTBEAT)
+            timeout = min(timeout, POLL)  # operators' requests and pauses are taken up within seconds
             if self.next_due:
                 timeout = min(timeout, min(self.next_due.values()).timestamp() - self.clock())
             try:
@@ -632,8 +649,10 @@ class Daemon:
         return paths
 
     def _turn(self, resync: bool) -> None:
-        """One turn of the loop: due ticks, the files the watcher named, refused runs due again, and a full
-        pass if one is due."""
+        """One turn of the loop: operators' acts, due ticks, the files the watcher named, refused runs due
+        again, and a full pass if one is due."""
+        if not resync:  # a full pass takes them up itself
+            self.operations.turn()
         self.tick()
         if not resync:  # a full pass takes them up itself
             self.retry_refused()

@@ -94,6 +94,9 @@ class _Fire:
     """The wait before the next attempt, should this one fail."""
     server_errors_since: float | None = None
     """When (monotonic) Jenkins began answering this run's POSTs with 500s the job's definitions do not explain."""
+    post: bool = True
+    """False for a run rebuilt from history that an operator asked for: looked up, followed if found,
+    otherwise abandoned; history is evidence, never an instruction to post."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +144,8 @@ class Executor:
         """Asked right before each POST attempt: with replicas, whether this one's lease surely holds."""
         self.on_refused: Callable[[], None] = lambda: None
         """Told of each refusal: the daemon's loop, asleep until the retry it knew of, wakes for this one's."""
+        self.finished: Callable[[Run], None] | None = None
+        """Told of each run that ends (the daemon pauses a trigger after its failures)."""
         self.supervisor = supervisor or Supervisor(stop)
         self._timer = self.supervisor.start("timers", self._run_timers)
         self.metrics.count_in_flight(lambda: len(self._active))
@@ -154,12 +159,15 @@ class Executor:
             look = run.run_id in unsure and self.taggable(run, self.clients[run.server])
             self._start(_Fire(run, look, True, self.retry_min))
 
-    def resume(self, run: Run, posting_after: float = 0.0) -> None:
+    def resume(self, run: Run, posting_after: float = 0.0, *, post: bool = True) -> None:
         """A run left open by an earlier process, or by a step that failed. Raises OSError, taking
         nothing on, if the run's history cannot be read. A run left `posting` is looked up after
-        `posting_after` seconds: a replica that held the lease before may still be sending it."""
+        `posting_after` seconds: a replica that held the lease before may still be sending it.
+        Without `post`, the run is only looked up: followed if Jenkins has it, else abandoned."""
         fire = None
-        if run.status is RunStatus.DECIDED:  # killed before the POST, maybe before the history line too
+        if not post:
+            fire = _Fire(run, True, False, self.retry_min, post=False)
+        elif run.status is RunStatus.DECIDED:  # killed before the POST, maybe before the history line too
             fire = _Fire(run, False, not self.history.has(run), self.retry_min)
         elif run.status is RunStatus.POSTING:
             fire = _Fire(run, True, False, self.retry_min)
@@ -344,6 +352,8 @@ class Executor:
         self.metrics.fires.labels(run.server, run.job, outcome).inc()
         self.history.append(run, status, now, reason=reason, result=run.result, number=run.build_number,
                             url=run.build_url, duration_ms=run.duration_ms, **(recorded or {}))
+        if self.finished is not None:
+            self.finished(run)
         return run
 
     @staticmethod
@@ -409,6 +419,11 @@ class Executor:
                     self.history.decided(run, run.decided_at)
                     fire.record = False
                 self._adopt(run, found, log)
+                return
+            if not fire.post:
+                self._finish(run, RunStatus.ABANDONED, reason="rebuilt from history, and Jenkins has no build or "
+                             "queue item carrying its run id: not posted (history is evidence, never an instruction)")
+                log.warning("run_abandoned", reason="rebuilt request not found in Jenkins")
                 return
             fire.search_first = False
         try:

@@ -18,9 +18,11 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Protocol
 
+from reconciler.core.operations import Pause, Request
 from reconciler.core.redact import redact
 from reconciler.core.runs import ACCEPTED, OPEN, Run, RunStatus, check_step
 
+_RUN_INSERT = "INSERT INTO runs ({}) VALUES ({}) ON CONFLICT DO NOTHING"
 _OPEN_SQL = ",".join(f"'{status}'" for status in sorted(OPEN))
 """OPEN as SQL literals: SQLite uses the partial index of open runs only for a query that names its
 values, not one that binds them as parameters (that one read every run ever recorded)."""
@@ -93,10 +95,46 @@ MIGRATIONS = [
         at      REAL NOT NULL
     );
     """,
+    """
+    CREATE TABLE requests (
+        run_id          TEXT PRIMARY KEY,
+        request_id      TEXT NOT NULL,
+        trigger         TEXT NOT NULL,
+        kind            TEXT NOT NULL,
+        note            TEXT,
+        requested_by    TEXT NOT NULL,
+        os_user         TEXT NOT NULL,
+        at              REAL NOT NULL,
+        override_freeze INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE pauses (
+        trigger    TEXT PRIMARY KEY,
+        paused_by  TEXT NOT NULL,
+        os_user    TEXT NOT NULL,
+        note       TEXT,
+        since      REAL NOT NULL,
+        until      REAL,
+        reason     TEXT,
+        resumed_at REAL
+    );
+    CREATE TABLE operations (
+        id       TEXT PRIMARY KEY,
+        trigger  TEXT NOT NULL,
+        event    TEXT NOT NULL,
+        at       REAL NOT NULL,
+        fields   TEXT NOT NULL,
+        recorded INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX operations_unrecorded ON operations (at) WHERE recorded = 0;
+    CREATE INDEX runs_requested ON runs (decided_at) WHERE status = 'requested';
+    """,
 ]
 
 COLUMNS = tuple(f.name for f in fields(Run))
 SELECT = f"SELECT {','.join(COLUMNS)} FROM runs"
+REQUEST_COLUMNS = ("run_id", "request_id", "trigger", "kind", "note", "requested_by", "os_user", "at",
+                   "override_freeze")
+PAUSE_COLUMNS = ("trigger", "paused_by", "os_user", "note", "since", "until", "reason", "resumed_at")
 
 
 OUTBOX_COLUMNS = ("id", "run_id", "trigger", "kind", "state", "payload", "created_at", "due_at", "attempts",
@@ -174,6 +212,26 @@ class StateStore(Protocol):
     def newest_outcomes(self) -> list[Run]: ...
     def prune_outbox(self, before: float) -> int: ...
     def close(self) -> None: ...
+    def request(self, runs: list[tuple[Run, Request]], entries: list[Operation]) -> list[Run]: ...
+    def requested(self) -> list[tuple[Run, Request | None]]: ...
+    def statuses(self, trigger: str, keys: Collection[str]) -> dict[str, str]: ...
+    def pause(self, pause: Pause, entry: Operation) -> None: ...
+    def resume(self, trigger: str, at: float, entry: Operation) -> bool: ...
+    def pauses(self) -> list[Pause]: ...
+    def unrecorded(self) -> list[Operation]: ...
+    def recorded(self, ids: Collection[str]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """An operator's act (a request, a pause, a resume) waiting for the daemon to write its history line:
+    the daemon is the one writer of history, wherever the command ran."""
+
+    id: str
+    trigger: str
+    event: str
+    at: float
+    fields: dict[str, Any]
 
 
 def too_new(path: object, version: int, known: int) -> str | None:
@@ -368,3 +426,95 @@ class SqlStore:
             self._write_steps([("DELETE FROM outbox WHERE outcome IS NOT NULL AND done_at < ?", (before,))],
                               durable=False)
         return count
+    """,
+    """
+    # -- operations (core/operations.py): requests, pauses, and their history lines ----------------
+    def request(self, runs: list[tuple[Run, Request]], entries: list[Operation]) -> list[Run]:
+        """Record requested runs, each with who asked and an entry for its history line, in one durable
+        transaction; returns the runs that are new (a run already on record, a retried `--key`, is left
+        as it is, and gets no second entry)."""
+        statements: list[tuple[str, tuple[Any, ...]]] = []
+        for (run, request), entry in zip(runs, entries, strict=True):
+            statements += [_operation_sql(entry, "NOT EXISTS (SELECT 1 FROM runs WHERE run_id = ?)", run.run_id),
+                           (_RUN_INSERT.format(",".join(COLUMNS), ",".join("?" * len(COLUMNS))), encode(run)),
+                           (f"INSERT INTO requests ({','.join(REQUEST_COLUMNS)}) VALUES "
+                            f"({','.join('?' * len(REQUEST_COLUMNS))}) ON CONFLICT DO NOTHING",
+                            (request.run_id, request.request_id, request.trigger, request.kind,
+                             stored_text(request.note), request.by, request.os_user, request.at,
+                             int(request.override_freeze)))]
+        if statements:
+            self._write_steps(statements, durable=True)
+        new = self._entries_among([e.id for e in entries])
+        return [run for (run, _), entry in zip(runs, entries, strict=True) if entry.id in new]
+
+    def _entries_among(self, ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk in _chunks(ids):
+            found |= {row[0] for row in self._read(
+                f"SELECT id FROM operations WHERE id IN ({','.join('?' * len(chunk))})", tuple(chunk))}
+        return found
+
+    def requested(self) -> list[tuple[Run, Request | None]]:
+        """Requested runs not yet taken up, oldest first, each with who asked for it."""
+        cols = ",".join(f"runs.{c}" for c in COLUMNS) + "," + ",".join(f"q.{c}" for c in REQUEST_COLUMNS)
+        rows = self._read(f"SELECT {cols} FROM runs LEFT JOIN requests q ON q.run_id = runs.run_id "
+                          "WHERE runs.status = 'requested' ORDER BY runs.decided_at, runs.fire_key")
+        out = []
+        for row in rows:
+            run, asked = decode(row[:len(COLUMNS)]), row[len(COLUMNS):]
+            out.append((run, None if asked[0] is None else Request(
+                run_id=asked[0], request_id=asked[1], trigger=asked[2], kind=asked[3], note=asked[4], by=asked[5],
+                os_user=asked[6], at=asked[7], override_freeze=bool(asked[8]))))
+        return out
+
+    def statuses(self, trigger: str, keys: Collection[str]) -> dict[str, str]:
+        """The status of each of `trigger`'s runs with one of these fire keys, by key."""
+        found: dict[str, str] = {}
+        for chunk in _chunks(list(keys)):
+            found.update(self._read(f"SELECT fire_key, status FROM runs WHERE trigger = ? AND fire_key IN "
+                                    f"({','.join('?' * len(chunk))})", (trigger, *chunk)))
+        return found
+
+    def pause(self, pause: Pause, entry: Operation) -> None:
+        """Pause (or pause again, with a new note) a trigger, and its history line's entry."""
+        values = (pause.trigger, pause.by, pause.os_user, stored_text(pause.note), pause.since, pause.until,
+                  pause.reason, None)
+        updates = ",".join(f"{c} = excluded.{c}" for c in PAUSE_COLUMNS[1:])
+        self._write_steps([(f"INSERT INTO pauses ({','.join(PAUSE_COLUMNS)}) VALUES "
+                            f"({','.join('?' * len(PAUSE_COLUMNS))}) ON CONFLICT (trigger) DO UPDATE SET {updates}",
+                            values), _operation_sql(entry)], durable=True)
+
+    def resume(self, trigger: str, at: float, entry: Operation) -> bool:
+        """Lift a trigger's pause; False if it was not paused."""
+        held = "EXISTS (SELECT 1 FROM pauses WHERE trigger = ? AND resumed_at IS NULL)"
+        self._write_steps([_operation_sql(entry, held, trigger),
+                           ("UPDATE pauses SET resumed_at = ? WHERE trigger = ? AND resumed_at IS NULL",
+                            (at, trigger))], durable=True)
+        return bool(self._entries_among([entry.id]))
+
+    def pauses(self) -> list[Pause]:
+        """Every trigger ever paused: those still held, and when the others were resumed."""
+        rows = self._read(f"SELECT {','.join(PAUSE_COLUMNS)} FROM pauses ORDER BY trigger")
+        return [Pause(trigger=r[0], by=r[1], os_user=r[2], note=r[3], since=r[4], until=r[5], reason=r[6],
+                      resumed_at=r[7]) for r in rows]
+
+    def unrecorded(self) -> list[Operation]:
+        """Operators' acts whose history lines are not written yet, oldest first."""
+        rows = self._read("SELECT id, trigger, event, at, fields FROM operations WHERE recorded = 0 ORDER BY at, id")
+        return [Operation(id=r[0], trigger=r[1], event=r[2], at=r[3], fields=json.loads(r[4])) for r in rows]
+
+    def recorded(self, ids: Collection[str]) -> None:
+        self._write_steps([("UPDATE operations SET recorded = 1 WHERE id = ?", (i,)) for i in ids], durable=False)
+
+
+def _operation_sql(entry: Operation, condition: str | None = None, *args: Any) -> tuple[str, tuple[Any, ...]]:
+    """The INSERT of an operation's entry, made only if `condition` holds (in the same transaction)."""
+    values = (entry.id, entry.trigger, entry.event, entry.at, redact(json.dumps(entry.fields, sort_keys=True)))
+    if condition is None:
+        return "INSERT INTO operations (id, trigger, event, at, fields) VALUES (?, ?, ?, ?, ?)", values
+    return (f"INSERT INTO operations (id, trigger, event, at, fields) SELECT ?, ?, ?, ?, ? WHERE {condition}",
+            (*values, *args))
+
+
+def _chunks(items: list[str], size: int = 500) -> list[list[str]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
