@@ -73,7 +73,8 @@ def register(sub: Any) -> None:
 
     p = options.parser(sub, "plan", help="what a pass would do now (or --at TIME), per trigger",
                        description="Per trigger: fire, up to date, pending (refused by Jenkins, to be posted "
-                                   "again), scheduled (with the next tick), suspended or invalid. Reads the state "
+                                   "again), paused (who, when, why; and the requested runs and backfill ticks that "
+                                   "wait), scheduled (with the next tick), suspended or invalid. Reads the state "
                                    "store and the history (a missing state store: the history alone, said on "
                                    "stderr); sends nothing. Only a run Jenkins accepted counts as fired.",
                        epilog="example: reconciler plan --at 2026-12-24T03:00:00+01:00 --json")
@@ -277,12 +278,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     real_now = datetime.now(UTC)
     at = args.at or real_now
     policy = _policy(args) or Policy()
+    paused, requested = records.operated(args.state)
     against = {e.name: error for e in catalog.entries.values() if e.spec is not None
                for error in records.against_policy([(str(catalog.root / e.path), e.spec)], policy)}
     specs = {name: spec for name, spec in catalog.specs.items() if name not in against}
     verdicts = plan(specs, {**catalog.errors, **against}, fired, options.servers(args), now=at, cursors=cursors,
                     unaccepted=records.unaccepted(history, args.state), since=min(real_now, at),
-                    windows=policy.windows)
+                    windows=policy.windows, paused=paused, requested=requested)
     if args.output == "json":
         output.document([{"trigger": v.trigger, "action": v.action.value, "detail": v.detail,
                           "server": v.spec.server if v.spec else None, "job": v.spec.job if v.spec else None,
@@ -305,7 +307,7 @@ _ACTION_WORDS = {Action.FIRE: ("to fire", "to fire"), Action.UP_TO_DATE: ("up to
                  Action.INVALID: ("invalid", "invalid"), Action.SUSPENDED: ("suspended", "suspended"),
                  Action.SCHEDULED: ("scheduled", "scheduled"), Action.PENDING: ("pending", "pending"),
                  Action.NOT_FIRED: ("given up, not fired", "given up, not fired"),
-                 Action.FROZEN: ("frozen", "frozen")}
+                 Action.FROZEN: ("frozen", "frozen"), Action.PAUSED: ("paused", "paused")}
 
 
 def _plan_change(args: argparse.Namespace) -> int:

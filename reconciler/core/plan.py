@@ -25,6 +25,8 @@ class Action(StrEnum):
     """Decided, given up without Jenkins accepting it: bump `run` to fire it again."""
     FROZEN = "frozen"
     """A freeze window covers it: a one-shot waits for the window's end, a tick is skipped."""
+    PAUSED = "paused"
+    """`reconciler pause`: nothing fires until `resume` (or its `--until`)."""
 
 
 @dataclass(frozen=True)
@@ -95,12 +97,14 @@ def plan(specs: Mapping[str, Spec], errors: Mapping[str, SpecError],
          fired: Container[tuple[str, str]], servers: Collection[str], *,
          now: datetime | None = None, cursors: Mapping[str, datetime] | None = None,
          unaccepted: Mapping[tuple[str, str], tuple[Action, str]] | None = None,
-         since: datetime | None = None, windows: Sequence[Window] = ()) -> list[Verdict]:
+         since: datetime | None = None, windows: Sequence[Window] = (), paused: Mapping[str, str] | None = None,
+         requested: Mapping[str, str] | None = None) -> list[Verdict]:
     """One verdict per trigger, sorted by name. A deleted spec has no verdict: it fires nothing.
     `unaccepted` names, by (trigger, revision), the runs decided that Jenkins has not accepted (being
     posted, refused, given up), with what to say instead of "already fired": only a run Jenkins
     accepted is fired. `since` is where a schedule without a cursor starts (default: `now`).
-    `windows`: the freezes."""
+    `windows`: the freezes. `paused` says, by trigger, who paused it, when and why; `requested`, the
+    runs operators asked for that wait (`trigger`, `backfill`)."""
     verdicts = [decide_scheduled(spec, (cursors or {}).get(spec.name) or since, now, servers, windows=windows)
                 if spec.schedule is not None and now is not None else
                 decide(spec, fired, servers, windows=windows, now=now)
@@ -109,5 +113,18 @@ def plan(specs: Mapping[str, Spec], errors: Mapping[str, SpecError],
     verdicts = [Verdict(v.trigger, *held[v.trigger, v.spec.revision], v.spec)
                 if v.action is Action.UP_TO_DATE and v.spec and (v.trigger, v.spec.revision) in held
                 else v for v in verdicts]
+    verdicts = [_operated(v, (paused or {}).get(v.trigger), (requested or {}).get(v.trigger)) for v in verdicts]
     verdicts += [Verdict(name, Action.INVALID, str(err)) for name, err in errors.items()]
     return sorted(verdicts, key=lambda v: v.trigger)
+
+
+def _operated(verdict: Verdict, pause: str | None, requested: str | None) -> Verdict:
+    """A verdict as operators' acts change it: a pause holds whatever would fire; requested runs fire."""
+    if verdict.action in (Action.INVALID, Action.SUSPENDED) or (pause is None and requested is None):
+        return verdict
+    if pause is not None:
+        waiting = f"; waiting: {requested}" if requested else ""
+        return Verdict(verdict.trigger, Action.PAUSED, f"{pause} (else: {verdict.action.value}){waiting}",
+                       verdict.spec)
+    detail = f"{requested}" + (f"; and {verdict.detail}" if verdict.action is Action.FIRE else "")
+    return Verdict(verdict.trigger, Action.FIRE, detail, verdict.spec)

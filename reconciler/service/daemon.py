@@ -501,8 +501,15 @@ class Daemon:
         started = {r.run_id for r in self.executor.active()}
         fired = self.pass_once()
         started |= {r.run_id for r in fired}
-        done = self.executor.wait_idle(timeout, posted_only=not wait)
-        self.operations.turn()  # pauses after failures, and the history lines of what operators did
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            done = self.executor.wait_idle(None if deadline is None else max(0.0, deadline - time.monotonic()),
+                                           posted_only=not wait)
+            runs = [r for r in self.store.runs(limit=100_000) if r.run_id in started]
+            more = self.operations.turn(ended={r.trigger for r in runs}) if done else []  # pauses after failures
+            if not more:  # a one-at-a-time backfill's next tick, once the previous run is over
+                break
+            started |= {r.run_id for r in more}
         if self.deliveries is not None:
             self.deliveries.flush(10.0)
         self.log.info("pass_completed", specs=len(self.catalog.entries), fired=len(fired),
@@ -511,7 +518,6 @@ class Daemon:
             return Once(invalid=True)
         if not done:
             return Once(waiting={r.trigger: r.status for r in self.executor.active() if r.run_id in started})
-        runs = [r for r in self.store.runs(limit=100_000) if r.run_id in started]
         return Once(failed={r.trigger: r.result or r.status for r in runs if r.status in UNSUCCESSFUL or
                             (wait and r.status is RunStatus.COMPLETED and r.result != "SUCCESS")})
 

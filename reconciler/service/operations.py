@@ -89,8 +89,11 @@ class Operations:
         return judged, look_up
 
     # -- each turn -------------------------------------------------------------------------------
-    def turn(self) -> list[Run]:
-        """Take up what operators asked since the last turn; the runs decided."""
+    def turn(self, ended: Iterable[str] = ()) -> list[Run]:
+        """Take up what operators asked since the last turn; the runs decided. `ended`: triggers whose runs
+        ended, beside those the executor told of."""
+        with self._ended_lock:
+            self._ended.update(ended)
         store, now = self.daemon.store, self.daemon.clock()
         pauses = store.pauses()
         for pause in pauses:

@@ -14,6 +14,7 @@ from reconciler.config import Policy
 from reconciler.core import policy as rules
 from reconciler.core.errors import SpecError
 from reconciler.core.freeze import frozen
+from reconciler.core.operations import holding
 from reconciler.core.overview import Problem
 from reconciler.core.plan import Action
 from reconciler.core.runs import ACCEPTED, Run, RunStatus, new_run
@@ -73,6 +74,33 @@ def not_fired(run: Run) -> tuple[Action, str]:
     if run.status is RunStatus.FAILED:
         return Action.NOT_FIRED, f"revision {run.fire_key} was given up without Jenkins accepting it{error}"
     return Action.PENDING, f"revision {run.fire_key} decided, not yet accepted by Jenkins ({run.status}){error}"
+
+
+def operated(state: Path | str) -> tuple[dict[str, str], dict[str, str]]:
+    """Who paused which trigger (when, why), and the requested runs that wait, by trigger, as `plan` says them."""
+    if not store_exists(state):
+        return {}, {}
+    store = open_store(state)
+    try:
+        pauses, waiting = store.pauses(), [run for run, _ in store.requested()]
+    finally:
+        store.close()
+    paused = {name: pause.describe() for name, pause in holding(pauses, time.time()).items()}
+    by_trigger: dict[str, list[Run]] = {}
+    for run in waiting:
+        by_trigger.setdefault(run.trigger, []).append(run)
+    return paused, {name: requested_summary(runs) for name, runs in by_trigger.items()}
+
+
+def requested_summary(runs: list[Run]) -> str:
+    """`1 requested run (now); backfill of 5 ticks 2026-…Z … 2026-…Z`."""
+    now = [r for r in runs if r.fire_key.startswith("!")]
+    ticks = sorted(r.fire_key[2:] for r in runs if r.fire_key.startswith("+@"))
+    parts = [f"{len(now)} requested run(s) now"] if now else []
+    if ticks:
+        span = ticks[0] if len(ticks) == 1 else f"{ticks[0]} … {ticks[-1]}"
+        parts.append(f"backfill of {len(ticks)} tick(s) {span}")
+    return "; ".join(parts)
 
 
 def next_attempt(run: Run) -> str:
