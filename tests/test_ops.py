@@ -139,3 +139,20 @@ def test_a_requested_run_is_decided_from_requested_and_a_refused_one_is_not_supe
     changed = parse("job: deploy\nparameters: {ENV: staging}\n", name="team/deploy", path="d.yaml")
     assert superseded(refused, changed, T0.timestamp()) is None
     assert superseded(refused, None, T0.timestamp()) == "not posted again: the spec was removed"
+
+
+def test_the_overview_shows_a_paused_trigger_with_who_when_and_why_and_suspension_outranks_it():
+    from reconciler.core.overview import State, as_json, overview
+
+    pause = Pause(trigger="team/deploy", by="alice", os_user="alice", note="incident", since=T0.timestamp())
+    suspended = parse("job: a\nsuspend: true\n", name="off", path="off.yaml")
+    rows = overview({ONE_SHOT.name: ONE_SHOT, "off": suspended}, {}, {}, T0,
+                    paused={ONE_SHOT.name: pause, "off": replace_trigger(pause, "off")})
+    assert [(r.name, r.state) for r in rows] == [("off", State.SUSPENDED), ("team/deploy", State.PAUSED)]
+    assert as_json(rows[1])["detail"] == "paused by alice since 2026-05-10T10:00:00Z: incident"
+
+
+def replace_trigger(pause: Pause, name: str) -> Pause:
+    from dataclasses import replace
+
+    return replace(pause, trigger=name)

@@ -18,6 +18,7 @@ from typing import Any
 
 from reconciler.core import schedule as cron
 from reconciler.core.errors import SpecError
+from reconciler.core.operations import Pause
 from reconciler.core.plan import unknown_server
 from reconciler.core.runs import ACCEPTED, Run, RunStatus
 from reconciler.core.spec import Spec
@@ -39,6 +40,8 @@ class State(StrEnum):
     SUSPENDED = "suspended"
     FROZEN = "frozen"
     """A freeze window of the operator's holds it: a one-shot fires when the window ends."""
+    PAUSED = "paused"
+    """`reconciler pause` (or `pause_after_failures`): nothing fires until `reconciler resume`."""
     INVALID = "invalid"
     DELETED = "deleted"
     """The spec is gone; its runs stay on record."""
@@ -90,24 +93,28 @@ def outcome(run: Run) -> str:
 
 
 def state_of(spec: Spec | None, problems: Sequence[Problem], last: Run | None,
-             fired: Container[tuple[str, str]], freeze: str | None = None) -> tuple[State, str]:
+             fired: Container[tuple[str, str]], freeze: str | None = None,
+             pause: Pause | None = None) -> tuple[State, str]:
     """The trigger's state and why. An error outranks everything (nothing fires), then a spec
-    that is gone, then suspension; a refused run is next because it needs a person. A freeze window
-    (`freeze`, what holds it) matters only to what would fire: a schedule, or a revision not fired."""
-    state, detail = _state_of(spec, problems, last, fired)
+    that is gone, then suspension, then a pause (who, when, why); a refused run is next because it
+    needs a person. A freeze window (`freeze`, what holds it) matters only to what would fire: a
+    schedule, or a revision not fired."""
+    state, detail = _state_of(spec, problems, last, fired, pause)
     if freeze is not None and state in (State.SCHEDULED, State.PENDING):
         return State.FROZEN, freeze
     return state, detail
 
 
 def _state_of(spec: Spec | None, problems: Sequence[Problem], last: Run | None,
-              fired: Container[tuple[str, str]]) -> tuple[State, str]:
+              fired: Container[tuple[str, str]], pause: Pause | None) -> tuple[State, str]:
     if problems:
         return State.INVALID, str(problems[0])
     if spec is None:
         return State.DELETED, "the spec was removed; its runs stay on record"
     if spec.suspend:
         return State.SUSPENDED, "suspend: true"
+    if pause is not None:
+        return State.PAUSED, pause.describe()
     current = last is not None and (spec.schedule is not None or last.fire_key == spec.revision)
     if current and last is not None and last.status is RunStatus.REFUSED:
         retry = _iso(last.retry_at) if last.retry_at else "at the daemon's next turn"
@@ -129,7 +136,7 @@ def overview(specs: Mapping[str, Spec], errors: Mapping[str, SpecError], latest:
              now: datetime, *, recent: Mapping[str, Sequence[str]] | None = None,
              servers: Collection[str] | None = None, fired: Container[tuple[str, str]] = (),
              refused: Mapping[str, Sequence[Problem]] | None = None,
-             frozen: Mapping[str, str] | None = None) -> list[Row]:
+             frozen: Mapping[str, str] | None = None, paused: Mapping[str, Pause] | None = None) -> list[Row]:
     """One row per trigger that has a spec, an error or runs on record, sorted by name.
 
     `latest` is each trigger's newest run; `recent`, the outcomes of its latest runs, oldest first (for
@@ -137,7 +144,7 @@ def overview(specs: Mapping[str, Spec], errors: Mapping[str, SpecError], latest:
     another server invalid, as the daemon judges it. `fired` holds the (trigger, revision) pairs Jenkins
     accepted (service/records.py `accepted`), for a spec reverted to one of them. `refused`: the specs
     the operator's policy refuses, with the offending keys; `frozen`: what holds each trigger a freeze
-    window covers.
+    window covers; `paused`: the pauses in force, by trigger.
     """
     rows = []
     for name in sorted(set(specs) | set(errors) | set(latest)):
@@ -147,7 +154,8 @@ def overview(specs: Mapping[str, Spec], errors: Mapping[str, SpecError], latest:
             problems = (Problem(unknown_server(spec.server, servers)),)
         if not problems and refused and name in refused:
             problems = tuple(refused[name])
-        state, detail = state_of(spec, problems, last, fired, (frozen or {}).get(name))
+        state, detail = state_of(spec, problems, last, fired, (frozen or {}).get(name),
+                                 (paused or {}).get(name))
         schedule = spec.schedule if spec is not None else None
         outcomes = (recent or {}).get(name) or ((outcome(last),) if last is not None else ())
         rows.append(Row(
@@ -204,6 +212,7 @@ def as_json(row: Row) -> dict[str, Any]:
 
 SPARK_CLASSES = {"SUCCESS": "ok", "UNSTABLE": "warn", "ABORTED": "warn", "NOT_BUILT": "warn",
                  RunStatus.CANCELLED: "warn", RunStatus.SKIPPED: "warn", RunStatus.MISSED: "warn",
+                 RunStatus.ABANDONED: "warn", RunStatus.REQUESTED: "open",
                  "FAILURE": "bad", RunStatus.REFUSED: "bad", RunStatus.FAILED: "bad", RunStatus.LOST: "bad",
                  RunStatus.DECIDED: "open", RunStatus.POSTING: "open", RunStatus.QUEUED: "open",
                  RunStatus.BUILDING: "open"}

@@ -25,6 +25,7 @@ from markupsafe import Markup
 
 from reconciler import logs
 from reconciler.core.errors import ConfigError, StateError
+from reconciler.core.operations import holding
 from reconciler.core.overview import Problem, Row, State, as_json, counts, outcome, overview, sparkline
 from reconciler.core.runs import FINISHED, Run
 from reconciler.service import records
@@ -167,7 +168,8 @@ class Web:
         refused = {name: [Problem(error)] for name, (_, error) in daemon.against_policy.copy().items()}
         frozen = {name: str(freeze) for name, freeze in daemon.frozen.copy().items()}
         return overview(specs, errors, latest, datetime.fromtimestamp(now, UTC), recent=recent,
-                        servers=daemon.servers, fired=fired, refused=refused, frozen=frozen)
+                        servers=daemon.servers, fired=fired, refused=refused, frozen=frozen,
+                        paused=holding(store.pauses(), now))
 
     def _recent(self, latest: Mapping[str, Run]) -> dict[str, tuple[str, ...]]:
         """Each trigger's latest outcomes, oldest first. Decoding 20 runs of 1,000 triggers takes a second,
