@@ -1,5 +1,5 @@
 """The command line: wiring only. Each command lives in the module of its family (run, specs, views,
-operate, tools); the options they share are declared once (options.py). Every flag can also come
+operate, ops, tools); the options they share are declared once (options.py). Every flag can also come
 from RECONCILER_<FLAG>."""
 
 # PYTHON_ARGCOMPLETE_OK  (argcomplete: this program completes its own arguments)
