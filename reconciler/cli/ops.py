@@ -2,7 +2,8 @@
 
 Each command writes to the state store (`--state`, the daemon's own) and returns: the running daemon
 takes it up within seconds, or `reconciler run --once` does. The daemon writes the history line of
-each act, with who asked (`--by`, declared, not authenticated) and the OS user the command ran as.
+each act, with who asked (`--by`, declared, not authenticated) and the OS user the command ran as, into
+its own history (`--history` is taken, like every command's, and left to it).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def register(sub: Any) -> None:
     p.add_argument("--override-freeze", action="store_true",
                    help="fire even inside a freeze window of the operator's policy (recorded; never honoured "
                         "when read back from history)")
-    add_common(p, history=False)
+    add_common(p)
     p.set_defaults(func=cmd_trigger)
 
     p = sub.add_parser("pause", help="hold triggers back, with a note, until resumed",
@@ -72,7 +73,7 @@ def register(sub: Any) -> None:
     p.add_argument("--until", type=_until, metavar="TIME",
                    help="resume by itself at this ISO 8601 time (naive means UTC), or after a duration like 2h")
     p.add_argument("--by", default=None, help=BY_HELP)
-    add_common(p, history=False)
+    add_common(p)
     p.set_defaults(func=cmd_pause)
 
     p = sub.add_parser("resume", help="lift the pause of triggers",
@@ -81,7 +82,7 @@ def register(sub: Any) -> None:
                        epilog="example: reconciler resume nightly/regression")
     p.add_argument("names", nargs="+", metavar="NAME", help="trigger names")
     p.add_argument("--by", default=None, help=BY_HELP)
-    add_common(p, history=False)
+    add_common(p)
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("backfill", help="fire the past ticks of a schedule that have no run",
@@ -101,7 +102,7 @@ def register(sub: Any) -> None:
                    help=f"refuse (firing nothing) if more than N ticks would fire (default {BACKFILL_MAX})")
     p.add_argument("--note", help="why, carried in each run's cause note and history")
     p.add_argument("--by", default=None, help=BY_HELP)
-    add_common(p, history=False)
+    add_common(p)
     p.set_defaults(func=cmd_backfill)
 
 
