@@ -240,3 +240,25 @@ def test_a_fresh_store_abandons_a_request_never_posted_follows_one_jenkins_has_a
     assert statuses[never.run_id] == "abandoned"
     assert len(h.sim.triggers("tick")) == 1  # nothing posted from history
     assert daemon.operations.holds("regression")
+
+
+def test_a_freeze_holds_requested_runs_but_one_made_with_override_freeze_fires(make_harness, tmp_path):
+    h = ops_harness(make_harness, TICK_JOB)
+    h.write("deploy", "job: tick\nparameters: {TICK: x}\n")
+    now = datetime.now(UTC)
+    config = tmp_path / "operator.yaml"
+    config.write_text(f"freeze:\n  - name: release-week\n    from: {now - timedelta(days=1):%Y-%m-%dT%H:%M:%SZ}\n"
+                      f"    until: {now + timedelta(days=1):%Y-%m-%dT%H:%M:%SZ}\n")
+    env = {"JENKINS_URL": h.sim.url, "JENKINS_USER": USER, "JENKINS_API_TOKEN": TOKEN,
+           "JENKINS_JOB_TOKEN": "deploy-job-token"}
+    waits = cli(h, "trigger", "deploy", "--note", "routine", "--config", str(config))
+    assert waits.returncode == 0 and "release-week" in waits.stdout and "waits for the window's end" in waits.stdout
+    assert cli(h, "run", "--once", "--config", str(config), env=env).returncode == 0
+    assert h.sim.triggers("tick") == []  # neither the revision nor the request: frozen
+    forced = cli(h, "trigger", "deploy", "--note", "hotfix", "--override-freeze", "--config", str(config))
+    assert forced.returncode == 0 and "--override-freeze: it fires anyway" in forced.stdout
+    assert cli(h, "run", "--once", "--config", str(config), env=env).returncode == 0
+    [posted] = h.sim.triggers("tick")
+    assert "requested by oncall: hotfix" in posted.param("cause")
+    [line] = [e for e in history(h, "deploy") if e["event"] == "requested" and e.get("override_freeze")]
+    assert line["note"] == "hotfix"

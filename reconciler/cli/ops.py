@@ -18,7 +18,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+from reconciler.cli import options
 from reconciler.cli.options import EXIT_ERROR, EXIT_INVALID, EXIT_OK, add_common, duration, env, timestamp
+from reconciler.core.freeze import frozen
 from reconciler.core.operations import (
     BACKFILL_MAX,
     OperationError,
@@ -33,6 +35,7 @@ from reconciler.core.operations import (
     request_id,
     requested_run,
 )
+from reconciler.core.policy import violations
 from reconciler.core.runs import Run, RunStatus
 from reconciler.core.spec import Spec
 from reconciler.repo.catalog import Catalog
@@ -56,8 +59,8 @@ def register(sub: Any) -> None:
     p.add_argument("--by", default=None, help=BY_HELP)
     p.add_argument("--key", help="idempotency key: a second call with the same key is the same run")
     p.add_argument("--override-freeze", action="store_true",
-                   help="fire even inside a freeze window of the operator's policy (recorded; never honoured "
-                        "when read back from history)")
+                   help="fire now even inside a freeze window of the operator's config (recorded with the "
+                        "request; never honoured from history)")
     add_common(p)
     p.set_defaults(func=cmd_trigger)
 
@@ -142,6 +145,24 @@ def _spec(catalog: Catalog, name: str, triggers: Any) -> Spec:
     return spec
 
 
+def _policy_says(args: argparse.Namespace, spec: Spec, override: bool = False) -> str | None:
+    """The operator's policy (--config) on a request: refused (OperationError) when it does not allow the
+    spec; a note when a freeze window holds it now (it waits for the window's end, unless `override`)."""
+    config = options.operator_config(args)
+    if config is None:
+        return None
+    policy = config.rules()
+    found = violations(spec, policy.rules)
+    if found:
+        raise OperationError(f"{spec.name}: the operator's policy does not allow it: {found[0].message}")
+    freeze = frozen(policy.windows, spec.name, datetime.now(UTC))
+    if freeze is None:
+        return None
+    if override:
+        return f"{spec.name} is frozen ({freeze}); --override-freeze: it fires anyway, and the override is recorded"
+    return f"{spec.name} is frozen ({freeze}); the run waits for the window's end (--override-freeze fires it now)"
+
+
 def _held(store: StateStore, names: list[str], now: float) -> dict[str, Pause]:
     return {n: p for n, p in holding(store.pauses(), now).items() if n in names}
 
@@ -160,9 +181,10 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     try:
         spec = _spec(Catalog.scanned(args.triggers), args.name, args.triggers)
         note, by = check_note(args.note), who(args)
+        policy = _policy_says(args, spec, args.override_freeze)
     except OperationError as e:
         print(f"reconciler: {e}", file=sys.stderr)
-        return EXIT_INVALID if args.name in Catalog.scanned(args.triggers).errors else EXIT_ERROR
+        return EXIT_ERROR if args.name not in Catalog.scanned(args.triggers).entries else EXIT_INVALID
     now = time.time()
     request = Request(run_id="", request_id=request_id(args.key, uuid.uuid4().hex[:16]), trigger=spec.name,
                       kind="trigger", note=note, by=by, os_user=os_user(), at=now,
@@ -184,8 +206,8 @@ def cmd_trigger(args: argparse.Namespace) -> int:
           "(or `reconciler run --once`)")
     if spec.name in held:
         print(f"{spec.name} is {held[spec.name].describe()}; the run waits for `reconciler resume {spec.name}`")
-    if args.override_freeze:
-        print("--override-freeze is recorded with the request")
+    if policy is not None:
+        print(policy)
     return EXIT_OK
 
 
@@ -245,6 +267,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     try:
         spec = _spec(Catalog.scanned(args.triggers), args.name, args.triggers)
         note, by = check_note(args.note), who(args)
+        policy = _policy_says(args, spec)
         now = datetime.now(UTC)
         keys = backfill_keys(spec, args.start, args.end, now) if spec.schedule else []
         recorded: dict[str, Any] = {}
@@ -295,4 +318,6 @@ def cmd_backfill(args: argparse.Namespace) -> int:
           + (", one at a time in tick order" if spec.concurrency != "allow" else ""))
     if spec.name in held:
         print(f"{spec.name} is {held[spec.name].describe()}; the runs wait for `reconciler resume {spec.name}`")
+    if policy is not None and new:
+        print(policy)
     return EXIT_OK

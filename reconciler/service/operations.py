@@ -13,10 +13,12 @@ import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from reconciler.core import schedule as cron
-from reconciler.core.operations import Pause, failure_streak, holding, iso, take_up
+from reconciler.core.freeze import frozen
+from reconciler.core.operations import Pause, Request, failure_streak, holding, iso, take_up
 from reconciler.core.runs import REQUESTED_KEYS, Run, RunStatus
 from reconciler.repo.catalog import Catalog, Changes
 from reconciler.store.base import Operation
@@ -162,9 +164,11 @@ class Operations:
                 daemon.executor.supersede(run, "not posted: the spec was removed, or is no longer scheduled, "
                                                "since it was requested")
         held = {run.trigger for run, _ in waiting if run.trigger in specs and
-                (specs[run.trigger].suspend or run.server not in daemon.executor.clients)}
+                (specs[run.trigger].suspend or run.server not in daemon.executor.clients or
+                 run.trigger in daemon.unconfigured)}  # unconfigured: its server, or the policy refuses it
         dropped = {run.run_id for run in gone}
-        candidates = [run for run, _ in waiting if run.run_id not in dropped and run.trigger not in held]
+        candidates = [run for run, asked in waiting if run.run_id not in dropped and run.trigger not in held and
+                      not self._frozen(run, asked, now)]
         serial = {name: specs[name].concurrency != "allow" for name in {r.trigger for r in candidates}}
         chosen = take_up(candidates, self.paused, daemon.executor.active(), serial, now)
         chosen = [run for run in chosen if self._tick_still_free(run)]
@@ -174,6 +178,14 @@ class Operations:
             daemon.log.info("fire_decided", trigger=run.trigger, run_id=run.run_id, job=run.job, requested=run.fire_key)
         daemon.executor.submit(decided)
         return decided
+
+    def _frozen(self, run: Run, asked: Request | None, now: float) -> bool:
+        """A freeze window of the operator's policy holds requested runs and backfills until it ends, but a
+        request made with `--override-freeze` (on the command line: a run rebuilt from history is never
+        taken up here)."""
+        if asked is not None and asked.override_freeze:
+            return False
+        return frozen(self.daemon.policy.windows, run.trigger, datetime.fromtimestamp(now, UTC)) is not None
 
     def _tick_still_free(self, run: Run) -> bool:
         """A backfilled tick the schedule fired after the backfill was asked for is not fired twice; the
