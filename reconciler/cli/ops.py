@@ -19,7 +19,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reconciler.cli import options
-from reconciler.cli.options import EXIT_ERROR, EXIT_INVALID, EXIT_OK, add_common, duration, env, timestamp
+from reconciler.cli.options import (
+    EXIT_ERROR,
+    EXIT_INVALID,
+    EXIT_OK,
+    NoSuchTrigger,
+    add_common,
+    duration,
+    env,
+    timestamp,
+)
 from reconciler.core.freeze import frozen
 from reconciler.core.operations import (
     BACKFILL_MAX,
@@ -48,7 +57,7 @@ BY_HELP = "who asks, as recorded in history (default: $USER); declared, not auth
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("trigger", help="run a trigger once more now, without a commit",
+    p = options.parser(sub, "trigger", help="run a trigger once more now, without a commit",
                        description="One extra run of NAME now, one-shot or schedule, whatever its revision or tick, "
                                    "keyed by a run id of its own: each call is a new run (with --key, a retried "
                                    "call is the same run). A running daemon posts it within seconds; so does "
@@ -64,7 +73,7 @@ def register(sub: Any) -> None:
     add_common(p)
     p.set_defaults(func=cmd_trigger)
 
-    p = sub.add_parser("pause", help="hold triggers back, with a note, until resumed",
+    p = options.parser(sub, "pause", help="hold triggers back, with a note, until resumed",
                        description="Nothing of a paused trigger fires: its ticks are recorded `skipped` (reason: "
                                    "paused) and never caught up; one-shots that become due, requested runs and "
                                    "backfills wait and fire on resume. `status` and `plan` show who paused it, "
@@ -79,7 +88,7 @@ def register(sub: Any) -> None:
     add_common(p)
     p.set_defaults(func=cmd_pause)
 
-    p = sub.add_parser("resume", help="lift the pause of triggers",
+    p = options.parser(sub, "resume", help="lift the pause of triggers",
                        description="Lift a pause: the next tick fires (the paused ones are not caught up), and "
                                    "what waited (one-shots, requested runs, backfills) fires now.",
                        epilog="example: reconciler resume nightly/regression")
@@ -88,7 +97,7 @@ def register(sub: Any) -> None:
     add_common(p)
     p.set_defaults(func=cmd_resume)
 
-    p = sub.add_parser("backfill", help="fire the past ticks of a schedule that have no run",
+    p = options.parser(sub, "backfill", help="fire the past ticks of a schedule that have no run",
                        description="Each tick of NAME's schedule in [--from, --to) that has no run (a tick "
                                    "recorded only as missed or skipped has none) is fired, keyed by its tick (a "
                                    "repeated backfill fires nothing), with scheduled_time_parameter set to that "
@@ -141,7 +150,7 @@ def _spec(catalog: Catalog, name: str, triggers: Any) -> Spec:
         raise OperationError(f"{name} is invalid, so it cannot run:\n{catalog.errors[name]}")
     spec = catalog.specs.get(name)
     if spec is None:
-        raise OperationError(f"no trigger {name} in {triggers}")
+        raise NoSuchTrigger(f"no trigger {name} in {triggers}")
     return spec
 
 
@@ -184,7 +193,7 @@ def cmd_trigger(args: argparse.Namespace) -> int:
         policy = _policy_says(args, spec, args.override_freeze)
     except OperationError as e:
         print(f"reconciler: {e}", file=sys.stderr)
-        return EXIT_ERROR if args.name not in Catalog.scanned(args.triggers).entries else EXIT_INVALID
+        return EXIT_INVALID if args.name in Catalog.scanned(args.triggers).errors else EXIT_ERROR
     now = time.time()
     request = Request(run_id="", request_id=request_id(args.key, uuid.uuid4().hex[:16]), trigger=spec.name,
                       kind="trigger", note=note, by=by, os_user=os_user(), at=now,
@@ -215,7 +224,7 @@ def _known(args: argparse.Namespace, names: list[str]) -> Catalog:
     catalog = Catalog.scanned(args.triggers)
     unknown = [n for n in names if n not in catalog.entries]
     if unknown:
-        raise OperationError(f"no trigger {', '.join(unknown)} in {args.triggers}: nothing done")
+        raise NoSuchTrigger(f"no trigger {', '.join(unknown)} in {args.triggers}: nothing done")
     return catalog
 
 
@@ -240,7 +249,7 @@ def cmd_pause(args: argparse.Namespace) -> int:
             print(f"{name}: {pause.describe()}")
     finally:
         store.close()
-    print("a running daemon holds them from its next turn (within seconds)", file=sys.stderr)
+    options.note(args, "a running daemon holds them from its next turn (within seconds)")
     return EXIT_OK
 
 
@@ -290,13 +299,13 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             print(f"  {t.tick.astimezone(spec.schedule.tz).isoformat()}  ({t.tick:%Y-%m-%dT%H:%M:%SZ})  "
                   f"{verb}: {t.why}")
     if args.end > now:
-        print(f"ticks after now ({now:%Y-%m-%dT%H:%M:%SZ}) are left to the schedule", file=sys.stderr)
+        options.note(args, f"ticks after now ({now:%Y-%m-%dT%H:%M:%SZ}) are left to the schedule")
     if len(firing) > args.max:
         print(f"reconciler: {len(firing)} ticks would fire, more than --max {args.max}: nothing requested; "
               "narrow the range or raise --max", file=sys.stderr)
         return EXIT_ERROR
     if args.dry_run:
-        print(f"{len(firing)} of {len(ticks)} tick(s) would fire; --dry-run: nothing requested", file=sys.stderr)
+        options.note(args, f"{len(firing)} of {len(ticks)} tick(s) would fire; --dry-run: nothing requested")
         return EXIT_OK
     at = time.time()
     request = Request(run_id="", request_id=uuid.uuid4().hex[:16], trigger=spec.name, kind="backfill", note=note,

@@ -14,6 +14,7 @@ from reconciler.cli.options import EXIT_OK, NoSuchTrigger, add_common, add_outpu
 from reconciler.config import Policy
 from reconciler.core import text
 from reconciler.core.errors import ConfigError
+from reconciler.core.operations import holding
 from reconciler.core.overview import as_json, outcome, overview
 from reconciler.core.runs import OPEN
 from reconciler.core.text import terminal
@@ -78,6 +79,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         latest = store.latest()
         outbox = store.outbox_summary()
         fired = records.accepted(store)
+        pauses = store.pauses()
     finally:
         store.close()
     errors = {**{rel: e.error for rel, e in catalog.rejected.items() if e.error is not None}, **catalog.errors}
@@ -85,7 +87,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = options.operator_config(args)
     refused, frozen = records.held([(str(catalog.root / e.path), e.spec) for e in catalog.entries.values()
                                     if e.spec is not None], config.rules() if config else Policy(), now)
-    rows = overview(catalog.specs, errors, latest, now, fired=fired, refused=refused, frozen=frozen)
+    rows = overview(catalog.specs, errors, latest, now, fired=fired, refused=refused, frozen=frozen,
+                    paused=holding(pauses, now.timestamp()))
     if args.output == "json":
         output.document([as_json(row) for row in rows])
         return EXIT_OK
