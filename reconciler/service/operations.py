@@ -94,6 +94,12 @@ class Operations:
     def turn(self, ended: Iterable[str] = ()) -> list[Run]:
         """Take up what operators asked since the last turn; the runs decided. `ended`: triggers whose runs
         ended, beside those the executor told of."""
+        self.refresh(ended)
+        return self.take_up()
+
+    def refresh(self, ended: Iterable[str] = ()) -> None:
+        """Pauses as the store has them now (lifting those whose `--until` passed, adding those failures
+        call for), the history lines of operators' acts, and what a resume released."""
         with self._ended_lock:
             self._ended.update(ended)
         store, now = self.daemon.store, self.daemon.clock()
@@ -108,7 +114,6 @@ class Operations:
         self.paused = holding(pauses, now)
         if released:
             self._release(released)
-        return self._take_up(now)
 
     def _record(self) -> None:
         """Write the history line of each act not yet written, then mark it written."""
@@ -149,10 +154,10 @@ class Operations:
         if entries:
             self.daemon.reconcile(Changes(changed=entries))
 
-    def _take_up(self, now: float) -> list[Run]:
-        """Decide the requested runs that may go: not while their trigger is paused or suspended, one at a
-        time for a trigger that allows one run at a time, never for a spec that is gone."""
-        daemon = self.daemon
+    def take_up(self) -> list[Run]:
+        """Decide the requested runs that may go: not while their trigger is paused, suspended or frozen,
+        one at a time for a trigger that allows one run at a time, never for a spec that is gone."""
+        daemon, now = self.daemon, self.daemon.clock()
         waiting = daemon.store.requested()
         if not waiting:
             return []
