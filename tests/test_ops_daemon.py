@@ -18,6 +18,7 @@ from reconciler.store.sqlite import Store
 
 from .conftest import TOKEN, USER, wait_for
 from .test_daemon_schedule import FakeClock
+from .test_notify import notify_harness  # noqa: F401  (a fixture)
 
 TICK_JOB = {"name": "tick", "duration": 0, "token": "deploy-job-token", "parameters": ["TICK"], "concurrent": True}
 SERIAL_JOB = {"name": "slow", "duration": None, "token": "deploy-job-token", "parameters": ["TICK"]}
@@ -263,3 +264,19 @@ def test_a_freeze_holds_requested_runs_but_one_made_with_override_freeze_fires(m
     assert "requested by oncall: hotfix" in posted.param("cause")
     [line] = [e for e in history(h, "deploy") if e["event"] == "requested" and e.get("override_freeze")]
     assert line["note"] == "hotfix"
+
+
+def test_a_trigger_paused_after_its_failures_says_so_once_where_paused_messages_are_asked_for(notify_harness):  # noqa: F811
+    harness, recorder = notify_harness()
+    harness.start()
+    for revision in (1, 2):
+        harness.write("deploy", f"job: manual\nrun: {revision}\npause_after_failures: 2\n")
+        wait_for(lambda revision=revision: len(harness.sim.builds("manual")) >= revision, what=f"build {revision}")
+        harness.sim.finish("manual", revision, "FAILURE")
+    wait_for(lambda: any(m["title"] == "deploy is paused" for m in recorder.messages()), what="the paused message")
+    [paused] = [m for m in recorder.messages() if m["title"] == "deploy is paused"]
+    assert "after 2 failures" in paused["message"] and "reconciler resume deploy" in paused["message"]
+    harness.write("deploy", "job: manual\nrun: 3\npause_after_failures: 2\n")
+    time.sleep(1.5)
+    assert len(harness.sim.builds("manual")) == 2
+    assert [m["title"] for m in recorder.messages()].count("deploy is paused") == 1

@@ -120,6 +120,18 @@ class Deliveries:
         if rows:
             self._wake.set()
 
+    def alert(self, run: Run, alert: Alert, reason: str) -> None:
+        """A message that is no step of a run (a trigger paused after its failures), about the run that
+        led to it, keyed by that run: said once."""
+        now = self.clock()
+        said = {**facts(run), "reason": reason}
+        rows = [Delivery(f"{run.run_id}:notify{i}:{alert.value}", run.run_id, run.trigger, f"notify{i}", alert.value,
+                         said, now, now)
+                for i, channel in enumerate(self.channels) if channel.wants(alert, run.trigger)]
+        if rows:
+            self.store.enqueue(rows)
+            self._wake.set()
+
     def resume(self, fresh: bool) -> None:
         """At a start (as the leader): a fresh store, rebuilt from history, takes each trigger's streak
         from its newest outcome, announcing nothing again; then the last day's outcomes are enqueued

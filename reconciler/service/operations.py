@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from reconciler.core import schedule as cron
+from reconciler.core.alerts import Alert
 from reconciler.core.freeze import frozen
-from reconciler.core.operations import Pause, Request, failure_streak, holding, iso, take_up
+from reconciler.core.operations import ENDED, Pause, Request, failure_streak, holding, iso, take_up
 from reconciler.core.runs import REQUESTED_KEYS, Run, RunStatus
 from reconciler.repo.catalog import Catalog, Changes
 from reconciler.store.base import Operation
@@ -136,7 +137,9 @@ class Operations:
             if spec is None or not spec.pause_after_failures:
                 continue
             limit = spec.pause_after_failures
-            streak = failure_streak(self.daemon.store.runs(name, limit=limit * 4 + 100), since.get(name))
+            recent = self.daemon.store.runs(name, limit=limit * 4 + 100)
+            streak = failure_streak(recent, since.get(name))
+            last = next((run for run in recent if run.status in ENDED), None)
             if streak < limit:
                 continue
             reason = f"after {limit} failures"
@@ -144,6 +147,8 @@ class Operations:
             self.daemon.store.pause(pause, entry(name, "paused", now, by=SYSTEM, reason=reason, failures=streak))
             self.daemon.log.warning("trigger_paused_after_failures", trigger=name, failures=streak,
                                     advice=f"`reconciler resume {name}` lifts it")
+            if self.daemon.deliveries is not None and last is not None:
+                self.daemon.deliveries.alert(last, Alert.PAUSED, f"{reason}: `reconciler resume {name}` lifts it")
             paused = True
         return self.daemon.store.pauses() if paused else pauses
 
