@@ -715,6 +715,10 @@ class Daemon:
             self._paths.update(paths)
         self._wake.set()
 
+    def wake(self) -> None:
+        """Have the loop turn now rather than at its next timeout (an operator's act, a refusal)."""
+        self._wake.set()
+
     def request_stop(self, *_: Any) -> None:
         """Safe from a signal handler: ends `run` promptly; open runs stay open in the store."""
         self.executor.stop.set()

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from reconciler.core import schedule as cron
 from reconciler.core.alerts import Alert
@@ -25,7 +25,11 @@ from reconciler.repo.catalog import Catalog, Changes
 from reconciler.store.base import Operation
 
 if TYPE_CHECKING:
-    from reconciler.service.daemon import Daemon
+    from reconciler.config import Policy
+    from reconciler.repo.history import History
+    from reconciler.service.deliveries import Deliveries
+    from reconciler.service.execute import Executor
+    from reconciler.store.base import StateStore
 
 POLL = 1.0
 """How often the loop looks for operators' acts: the running daemon takes them up within this (and a turn)."""
@@ -38,8 +42,27 @@ def entry(trigger: str, event: str, at: float, **fields: Any) -> Operation:
                      fields={k: v for k, v in fields.items() if v is not None})
 
 
+class Loop(Protocol):
+    """What taking up operators' acts asks of the daemon's loop (service/daemon.py's Daemon answers it):
+    its records, its catalog and schedules, and a way to decide what a request lets fire."""
+
+    catalog: Catalog
+    store: StateStore
+    history: History
+    executor: Executor
+    deliveries: Deliveries | None
+    policy: Policy
+    cursors: dict[str, datetime]
+    next_due: dict[str, datetime]
+    log: Any
+
+    def clock(self) -> float: ...
+    def wake(self) -> None: ...
+    def reconcile(self, changes: Changes, *, full: bool = False) -> list[Run]: ...
+
+
 class Operations:
-    def __init__(self, daemon: Daemon):
+    def __init__(self, daemon: Loop):
         self.daemon = daemon
         self.paused: dict[str, Pause] = {}
         """The pauses in force, as of the last turn."""
@@ -56,7 +79,7 @@ class Operations:
         if spec is not None and spec.pause_after_failures:
             with self._ended_lock:
                 self._ended.add(run.trigger)
-            self.daemon._wake.set()
+            self.daemon.wake()
 
     # -- a fresh store ---------------------------------------------------------------------------
     def rebuilt(self, runs: list[Run]) -> tuple[list[Run], set[str]]:
