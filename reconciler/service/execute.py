@@ -25,6 +25,7 @@ how far the run got.
 from __future__ import annotations
 
 import contextlib
+import copy
 import heapq
 import itertools
 import threading
@@ -42,7 +43,7 @@ from reconciler.core.errors import (
     StateError,
     Withheld,
 )
-from reconciler.core.runs import Run, RunStatus
+from reconciler.core.runs import Run, RunStatus, check_step
 from reconciler.jenkins.client import MASKED, Client, Found, RecentBuilds
 from reconciler.jenkins.contract import explain_500
 from reconciler.metrics import Metrics
@@ -99,6 +100,70 @@ class _Fire:
     otherwise abandoned; history is evidence, never an instruction to post."""
 
 
+@dataclass(slots=True)
+class _Step:
+    """One run's step waiting to be written with others (see _GroupCommit)."""
+
+    run: Run
+    changes: dict[str, Any]
+    durable: bool
+    done: threading.Event
+    result: Run | None = None
+    error: BaseException | None = None
+
+
+class _GroupCommit:
+    """Steps of runs written together: while one thread writes, the steps other threads bring wait, and
+    the next of them writes them all in one transaction (one fsync, if any must be durable). In a burst
+    of 32 workers a commit each (two, with the posting mark's) made every worker queue for the store's
+    lock in turn: 5,000 ticks spent more time handing that lock and the GIL around than writing. A
+    step the run lifecycle forbids fails alone, before it joins a batch; a batch that cannot be written
+    fails each of its steps, as nothing of it was written."""
+
+    def __init__(self, store: StateStore):
+        self.store = store
+        self._lock = threading.Lock()
+        self._pending: list[_Step] = []
+        self._busy = False
+        self.batches = 0
+        self.steps = 0
+        """Written so far (for bench/profile.py: the steps a commit carries in a burst)."""
+
+    def write(self, run: Run, changes: dict[str, Any], durable: bool) -> Run:
+        check_step(run, changes)
+        step = _Step(run, changes, durable, threading.Event())
+        with self._lock:
+            self._pending.append(step)
+            lead, self._busy = not self._busy, True
+        if not lead:
+            step.done.wait()
+        if step.result is None and step.error is None:  # it leads: its own step is in the batch it takes
+            self._write_batch()
+        if step.error is not None:
+            raise copy.copy(step.error)  # each thread raises its own exception object
+        assert step.result is not None
+        return step.result
+
+    def _write_batch(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        try:
+            results: list[Run | None] = list(self.store.update_many(
+                [(s.run, s.changes) for s in batch], durable=any(s.durable for s in batch)))
+            error = None
+        except BaseException as e:  # handed to each step's own thread, which raises it
+            results, error = [None] * len(batch), e
+        self.batches, self.steps = self.batches + 1, self.steps + len(batch)
+        with self._lock:
+            following = self._pending[0] if self._pending else None
+            self._busy = following is not None
+        for step, result in zip(batch, results, strict=True):
+            step.result, step.error = result, error
+            step.done.set()
+        if following is not None:
+            following.done.set()  # its step neither written nor failed: it leads the next batch
+
+
 @dataclass(frozen=True, slots=True)
 class _Look:
     """A followed run's next look at its queue item or build."""
@@ -146,6 +211,7 @@ class Executor:
         """Told of each refusal: the daemon's loop, asleep until the retry it knew of, wakes for this one's."""
         self.finished: Callable[[Run], None] | None = None
         """Told of each run that ends (the daemon pauses a trigger after its failures)."""
+        self._commits = _GroupCommit(store)
         self.supervisor = supervisor or Supervisor(stop)
         self._timer = self.supervisor.start("timers", self._run_timers)
         self.metrics.count_in_flight(lambda: len(self._active))
@@ -318,10 +384,11 @@ class Executor:
             self._cv.notify_all()
 
     def _update(self, run: Run, durable: bool = False, **changes: Any) -> Run:
-        [run] = self.store.update_many([(run, changes)], durable=durable)
+        run = self._commits.write(run, changes, durable)
         with self._cv:
             self._track(run)
-            self._cv.notify_all()
+            if not self._unposted or not self._active:  # what wait_idle waits for: not on every step
+                self._cv.notify_all()
         return run
 
     def _log(self, run: Run) -> Any:

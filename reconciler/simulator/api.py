@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -136,14 +138,14 @@ def color(jenkins: Jenkins | None, job: JobDef) -> str:
         return "disabled"
     if jenkins is None:
         return "notbuilt"
-    builds = sorted(jenkins.builds[job.full_name].values(), key=lambda b: b.number)
-    if not builds:
+    last = next(_newest_first(jenkins, job), None)
+    if last is None:
         return "notbuilt"
-    done = [b for b in builds if not b.building]
+    done = _first(_newest_first(jenkins, job), lambda b: not b.building)
     base = {"SUCCESS": "blue", "UNSTABLE": "yellow", "FAILURE": "red",
-            "ABORTED": "aborted", "NOT_BUILT": "notbuilt"}.get(done[-1].result or "", "notbuilt") \
+            "ABORTED": "aborted", "NOT_BUILT": "notbuilt"}.get(done.result or "", "notbuilt") \
         if done else "notbuilt"
-    return base + "_anime" if builds[-1].building else base
+    return base + "_anime" if last.building else base
 
 
 def health_report(done: list[Build]) -> list[dict[str, Any]]:
@@ -160,46 +162,90 @@ def health_report(done: list[Build]) -> list[dict[str, Any]]:
              "iconClassName": f"icon-{icon}", "iconUrl": f"{icon}.png", "score": score}]
 
 
-def job_json(root: str, jenkins: Jenkins, job: JobDef, full: bool, all_builds: bool = False) -> dict[str, Any]:
-    """`builds` is the newest 100 (Job.getNewBuilds); `allBuilds`, only when asked for, is every one."""
-    builds = sorted(jenkins.builds[job.full_name].values(), key=lambda b: -b.number)
-    done = [b for b in builds if not b.building]  # PeepholePermalink: `!run.isBuilding()`
-    queued = [q for q in jenkins.queue.values() if q.job is job and q.state != "left"]
+def _newest_first(jenkins: Jenkins, job: JobDef) -> Iterator[Build]:
+    """A job's builds, newest first: its dict holds them in the order they were numbered (numbers only
+    grow), so this costs nothing until read, and only as far as it is read."""
+    return reversed(jenkins.builds[job.full_name].values())
+
+
+def _first(builds: Iterator[Build], keep: Callable[[Build], bool]) -> Build | None:
+    return next((b for b in builds if keep(b)), None)
+
+
+def job_json(root: str, jenkins: Jenkins, job: JobDef, full: bool, all_builds: bool = False,
+             tree: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`builds` is the newest 100 (Job.getNewBuilds); `allBuilds`, only when asked for, is every one.
+
+    With the parsed `tree=`, only the fields it keeps are computed, and of a list of builds only as
+    far as its range reaches: a read of `nextBuildNumber` does not build a hundred builds' JSON, nor
+    a read of ten builds five thousand (apply_tree still applies the tree to what is returned)."""
+    wanted = None if tree is None or "*" in tree else tree
     item_json = (lambda b: build_json(root, b)) if full else (lambda b: build_ref(root, b))
-    properties: list[dict[str, Any]] = []
-    if job.parameters is not None:
-        properties.append({"_class": "hudson.model.ParametersDefinitionProperty",
-                           "parameterDefinitions": [p.definition_json() for p in job.parameters]})
-    return {
-        "_class": job_class(job),
-        "actions": [],
-        "buildable": not job.disabled,
-        "concurrentBuild": job.runs_concurrently,
-        "disabled": job.disabled,
-        "builds": [item_json(b) for b in builds[:100]],
-        **({"allBuilds": [item_json(b) for b in builds]} if all_builds else {}),
-        "color": color(jenkins, job),
-        "description": job.description,
-        "displayName": job.full_name.rsplit("/", 1)[-1],
-        "healthReport": health_report(done),
-        "keepDependencies": False,
-        "firstBuild": item_json(builds[-1]) if builds else None,
-        "fullDisplayName": job.full_name.replace("/", " » "),
-        "fullName": job.full_name,
-        "inQueue": bool(queued),
-        "lastBuild": item_json(builds[0]) if builds else None,
-        "lastCompletedBuild": item_json(done[0]) if done else None,
-        "lastSuccessfulBuild": next((item_json(b) for b in done if b.result in ("SUCCESS", "UNSTABLE")), None),
-        "lastStableBuild": next((item_json(b) for b in done if b.result == "SUCCESS"), None),
-        "lastFailedBuild": next((item_json(b) for b in done if b.result == "FAILURE"), None),
-        "lastUnsuccessfulBuild": next((item_json(b) for b in done if b.result != "SUCCESS"), None),
-        "lastUnstableBuild": next((item_json(b) for b in done if b.result == "UNSTABLE"), None),
-        "name": job.full_name.rsplit("/", 1)[-1],
-        "nextBuildNumber": job.next_build_number,
-        "property": properties,
-        "queueItem": queue_item_json(root, queued[0], jenkins.clock()) if queued else None,
-        "url": f"{root}{job_path(job.full_name)}",
+    newest = lambda: _newest_first(jenkins, job)  # noqa: E731 - read afresh by each field
+
+    def reach(name: str, most: int | None) -> int | None:
+        """How many builds `name` needs built: up to its range's end, within `most`."""
+        sub = (wanted or {}).get(name)
+        stop = sub.get(RANGE, slice(None)).stop if isinstance(sub, dict) else None
+        return most if stop is None else stop if most is None else min(stop, most)
+
+    def done(keep: Callable[[Build], bool] = lambda b: True) -> dict[str, Any] | None:
+        found = _first(newest(), lambda b: not b.building and keep(b))  # PeepholePermalink: `!run.isBuilding()`
+        return None if found is None else item_json(found)
+
+    def queued() -> list[QueueItem]:
+        return [q for q in jenkins.queue.values() if q.job is job and q.state != "left"]
+
+    def parameter_property() -> list[dict[str, Any]]:
+        if job.parameters is None:
+            return []
+        return [{"_class": "hudson.model.ParametersDefinitionProperty",
+                 "parameterDefinitions": [p.definition_json() for p in job.parameters]}]
+
+    def first_build() -> dict[str, Any] | None:
+        found = next(iter(jenkins.builds[job.full_name].values()), None)
+        return None if found is None else item_json(found)
+
+    def last_build() -> dict[str, Any] | None:
+        found = next(newest(), None)
+        return None if found is None else item_json(found)
+
+    def queue_item() -> dict[str, Any] | None:
+        waiting = queued()
+        return queue_item_json(root, waiting[0], jenkins.clock()) if waiting else None
+
+    fields: dict[str, Callable[[], Any]] = {
+        "_class": lambda: job_class(job),
+        "actions": lambda: [],
+        "buildable": lambda: not job.disabled,
+        "concurrentBuild": lambda: job.runs_concurrently,
+        "disabled": lambda: job.disabled,
+        "builds": lambda: [item_json(b) for b in itertools.islice(newest(), reach("builds", 100))],
+        **({"allBuilds": lambda: [item_json(b) for b in itertools.islice(newest(), reach("allBuilds", None))]}
+           if all_builds else {}),
+        "color": lambda: color(jenkins, job),
+        "description": lambda: job.description,
+        "displayName": lambda: job.full_name.rsplit("/", 1)[-1],
+        "healthReport": lambda: health_report(list(itertools.islice((b for b in newest() if not b.building), 5))),
+        "keepDependencies": lambda: False,
+        "firstBuild": first_build,
+        "fullDisplayName": lambda: job.full_name.replace("/", " » "),
+        "fullName": lambda: job.full_name,
+        "inQueue": lambda: bool(queued()),
+        "lastBuild": last_build,
+        "lastCompletedBuild": done,
+        "lastSuccessfulBuild": lambda: done(lambda b: b.result in ("SUCCESS", "UNSTABLE")),
+        "lastStableBuild": lambda: done(lambda b: b.result == "SUCCESS"),
+        "lastFailedBuild": lambda: done(lambda b: b.result == "FAILURE"),
+        "lastUnsuccessfulBuild": lambda: done(lambda b: b.result != "SUCCESS"),
+        "lastUnstableBuild": lambda: done(lambda b: b.result == "UNSTABLE"),
+        "name": lambda: job.full_name.rsplit("/", 1)[-1],
+        "nextBuildNumber": lambda: job.next_build_number,
+        "property": parameter_property,
+        "queueItem": queue_item,
+        "url": lambda: f"{root}{job_path(job.full_name)}",
     }
+    return {name: make() for name, make in fields.items() if wanted is None or name in wanted or name == "_class"}
 
 
 def folder_items(root: str, jenkins: Jenkins, prefix: str, visible: Any) -> list[dict[str, Any]]:

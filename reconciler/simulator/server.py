@@ -377,10 +377,12 @@ class SimulatedJenkins:
             who = caller.user.name if caller.user else "anonymous"
             raise JenkinsError(403, f"{who} is missing the {jenkins_name} permission")
 
-    def _job_json(self, job: JobDef, params: dict[str, list[str]], depth: int = 0) -> dict[str, Any]:
+    def _job_json(self, job: JobDef, params: dict[str, list[str]], depth: int = 0,
+                  tree: dict[str, Any] | None = None) -> dict[str, Any]:
+        """`tree`: the job's own parsed `tree=` (not a listing's), so that only what it keeps is built."""
         full = "tree" in params or depth >= 1
         everything = "tree" in params and "allBuilds" in params["tree"][0]
-        return api.job_json(self.root, self.jenkins, job, full, everything)
+        return api.job_json(self.root, self.jenkins, job, full, everything, tree)
 
     def _label_json(self, name: str) -> dict[str, Any]:
         nodes = [n for n in self._nodes() if name in n["labels"]]
@@ -686,7 +688,8 @@ class SimulatedJenkins:
             return self._trigger(method, job, rest, params, caller, remote)
         if rest in ("api/json", ""):
             self.jenkins.advance()
-            return _json(self._tree(self._job_json(job, params, self._depth(params)), params))
+            tree = api.parse_tree(params["tree"][0]) if "tree" in params else None
+            return _json(api.apply_tree(self._job_json(job, params, self._depth(params), tree), tree))
         if rest == "config.xml":  # AbstractItem.doConfigDotXml: GET reads it, POST replaces it (200)
             if method == "GET":
                 self._require(caller, "configure", "Item/ExtendedRead")
