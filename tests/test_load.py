@@ -178,3 +178,38 @@ def test_a_servers_rate_and_max_queued_are_read_from_the_operators_config(tmp_pa
     config.write_text("servers:\n  ci:\n    url: https://ci.example.com\n    rate: fast\n")
     with pytest.raises(ConfigError, match="rate"):
         load_servers(config, {})
+
+
+def test_max_queued_holds_posts_while_jenkins_queue_is_full_and_plan_shows_the_backlog(make_harness):
+    """One executor, builds that run until finished: items pile up in Jenkins' queue. With `max_queued: 3`
+    the daemon stops POSTing once the queue holds 3, /readyz and `plan` say what waits and why, and a
+    build finishing (an item leaving the queue) lets the next POST through."""
+    harness = make_harness(executors=1, jobs=[{"name": "slow", "duration": None, "concurrent": True,
+                                               "parameters": ["N"]}])
+    harness.max_queued = 3
+    daemon = harness.start()
+    for i in range(8):
+        harness.write(f"q/q{i}", f"job: slow\nparameters: {{N: 'n{i}'}}\n")
+
+    def jenkins_queue() -> int:
+        return len(requests.get(f"{harness.sim.url}queue/api/json", auth=(USER, TOKEN), timeout=5).json()["items"])
+
+    wait_for(lambda: jenkins_queue() == 3, timeout=30, what="Jenkins' queue holding 3 items")
+    wait_for(lambda: any("held: Jenkins' queue holds 3 items (max_queued: 3)" in n for n in daemon.readiness_notes()),
+             timeout=10, what="/readyz naming the hold")
+    time.sleep(2.5)  # two more readings of the queue: still full, nothing more is POSTed
+    assert len(harness.sim.triggers("slow")) == 4 and jenkins_queue() == 3  # one building, three queued
+
+    config = harness.tmp / "operator.yaml"
+    config.write_text(f"servers:\n  default:\n    url: {harness.sim.url}\n    user: {USER}\n"
+                      "    token: {env: JENKINS_API_TOKEN}\n    max_queued: 3\n")
+    plan = subprocess.run([sys.executable, "-m", "reconciler", "plan", "--triggers", str(harness.triggers),
+                           "--state", str(harness.state), "--history", str(harness.history), "--config", str(config)],
+                          capture_output=True, text=True, env={**os.environ, "JENKINS_API_TOKEN": TOKEN}, timeout=60)
+    assert "backlog: 4 runs decided for server default, waiting to be POSTed, held to max_queued 3 by the " \
+           "operator's config" in plan.stderr, plan.stderr
+    assert plan.stdout.count("pending") == 4  # the four runs themselves: decided, not yet accepted
+
+    harness.sim.finish("slow")  # the build ends; the next item takes the executor and leaves the queue
+    wait_for(lambda: len(harness.sim.triggers("slow")) == 5, timeout=10, what="the next POST")
+    assert jenkins_queue() == 3

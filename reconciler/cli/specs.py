@@ -26,11 +26,11 @@ from reconciler.cli.options import (
     note,
     timestamp,
 )
-from reconciler.config import Policy
+from reconciler.config import Policy, Server
 from reconciler.core.errors import ConfigError, Problem, SpecError
 from reconciler.core.plan import Action, plan, unknown_server
 from reconciler.core.preview import counted
-from reconciler.core.runs import ACCEPTED
+from reconciler.core.runs import ACCEPTED, RunStatus
 from reconciler.repo.catalog import Catalog, check_file
 from reconciler.service import records
 
@@ -282,7 +282,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     against = {e.name: error for e in catalog.entries.values() if e.spec is not None
                for error in records.against_policy([(str(catalog.root / e.path), e.spec)], policy)}
     specs = {name: spec for name, spec in catalog.specs.items() if name not in against}
-    verdicts = plan(specs, {**catalog.errors, **against}, fired, options.servers(args), now=at, cursors=cursors,
+    servers = options.servers(args)
+    verdicts = plan(specs, {**catalog.errors, **against}, fired, servers, now=at, cursors=cursors,
                     unaccepted=records.unaccepted(history, args.state), since=min(real_now, at),
                     windows=policy.windows, paused=paused, requested=requested)
     if args.output == "json":
@@ -300,7 +301,33 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for v in verdicts:
             table.add(v.trigger, output.Word(v.action.value), v.detail.splitlines()[0] if v.detail else "")
         table.show()
+        for line in _backlog(args.state, servers):
+            note(args, line)
     return EXIT_INVALID if any(v.action is Action.INVALID for v in verdicts) else EXIT_OK
+
+
+def _backlog(state: Path | str, servers: dict[str, Server]) -> list[str]:
+    """Per server, the runs decided and not yet POSTed (the store's `decided` and `posting`), and the pace
+    the operator's config holds it to: a burst draining at `rate`, or waiting for Jenkins' queue, shows
+    here as in /readyz."""
+    from reconciler.store.open import open_store, store_exists
+
+    if not store_exists(state):
+        return []
+    store = open_store(state)
+    try:
+        waiting = Counter(r.server for r in store.open_runs() if r.status in (RunStatus.DECIDED, RunStatus.POSTING))
+    finally:
+        store.close()
+    lines = []
+    for name, count in sorted(waiting.items()):
+        server = servers.get(name)
+        pace = [] if server is None else \
+            ([f"rate {server.rate:g}/s"] if server.rate else []) + \
+            ([f"max_queued {server.max_queued}"] if server.max_queued else [])
+        held = f", held to {' and '.join(pace)} by the operator's config" if pace else ""
+        lines.append(f"backlog: {counted(count, 'run')} decided for server {name}, waiting to be POSTed{held}")
+    return lines
 
 
 _ACTION_WORDS = {Action.FIRE: ("to fire", "to fire"), Action.UP_TO_DATE: ("up to date", "up to date"),

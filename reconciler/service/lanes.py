@@ -83,6 +83,8 @@ class Lanes:
         self._queued: int | None = None
         self._queued_at = -QUEUE_READ_EVERY
         self._reading = False
+        self._since_read = 0
+        """POSTs started since the reading under way began: Jenkins may not have counted them yet."""
         self._count = 0
 
     # -- entry points -----------------------------------------------------------------------
@@ -157,7 +159,7 @@ class Lanes:
                 continue
             if lane in POSTS:
                 if self._queue_stale(now):
-                    self._reading = True
+                    self._reading, self._since_read = True, 0
                     return (self._read_queue, ()), None
                 held, _ = self._held(now)
                 if held > 0:
@@ -174,6 +176,8 @@ class Lanes:
         hold = self._hold_until() - now
         if hold > 0:
             return hold, f"Jenkins asked to wait (Retry-After or 429/503), {hold:.0f}s more"
+        if self.max_queued is not None and self._queued is None and self._reading:
+            return QUEUE_READ_EVERY, "reading Jenkins' queue (max_queued)"  # the reading's end wakes the workers
         if self.max_queued is not None and self._queued is not None and self._queued >= self.max_queued:
             return max(0.01, self._queued_at + QUEUE_READ_EVERY - now), \
                 f"Jenkins' queue holds {self._queued} items (max_queued: {self.max_queued})"
@@ -186,6 +190,7 @@ class Lanes:
             self._next_post = max(self._next_post, now) + 1.0 / self.rate
         if self._queued is not None:
             self._queued += 1
+        self._since_read += self._reading
 
     def _queue_stale(self, now: float) -> bool:
         return self.max_queued is not None and self._queue_length is not None and not self._reading and \
@@ -199,6 +204,7 @@ class Lanes:
         except Exception as e:  # unknown: POSTs go on (at the rate, if any); said each time
             self.log.warning("queue_read_failed", error=str(e), note="max_queued not applied until it can be read")
             length = None
-        with self._cv:
-            self._queued, self._queued_at, self._reading = length, time.monotonic(), False
+        with self._cv:  # POSTs started meanwhile are counted on top (a few too many hold a little longer)
+            self._queued = None if length is None else length + self._since_read
+            self._queued_at, self._reading = time.monotonic(), False
             self._cv.notify_all()
