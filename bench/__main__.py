@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import reliability
-from bench.heavy import write_heavy
+from bench.heavy import write_heavy, write_hostile
+from bench.profile import profile_fires, write_summary
 from bench.support import (
     LOOK_EACH,
     TOKEN,
@@ -675,6 +676,42 @@ def bench_drain(sim: SimulatorProcess, work: Path, n: int, rate: float) -> list[
                 f"{rate:g}/s ± 10 %", verdict(abs(spacing - rate) <= rate * 0.1))]
 
 
+def bench_hostile(sim: SimulatorProcess, work: Path, files: int, folders: int) -> list[Row]:
+    """The issue's hostile corpus, generated (bench/heavy.py): `files` files in `folders` folders, heavy and
+    odd ones among ordinary specs. The first pass's time and CPU, peak RSS, /healthz failures meanwhile."""
+    triggers, state = work / "hostile", work / "hostile-state"
+    counts = write_hostile(triggers, files, folders)
+    state.mkdir()
+    daemon = DaemonProcess(sim, triggers, state, extra=("--listen", "127.0.0.1:0"))
+    poller = HealthPoller(daemon.log)
+    first_pass = daemon.start(timeout=180)
+    cpu = daemon.cpu_seconds()
+    assert daemon.proc is not None
+    time.sleep(1)  # a few more polls once the pass is done (its fires are still being POSTed)
+    peak = peak_rss_mib(daemon.proc.pid)
+    health = poller.stop()
+    daemon.stop()
+    where = (f"hostile corpus: {files} files ({counts['heavy']} heavy, {counts['odd']} odd, {counts['ordinary']} "
+             f"ordinary) in {counts['folders']} folders")
+    return [
+        Row(f"first pass, {where} (process start → pass done; CPU of the process)",
+            f"{first_pass:.2f} s, {cpu:.2f} s of CPU", "", "", "CPU ≤ 20 s", verdict(cpu <= 20)),
+        Row(f"peak RSS, {where}", f"{peak:.1f} MiB", "", "", "< 200 MiB (the pod's 256Mi)", verdict(peak < 200)),
+        Row(f"/healthz during the first pass, {where}", health, "", "", "0 failures", verdict(poller.failures == 0)),
+    ]
+
+
+def bench_profile(sim: SimulatorProcess, work: Path, n: int) -> list[Row]:
+    """The firing step itself, piece by piece (bench/profile.py; the summary goes to bench/PROFILE.txt)."""
+    pieces, per_fire, top = profile_fires(sim, work, n)
+    write_summary(pieces, per_fire, top, n)
+    ours = per_fire - pieces["the POST, through requests"]
+    return [Row(f"CPU per fire, the daemon's firing step (Executor._fire) on one thread over {n} fires, shares "
+                "from cProfile (bench/PROFILE.txt)",
+                " · ".join(f"{piece}: {us:.0f} µs" for piece, us in pieces.items()) + f" · all: {per_fire:.0f} µs",
+                "", "", "ours (all but the POST) ≤ 0.3 ms", verdict(ours <= 300))]
+
+
 NOTES = """\
 **Reading the burst rows.** Each burst is 1,000 new specs landing in one atomic rename, timed from
 the rename to the simulator receiving the last POST. Jenkins' answer time is modelled by the
@@ -713,7 +750,7 @@ def render(rows: list[Row], quick: bool, reliability: str = "") -> str:
 
 
 BENCHMARKS = ("latency", "burst", "scale", "idle", "lateness", "validate", "writeback", "ha", "heavy", "lanes",
-              "drain", "reliability")
+              "drain", "reliability", "profile", "hostile")
 
 
 def main() -> int:
@@ -755,6 +792,10 @@ def main() -> int:
             rows += bench_lanes(sim, work, 1000 if q else 5000, 3)
         if "drain" in chosen:
             rows += bench_drain(sim, work, 50 if q else 100, 10)
+        if "profile" in chosen:
+            rows += bench_profile(sim, work, 300 if q else 1000)
+        if "hostile" in chosen:
+            rows += bench_hostile(sim, work, 900 if q else 3600, 2500 if q else 10000)
         section = ""
         if "reliability" in chosen:
             tallies = reliability.run_all(work, q)
