@@ -393,6 +393,7 @@ def test_a_person_sees_every_trigger_and_no_script_from_content_runs(browser, da
     # The filter works without script: a GET form.
     browser.find_element(By.ID, "q").send_keys("deploy")
     browser.find_element(By.CSS_SELECTOR, "form.filter button").click()
+    wait_for(lambda: "q=deploy" in browser.current_url, what="the filtered page")  # a GET: a new page loads
     assert [a.text for a in browser.find_elements(By.CSS_SELECTOR, "table.triggers tbody th a")] == \
         ["team a/deploy-staging"]
 
