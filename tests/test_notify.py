@@ -24,7 +24,7 @@ from .conftest import wait_for
 from .forge_standins import Forge, Recorder
 from .test_forge import FORGE_TOKEN, ForgeHarness
 
-HOOK_SECRET = "hookS3cr3tQzv7WkP2xYmN"
+HOOK_KEY = "hookS3cr3tQzv7WkP2xYmN"
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def notify_harness(tmp_path: Path, simulator: Any) -> Iterator[Callable[..., tup
              triggers: tuple[str, ...] = (), answers: list[int] | None = None,
              status: CommitStatus | None = None, refused_min: float = 60.0) -> tuple[ForgeHarness, Recorder]:
         recorder = Recorder(answers)
-        channel = NotifyChannel(recorder.json_url(f"/hooks/{HOOK_SECRET}"), on, triggers)
+        channel = NotifyChannel(recorder.json_url(f"/hooks/{HOOK_KEY}"), on, triggers)
         h = ForgeHarness(tmp_path, simulator, job_token="deploy-job-token", deliveries=Deliveries(status, (channel,)),
                          refused_min=refused_min)
         made.extend([h, recorder])
@@ -72,7 +72,7 @@ def test_failure_failure_success_gives_exactly_failed_then_recovered(notify_harn
     assert "Job: manual #1" in messages[0]["message"] and "Result: FAILURE" in messages[0]["message"]
     assert f"Build: {runs[0].build_url}" in messages[0]["message"]
     assert "Job: manual #3" in messages[1]["message"] and "Result: SUCCESS" in messages[1]["message"]
-    assert recorder.requests[0].path == f"/hooks/{HOOK_SECRET}"
+    assert recorder.requests[0].path == f"/hooks/{HOOK_KEY}"
 
 
 def test_a_refused_spec_is_one_message_however_often_it_is_refused(notify_harness):
@@ -145,7 +145,7 @@ def test_a_chat_that_fails_is_asked_again_and_no_secret_is_written_anywhere(noti
         written = [harness.logs.getvalue(), status_out.stdout, status_out.stderr, status_json.stdout,
                    *(p.read_text() for p in harness.history.rglob("*.jsonl")),
                    *(p.read_bytes().decode("latin-1") for p in tmp_path.glob("state.db*"))]
-        for secret in (FORGE_TOKEN, HOOK_SECRET):
+        for secret in (FORGE_TOKEN, HOOK_KEY):
             assert not any(secret in w for w in written), secret
     finally:
         forge.stop()
