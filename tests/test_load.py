@@ -131,9 +131,12 @@ def test_a_one_shot_is_not_queued_behind_a_tick_backlog(harness):
     assert len(daemon.tick()) == 1000
     harness.write("one-shot", "job: manual\n")
     daemon.reconcile(daemon.catalog.refresh([str(harness.triggers / "one-shot.yaml")]))
+    posted_before = len(harness.sim.triggers())  # the ticks already POSTed when the one-shot was decided
     wait_for(lambda: len(harness.sim.triggers()) == 1001, timeout=120, what="1,001 POSTs")
     jobs = ["/job/manual/" in r.path for r in harness.sim.triggers()]
-    assert jobs.index(True) < 100  # with one queue per server it came 1,001st
+    # Behind at most what was in flight then (the lanes take turns), never behind the backlog: with one
+    # queue per server it came 1,001st.
+    assert jobs.index(True) <= posted_before + 2 * harness.concurrency < 1000
 
 
 def test_a_burst_drains_at_the_servers_rate_and_readyz_shows_the_backlog(harness):
