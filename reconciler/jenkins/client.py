@@ -59,10 +59,12 @@ def job_of(url: str) -> str | None:
 
 @dataclass(frozen=True)
 class Accepted:
-    """Jenkins' answer to a trigger POST: the queue item, and whether it already existed."""
+    """Jenkins' answer to a trigger POST: the queue item, whether it already existed, and whether the
+    lease lapsed while its bytes were being written (`late`: a stall right after the last check)."""
 
     queue_url: str
     joined: bool = False
+    late: bool = False
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,8 @@ def _snippet(text: str) -> str:
 
 
 _SENDING = threading.local()
-"""The guard of the request this thread is sending, if it has one (`may_send` of a trigger POST)."""
+"""The guard of the request this thread is sending, if it has one (`may_send` of a trigger POST), and
+whether a write of it went out after the guard would have said no (`late`)."""
 
 
 class _LastMoment:
@@ -173,7 +176,8 @@ class _LastMoment:
     connection is made: a paused leader that resumes with its lease lapsed writes nothing. What is
     left between the question and the write is a comparison and a method call (see README, "What is
     left"); a write refused between the headers and the body leaves Jenkins an incomplete request,
-    which it drops when the connection closes."""
+    which it drops when the connection closes. The question is asked again once a write is done: a
+    stall in that gap is never silent (`late`)."""
 
     sock: Any
 
@@ -187,9 +191,11 @@ class _LastMoment:
         if isinstance(data, bytes):
             if may_send():
                 self.sock.sendall(data)
+                _SENDING.late = getattr(_SENDING, "late", False) or not may_send()
                 return
         elif may_send():
             super().send(data)  # type: ignore[misc]
+            _SENDING.late = getattr(_SENDING, "late", False) or not may_send()
             return
         self.close()  # type: ignore[attr-defined]
         raise Withheld("not sent: this replica's lease may have lapsed")
@@ -439,13 +445,15 @@ class Client:
             if cause:
                 form.append(("cause", cause))
         endpoint = "build" if parameters is None else "buildWithParameters"
+        _SENDING.late = False
         response = self._request("POST", job_url(self.base, job) + endpoint, f"triggering {job}", data=form,
                                  retry_ambiguous=False, accept=_queued, may_send=may_send)
         item = _QUEUE_ITEM.search(urlsplit(response.headers.get("Location", "")).path)
         if response.status_code not in ACCEPTED or item is None:
             raise JenkinsRefused(f"triggering {job}: Jenkins answered {response.status_code} without a queue item "
                                  "(a QueueDecisionHandler may have vetoed the build)", response.status_code)
-        return Accepted(f"{self.base}queue/item/{item.group(1)}/", joined=response.status_code != 201)
+        return Accepted(f"{self.base}queue/item/{item.group(1)}/", joined=response.status_code != 201,
+                        late=_SENDING.late)
 
     # -- following --------------------------------------------------------------------------
     def _json(self, url: str, what: str, tree: str | None = None) -> Any:

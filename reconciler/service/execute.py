@@ -523,6 +523,11 @@ class Executor:
             fire.search_first = e.maybe_received and self.taggable(run, client)
             self._retry(fire, e)
             return
+        if accepted.late:
+            log.error("fire_sent_late", queue_url=accepted.queue_url,
+                      reason="this replica's lease lapsed while the POST was being written (a stall right after "
+                      "its last check): the next leader may post this run too; if it did, Jenkins has two builds "
+                      "of it")
         run = self._queued(run, accepted.queue_url)
         self.metrics.fire_latency.observe(max(0.0, (run.posted_at or 0.0) - run.decided_at))
         log.info("fire_posted", queue_url=accepted.queue_url, attempts=run.attempts,
