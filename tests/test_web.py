@@ -91,6 +91,18 @@ def test_a_spec_reverted_to_a_revision_that_fired_is_fired():
     assert row.state is State.FIRED
 
 
+def test_a_spec_reverted_to_a_revision_given_up_is_failed_as_plan_says_not_pending():
+    """The daemon will not post a given-up revision again (bump `run`): the overview must not say it is
+    about to."""
+    old, new = spec("t", "job: a\n"), spec("t", "job: a\nrun: 2\n")
+    latest = {"t": replace(new_run(new, 2.0), status=RunStatus.COMPLETED, result="SUCCESS")}
+    reason = f"revision {old.revision} was given up without Jenkins accepting it: 403"
+    [row] = overview({"t": old}, {}, latest, NOW, given_up={("t", old.revision): reason})
+    assert (row.state, row.detail) == (State.FAILED, reason)
+    [row] = overview({"t": new}, {}, latest, NOW, given_up={("t", old.revision): reason})
+    assert row.state is State.FIRED
+
+
 def test_as_json_matches_the_shared_schema_and_the_schema_knows_every_state():
     s = spec("team/deploy", "job: a\nparameters: {ENV: prod}\n")
     nightly = spec("nightly", "job: a\nschedule: 'H 3 * * *'\n")

@@ -78,7 +78,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         latest = store.latest()
         outbox = store.outbox_summary()
-        fired = records.accepted(store)
+        fired, given_up = records.accepted(store), records.given_up(store)
         pauses = store.pauses()
     finally:
         store.close()
@@ -88,7 +88,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     refused, frozen = records.held([(str(catalog.root / e.path), e.spec) for e in catalog.entries.values()
                                     if e.spec is not None], config.rules() if config else Policy(), now)
     rows = overview(catalog.specs, errors, latest, now, fired=fired, refused=refused, frozen=frozen,
-                    paused=holding(pauses, now.timestamp()))
+                    paused=holding(pauses, now.timestamp()), given_up=given_up)
     if args.output == "json":
         output.document([as_json(row) for row in rows])
         return EXIT_OK

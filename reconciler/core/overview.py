@@ -94,19 +94,21 @@ def outcome(run: Run) -> str:
 
 def state_of(spec: Spec | None, problems: Sequence[Problem], last: Run | None,
              fired: Container[tuple[str, str]], freeze: str | None = None,
-             pause: Pause | None = None) -> tuple[State, str]:
+             pause: Pause | None = None, given_up: Mapping[tuple[str, str], str] | None = None) -> tuple[State, str]:
     """The trigger's state and why. An error outranks everything (nothing fires), then a spec
     that is gone, then suspension, then a pause (who, when, why); a refused run is next because it
     needs a person. A freeze window (`freeze`, what holds it) matters only to what would fire: a
-    schedule, or a revision not fired."""
-    state, detail = _state_of(spec, problems, last, fired, pause)
+    schedule, or a revision not fired. `given_up`: earlier revisions given up without Jenkins
+    accepting them, with why, for a spec reverted to one (the daemon will not post it again)."""
+    state, detail = _state_of(spec, problems, last, fired, pause, given_up or {})
     if freeze is not None and state in (State.SCHEDULED, State.PENDING):
         return State.FROZEN, freeze
     return state, detail
 
 
 def _state_of(spec: Spec | None, problems: Sequence[Problem], last: Run | None,
-              fired: Container[tuple[str, str]], pause: Pause | None) -> tuple[State, str]:
+              fired: Container[tuple[str, str]], pause: Pause | None,
+              given_up: Mapping[tuple[str, str], str]) -> tuple[State, str]:
     if problems:
         return State.INVALID, str(problems[0])
     if spec is None:
@@ -129,6 +131,8 @@ def _state_of(spec: Spec | None, problems: Sequence[Problem], last: Run | None,
         return State.PENDING, f"revision {spec.revision} is being posted"
     if (spec.name, spec.revision) in fired:  # reverted to a revision an earlier run fired
         return State.FIRED, f"revision {spec.revision} fired"
+    if (spec.name, spec.revision) in given_up:  # reverted to one an earlier run gave up on
+        return State.FAILED, given_up[spec.name, spec.revision]
     return State.PENDING, f"revision {spec.revision} not fired yet"
 
 
@@ -136,13 +140,15 @@ def overview(specs: Mapping[str, Spec], errors: Mapping[str, SpecError], latest:
              now: datetime, *, recent: Mapping[str, Sequence[str]] | None = None,
              servers: Collection[str] | None = None, fired: Container[tuple[str, str]] = (),
              refused: Mapping[str, Sequence[Problem]] | None = None,
-             frozen: Mapping[str, str] | None = None, paused: Mapping[str, Pause] | None = None) -> list[Row]:
+             frozen: Mapping[str, str] | None = None, paused: Mapping[str, Pause] | None = None,
+             given_up: Mapping[tuple[str, str], str] | None = None) -> list[Row]:
     """One row per trigger that has a spec, an error or runs on record, sorted by name.
 
     `latest` is each trigger's newest run; `recent`, the outcomes of its latest runs, oldest first (for
     the sparkline; without it, the newest run's alone). `servers`, when given, makes a spec naming
     another server invalid, as the daemon judges it. `fired` holds the (trigger, revision) pairs Jenkins
-    accepted (service/records.py `accepted`), for a spec reverted to one of them. `refused`: the specs
+    accepted (service/records.py `accepted`), for a spec reverted to one of them, and `given_up` those
+    given up without Jenkins accepting them, with why (`records.given_up`). `refused`: the specs
     the operator's policy refuses, with the offending keys; `frozen`: what holds each trigger a freeze
     window covers; `paused`: the pauses in force, by trigger.
     """
@@ -155,7 +161,7 @@ def overview(specs: Mapping[str, Spec], errors: Mapping[str, SpecError], latest:
         if not problems and refused and name in refused:
             problems = tuple(refused[name])
         state, detail = state_of(spec, problems, last, fired, (frozen or {}).get(name),
-                                 (paused or {}).get(name))
+                                 (paused or {}).get(name), given_up)
         schedule = spec.schedule if spec is not None else None
         outcomes = (recent or {}).get(name) or ((outcome(last),) if last is not None else ())
         rows.append(Row(

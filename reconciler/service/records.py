@@ -48,6 +48,14 @@ def accepted(store: StateStore, among: Collection[tuple[str, str]] | None = None
     return decided - {(r.trigger, r.fire_key) for r in store.unaccepted()}
 
 
+def given_up(store: StateStore, among: Collection[tuple[str, str]] | None = None) -> dict[tuple[str, str], str]:
+    """The one-shot revisions given up without Jenkins accepting them, by (trigger, revision), with
+    what `plan` says of each: for a spec reverted to one, which the daemon will not post again."""
+    wanted = None if among is None else set(among)
+    return {(r.trigger, r.fire_key): not_fired(r)[1] for r in store.unaccepted()
+            if r.status is RunStatus.FAILED and (wanted is None or (r.trigger, r.fire_key) in wanted)}
+
+
 def unaccepted(history_dir: Path, state: Path | str) -> dict[tuple[str, str], tuple[Action, str]]:
     """One-shot runs decided that Jenkins did not accept (ACCEPTED says which count as fired), by
     (trigger, revision): what a reader is to be told instead of "already fired". The state store's

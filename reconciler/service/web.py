@@ -164,12 +164,13 @@ class Web:
         else:
             specs, errors, latest = _only(specs, only), _only(errors, only), _only(latest, only)
             recent = {only: tuple(outcome(run) for run in reversed(store.runs(only, RECENT_RUNS)))}
-        fired = records.accepted(store, [(s.name, s.revision) for s in specs.values() if s.schedule is None])
+        current = [(s.name, s.revision) for s in specs.values() if s.schedule is None]
+        fired, given_up = records.accepted(store, current), records.given_up(store, current)
         refused = {name: [Problem(error)] for name, (_, error) in daemon.against_policy.copy().items()}
         frozen = {name: str(freeze) for name, freeze in daemon.frozen.copy().items()}
         return overview(specs, errors, latest, datetime.fromtimestamp(now, UTC), recent=recent,
                         servers=daemon.servers, fired=fired, refused=refused, frozen=frozen,
-                        paused=holding(store.pauses(), now))
+                        paused=holding(store.pauses(), now), given_up=given_up)
 
     def _recent(self, latest: Mapping[str, Run]) -> dict[str, tuple[str, ...]]:
         """Each trigger's latest outcomes, oldest first. Decoding 20 runs of 1,000 triggers takes a second,
