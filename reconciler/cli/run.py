@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -84,79 +83,41 @@ def cmd_run(args: argparse.Namespace) -> int:
         for warning in server.warnings():
             log.warning("server_insecure", server=server.name, warning=warning)
     if args.once:
+        from reconciler.service.lifetime import close
+
         daemon = _assemble(args, servers, remote, deliveries)
         try:
             return _run_once(daemon, args, log)
         finally:
-            _close(daemon, log)
-    terminated = threading.Event()
-    current: list[Any] = []
+            close(daemon)
+    from reconciler.service.lifetime import Lifetime
+    from reconciler.service.probes import serve
 
-    def request_stop(*_: Any) -> None:
-        terminated.set()
-        for daemon in current:
-            daemon.request_stop()
-
-    def reload_soon(*_: Any) -> None:
-        for daemon in current:
-            if daemon.live is not None:
-                daemon.live.reload_soon()
-
+    lifetime = Lifetime(partial(_assemble, args, servers, remote, deliveries),
+                        lambda daemon: serve(daemon, args.listen, args.web_listen, args.web_prefix))
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, request_stop)
-    signal.signal(signal.SIGHUP, reload_soon)
-    first = True
-    while not terminated.is_set():
-        daemon = _assemble(args, servers, remote, deliveries, first=first, terminated=terminated)
-        if daemon is None:
-            return EXIT_OK
-        current[:] = [daemon]
-        if terminated.is_set():
-            daemon.request_stop()
-        from reconciler.service.probes import serve
+        signal.signal(sig, lambda *_: lifetime.stop())
+    signal.signal(signal.SIGHUP, lambda *_: lifetime.reload_soon())
 
-        serve(daemon, args.listen, args.web_listen, args.web_prefix)  # stopped with the daemon's threads
-        try:
-            if first:
-                log.info("daemon_started", triggers=str(args.triggers), state=str(daemon.store.path),
-                         history=str(daemon.history.root), servers=sorted(servers),
-                         **({"history_remote": remote.repository, "history_branch": remote.branch} if remote else {}))
-            daemon.run(daemon.executor.stop)
-        finally:
-            _close(daemon, log)
-        first = False
-        if daemon.leadership is None or not daemon.leadership.lost.is_set():
-            break
-        # Leadership lost (a pause past the lease, the database away too long): what this process knew
-        # as leader is dropped whole, and it stands by again, as a new process would, without exiting.
-        log.warning("standing_by_again", reason="leadership lost: starting over as a standby, nothing kept")
+    def started(daemon: Any) -> None:
+        log.info("daemon_started", triggers=str(args.triggers), state=str(daemon.store.path),
+                 history=str(daemon.history.root), servers=sorted(servers),
+                 **({"history_remote": remote.repository, "history_branch": remote.branch} if remote else {}))
+
+    lifetime.run(started)
     return EXIT_OK
 
 
-def _assemble(args: argparse.Namespace, servers: Any, remote: Any, deliveries: Deliveries, *, first: bool = True,
-              terminated: threading.Event | None = None) -> Any:
-    """The daemon's parts. At start a store that cannot be opened ends the process (exit 2, for the
-    orchestrator); when starting over as a standby, the database may still be away: tried again, with
-    a growing pause, until it answers or the process is stopped (then None)."""
-    from reconciler.core.errors import StateError
+def _assemble(args: argparse.Namespace, servers: Any, remote: Any, deliveries: Deliveries) -> Any:
+    """The daemon's parts, as the command line and the operator's config say."""
     from reconciler.repo.writeback import Writeback
     from reconciler.service.daemon import assemble
 
-    delay = 1.0
-    while True:
-        try:
-            daemon = assemble(args.triggers, args.state, args.history, servers, resync_interval=args.resync_interval,
-                              poll_max=args.poll_interval, writeback=None if remote is None else Writeback(remote),
-                              lease=args.lease, policy=_policy(options.operator_config(args)), deliveries=deliveries)
-            daemon.follow_config(partial(_read_again, args), None if args.config is None else str(args.config))
-            return daemon
-        except StateError as e:
-            if first or terminated is None:
-                raise
-            logs.get().error("state_store_unavailable", error=str(e), retry_in=delay)
-            if terminated.wait(delay):
-                return None
-            delay = min(delay * 2, 30.0)
+    daemon = assemble(args.triggers, args.state, args.history, servers, resync_interval=args.resync_interval,
+                      poll_max=args.poll_interval, writeback=None if remote is None else Writeback(remote),
+                      lease=args.lease, policy=_policy(options.operator_config(args)), deliveries=deliveries)
+    daemon.follow_config(partial(_read_again, args), None if args.config is None else str(args.config))
+    return daemon
 
 
 def _policy(config: OperatorConfig | None) -> Policy:
@@ -171,12 +132,6 @@ def _read_again(args: argparse.Namespace) -> tuple[dict[str, Server], Policy]:
     for server in servers.values():
         logs.add_secrets(server.secrets)
     return servers, _policy(config)
-
-
-def _close(daemon: Any, log: Any) -> None:
-    in_flight = daemon.close()  # the probes stop with the daemon's other threads
-    log.info("daemon_stopped", in_flight=len(in_flight),
-             **({"runs": {r.run_id: f"{r.trigger}: {r.status}" for r in in_flight}} if in_flight else {}))
 
 
 def _run_once(daemon: Any, args: argparse.Namespace, log: Any) -> int:
