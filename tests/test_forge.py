@@ -56,6 +56,18 @@ class ForgeHarness(Harness):
         subprocess.run([*git, "commit", "-qm", subject], check=True)
         return subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
 
+    def arrive(self, name: str, text: str, author: str = "Alice") -> str:
+        """Commit a spec, then check it out: the file appears with its commit, as git-sync's swap does
+        under a running daemon; its sha."""
+        git = ["git", "-C", str(self.triggers), "-c", f"user.name={author}", "-c", "user.email=a@example.com"]
+        path = f"{name}.yaml"
+        blob = subprocess.run([*git, "hash-object", "-w", "--stdin"], input=text, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        subprocess.run([*git, "update-index", "--add", "--cacheinfo", f"100644,{blob},{path}"], check=True)
+        subprocess.run([*git, "commit", "-qm", f"add {name}"], check=True)
+        subprocess.run([*git, "checkout", "--", path], check=True)
+        return subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+
     def outbox(self) -> list[tuple[Any, ...]]:
         store = Store(self.state)
         try:
@@ -113,6 +125,53 @@ def test_the_specs_commit_gets_pending_then_success_with_the_build_url_and_the_t
     assert any(s.target_url == run.queue_url or s.target_url == run.build_url for s in forge.statuses[:-1])
     assert all(len(s.description or "") <= 140 for s in forge.statuses)
     assert all(row[3] in ("delivered", "superseded") for row in harness.outbox())
+
+
+def test_a_rotated_forge_token_file_is_read_again_and_used_without_a_restart(forge_harness, tmp_path):
+    """The forge token lives in a Secret's file; rotated, the next statuses carry the new one within a
+    reload, and neither token reaches the log."""
+    import argparse
+    from functools import partial
+
+    from reconciler.cli.run import _read_again
+
+    from .conftest import USER
+
+    harness, forge = forge_harness()
+    stale = "ghp_st4leTokenBeforeRotation0"
+    secret, jenkins = tmp_path / "forge-token", tmp_path / "jenkins-token"
+    secret.write_text(stale + "\n")
+    jenkins.write_text(TOKEN + "\n")
+    config = tmp_path / "operator.yaml"
+    config.write_text(f"servers:\n  default:\n    url: {harness.url}\n    user: {USER}\n"
+                      f"    token: {{file: {jenkins}}}\n"
+                      f"commit_status:\n  provider: github\n  api_url: {forge.api}\n"
+                      f"  repository: platform/jenkins-triggers\n  token: {{file: {secret}}}\n")
+    harness.triggers.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(harness.triggers)], check=True)
+    subprocess.run(["git", "-C", str(harness.triggers), "-c", "user.name=A", "-c", "user.email=a@example.com",
+                    "commit", "-q", "--allow-empty", "-m", "start"], check=True)
+    daemon = harness.build()
+    daemon.follow_config(partial(_read_again, argparse.Namespace(config=config, triggers=harness.triggers,
+                                                                 state=harness.state)), str(config))
+    thread = threading.Thread(target=daemon.run, args=(daemon.executor.stop,), daemon=True)
+    thread.start()
+    harness._running[-1] = (daemon, thread)
+    [reloaded] = harness.logs.wait_for("config_reloaded")
+    assert "commit_status.token" in reloaded["changed"]
+    before = harness.arrive("team-a/before", "job: plain\n")
+    forge.commits.add(before)
+    wait_for(lambda: any(r.headers.get("authorization") == f"Bearer {stale}" for r in forge.requests),
+             what="a status sent with the stale token")
+    assert not forge.statuses, "the forge refused the stale token"
+    secret.write_text(FORGE_TOKEN + "\n")
+    assert harness.logs.wait_for("config_reloaded", 2)[1]["changed"] == ["commit_status.token"]
+    after = harness.arrive("team-a/after", "job: plain\n")
+    forge.commits.add(after)
+    wait_for(lambda: [s.state for s in forge.statuses if s.sha == after][-1:] == ["success"],
+             what="the rotated token's statuses")
+    assert forge.requests[-1].headers["authorization"] == f"Bearer {FORGE_TOKEN}"
+    assert stale not in harness.logs.getvalue() and FORGE_TOKEN not in harness.logs.getvalue()
 
 
 def test_gitlab_gets_pending_running_then_failed_on_its_project_path(forge_harness):

@@ -124,14 +124,16 @@ def _policy(config: OperatorConfig | None) -> Policy:
     return Policy() if config is None else config.rules()
 
 
-def _read_again(args: argparse.Namespace) -> tuple[dict[str, Server], Policy]:
+def _read_again(args: argparse.Namespace) -> tuple[dict[str, Server], Policy, Deliveries]:
     """The operator's config as it is on disk now, its secret files read again: the daemon's live reload."""
     config = OperatorConfig.load(Path(args.config), triggers=args.triggers, state=args.state) if args.config \
         else None
     servers = servers_of(config)
     for server in servers.values():
         logs.add_secrets(server.secrets)
-    return servers, _policy(config)
+    deliveries = Deliveries() if config is None else config.deliveries()
+    logs.add_secrets(deliveries.secrets)
+    return servers, _policy(config), deliveries
 
 
 def _run_once(daemon: Any, args: argparse.Namespace, log: Any) -> int:

@@ -683,8 +683,13 @@ class Daemon:
 
     def follow_config(self, read: Callable[[], Settings], file: str | None) -> None:
         """Read the operator's config again as it changes (and on SIGHUP, `self.live.reload_soon`)."""
-        self.live = LiveConfig(read, file, (dict(self.servers), self.policy), self.executor.metrics,
-                               self._wake.set)
+        self.live = LiveConfig(read, file, (dict(self.servers), self.policy, self._delivery_settings()),
+                               self.executor.metrics, self._wake.set)
+
+    def _delivery_settings(self) -> DeliverySettings:
+        from reconciler.config import Deliveries as DeliverySettings
+
+        return DeliverySettings() if self.deliveries is None else self.deliveries.settings
 
     def _watch_config(self, stop: threading.Event) -> None:
         assert self.live is not None
@@ -696,14 +701,19 @@ class Daemon:
         new = None if self.live is None else self.live.take()
         if new is None:
             return False
-        servers, policy = new
-        changed = changed_keys((dict(self.servers), self.policy), new)
+        servers, policy, deliveries = new
+        changed = changed_keys((dict(self.servers), self.policy, self._delivery_settings()), new)
         if self.make_client is not None:
             fresh = {name: self.make_client(server) for name, server in servers.items()
                      if self.servers.get(name) != server}
             for client in self.executor.use_clients(fresh):
                 client.close()
         self.servers, self.policy = servers, policy
+        if self.deliveries is not None:
+            self.deliveries.use(deliveries)
+        elif deliveries:  # the outbox and its worker are wired at start only
+            self.log.warning("deliveries_need_restart", note="commit_status or notify was added to the config: "
+                             "restart the daemon to send them")
         self.against_policy.clear()
         self.executor.metrics.config_reloads.inc()
         self.log.info("config_reloaded", changed=changed)

@@ -59,15 +59,15 @@ class Deliveries:
     def __init__(self, settings: Settings, store: StateStore, metrics: Metrics, *, stop: threading.Event,
                  clock: Callable[[], float] = time.time, retry_min: float = 5.0, retry_max: float = 3600.0,
                  give_up_after: float = GIVE_UP_AFTER, forge_options: dict[str, Any] | None = None):
-        logs.add_secrets(settings.secrets)
-        self.settings = settings
         self.store = store
         self.stop = stop
         self.clock = clock
         self.retry_min, self.retry_max, self.give_up_after = retry_min, retry_max, give_up_after
-        self.forge: Forge | None = None if settings.commit_status is None else \
-            forge_for(settings.commit_status, **(forge_options or {}))
-        self.channels = [Channel(channel) for channel in settings.notify]
+        self.forge_options = forge_options or {}
+        self.settings = settings
+        self.forge: Forge | None = None
+        self.channels: list[Channel] = []
+        self.use(settings)
         self.may_deliver: Callable[[], bool] | None = None
         """With replicas: whether this one leads (only the leader delivers)."""
         self.log = logs.get(component="deliveries")
@@ -79,8 +79,20 @@ class Deliveries:
         """The forge asked for a pause (a rate limit): no status is sent before then, whichever run's."""
         self.oldest: float | None = None
         """When the oldest delivery still waiting was enqueued, as the worker last saw."""
-        self.provider = settings.commit_status.provider if settings.commit_status else "none"
         self.status_total, self.notify_total = metrics.watch_deliveries(self._oldest_age)
+
+    def use(self, settings: Settings) -> None:
+        """Send with these settings from now on (the config read again: a rotated token, a new channel).
+        A delivery already being sent finishes with the ones it started with."""
+        logs.add_secrets(settings.secrets)
+        old = self.forge
+        if old is None or settings.commit_status != self.settings.commit_status:
+            self.forge = None if settings.commit_status is None else \
+                forge_for(settings.commit_status, **self.forge_options)
+            if old is not None:
+                old.close()
+        self.settings, self.channels = settings, [Channel(c) for c in settings.notify]
+        self.provider = settings.commit_status.provider if settings.commit_status else "none"
 
     # -- enqueuing --------------------------------------------------------------------------------
     def observe(self, run: Run, event: str, at: float) -> None:

@@ -13,15 +13,16 @@ import threading
 from collections.abc import Callable
 
 from reconciler import logs
-from reconciler.config import Policy, Server
+from reconciler.config import Deliveries, Policy, Server
 from reconciler.core.errors import ConfigError
 from reconciler.metrics import Metrics
 
 POLL = 2.0
 """Seconds between two readings of the config: a change is in use within this and a turn of the loop."""
 
-Settings = tuple[dict[str, Server], Policy]
-"""What the daemon takes from the config while it runs: the servers and the policy."""
+Settings = tuple[dict[str, Server], Policy, Deliveries]
+"""What the daemon takes from the config while it runs: the servers, the policy, and who hears of
+each fire (`commit_status`, `notify`: their tokens rotate too)."""
 
 
 class LiveConfig:
@@ -85,8 +86,9 @@ class LiveConfig:
 
 
 def changed_keys(old: Settings, new: Settings) -> list[str]:
-    """What a reload changed, by key (`servers.ci.token`, `policy`): never a value, secrets being among them."""
-    (servers, policy), (new_servers, new_policy) = old, new
+    """What a reload changed, by key (`servers.ci.token`, `policy`, `commit_status.token`, `notify`): never
+    a value, secrets being among them."""
+    (servers, policy, deliveries), (new_servers, new_policy, new_deliveries) = old, new
     out = []
     for name in sorted(set(servers) | set(new_servers)):
         was, now = servers.get(name), new_servers.get(name)
@@ -95,6 +97,13 @@ def changed_keys(old: Settings, new: Settings) -> list[str]:
         elif was != now:
             out += [f"servers.{name}.{f.name}" for f in dataclasses.fields(Server)
                     if getattr(was, f.name) != getattr(now, f.name)]
-    return out + [key for key, a, b in (("policy", policy.rules, new_policy.rules),
-                                        ("freeze", policy.windows, new_policy.windows)) if a != b]
+    out += [key for key, a, b in (("policy", policy.rules, new_policy.rules),
+                                  ("freeze", policy.windows, new_policy.windows)) if a != b]
+    was, now = deliveries.commit_status, new_deliveries.commit_status
+    if was is None or now is None:
+        out += ["commit_status"] if was != now else []
+    else:
+        out += [f"commit_status.{f.name}" for f in dataclasses.fields(now)
+                if getattr(was, f.name) != getattr(now, f.name)]
+    return out + (["notify"] if deliveries.notify != new_deliveries.notify else [])
 
