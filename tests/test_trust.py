@@ -386,6 +386,7 @@ def test_odd_names_and_poisoned_history_stop_no_fresh_start_and_a_forged_line_fi
     plan = bounded("plan", "--triggers", str(triggers), "--state", str(tmp_path / "s.db"), "--history", str(history),
                    env=jenkins_env(simulator))
     assert "Traceback" not in plan.stderr and plan.returncode == 0
+    assert "ok.jsonl:1: not JSON; line skipped" in plan.stderr, "plan says which history lines it did not trust"
 
 
 def test_slow_clients_on_the_probe_port_do_not_silence_healthz(tmp_path, triggers, simulator):

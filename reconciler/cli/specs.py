@@ -274,7 +274,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     history = history_dir(args)
     if not store_exists(args.state):
         note(args, f"reconciler: no state store at {args.state}: planning from the history in {history} alone")
-    fired, cursors = records.fired(history, args.state)
+    skipped: list[str] = []
+    fired, cursors = records.fired(history, args.state, skipped)
+    for problem in skipped:  # a bad history line is not evidence of a fire: said, so no one wonders why
+        note(args, f"reconciler: {output.shown(problem)}")
     real_now = datetime.now(UTC)
     at = args.at or real_now
     policy = _policy(args) or Policy()

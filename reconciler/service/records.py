@@ -25,9 +25,14 @@ from reconciler.store.base import StateStore
 from reconciler.store.open import open_store, store_exists
 
 
-def fired(history_dir: Path, state: Path | str) -> tuple[set[tuple[str, str]], dict[str, datetime]]:
-    """What has fired, and where each schedule stands: the state store, and the history behind it."""
-    found = {(r.trigger, r.fire_key) for r in History(history_dir).runs()}
+def fired(history_dir: Path, state: Path | str,
+          problems: list[str] | None = None) -> tuple[set[tuple[str, str]], dict[str, datetime]]:
+    """What has fired, and where each schedule stands: the state store, and the history behind it.
+    The history's bad lines, skipped, are added to `problems` (`file:line: why`)."""
+    history = History(history_dir)
+    found = {(r.trigger, r.fire_key) for r in history.runs()}
+    if problems is not None:
+        problems += history.problems
     stored: dict[str, float] = {}
     if store_exists(state):
         store = open_store(state)
