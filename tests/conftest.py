@@ -145,6 +145,21 @@ class Harness:
     def history(self) -> Path:
         return self.tmp / "history" if self.remote is None else Path(self.remote.clone) / self.remote.path
 
+    def arrive(self, name: str, text: str, author: str = "Alice") -> str:
+        """Commit a spec, then check it out: the file appears with its commit, as git-sync's swap makes it
+        appear under a running daemon (the triggers folder becomes a repository if it is not one); its sha."""
+        git = ["git", "-C", str(self.triggers), "-c", f"user.name={author}", "-c", "user.email=a@example.com"]
+        if not (self.triggers / ".git").exists():
+            self.triggers.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["git", "init", "-q", "-b", "main", str(self.triggers)], check=True)
+        path = f"{name}.yaml"
+        blob = subprocess.run([*git, "hash-object", "-w", "--stdin"], input=text, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        subprocess.run([*git, "update-index", "--add", "--cacheinfo", f"100644,{blob},{path}"], check=True)
+        subprocess.run([*git, "commit", "-qm", f"add {name}"], check=True)
+        subprocess.run([*git, "checkout", "--", path], check=True)
+        return subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+
     def write(self, name: str, text: str) -> None:
         """Write as git does: a temporary file renamed over the target."""
         path = self.triggers / f"{name}.yaml"

@@ -56,18 +56,6 @@ class ForgeHarness(Harness):
         subprocess.run([*git, "commit", "-qm", subject], check=True)
         return subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
 
-    def arrive(self, name: str, text: str, author: str = "Alice") -> str:
-        """Commit a spec, then check it out: the file appears with its commit, as git-sync's swap does
-        under a running daemon; its sha."""
-        git = ["git", "-C", str(self.triggers), "-c", f"user.name={author}", "-c", "user.email=a@example.com"]
-        path = f"{name}.yaml"
-        blob = subprocess.run([*git, "hash-object", "-w", "--stdin"], input=text, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        subprocess.run([*git, "update-index", "--add", "--cacheinfo", f"100644,{blob},{path}"], check=True)
-        subprocess.run([*git, "commit", "-qm", f"add {name}"], check=True)
-        subprocess.run([*git, "checkout", "--", path], check=True)
-        return subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-
     def outbox(self) -> list[tuple[Any, ...]]:
         store = Store(self.state)
         try:
@@ -147,10 +135,7 @@ def test_a_rotated_forge_token_file_is_read_again_and_used_without_a_restart(for
                       f"    token: {{file: {jenkins}}}\n"
                       f"commit_status:\n  provider: github\n  api_url: {forge.api}\n"
                       f"  repository: platform/jenkins-triggers\n  token: {{file: {secret}}}\n")
-    harness.triggers.mkdir(parents=True)
-    subprocess.run(["git", "init", "-q", "-b", "main", str(harness.triggers)], check=True)
-    subprocess.run(["git", "-C", str(harness.triggers), "-c", "user.name=A", "-c", "user.email=a@example.com",
-                    "commit", "-q", "--allow-empty", "-m", "start"], check=True)
+    harness.arrive("team-a/first", "job: plain\n")
     daemon = harness.build()
     daemon.follow_config(partial(_read_again, argparse.Namespace(config=config, triggers=harness.triggers,
                                                                  state=harness.state)), str(config))

@@ -31,6 +31,8 @@ class Replicas:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.ports: dict[str, int] = {}
         self.starts = collections.Counter()
+        self.args: list[str] = []
+        """More arguments for every replica (`--config`)."""
 
     def start(self, name: str) -> None:
         self.starts[name] += 1
@@ -43,7 +45,7 @@ class Replicas:
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "reconciler", "run", "--triggers", str(self.harness.triggers), "--state", self.dsn,
              "--history", str(self.tmp / f"history-{name}"), "--lease", LEASE, "--poll-interval", "0.5",
-             "--listen", f"127.0.0.1:{self.ports[name]}"], env=env, stdout=log, stderr=subprocess.STDOUT)
+             "--listen", f"127.0.0.1:{self.ports[name]}", *self.args], env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def leader(self) -> str | None:
         try:
@@ -95,7 +97,18 @@ def seqs(sim) -> collections.Counter[str]:
     return collections.Counter(r.param("SEQ") for r in sim.triggers("ha"))
 
 
-def test_standbys_are_ready_and_say_who_leads(replicas):
+def test_standbys_are_ready_say_who_leads_and_only_the_leader_fires_and_sends_statuses(replicas, tmp_path,
+                                                                                        monkeypatch):
+    """Two replicas, commit statuses configured: one POST per revision and one status per step, across a
+    takeover; the standby sends neither."""
+    from .forge_standins import Forge
+
+    forge = Forge("github", "platform/triggers", "ghp_h4TokenForTheReplicasXyz")
+    config = tmp_path / "operator.yaml"
+    config.write_text(f"commit_status:\n  provider: github\n  api_url: {forge.url}\n  repository: platform/triggers\n"
+                      "  token: {env: FORGE_TOKEN}\n")
+    monkeypatch.setenv("FORGE_TOKEN", forge.token)
+    replicas.args = ["--config", str(config)]
     for name in ("a", "b"):
         replicas.start(name)
     leader = wait_for(replicas.leader, timeout=30, what="a leader")
@@ -115,14 +128,23 @@ def test_standbys_are_ready_and_say_who_leads(replicas):
     wait_for(lambda: probe(standby, "/readyz").text.startswith(said), timeout=10, what="the standby to name the leader")
     assert "reconciler_leader 1.0" in probe(leader, "/metrics").text
     assert "reconciler_leader 0.0" in probe(standby, "/metrics").text
-    replicas.harness.write("one", "job: ha\nparameters: {SEQ: one}\n")
+    one = replicas.harness.arrive("one", "job: ha\nparameters: {SEQ: one}\n")
+    forge.commits.add(one)
     wait_for(lambda: seqs(replicas.harness.sim) == {"one": 1}, timeout=30, what="the leader to fire")
+    wait_for(lambda: "success" in forge.states(), timeout=30, what="the leader's statuses")
     replicas.procs[leader].send_signal(signal.SIGKILL)
     wait_for(lambda: replicas.leader() == standby, timeout=30, what="the standby to take over")
-    replicas.harness.write("two", "job: ha\nparameters: {SEQ: two}\n")
+    two = replicas.harness.arrive("two", "job: ha\nparameters: {SEQ: two}\n")
+    forge.commits.add(two)
     wait_for(lambda: seqs(replicas.harness.sim) == {"one": 1, "two": 1}, timeout=30, what="the new leader to fire")
+    wait_for(lambda: [s.state for s in forge.statuses if s.sha == two][-1:] == ["success"], timeout=30,
+             what="the new leader's statuses")
+    time.sleep(1.0)  # time for a second sender to show
+    sent = collections.Counter((s.sha, s.state, s.description) for s in forge.statuses)
+    assert {sha for sha, _, _ in sent} == {one, two} and set(sent.values()) == {1}, f"a status sent twice: {sent}"
     assert "reconciler_leader_takeovers_total 1.0" in probe(standby, "/metrics").text
     assert '"event": "leader_elected"' in replicas.logs()
+    forge.stop()
 
 
 def test_three_replicas_through_kills_cuts_pauses_and_a_database_restart_fire_each_revision_once(
