@@ -16,6 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import TOKEN, USER, wait_for
 
@@ -143,6 +144,10 @@ def test_standbys_are_ready_say_who_leads_and_only_the_leader_fires_and_sends_st
     sent = collections.Counter((s.sha, s.state, s.description) for s in forge.statuses)
     assert {sha for sha, _, _ in sent} == {one, two} and set(sent.values()) == {1}, f"a status sent twice: {sent}"
     assert "reconciler_leader_takeovers_total 1.0" in probe(standby, "/metrics").text
+    families = text_string_to_metric_families(probe(standby, "/metrics").text)
+    delivered = {s.labels["outcome"]: s.value for family in families if family.name == "reconciler_status_deliveries"
+                 for s in family.samples if s.name.endswith("_total")}
+    assert delivered == {"delivered": sum(1 for s in forge.statuses if s.sha == two)}, "the new leader's, counted"
     assert '"event": "leader_elected"' in replicas.logs()
     forge.stop()
 
