@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from functools import partial
 from pathlib import Path
@@ -23,6 +22,7 @@ from reconciler.cli.options import (
     env_flag,
 )
 from reconciler.config import Deliveries, OperatorConfig, Policy, Server, servers_of
+from reconciler.core.errors import ConfigError
 
 
 def register(sub: Any) -> None:
@@ -82,10 +82,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     for server in servers.values():
         for warning in server.warnings():
             log.warning("server_insecure", server=server.name, warning=warning)
+    startup = (servers, _policy(config), deliveries)
     if args.once:
         from reconciler.service.lifetime import close
 
-        daemon = _assemble(args, servers, remote, deliveries)
+        daemon = _assemble(args, remote, startup)
         try:
             return _run_once(daemon, args, log)
         finally:
@@ -93,11 +94,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     from reconciler.service.lifetime import Lifetime
     from reconciler.service.probes import serve
 
-    lifetime = Lifetime(partial(_assemble, args, servers, remote, deliveries),
-                        lambda daemon: serve(daemon, args.listen, args.web_listen, args.web_prefix))
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: lifetime.stop())
-    signal.signal(signal.SIGHUP, lambda *_: lifetime.reload_soon())
+    assembled = 0
+
+    def assemble() -> Any:
+        """The first daemon from the config as started; one assembled again (standing by after a lost
+        lease) from the config as it is now, or as started if it cannot be used."""
+        nonlocal assembled
+        assembled += 1
+        if assembled == 1:
+            return _assemble(args, remote, startup)
+        try:
+            return _assemble(args, remote, _read_again(args))
+        except ConfigError as e:
+            log.error("config_invalid", file=str(args.config), errors=logs.redact(str(e)).splitlines(),
+                      note="the config the process started with is used")
+            return _assemble(args, remote, startup)
+
+    lifetime = Lifetime(assemble, lambda daemon: serve(daemon, args.listen, args.web_listen, args.web_prefix))
+    lifetime.handle_signals()
 
     def started(daemon: Any) -> None:
         log.info("daemon_started", triggers=str(args.triggers), state=str(daemon.store.path),
@@ -108,14 +122,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _assemble(args: argparse.Namespace, servers: Any, remote: Any, deliveries: Deliveries) -> Any:
+def _assemble(args: argparse.Namespace, remote: Any, settings: tuple[dict[str, Server], Policy, Deliveries]) -> Any:
     """The daemon's parts, as the command line and the operator's config say."""
     from reconciler.repo.writeback import Writeback
     from reconciler.service.daemon import assemble
 
+    servers, policy, deliveries = settings
     daemon = assemble(args.triggers, args.state, args.history, servers, resync_interval=args.resync_interval,
                       poll_max=args.poll_interval, writeback=None if remote is None else Writeback(remote),
-                      lease=args.lease, policy=_policy(options.operator_config(args)), deliveries=deliveries)
+                      lease=args.lease, policy=policy, deliveries=deliveries)
     daemon.follow_config(partial(_read_again, args), None if args.config is None else str(args.config))
     return daemon
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler import logs
+from reconciler.config import Deliveries as DeliverySettings
 from reconciler.config import Policy, Server
 from reconciler.core import policy as rules
 from reconciler.core import schedule as cron
@@ -38,7 +39,6 @@ from reconciler.store.base import StateStore
 from reconciler.store.open import is_dsn, open_store
 
 if TYPE_CHECKING:
-    from reconciler.config import Deliveries as DeliverySettings
     from reconciler.service.deliveries import Deliveries
     from reconciler.service.leadership import Leadership
     from reconciler.store.postgres import PgStore
@@ -88,6 +88,8 @@ class Daemon:
         self.leadership: Leadership | None = None
         """With replicas on PostgreSQL: the lease that lets this one fire (see leadership.py)."""
         self.deliveries: Deliveries | None = None
+        self._said_restart = False
+        """`deliveries_need_restart` was logged (once a process is enough)."""
         """Commit statuses and messages, if the operator configured any (see deliveries.py)."""
         self.servers = servers
         self.executor = executor
@@ -568,6 +570,9 @@ class Daemon:
             self._watcher_thread.join(timeout=2)
 
     def _lead(self, stop: threading.Event) -> None:
+        # A standby reads the config as it changes but takes it up only now: what the new leader's first
+        # requests and deliveries use is the config as it is, not as it was when the process started.
+        self.supervisor.guard("config_take", self._take_config)
         self._until_done("bootstrap", self.bootstrap, stop)
         if self.writeback is not None:
             self.writeback.start(self.supervisor.start)
@@ -600,7 +605,7 @@ class Daemon:
             if stop.is_set():
                 break
             self._wake.clear()
-            resync = time.monotonic() >= next_resync or self._take_config()
+            resync = time.monotonic() >= next_resync or self._take_config_guarded()
             error = self.supervisor.guard("pass", self._turn, resync)
             if error is not None:
                 # Nothing is lost: what was not recorded was not fired, and the full pass that follows
@@ -683,13 +688,23 @@ class Daemon:
 
     def follow_config(self, read: Callable[[], Settings], file: str | None) -> None:
         """Read the operator's config again as it changes (and on SIGHUP, `self.live.reload_soon`)."""
+        def usable(settings: Settings) -> None:  # loaded only when a config changes: Apprise is heavy
+            from reconciler.service.deliveries import check_channels
+
+            check_channels(settings[2])
+
         self.live = LiveConfig(read, file, (dict(self.servers), self.policy, self._delivery_settings()),
-                               self.executor.metrics, self._wake.set)
+                               self.executor.metrics, self._wake.set, usable)
 
     def _delivery_settings(self) -> DeliverySettings:
-        from reconciler.config import Deliveries as DeliverySettings
-
+        """The deliveries in use (none without an outbox: they are wired at start only)."""
         return DeliverySettings() if self.deliveries is None else self.deliveries.settings
+
+    def _take_config_guarded(self) -> bool:
+        """`_take_config` as one turn: whatever it raises is said, and the loop goes on."""
+        taken: list[bool] = []
+        self.supervisor.guard("config_take", lambda: taken.append(self._take_config()))
+        return bool(taken and taken[0])
 
     def _watch_config(self, stop: threading.Event) -> None:
         assert self.live is not None
@@ -703,17 +718,22 @@ class Daemon:
             return False
         servers, policy, deliveries = new
         changed = changed_keys((dict(self.servers), self.policy, self._delivery_settings()), new)
+        if self.deliveries is not None:
+            self.deliveries.use(deliveries)  # first: it may refuse the settings before anything else changed
+        else:  # the outbox and its worker are wired at start only: not taken up, so not said as changed
+            changed = [key for key in changed if not key.startswith(("commit_status", "notify"))]
+            if deliveries and not self._said_restart:
+                self._said_restart = True
+                self.log.warning("deliveries_need_restart", note="commit_status or notify was added to the "
+                                 "config: restart the daemon to send them")
+            if not changed:
+                return False
         if self.make_client is not None:
             fresh = {name: self.make_client(server) for name, server in servers.items()
                      if self.servers.get(name) != server}
             for client in self.executor.use_clients(fresh):
                 client.close()
         self.servers, self.policy = servers, policy
-        if self.deliveries is not None:
-            self.deliveries.use(deliveries)
-        elif deliveries:  # the outbox and its worker are wired at start only
-            self.log.warning("deliveries_need_restart", note="commit_status or notify was added to the config: "
-                             "restart the daemon to send them")
         self.against_policy.clear()
         self.executor.metrics.config_reloads.inc()
         self.log.info("config_reloaded", changed=changed)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from reconciler import logs
@@ -55,19 +56,51 @@ KEEP = 7 * 86400.0
 """How long deliveries that are over stay in the outbox (for `status`, and to keep re-enqueues no-ops)."""
 
 
+@dataclass(frozen=True)
+class Targets:
+    """Where deliveries go, as the config says now: replaced whole when it is read again, so a worker
+    that read it before the swap sends with one consistent set (the old forge is left to the garbage
+    collector, a delivery in flight finishing with it)."""
+
+    settings: Settings
+    forge: Forge | None = None
+    channels: tuple[Channel, ...] = ()
+
+    @property
+    def provider(self) -> str:
+        return self.settings.commit_status.provider if self.settings.commit_status else "none"
+
+
+def targets_for(settings: Settings, forge_options: dict[str, Any] | None = None,
+                previous: Targets | None = None) -> Targets:
+    """The forge and channels `settings` name; raises ConfigError (Apprise does not know a URL) before
+    anything is used. The previous forge is kept while its settings are the same."""
+    channels = tuple(Channel(c) for c in settings.notify)
+    if previous is not None and previous.settings.commit_status == settings.commit_status:
+        forge = previous.forge
+    else:
+        forge = None if settings.commit_status is None else forge_for(settings.commit_status, **(forge_options or {}))
+    return Targets(settings, forge, channels)
+
+
+def check_channels(settings: Settings) -> None:
+    """Raises ConfigError, naming the entry, for a `notify:` URL Apprise does not know: a config read
+    again with one is not used (the last good one stays), as a bad one at start ends the process."""
+    for channel in settings.notify:
+        Channel(channel)
+
+
 class Deliveries:
     def __init__(self, settings: Settings, store: StateStore, metrics: Metrics, *, stop: threading.Event,
                  clock: Callable[[], float] = time.time, retry_min: float = 5.0, retry_max: float = 3600.0,
                  give_up_after: float = GIVE_UP_AFTER, forge_options: dict[str, Any] | None = None):
+        logs.add_secrets(settings.secrets)
         self.store = store
         self.stop = stop
         self.clock = clock
         self.retry_min, self.retry_max, self.give_up_after = retry_min, retry_max, give_up_after
         self.forge_options = forge_options or {}
-        self.settings = settings
-        self.forge: Forge | None = None
-        self.channels: list[Channel] = []
-        self.use(settings)
+        self.targets = targets_for(settings, self.forge_options)
         self.may_deliver: Callable[[], bool] | None = None
         """With replicas: whether this one leads (only the leader delivers)."""
         self.log = logs.get(component="deliveries")
@@ -81,18 +114,18 @@ class Deliveries:
         """When the oldest delivery still waiting was enqueued, as the worker last saw."""
         self.status_total, self.notify_total = metrics.watch_deliveries(self._oldest_age)
 
+    @property
+    def settings(self) -> Settings:
+        return self.targets.settings
+
     def use(self, settings: Settings) -> None:
-        """Send with these settings from now on (the config read again: a rotated token, a new channel).
-        A delivery already being sent finishes with the ones it started with."""
+        """Send with these settings from now on (the config read again: a rotated token, a channel
+        added). A new forge starts without the old one's rate-limit pause (GitHub's is per token)."""
         logs.add_secrets(settings.secrets)
-        old = self.forge
-        if old is None or settings.commit_status != self.settings.commit_status:
-            self.forge = None if settings.commit_status is None else \
-                forge_for(settings.commit_status, **self.forge_options)
-            if old is not None:
-                old.close()
-        self.settings, self.channels = settings, [Channel(c) for c in settings.notify]
-        self.provider = settings.commit_status.provider if settings.commit_status else "none"
+        new = targets_for(settings, self.forge_options, self.targets)
+        if new.forge is not self.targets.forge:
+            self.hold_until = 0.0
+        self.targets = new
 
     # -- enqueuing --------------------------------------------------------------------------------
     def observe(self, run: Run, event: str, at: float) -> None:
@@ -107,14 +140,16 @@ class Deliveries:
     def enqueue(self, run: Run, event: str, at: float) -> None:
         rows: list[Delivery] = []
         now = self.clock()
-        if self.forge is not None and self.settings.commit_status is not None:
-            update = status_update(run, event, context_for(self.settings.commit_status.context, run.trigger))
+        targets = self.targets
+        status = targets.settings.commit_status
+        if targets.forge is not None and status is not None:
+            update = status_update(run, event, context_for(status.context, run.trigger))
             if update is not None:
                 rows.append(Delivery(f"{run.run_id}:status:{update.step}", run.run_id, run.trigger, "status",
                                      update.state.value, {"sha": update.sha, "context": update.context,
                                                           "target_url": update.target_url,
                                                           "description": update.description}, now, now))
-        if not self.channels or event not in OUTCOMES:
+        if not targets.channels or event not in OUTCOMES:
             if rows:
                 self.store.enqueue(rows)
                 self._wake.set()
@@ -127,7 +162,7 @@ class Deliveries:
                 said = facts(run)
                 rows += [Delivery(f"{run.run_id}:notify{i}:{alert.value}", run.run_id, run.trigger, f"notify{i}",
                                   alert.value, said, now, now)
-                         for i, channel in enumerate(self.channels) if channel.wants(alert, run.trigger)]
+                         for i, channel in enumerate(targets.channels) if channel.wants(alert, run.trigger)]
             self.store.enqueue(rows, None if after == streak else (run.trigger, after.failing, after.run_id, after.at))
         if rows:
             self._wake.set()
@@ -139,7 +174,7 @@ class Deliveries:
         said = {**facts(run), "reason": reason}
         rows = [Delivery(f"{run.run_id}:notify{i}:{alert.value}", run.run_id, run.trigger, f"notify{i}", alert.value,
                          said, now, now)
-                for i, channel in enumerate(self.channels) if channel.wants(alert, run.trigger)]
+                for i, channel in enumerate(self.targets.channels) if channel.wants(alert, run.trigger)]
         if rows:
             self.store.enqueue(rows)
             self._wake.set()
@@ -148,7 +183,7 @@ class Deliveries:
         """At a start (as the leader): a fresh store, rebuilt from history, takes each trigger's streak
         from its newest outcome, announcing nothing again; then the last day's outcomes are enqueued
         again (rows already there stay as they are) and the worker starts."""
-        if self.channels and (fresh or not self.store.has_streaks()):
+        if self.targets.channels and (fresh or not self.store.has_streaks()):
             for run in self.store.newest_outcomes():
                 streak = streak_of(run)
                 self.store.enqueue([], (run.trigger, streak.failing, streak.run_id, streak.at))
@@ -238,20 +273,25 @@ class Deliveries:
         log.warning("delivery_retrying", error=answer.error, attempts=attempts, retry_in=round(delay, 1))
 
     def _send(self, delivery: Delivery) -> Answer:
-        payload = delivery.payload
+        """One attempt, with the targets as they are now. A channel is known by its place in `notify:`:
+        after a reload the channel in that place must still want the message, or it is given up."""
+        payload, targets = delivery.payload, self.targets
         if delivery.kind == "status":
-            if self.forge is None:
+            if targets.forge is None:
                 return Answer(False, "commit_status is no longer configured", None)
-            return self.forge.post(payload["sha"], payload["context"], CommitState(delivery.state),
-                                   payload.get("target_url"), payload["description"])
+            return targets.forge.post(payload["sha"], payload["context"], CommitState(delivery.state),
+                                      payload.get("target_url"), payload["description"])
         index = int(delivery.kind.removeprefix("notify"))
-        if index >= len(self.channels):
+        if index >= len(targets.channels):
             return Answer(False, f"{delivery.kind} is no longer configured", None)
-        return self.channels[index].send(Alert(delivery.state), payload)
+        channel, alert = targets.channels[index], Alert(delivery.state)
+        if not channel.wants(alert, delivery.trigger):
+            return Answer(False, f"{delivery.kind} no longer asks for this message (the config changed)", None)
+        return channel.send(alert, payload)
 
     def _count(self, delivery: Delivery, outcome: str) -> None:
         if delivery.kind == "status":
-            self.status_total.labels(self.provider, outcome).inc()
+            self.status_total.labels(self.targets.provider, outcome).inc()
         else:
             self.notify_total.labels(outcome).inc()
 
@@ -260,8 +300,8 @@ class Deliveries:
 
     def close(self) -> None:
         self._wake.set()
-        if self.forge is not None:
-            self.forge.close()
+        if self.targets.forge is not None:
+            self.targets.forge.close()
 
 
 class Observed(History):

@@ -8,10 +8,18 @@ process does what a new one would: it closes the daemon whole and assembles a ne
 until it leads. Assembling again may find the database still away: it is tried again with a growing
 pause until it answers or the process is told to stop. At start, by contrast, a store that cannot be
 opened ends the process (exit 2), for the orchestrator to see.
+
+Signals reach it through a pipe: Python runs a handler in the main thread between two bytecodes,
+possibly while that thread holds the very lock (an Event's) the handler would take to stop the daemon,
+which would never be released. So the handlers do nothing, the interpreter writes each signal's number
+to a pipe (`signal.set_wakeup_fd`, in C), and a thread of the lifetime's own (`signals`, the one thread
+not under a daemon's supervisor, as it outlives each daemon) reads it and stops or reloads.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from collections.abc import Callable
 
@@ -32,13 +40,32 @@ class Lifetime:
         self.log = logs.get()
 
     def stop(self) -> None:
+        """Stop the daemon running now, and assemble no other."""
         self.terminated.set()
         if self.current is not None:
             self.current.request_stop()
 
     def reload_soon(self) -> None:
+        """Read the operator's config now rather than at the next poll."""
         if self.current is not None and self.current.live is not None:
             self.current.live.reload_soon()
+
+    def handle_signals(self) -> None:
+        """SIGTERM and SIGINT stop, SIGHUP reloads; called once, from the main thread."""
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda *_: None)
+        threading.Thread(target=self._signals, args=(read,), name="signals", daemon=True).start()
+
+    def _signals(self, read: int) -> None:
+        while not self.terminated.is_set():
+            for number in os.read(read, 64):
+                if number == signal.SIGHUP:
+                    self.reload_soon()
+                elif number in (signal.SIGTERM, signal.SIGINT):
+                    self.stop()
 
     def run(self, started: Callable[[Daemon], None]) -> None:
         """Until stopped: a daemon, run to its end; again, as a standby, if it ended by losing the lease.
@@ -51,8 +78,8 @@ class Lifetime:
             self.current = daemon
             if self.terminated.is_set():
                 daemon.request_stop()
-            self.serve(daemon)
             try:
+                self.serve(daemon)
                 if first:
                     started(daemon)
                 daemon.run(daemon.executor.stop)

@@ -27,9 +27,11 @@ each fire (`commit_status`, `notify`: their tokens rotate too)."""
 
 class LiveConfig:
     def __init__(self, read: Callable[[], Settings], file: str | None, current: Settings, metrics: Metrics,
-                 on_change: Callable[[], None]):
+                 on_change: Callable[[], None], usable: Callable[[Settings], None] | None = None):
         self.read = read
         """Reads the config as it is now, or raises a ConfigError with positions."""
+        self.usable = usable
+        """Raises a ConfigError for a config that reads well but cannot be used (asked of a changed one)."""
         self.file = file
         self.current = current
         """The last config read that could be used."""
@@ -56,6 +58,8 @@ class LiveConfig:
         """Read the config once; a changed one waits for `take`, an unusable one is reported."""
         try:
             new = self.read()
+            if new != self.current and self.usable is not None:
+                self.usable(new)
         except ConfigError as e:
             problem = logs.redact(str(e))
             if problem != self.problem:
