@@ -39,6 +39,10 @@ class Metrics:
         self.fire_latency = Histogram("reconciler_fire_latency_seconds",
                                       "From the decision to fire to Jenkins accepting the POST.",
                                       buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.sent_late = Counter("reconciler_fires_sent_late", "Trigger POSTs that may have been written after "
+                                 "this replica's lease lapsed (a stall right after its last check): the next "
+                                 "leader may have posted the run too; each is logged `fire_sent_late`.",
+                                 registry=self.registry)
         self.reconcile_duration = Histogram("reconciler_reconcile_duration_seconds",
                                             "Duration of a full reconcile pass (scan, plan, decisions).",
                                             buckets=LATENCY_BUCKETS, registry=self.registry)

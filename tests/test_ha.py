@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -69,9 +70,9 @@ class Replicas:
         return "".join(p.read_text(errors="replace") for p in sorted(self.tmp.glob("*.log")))
 
     def said_late(self) -> set[str]:
-        """The triggers a replica logged `fire_sent_late` for: a POST written after its lease lapsed, by
-        a thread stalled right between its last check and its write (README, "What is left")."""
-        return {json.loads(line)["trigger"] for line in self.logs().splitlines() if '"fire_sent_late"' in line}
+        """The run ids a replica logged `fire_sent_late` for: a POST written after its lease lapsed, by a
+        thread stalled right between its last check and its write (README, "What is left")."""
+        return {json.loads(line)["run_id"] for line in self.logs().splitlines() if '"fire_sent_late"' in line}
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -83,6 +84,26 @@ class Replicas:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def doubles(sim) -> dict[tuple[str | None, str | None], set[str]]:
+    """Each revision (SEQ) or tick (TICK) posted more than once, with the run ids its POSTs carried (in
+    the cause)."""
+    runs: dict[tuple[str | None, str | None], set[str]] = collections.defaultdict(set)
+    posts = collections.Counter((r.param("SEQ"), r.param("TICK")) for r in sim.triggers("ha"))
+    for r in sim.triggers("ha"):
+        key = (r.param("SEQ"), r.param("TICK"))
+        if posts[key] > 1:
+            runs[key] |= set(re.findall(r"\[reconciler run (\w+)\]", r.param("cause") or ""))
+    return dict(runs)
+
+
+def assert_once_but_what_was_said(group: Replicas) -> None:
+    """Every revision posted once, but for the one a stalled thread may have written late, which must
+    be said: a late POST of that run, and at most one (the guard's own tests are in test_jenkins.py)."""
+    twice, late = doubles(group.harness.sim), group.said_late()
+    assert len(late) <= 1, f"more than one POST written after a lease lapsed: {late}"
+    assert all(runs <= late for runs in twice.values()), f"fired more than once, and not said: {twice}"
 
 
 @pytest.fixture
@@ -162,7 +183,8 @@ def test_standbys_are_ready_say_who_leads_and_only_the_leader_fires_and_sends_st
 
 def test_three_replicas_through_kills_cuts_pauses_and_a_database_restart_fire_each_revision_once(
         replicas, postgres):
-    """Every revision written is built exactly once, and every tick once, whatever happened to whom."""
+    """Every revision written is built exactly once, and every tick once, whatever happened to whom (but
+    for a POST a paused leader wrote late, which is said: README, "What is left")."""
     sim = replicas.harness.sim
     for name in ("a", "b", "c"):
         replicas.start(name)
@@ -222,10 +244,7 @@ def test_three_replicas_through_kills_cuts_pauses_and_a_database_restart_fire_ea
     wait_for(lambda: set(latest.values()) <= set(seqs(sim)), timeout=60, what="each spec's latest revision")
     time.sleep(3 * float(LEASE))  # time for any second POST to show
     fired = seqs(sim)
-    twice = {seq: n for seq, n in fired.items() if n > 1}
-    late = replicas.said_late()
-    assert all(seq != "tick" and f"spec-{int(seq[1:]) % 7}" in late for seq in twice), \
-        f"fired more than once, and not said: {twice}"
+    assert_once_but_what_was_said(replicas)
     assert set(fired) - {"tick"} <= set(written)
     ticks = collections.Counter(r.param("TICK") for r in sim.triggers("ha") if r.param("SEQ") == "tick")
     assert all(n == 1 for n in ticks.values()), f"a tick fired twice: {ticks}"

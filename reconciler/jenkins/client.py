@@ -171,6 +171,12 @@ _SENDING = threading.local()
 whether a write of it went out after the guard would have said no (`late`)."""
 
 
+def sent_late() -> bool:
+    """Whether a write of this thread's last trigger POST went out after its guard would have said no:
+    asked once the POST is answered, or failed (a late request may still have reached Jenkins)."""
+    return bool(getattr(_SENDING, "late", False))
+
+
 class _LastMoment:
     """A connection that asks the request's guard right before each write of its bytes, once the
     connection is made: a paused leader that resumes with its lease lapsed writes nothing. What is
@@ -453,7 +459,7 @@ class Client:
             raise JenkinsRefused(f"triggering {job}: Jenkins answered {response.status_code} without a queue item "
                                  "(a QueueDecisionHandler may have vetoed the build)", response.status_code)
         return Accepted(f"{self.base}queue/item/{item.group(1)}/", joined=response.status_code != 201,
-                        late=_SENDING.late)
+                        late=sent_late())
 
     # -- following --------------------------------------------------------------------------
     def _json(self, url: str, what: str, tree: str | None = None) -> Any:

@@ -44,7 +44,7 @@ from reconciler.core.errors import (
     Withheld,
 )
 from reconciler.core.runs import Run, RunStatus, check_step
-from reconciler.jenkins.client import MASKED, Client, Found, RecentBuilds
+from reconciler.jenkins.client import MASKED, Client, Found, RecentBuilds, sent_late
 from reconciler.jenkins.contract import explain_500
 from reconciler.metrics import Metrics
 from reconciler.repo.history import History, iso
@@ -508,31 +508,42 @@ class Executor:
         except Withheld as e:  # the next leader looks the run up and posts it
             log.warning("post_withheld", reason=str(e))
             return
-        except JenkinsRefused as e:
-            self._refused(run, e, log)
-            return
-        except JenkinsServerError as e:
-            refusal = self._explain(client, fire, e)
-            if refusal is not None:
-                self._refused(run, refusal, log)
-                return
-            fire.search_first = self.taggable(run, client)  # Jenkins may fail after queueing it
-            self._retry(fire, e)
-            return
-        except JenkinsUnavailable as e:
-            fire.search_first = e.maybe_received and self.taggable(run, client)
-            self._retry(fire, e)
+        except (JenkinsRefused, JenkinsServerError, JenkinsUnavailable) as e:
+            if sent_late():
+                self._sent_late(log, error=str(e))
+            self._not_accepted(client, fire, e, log)
             return
         if accepted.late:
-            log.error("fire_sent_late", queue_url=accepted.queue_url,
-                      reason="this replica's lease lapsed while the POST was being written (a stall right after "
-                      "its last check): the next leader may post this run too; if it did, Jenkins has two builds "
-                      "of it")
+            self._sent_late(log, queue_url=accepted.queue_url)
         run = self._queued(run, accepted.queue_url)
         self.metrics.fire_latency.observe(max(0.0, (run.posted_at or 0.0) - run.decided_at))
         log.info("fire_posted", queue_url=accepted.queue_url, attempts=run.attempts,
                  **({"joined": "an identical request already waiting"} if accepted.joined else {}))
         self._later(self._first_look(), _Look(run, self.poll_min))
+
+    def _not_accepted(self, client: Client, fire: _Fire, error: JenkinsError, log: Any) -> None:
+        """A POST Jenkins refused, failed or did not answer: refused for good, or tried again (after a
+        lookup first, where Jenkins may have queued it)."""
+        run = fire.run
+        if isinstance(error, JenkinsRefused):
+            self._refused(run, error, log)
+        elif isinstance(error, JenkinsServerError):
+            refusal = self._explain(client, fire, error)
+            if refusal is not None:
+                self._refused(run, refusal, log)
+                return
+            fire.search_first = self.taggable(run, client)  # Jenkins may fail after queueing it
+            self._retry(fire, error)
+        elif isinstance(error, JenkinsUnavailable):
+            fire.search_first = error.maybe_received and self.taggable(run, client)
+            self._retry(fire, error)
+
+    def _sent_late(self, log: Any, **fields: Any) -> None:
+        self.metrics.sent_late.inc()
+        log.error("fire_sent_late", **fields,
+                  reason="this replica's lease may have lapsed while the POST was being written (a stall right "
+                  "after its last check): the next leader may post this run too; if it did, Jenkins has two "
+                  "builds of it")
 
     def _unknown(self, client: Client, run: Run, log: Any) -> None:
         """A run that may have been posted and carries no tag Jenkins keeps: nothing can tell whether
