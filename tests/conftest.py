@@ -190,8 +190,11 @@ class Harness:
         return daemon
 
     def start(self, clock: Callable[[], float] = time.time, resync_interval: float = 60.0,
-              wait: bool = True) -> Daemon:
+              wait: bool = True, before: Callable[[Daemon], None] | None = None) -> Daemon:
+        """Build and run a daemon on a thread; `before` is done to it first (follow a config file)."""
         daemon = self.build(clock, resync_interval)
+        if before is not None:
+            before(daemon)
         thread = threading.Thread(target=daemon.run, args=(daemon.executor.stop,), daemon=True)
         thread.start()
         self._running[-1] = (daemon, thread)

@@ -136,12 +136,8 @@ def test_a_rotated_forge_token_file_is_read_again_and_used_without_a_restart(for
                       f"commit_status:\n  provider: github\n  api_url: {forge.api}\n"
                       f"  repository: platform/jenkins-triggers\n  token: {{file: {secret}}}\n")
     harness.arrive("team-a/first", "job: plain\n")
-    daemon = harness.build()
-    daemon.follow_config(partial(_read_again, argparse.Namespace(config=config, triggers=harness.triggers,
-                                                                 state=harness.state)), str(config))
-    thread = threading.Thread(target=daemon.run, args=(daemon.executor.stop,), daemon=True)
-    thread.start()
-    harness._running[-1] = (daemon, thread)
+    args = argparse.Namespace(config=config, triggers=harness.triggers, state=harness.state)
+    harness.start(before=lambda daemon: daemon.follow_config(partial(_read_again, args), str(config)))
     [reloaded] = harness.logs.wait_for("config_reloaded")
     assert "commit_status.token" in reloaded["changed"]
     before = harness.arrive("team-a/before", "job: plain\n")

@@ -120,12 +120,13 @@ def seqs(sim) -> collections.Counter[str]:
 
 
 def test_standbys_are_ready_say_who_leads_and_only_the_leader_fires_and_sends_statuses(replicas, tmp_path,
-                                                                                        monkeypatch):
+                                                                                        monkeypatch, request):
     """Two replicas, commit statuses configured: one POST per revision and one status per step, across a
     takeover; the standby sends neither."""
     from .forge_standins import Forge
 
     forge = Forge("github", "platform/triggers", "ghp_h4TokenForTheReplicasXyz")
+    request.addfinalizer(forge.stop)
     config = tmp_path / "operator.yaml"
     config.write_text(f"commit_status:\n  provider: github\n  api_url: {forge.url}\n  repository: platform/triggers\n"
                       "  token: {env: FORGE_TOKEN}\n")
@@ -178,7 +179,6 @@ def test_standbys_are_ready_say_who_leads_and_only_the_leader_fires_and_sends_st
                  for s in family.samples if s.name.endswith("_total")}
     assert delivered == {"delivered": sum(1 for s in forge.statuses if s.sha == two)}, "the new leader's, counted"
     assert '"event": "leader_elected"' in replicas.logs()
-    forge.stop()
 
 
 def test_three_replicas_through_kills_cuts_pauses_and_a_database_restart_fire_each_revision_once(

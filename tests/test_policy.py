@@ -241,7 +241,6 @@ def test_the_policy_lets_its_specs_fire_and_refuses_the_others_with_positions_ne
 
 def test_a_rotated_token_file_is_read_again_and_used_without_a_restart_and_never_logged(harness, tmp_path):
     import argparse
-    import threading
     from functools import partial
 
     from reconciler.cli.run import _read_again
@@ -255,11 +254,7 @@ def test_a_rotated_token_file_is_read_again_and_used_without_a_restart_and_never
     config.write_text(f"servers:\n  default:\n    url: {harness.url}\n    user: {USER}\n    token: {{file: {token}}}\n")
     args = argparse.Namespace(config=config, triggers=harness.triggers, state=harness.state)
 
-    daemon = harness.build()
-    daemon.follow_config(partial(_read_again, args), str(config))
-    thread = threading.Thread(target=daemon.run, args=(daemon.executor.stop,), daemon=True)
-    thread.start()
-    harness._running[-1] = (daemon, thread)
+    harness.start(before=lambda daemon: daemon.follow_config(partial(_read_again, args), str(config)))
     [stale] = harness.logs.wait_for("config_reloaded")  # the file's token replaces the harness's
     assert stale["changed"] == ["servers.default.token"]
     token.write_text(TOKEN + "\n")

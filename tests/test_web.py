@@ -103,6 +103,25 @@ def test_a_spec_reverted_to_a_revision_given_up_is_failed_as_plan_says_not_pendi
     assert row.state is State.FIRED
 
 
+def test_the_store_says_which_revisions_were_accepted_and_which_given_up(tmp_path):
+    """What status and the page read for reverted specs, from a real store: one pass over it."""
+    from reconciler.service.records import revisions
+    from reconciler.store.sqlite import Store
+
+    store = Store(tmp_path / "state.db")
+    done, gave_up, refused = (new_run(spec("t", f"job: a\nrun: {n}\n"), 1.0) for n in (1, 2, 3))
+    store.decide([done, gave_up, refused])
+    store.update_many([(done, {"status": "completed", "result": "SUCCESS"}),
+                       (gave_up, {"status": "failed", "last_error": "Jenkins answered 403"}),
+                       (refused, {"status": "refused", "last_error": "no such job"})])
+    fired, given_up = revisions(store)
+    assert fired == {("t", done.fire_key)}
+    assert given_up == {("t", gave_up.fire_key): f"revision {gave_up.fire_key} was given up without Jenkins "
+                                                 "accepting it: Jenkins answered 403"}
+    assert revisions(store, [("t", done.fire_key)]) == ({("t", done.fire_key)}, {})
+    store.close()
+
+
 def test_as_json_matches_the_shared_schema_and_the_schema_knows_every_state():
     s = spec("team/deploy", "job: a\nparameters: {ENV: prod}\n")
     nightly = spec("nightly", "job: a\nschedule: 'H 3 * * *'\n")

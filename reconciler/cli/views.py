@@ -78,7 +78,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         latest = store.latest()
         outbox = store.outbox_summary()
-        fired, given_up = records.accepted(store), records.given_up(store)
+        fired, given_up = records.revisions(store)
         pauses = store.pauses()
     finally:
         store.close()

@@ -147,8 +147,8 @@ def overview(specs: Mapping[str, Spec], errors: Mapping[str, SpecError], latest:
     `latest` is each trigger's newest run; `recent`, the outcomes of its latest runs, oldest first (for
     the sparkline; without it, the newest run's alone). `servers`, when given, makes a spec naming
     another server invalid, as the daemon judges it. `fired` holds the (trigger, revision) pairs Jenkins
-    accepted (service/records.py `accepted`), for a spec reverted to one of them, and `given_up` those
-    given up without Jenkins accepting them, with why (`records.given_up`). `refused`: the specs
+    accepted, for a spec reverted to one of them, and `given_up` those given up without Jenkins
+    accepting them, with why (both from service/records.py `revisions`). `refused`: the specs
     the operator's policy refuses, with the offending keys; `frozen`: what holds each trigger a freeze
     window covers; `paused`: the pauses in force, by trigger.
     """

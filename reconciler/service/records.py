@@ -44,21 +44,19 @@ def fired(history_dir: Path, state: Path | str,
     return found, cursors(stored, found)
 
 
-def accepted(store: StateStore, among: Collection[tuple[str, str]] | None = None) -> set[tuple[str, str]]:
+def revisions(store: StateStore, among: Collection[tuple[str, str]] | None = None
+              ) -> tuple[set[tuple[str, str]], dict[tuple[str, str], str]]:
     """The one-shot revisions Jenkins accepted, by (trigger, revision): what `status` and the page call
-    fired, for a spec reverted to one. The store decides a revision once, and its `fired` lists them all,
-    refused and given up too. `among`: only these pairs are asked about (the page asks for the specs'
-    current revisions, in one query)."""
+    fired, for a spec reverted to one; and those given up without Jenkins accepting them, with what
+    `plan` says of each (the daemon will not post them again). The store decides a revision once, and
+    its `fired` lists them all, refused and given up too. `among`: only these pairs are asked about
+    (the page asks for the specs' current revisions)."""
     decided = store.fired() if among is None else store.fired_among(among)
-    return decided - {(r.trigger, r.fire_key) for r in store.unaccepted()}
-
-
-def given_up(store: StateStore, among: Collection[tuple[str, str]] | None = None) -> dict[tuple[str, str], str]:
-    """The one-shot revisions given up without Jenkins accepting them, by (trigger, revision), with
-    what `plan` says of each: for a spec reverted to one, which the daemon will not post again."""
+    unaccepted = store.unaccepted()
     wanted = None if among is None else set(among)
-    return {(r.trigger, r.fire_key): not_fired(r)[1] for r in store.unaccepted()
-            if r.status is RunStatus.FAILED and (wanted is None or (r.trigger, r.fire_key) in wanted)}
+    given_up = {(r.trigger, r.fire_key): not_fired(r)[1] for r in unaccepted
+                if r.status is RunStatus.FAILED and (wanted is None or (r.trigger, r.fire_key) in wanted)}
+    return decided - {(r.trigger, r.fire_key) for r in unaccepted}, given_up
 
 
 def unaccepted(history_dir: Path, state: Path | str) -> dict[tuple[str, str], tuple[Action, str]]:

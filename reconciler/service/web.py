@@ -165,7 +165,7 @@ class Web:
             specs, errors, latest = _only(specs, only), _only(errors, only), _only(latest, only)
             recent = {only: tuple(outcome(run) for run in reversed(store.runs(only, RECENT_RUNS)))}
         current = [(s.name, s.revision) for s in specs.values() if s.schedule is None]
-        fired, given_up = records.accepted(store, current), records.given_up(store, current)
+        fired, given_up = records.revisions(store, current)
         refused = {name: [Problem(error)] for name, (_, error) in daemon.against_policy.copy().items()}
         frozen = {name: str(freeze) for name, freeze in daemon.frozen.copy().items()}
         return overview(specs, errors, latest, datetime.fromtimestamp(now, UTC), recent=recent,
