@@ -2,7 +2,9 @@
 
 One `requests.Session` per server carries every request: pooled keep-alive connections (as many as
 the server's `concurrency`), the proxy from the config or `HTTPS_PROXY`/`NO_PROXY`, the CA bundle, a
-client certificate for mTLS ingresses, connect and read timeouts. Redirects are never followed:
+client certificate for mTLS ingresses, connect and read timeouts. The trigger POST, thousands of them
+in a burst, is sent through that session's urllib3 pools directly (`Client._post_form`), with all of
+the above, without requests' preparation of every request. Redirects are never followed:
 behind an SSO proxy they lead to a login page, possibly on another host, and following one would
 drop the POST and could hand credentials to that host.
 
