@@ -66,9 +66,10 @@ def _segment(segment: str, leaf: bool) -> str:
     return re.sub(r"%[0-9A-F]?$", "", start) + _HASHED + digest
 
 
-@functools.lru_cache(maxsize=1 << 14)
+@functools.lru_cache(maxsize=1024)
 def relative_path(trigger: str) -> str:
-    """Where a trigger's history lives under the history directory (see the module's docstring)."""
+    """Where a trigger's history lives under the history directory (see the module's docstring). The
+    triggers of recent lines are remembered: a run's lines come close together, a burst's by hundreds."""
     *folders, leaf = trigger.split("/")
     return "/".join([*(_segment(f, False) for f in folders), _segment(leaf, True)]) + SUFFIX
 
