@@ -276,11 +276,8 @@ class Client:
         self._timeout = (server.connect_timeout, server.read_timeout)
         self._adapter = self.session.get_adapter(self.base)
         self._urllib3_timeout = urllib3.Timeout(connect=server.connect_timeout, read=server.read_timeout)
-        self._plain_headers = dict(self.session.headers)
-        if self.session.auth:
-            self._plain_headers.update(urllib3.util.make_headers(basic_auth=":".join(self.session.auth)))
-        self._form_headers = {**self._plain_headers, "Content-Type": "application/x-www-form-urlencoded"}
-        """The trigger POST's headers but the crumb and the cookie, as requests would send them."""
+        self._post_headers: tuple[dict[str, str], dict[str, str]] | None = None
+        """The trigger POST's headers without a form and with one, but the crumb and the cookie (`_headers`)."""
         self._crumb: dict[str, str] = {}
         """The CSRF crumb header, once Jenkins asked for one; replaced whole, never changed in place."""
         self._crumb_lock = threading.Lock()
@@ -295,6 +292,16 @@ class Client:
     def close(self) -> None:
         self.session.close()
 
+    def _headers(self, form: bool) -> dict[str, str]:
+        """The trigger POST's headers as requests would send them, but the crumb and the cookie: made at the
+        first POST, so that credentials Latin-1 cannot encode fail a request, as with requests, not the start."""
+        if self._post_headers is None:
+            plain = dict(self.session.headers)
+            if self.session.auth:
+                plain.update(urllib3.util.make_headers(basic_auth=":".join(self.session.auth)))
+            self._post_headers = (plain, {**plain, "Content-Type": "application/x-www-form-urlencoded"})
+        return self._post_headers[form]
+
     def _post_form(self, url: str, body: bytes) -> requests.Response:
         """A form POST through the session's own urllib3 pools, as requests' adapter sends it (the same
         pools and `_LastMoment` connections, TLS settings, client certificate, proxy, retries, timeouts,
@@ -306,7 +313,7 @@ class Client:
         session, adapter = self.session, self._adapter
         target = requests.PreparedRequest()
         target.url = url
-        headers = {**self._form_headers, **self._crumb} if body else {**self._plain_headers, **self._crumb}
+        headers = {**self._headers(bool(body)), **self._crumb}
         if session.cookies:  # the session Jenkins bound the crumb to
             cookies = requests.cookies.get_cookie_header(session.cookies, requests.Request("POST", url))
             if cookies:
