@@ -1,7 +1,9 @@
 """Where the CPU of a fire goes: the daemon's own firing step (`Executor._fire`: the `decided` history
 line, the posting mark, the POST, the queue item, the `queued` line, the log lines) run for each of
 `n` decided runs on one thread, first plain (its CPU a fire), then under cProfile timed by the thread's
-CPU clock (the shares: waiting for Jenkins or for an fsync is no CPU).
+CPU clock (the shares: waiting for Jenkins or for an fsync is no CPU). On one thread every posting
+mark is a commit and an fsync of its own; the daemon's workers share them (the group commit), so the
+step is also run plain from CONCURRENCY threads, its CPU the process's.
 
 cProfile slows Python code more than C code, so the shares are of the profiled run, and the
 microseconds are those shares of the plain run's CPU: an estimate, not a measurement of each piece
@@ -32,9 +34,10 @@ from reconciler.service.execute import Executor, _Fire
 from reconciler.store.open import open_store
 
 HERE = Path(__file__).parent
+POST = "the POST (through the session's urllib3 pool)"
 
 PIECES: dict[str, tuple[tuple[str, str], ...]] = {
-    "the POST, through requests": (("reconciler/jenkins/client.py", "trigger"),),
+    POST: (("reconciler/jenkins/client.py", "trigger"),),
     "the posting mark and the queue item (store)": (("reconciler/service/execute.py", "write"),),
     "history lines (`decided`, `queued`)": (("reconciler/repo/history.py", "append"),),
     "log lines": (("structlog/_base.py", "_proxy_to_logger"), ("reconciler/logs.py", "get")),
@@ -64,20 +67,44 @@ def _fire_all(executor: Executor, runs: list[Run]) -> None:
         executor._fire(run, _Fire(run, False, True, 1.0))  # the step as a worker runs it, on this thread
 
 
+def _fire_all_threads(executor: Executor, runs: list[Run], threads: int) -> float:
+    """The firing step of each run, `threads` threads firing their share at once as the server's workers
+    do; the process's CPU a fire (its other threads idle: the executor's timer sleeps)."""
+    executor.store.decide(runs)
+
+    def fire(i: int) -> None:
+        for run in runs[i::threads]:
+            executor._fire(run, _Fire(run, False, True, 1.0))
+
+    workers = [threading.Thread(target=fire, args=(i,)) for i in range(threads)]
+    started = time.process_time()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return (time.process_time() - started) / len(runs) * 1e6
+
+
 def _cumulative(stats: pstats.Stats, functions: tuple[tuple[str, str], ...]) -> float:
     table: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
     return sum(entry[3] for (path, _, name), entry in table.items()
                if any(path.endswith(suffix) and name == function for suffix, function in functions))
 
 
-def profile_fires(sim: SimulatorProcess, work: Path, n: int) -> tuple[dict[str, float], float, str]:
-    """(µs a fire by piece, µs a fire in all, the top functions as text)."""
+def profile_fires(sim: SimulatorProcess, work: Path, n: int,
+                  threads: int) -> tuple[dict[str, float], float, float, str]:
+    """(µs a fire by piece, µs a fire in all, µs a fire from `threads` threads, the top functions as text)."""
     logs.configure("json", stream=open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
     plain = _executor(sim, work, "profile-plain")
     runs = _runs(work, n, "plain")
     started = time.thread_time()  # this thread's CPU: the firing step's, not the simulator's wait
     _fire_all(plain, runs)
     per_fire = (time.thread_time() - started) / n * 1e6
+    together = _executor(sim, work, "profile-threads")
+    per_fire_threads = _fire_all_threads(together, _runs(work, n, "threads"), threads)
+    batches = together._commits.steps / max(1, together._commits.batches)
+    together.shutdown()
+    together.store.close()
 
     profiled = _executor(sim, work, "profile-profiled")
     runs = _runs(work, n, "profiled")
@@ -94,17 +121,22 @@ def profile_fires(sim: SimulatorProcess, work: Path, n: int) -> tuple[dict[str, 
     shares["the rest (the executor's own steps, metrics, dataclasses)"] = max(0.0, 1 - sum(shares.values()))
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
-    return {piece: share * per_fire for piece, share in shares.items()}, per_fire, out.getvalue()
+    top = f"(from {threads} threads: {batches:.1f} steps a commit)\n" + out.getvalue()
+    return {piece: share * per_fire for piece, share in shares.items()}, per_fire, per_fire_threads, top
 
 
-def write_summary(pieces: dict[str, float], per_fire: float, top: str, n: int,
+def write_summary(pieces: dict[str, float], per_fire: float, per_fire_threads: float, threads: int, top: str, n: int,
                   now: Callable[[], str] = lambda: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())) -> str:
+    steps, _, top = top.partition("\n")
     lines = [f"# Where a fire's CPU goes ({now()}, `python -m bench --only profile`)", "",
              f"Executor._fire for {n} decided runs on one thread against the simulator: {per_fire:.0f} µs of CPU a "
              "fire (plain run); by piece, as cProfile shares of it:", ""]
     lines += [f"- {piece}: {us:.0f} µs ({us / per_fire:.0%})" for piece, us in pieces.items()]
-    ours = per_fire - pieces["the POST, through requests"]
-    lines += ["", f"Ours (all but the POST through requests): {ours:.0f} µs.", "",
+    ours = per_fire - pieces[POST]
+    lines += ["", f"Ours (all but the POST): {ours:.0f} µs.", "",
+              f"The same step from {threads} threads at once, as the server's workers run it, posting marks and "
+              f"queue items through the group commit {steps}: {per_fire_threads:.0f} µs of the process's CPU a fire.",
+              "",
               "The functions that cost the most by their own time (cProfile, profiled run):", "", "```",
               "\n".join(line for line in top.splitlines() if line.strip())[:6000], "```", ""]
     text = "\n".join(lines)

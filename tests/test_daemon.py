@@ -90,9 +90,10 @@ def test_a_file_whose_name_is_not_utf8_is_reported_once_by_a_readable_name_and_h
 
 def test_a_full_state_store_holds_fires_back_until_it_has_room_and_then_fires_each_once(harness):
     daemon = harness.start(resync_interval=0.05)
-    with daemon.store._lock:  # SQLite's own size limit: the store is full, as on a full disk
+    with daemon.store._lock:  # SQLite's own size limit, set on each connection: the store is full, as on a full disk
         pages = daemon.store._db.execute("PRAGMA page_count").fetchone()[0]
-        daemon.store._db.execute(f"PRAGMA max_page_count = {pages}")
+        for db in (daemon.store._db, daemon.store._durable):
+            db.execute(f"PRAGMA max_page_count = {pages}")
     staging = harness.tmp / "checkout"  # sixty specs land at once, as a checkout does
     staging.mkdir()
     for i in range(60):
@@ -102,7 +103,8 @@ def test_a_full_state_store_holds_fires_back_until_it_has_room_and_then_fires_ea
     assert harness.sim.triggers() == []  # not recorded, not fired
     assert any("database or disk is full" in p for p in daemon.readiness_problems())
     with daemon.store._lock:
-        daemon.store._db.execute("PRAGMA max_page_count = 1073741823")  # room again
+        for db in (daemon.store._db, daemon.store._durable):
+            db.execute("PRAGMA max_page_count = 1073741823")  # room again
     wait_for(lambda: len(harness.sim.triggers("plain")) == 60, what="every trigger fired")
     wait_for(lambda: daemon.readiness_problems() == [], what="ready again")
     passes = daemon.passes

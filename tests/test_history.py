@@ -62,3 +62,19 @@ def test_every_line_of_a_tick_says_which_tick(tmp_path):
     history.append(run, "queued", 2.0, queue_url="q")
     history.append(run, "completed", 3.0, result="SUCCESS")
     assert {e["scheduled_for"] for e in history.read("nightly")} == {"2026-12-01T02:00:00Z"}
+
+
+def test_a_file_replaced_or_removed_between_two_lines_gets_the_next_line_where_readers_look(tmp_path):
+    """A thread keeps the file it wrote last open; git replaces files (a rebase), an operator may remove
+    one: the next line must go to the file the path names now, never to the one no one can read."""
+    history = History(tmp_path)
+    history.decided(run(), 1.0)
+    path = tmp_path / "team" / "deploy.jsonl"
+    replaced = path.with_name("deploy.jsonl.new")
+    replaced.write_text(path.read_text())
+    replaced.replace(path)  # as git writes a file: a new one renamed over it
+    history.append(run(), "queued", 2.0, queue_url="q")
+    assert [e["event"] for e in history.read("team/deploy")] == ["decided", "queued"]
+    path.unlink()
+    history.append(run(), "completed", 3.0, result="SUCCESS")
+    assert [e["event"] for e in history.read("team/deploy")] == ["completed"]

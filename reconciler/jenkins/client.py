@@ -2,7 +2,9 @@
 
 One `requests.Session` per server carries every request: pooled keep-alive connections (as many as
 the server's `concurrency`), the proxy from the config or `HTTPS_PROXY`/`NO_PROXY`, the CA bundle, a
-client certificate for mTLS ingresses, connect and read timeouts. Redirects are never followed:
+client certificate for mTLS ingresses, connect and read timeouts. The trigger POST, thousands of them
+in a burst, is sent through that session's urllib3 pools directly (`Client._post_form`), with all of
+the above, without requests' preparation of every request. Redirects are never followed:
 behind an SSO proxy they lead to a login page, possibly on another host, and following one would
 drop the POST and could hand credentials to that host.
 
@@ -21,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit
 
 import requests
 import urllib3
@@ -278,6 +280,10 @@ class Client:
         self._sleep = sleep or self.stop.wait
         self.session = session_for(server)
         self._timeout = (server.connect_timeout, server.read_timeout)
+        self._adapter = self.session.get_adapter(self.base)
+        self._urllib3_timeout = urllib3.Timeout(connect=server.connect_timeout, read=server.read_timeout)
+        self._post_headers: tuple[dict[str, str], dict[str, str]] | None = None
+        """The trigger POST's headers without a form and with one, but the crumb and the cookie (`_headers`)."""
         self._crumb: dict[str, str] = {}
         """The CSRF crumb header, once Jenkins asked for one; replaced whole, never changed in place."""
         self._crumb_lock = threading.Lock()
@@ -292,6 +298,49 @@ class Client:
     def close(self) -> None:
         self.session.close()
 
+    def _headers(self, form: bool) -> dict[str, str]:
+        """The trigger POST's headers as requests would send them, but the crumb and the cookie: made at the
+        first POST, so that credentials Latin-1 cannot encode fail a request, as with requests, not the start."""
+        if self._post_headers is None:
+            plain = dict(self.session.headers)
+            if self.session.auth:
+                plain.update(urllib3.util.make_headers(basic_auth=":".join(self.session.auth)))
+            self._post_headers = (plain, {**plain, "Content-Type": "application/x-www-form-urlencoded"})
+        return self._post_headers[form]
+
+    def _post_form(self, url: str, body: bytes) -> requests.Response:
+        """A form POST through the session's own urllib3 pools, as requests' adapter sends it (the same
+        pools and `_LastMoment` connections, TLS settings, client certificate, proxy, retries, timeouts,
+        session cookie, redirects not followed), without what requests does around it on every request:
+        preparing it anew (its argument checks against `typing` Protocols alone cost more than the rest
+        of a fire) and building a full answer. Failures are raised as requests' adapter raises them, and
+        the answer is a `requests.Response`, so `_attempts` classifies both ways alike. For the trigger
+        POST only: the request a burst makes thousands of."""
+        session, adapter = self.session, self._adapter
+        target = requests.PreparedRequest()
+        target.url = url
+        headers = {**self._headers(bool(body)), **self._crumb}
+        if session.cookies:  # the session Jenkins bound the crumb to
+            cookies = requests.cookies.get_cookie_header(session.cookies, requests.Request("POST", url))
+            if cookies:
+                headers["Cookie"] = cookies
+        try:
+            pool = adapter.get_connection_with_tls_context(target, session.verify, proxies=session.proxies,
+                                                           cert=session.cert)
+            adapter.cert_verify(pool, url, session.verify, session.cert)
+            raw = pool.urlopen("POST", adapter.request_url(target, session.proxies), body=body, headers=headers,
+                               redirect=False, assert_same_host=False, retries=adapter.max_retries,
+                               timeout=self._urllib3_timeout, preload_content=True, decode_content=True)
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise _as_requests_error(e) from e
+        if "Set-Cookie" in raw.headers:
+            requests.cookies.extract_cookies_to_jar(session.cookies, requests.Request("POST", url), raw)
+        response = requests.Response()
+        response.status_code, response.url, response.raw = raw.status, url, raw
+        response.headers = requests.structures.CaseInsensitiveDict(raw.headers)
+        response._content = raw.data  # read whole (preload_content): the connection is back in its pool
+        return response
+
     @property
     def _host(self) -> str:
         return urlsplit(self.base).netloc
@@ -304,6 +353,17 @@ class Client:
         """Send with bounded retries, exponential backoff and jitter on what may pass. `accept` says
         which answers are success beyond 2xx. Without `retry_ambiguous`, an attempt that may have
         reached Jenkins is not repeated here: the caller decides, as only it can look the run up."""
+        def send() -> requests.Response:
+            return self.session.request(method, url, params=params, data=data, headers=self._crumb,
+                                        timeout=self._timeout, allow_redirects=False)
+
+        return self._attempts(send, what, retry_ambiguous=retry_ambiguous, accept=accept, may_send=may_send)
+
+    def _attempts(self, send: Callable[[], requests.Response], what: str, *, retry_ambiguous: bool,
+                  accept: Callable[[requests.Response], bool] | None,
+                  may_send: Callable[[], bool] | None) -> requests.Response:
+        """`_request`'s loop, whichever way a request is sent (`send`): requests, or the trigger POST's
+        own (`_post_form`); both answer and fail alike, so one classification serves them."""
         crumb_refreshed = False
         attempt = 0
         while True:
@@ -313,8 +373,7 @@ class Client:
                 raise Withheld(f"{what}: not sent, this replica's lease may have lapsed")
             _SENDING.may_send = may_send  # asked again as the bytes are written (`_LastMoment`)
             try:
-                response = self.session.request(method, url, params=params, data=data, headers=self._crumb,
-                                                timeout=self._timeout, allow_redirects=False)
+                response = send()
                 self.version = version_of(response.headers.get("X-Jenkins", "")) or self.version
                 if accept is not None and accept(response):
                     return response
@@ -451,9 +510,10 @@ class Client:
             if cause:
                 form.append(("cause", cause))
         endpoint = "build" if parameters is None else "buildWithParameters"
+        url, body = job_url(self.base, job) + endpoint, urlencode(form).encode("ascii")
         _SENDING.late = False
-        response = self._request("POST", job_url(self.base, job) + endpoint, f"triggering {job}", data=form,
-                                 retry_ambiguous=False, accept=_queued, may_send=may_send)
+        response = self._attempts(lambda: self._post_form(url, body), f"triggering {job}", retry_ambiguous=False,
+                                  accept=_queued, may_send=may_send)
         item = _QUEUE_ITEM.search(urlsplit(response.headers.get("Location", "")).path)
         if response.status_code not in ACCEPTED or item is None:
             raise JenkinsRefused(f"triggering {job}: Jenkins answered {response.status_code} without a queue item "
@@ -617,6 +677,24 @@ class Client:
     def stop_build(self, build_url: str) -> None:
         """Jenkins answers a stop with a redirect back to the build's page: that is success."""
         self._request("POST", build_url + "stop", "stopping a build", accept=lambda r: r.status_code == 302)
+
+
+def _as_requests_error(e: Exception) -> requests.RequestException:
+    """A urllib3 failure of `_post_form` as requests' adapter raises it (`HTTPAdapter.send`), for the one
+    classification of transport errors (`Client._transport_error`)."""
+    reason = e.reason if isinstance(e, urllib3.exceptions.MaxRetryError) else e
+    if isinstance(reason, urllib3.exceptions.ProxyError):
+        return requests.exceptions.ProxyError(e)
+    if isinstance(reason, urllib3.exceptions.SSLError):
+        return requests.exceptions.SSLError(e)
+    if isinstance(reason, urllib3.exceptions.ConnectTimeoutError) and \
+            not isinstance(reason, urllib3.exceptions.NewConnectionError):
+        return requests.exceptions.ConnectTimeout(e)
+    if isinstance(e, urllib3.exceptions.ReadTimeoutError):
+        return requests.exceptions.ReadTimeout(e)
+    if isinstance(e, urllib3.exceptions.InvalidHeader):
+        return requests.exceptions.InvalidHeader(e)
+    return requests.exceptions.ConnectionError(e)
 
 
 def _queued(response: requests.Response) -> bool:

@@ -2,7 +2,10 @@
 
 Each event is one `write()` of one whole line to a file opened with O_APPEND, so a killed process
 leaves whole lines; a torn last line (power loss) is skipped by readers and closed off by the next
-writer, so it never breaks the lines after it.
+writer, so it never breaks the lines after it. A thread keeps the file it appended to last open for
+its next line (a run's `decided` and `queued` lines come from one worker): before each append the
+path is looked up again, and a file that is no longer the one held (removed, replaced by git) is
+opened anew, so a line never goes to a file no one can read.
 
 History comes back from a git branch anyone with push access can write, so it is evidence, never an
 instruction: every line read back is checked (JSON, an object, known event, the types and sizes of
@@ -19,10 +22,12 @@ start and ends in `%~` and a hash of the whole (such a file's trigger is read fr
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -61,8 +66,10 @@ def _segment(segment: str, leaf: bool) -> str:
     return re.sub(r"%[0-9A-F]?$", "", start) + _HASHED + digest
 
 
+@functools.lru_cache(maxsize=1024)
 def relative_path(trigger: str) -> str:
-    """Where a trigger's history lives under the history directory (see the module's docstring)."""
+    """Where a trigger's history lives under the history directory (see the module's docstring). The
+    triggers of recent lines are remembered: a run's lines come close together, a burst's by hundreds."""
     *folders, leaf = trigger.split("/")
     return "/".join([*(_segment(f, False) for f in folders), _segment(leaf, True)]) + SUFFIX
 
@@ -72,6 +79,31 @@ def _trigger_of(relative: str) -> str | None:
     if _HASHED in relative:
         return None
     return re.sub(r"%(25|2E)", lambda m: "%" if m.group(1) == "25" else ".", relative[: -len(SUFFIX)])
+
+class _Held:
+    """The history file a thread appended to last, still open, and which file it is (device, inode)."""
+
+    __slots__ = ("fd", "identity", "path")
+
+    def __init__(self, path: str, fd: int, st: os.stat_result):
+        self.path, self.fd, self.identity = path, fd, (st.st_dev, st.st_ino)
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:  # the thread ended, or the History went away
+        self.close()
+
+
+def _open_append(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    except FileNotFoundError:  # a trigger's first line: its folders are made once, not checked each time
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+
 
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -89,6 +121,8 @@ class History:
 
         self.problems: list[str] = []
         """Lines read back that were not valid history: `file:line: why`, for the reader to report."""
+        self._held = threading.local()
+        """Each thread's `_Held` file, if any."""
 
     def path_of(self, trigger: str) -> Path:
         assert self.root is not None
@@ -109,20 +143,38 @@ class History:
         line = redact(json.dumps(record, sort_keys=True, ensure_ascii=False)) + "\n"
         path = os.path.join(self._dir, relative_path(trigger))
         with self._lock:
+            held, size = self._file(path)
             try:
-                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-            except FileNotFoundError:  # a trigger's first line: its folders are made once, not checked each time
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                size = os.fstat(fd).st_size
-                if size and os.pread(fd, 1, size - 1) != b"\n":
+                if size and os.pread(held.fd, 1, size - 1) != b"\n":
                     line = "\n" + line  # close off a torn line rather than glue onto it
-                os.write(fd, line.encode("utf-8"))
-            finally:
-                os.close(fd)
+                os.write(held.fd, line.encode("utf-8"))
+            except BaseException:
+                self._held.file = None
+                held.close()
+                raise
             if self.writeback is not None:
                 self.writeback.written(at)
+
+    def _file(self, path: str) -> tuple[_Held, int]:
+        """The file at `path` open for appending, and its size: this thread's held one while the path
+        still names it (one `stat`), else the path opened anew."""
+        held: _Held | None = getattr(self._held, "file", None)
+        if held is not None and held.path == path:
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                if (st.st_dev, st.st_ino) == held.identity:
+                    return held, st.st_size
+        self._held.file = None
+        if held is not None:
+            held.close()
+        fd = _open_append(path)
+        try:
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._held.file = _Held(path, fd, st)
+        return self._held.file, st.st_size
 
     def decided(self, run: Run, at: float, event: str = "decided") -> None:
         """The first line of a run carries all it takes to rebuild the run from history."""

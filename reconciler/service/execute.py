@@ -107,7 +107,9 @@ class _Step:
     run: Run
     changes: dict[str, Any]
     durable: bool
-    done: threading.Event
+    done: threading.Lock
+    """A lock taken when the step is made, released by whoever writes it (or hands it the lead): its thread
+    waits by taking it again. A bare lock is the cheapest wait there is, and every step of a burst waits."""
     result: Run | None = None
     error: BaseException | None = None
 
@@ -131,12 +133,13 @@ class _GroupCommit:
 
     def write(self, run: Run, changes: dict[str, Any], durable: bool) -> Run:
         check_step(run, changes)
-        step = _Step(run, changes, durable, threading.Event())
+        step = _Step(run, changes, durable, threading.Lock())
+        step.done.acquire()
         with self._lock:
             self._pending.append(step)
             lead, self._busy = not self._busy, True
         if not lead:
-            step.done.wait()
+            step.done.acquire()
         if step.result is None and step.error is None:  # it leads: its own step is in the batch it takes
             self._write_batch()
         if step.error is not None:
@@ -159,9 +162,9 @@ class _GroupCommit:
             self._busy = following is not None
         for step, result in zip(batch, results, strict=True):
             step.result, step.error = result, error
-            step.done.set()
+            step.done.release()
         if following is not None:
-            following.done.set()  # its step neither written nor failed: it leads the next batch
+            following.done.release()  # its step neither written nor failed: it leads the next batch
 
 
 @dataclass(frozen=True, slots=True)

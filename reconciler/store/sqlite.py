@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sqlite3
 import threading
@@ -16,17 +17,19 @@ from reconciler.store.base import _OPEN_SQL, COLUMNS, MIGRATIONS, SELECT, SqlSto
 
 
 class Store(SqlStore):
-    """One connection, shared by the daemon's threads behind a lock; SQLite in WAL mode."""
+    """Two connections, shared by the daemon's threads behind one lock; SQLite in WAL mode. Durable
+    writes go through one opened at synchronous=FULL (their commit is fsynced), the others through one
+    at NORMAL (survives kill -9, not a power loss): a durable write is one statement, not three with
+    the setting switched around it, and every statement is one more GIL hand-off in a busy daemon."""
 
     def __init__(self, path: Path):
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.created = not path.exists() or path.stat().st_size == 0
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._db = self._connect("NORMAL")
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA cache_size=-1024")  # KiB: the hot pages are the unique index's
+            self._durable = self._connect("FULL")
             self._migrate()
         except sqlite3.Error as e:
             raise StateError(f"cannot open state store {path}: {e}") from None
@@ -34,38 +37,36 @@ class Store(SqlStore):
             raise StateError(f"cannot create state store {path}: {e.strerror}") from None
         self._lock = threading.Lock()
 
+    def _connect(self, synchronous: str) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        db.execute("PRAGMA cache_size=-1024")  # KiB: the hot pages are the unique index's
+        return db
+
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         refusal = too_new(self.path, version, len(MIGRATIONS))
         if refusal:
             raise StateError(refusal)
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            with self._durably():
-                self._db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+            self._durable.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
 
     def close(self) -> None:
         self._db.close()
+        self._durable.close()
 
     @contextlib.contextmanager
-    def _durably(self) -> Iterator[None]:
-        """Commits inside are fsynced (WAL, synchronous=FULL); the rest run at NORMAL, which survives
-        kill -9 but not a power loss. Every statement is one more GIL hand-off in a busy daemon."""
-        self._db.execute("PRAGMA synchronous=FULL")
-        try:
-            yield
-        finally:
-            self._db.execute("PRAGMA synchronous=NORMAL")
-
-    @contextlib.contextmanager
-    def _writing(self, what: str, *, durable: bool) -> Iterator[None]:
-        """The connection, held for a write. Whatever fails, no transaction is left open (every later
-        write would fail inside it), and a store error says what could not be written where."""
-        with self._lock, self._durably() if durable else contextlib.nullcontext():
+    def _writing(self, what: str, *, durable: bool) -> Iterator[sqlite3.Connection]:
+        """A connection, held for a write: the FULL one if `durable`. Whatever fails, no transaction is
+        left open (every later write would fail inside it), and a store error says what could not be
+        written where."""
+        db = self._durable if durable else self._db
+        with self._lock:
             try:
-                yield
+                yield db
             except BaseException as e:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 if isinstance(e, sqlite3.Error):
                     raise StateError(f"cannot {what} {self.path}: {e}") from None
                 raise
@@ -87,28 +88,28 @@ class Store(SqlStore):
             return []
         placeholders = ",".join("?" * len(COLUMNS))
         inserted: list[Run] = []
-        with self._writing("record decisions in", durable=True):
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._writing("record decisions in", durable=True) as db:
+            db.execute("BEGIN IMMEDIATE")
             for run in runs:
-                cur = self._db.execute(
-                    f"INSERT OR IGNORE INTO runs ({','.join(COLUMNS)}) VALUES ({placeholders})", encode(run))
+                cur = db.execute(f"INSERT OR IGNORE INTO runs ({','.join(COLUMNS)}) VALUES ({placeholders})",
+                                 encode(run))
                 if cur.rowcount:
                     inserted.append(run)
             for trigger, after in (cursors or {}).items():
-                self._db.execute("INSERT INTO cursors (trigger, after) VALUES (?, ?) ON CONFLICT (trigger) "
-                                 "DO UPDATE SET after = MAX(after, excluded.after)", (trigger, after))
-            self._db.execute("COMMIT")
+                db.execute("INSERT INTO cursors (trigger, after) VALUES (?, ?) ON CONFLICT (trigger) "
+                           "DO UPDATE SET after = MAX(after, excluded.after)", (trigger, after))
+            db.execute("COMMIT")
         return inserted
 
     def _write_steps(self, statements: list[tuple[str, tuple[Any, ...]]], *, durable: bool) -> None:
-        with self._writing("write state store", durable=durable):
+        with self._writing("write state store", durable=durable) as db:
             if len(statements) == 1:
-                self._db.execute(*statements[0])
-            else:
-                self._db.execute("BEGIN IMMEDIATE")
-                for sql, args in statements:
-                    self._db.execute(sql, args)
-                self._db.execute("COMMIT")
+                db.execute(*statements[0])
+            else:  # a batch of one kind of step (a burst's posting marks) is one call
+                db.execute("BEGIN IMMEDIATE")
+                for sql, same in itertools.groupby(statements, key=lambda statement: statement[0]):
+                    db.executemany(sql, [args for _, args in same])
+                db.execute("COMMIT")
 
     # -- reads ----------------------------------------------------------------------------
     def fired_among(self, fires: Collection[tuple[str, str]]) -> set[tuple[str, str]]:
@@ -138,11 +139,11 @@ class Store(SqlStore):
 
     def retry_now(self, triggers: Collection[str] | None = None) -> int:
         """Make refused runs (of `triggers`, or all) due at once; how many there were."""
-        with self._writing("write state store", durable=False):
+        with self._writing("write state store", durable=False) as db:
             if triggers is None:
-                cur = self._db.execute("UPDATE runs SET retry_at = 0 WHERE status = 'refused'")
+                cur = db.execute("UPDATE runs SET retry_at = 0 WHERE status = 'refused'")
             else:
-                cur = self._db.execute("UPDATE runs SET retry_at = 0 WHERE status = 'refused' AND trigger IN "
+                cur = db.execute("UPDATE runs SET retry_at = 0 WHERE status = 'refused' AND trigger IN "
                                        "(SELECT value FROM json_each(?))", (json.dumps(list(triggers)),))
             return cur.rowcount
 
