@@ -317,7 +317,12 @@ def test_a_result_set_while_building_is_not_the_outcome_the_final_one_is_recorde
     assert run.status is RunStatus.BUILDING and run.result is None
     wait_for(lambda: harness.runs("t")[0].status is RunStatus.COMPLETED, what="the end of the build")
     assert harness.runs("t")[0].result == final
-    assert [e.get("result") for e in History(harness.history).read("t") if e["event"] == "completed"] == [final]
+
+    def completed() -> list[str | None]:
+        return [e.get("result") for e in History(harness.history).read("t") if e["event"] == "completed"]
+
+    wait_for(completed, what="the completed line")  # written right after the store records the end
+    assert completed() == [final]
 
 
 def test_run_once_wait_returns_only_when_the_build_is_over_with_its_final_result(tmp_path, standin):
