@@ -88,6 +88,17 @@ def post(client: Client, job: str, parameters: tuple[tuple[str, str], ...] | Non
     return posts(client, job, parameters, cause, 1)[0]
 
 
+def probe_address(log: Path) -> str:
+    """`host:port` of the probes of the `reconciler run` whose output goes to `log`, once it says so."""
+    def address() -> str | None:
+        for line in log.read_text().splitlines():
+            if '"probes_listening"' in line:
+                return str(json.loads(line)["address"])
+        return None
+
+    return str(wait_for(address, what="the probes to listen"))
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
     """Poll until true; the bound is generous, it only stops a broken test from hanging."""
     deadline = time.monotonic() + timeout

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-from .conftest import TOKEN, USER, wait_for
+from .conftest import TOKEN, USER, probe_address, wait_for
 
 SIZE = 256 * 1024 - 64
 """Just under the catalog's limit: what a committer can legally write."""
@@ -69,13 +69,7 @@ def test_heavy_files_beside_ordinary_specs(tmp_path, simulator):
     polls = 0
     done = threading.Event()
     try:
-        def address() -> str | None:
-            for line in log.read_text().splitlines():
-                if '"probes_listening"' in line:
-                    return json.loads(line)["address"]
-            return None
-
-        base = f"http://{wait_for(address, what='the probes to listen')}"
+        base = f"http://{probe_address(log)}"
 
         def poll() -> None:
             nonlocal polls

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -10,7 +9,7 @@ import sys
 
 import requests
 
-from .conftest import TOKEN, USER, wait_for
+from .conftest import TOKEN, USER, probe_address, wait_for
 
 
 def test_health_readiness_and_metrics(tmp_path, simulator):
@@ -27,13 +26,7 @@ def test_health_readiness_and_metrics(tmp_path, simulator):
                                  "--state", str(tmp_path / "s.db"), "--history", str(tmp_path / "h")],
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        def address() -> str | None:
-            for line in log.read_text().splitlines():
-                if '"probes_listening"' in line:
-                    return json.loads(line)["address"]
-            return None
-
-        base = f"http://{wait_for(address, what='the probes to listen')}"
+        base = f"http://{probe_address(log)}"
         wait_for(lambda: requests.get(base + "/readyz", timeout=5).status_code == 200, what="readiness")
         assert requests.get(base + "/healthz", timeout=5).text == "ok\n"
 
@@ -73,13 +66,7 @@ def test_readyz_waits_for_a_triggers_folder_not_checked_out_yet_and_the_daemon_f
                                  "--state", str(tmp_path / "s.db"), "--history", str(tmp_path / "h")],
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        def address() -> str | None:
-            for line in log.read_text().splitlines():
-                if '"probes_listening"' in line:
-                    return json.loads(line)["address"]
-            return None
-
-        base = f"http://{wait_for(address, what='the probes to listen')}"
+        base = f"http://{probe_address(log)}"
         waiting = wait_for(lambda: (r := requests.get(base + "/readyz", timeout=5)).status_code == 503 and
                            f"waiting for the triggers folder {triggers}" in r.text and r.text, what="/readyz to wait")
         assert "git-sync" in waiting and proc.poll() is None

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import TOKEN, USER, wait_for
+from .conftest import TOKEN, USER, probe_address, wait_for
 from .test_cli import jenkins_env, reconciler
 
 JOB_TOKEN = "deploy-job-token"
@@ -202,14 +202,8 @@ def test_held_connections_to_the_probe_port_do_not_stop_fires(tmp_path, triggers
                                 preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)))
     held: list[socket.socket] = []
     try:
-        def address() -> tuple[str, int] | None:
-            for line in log.read_text().splitlines():
-                if '"probes_listening"' in line:
-                    host, _, port = json.loads(line)["address"].rpartition(":")
-                    return host, int(port)
-            return None
-
-        where = wait_for(address, what="the probe port")
+        host, _, port = probe_address(log).rpartition(":")
+        where = (host, int(port))
         wait_for(lambda: simulator.triggers("plain"), what="the first pass")
         for _ in range(300):  # more than the daemon may open: uncapped, each would hold a thread and a descriptor
             held.append(socket.create_connection(where, timeout=5))
@@ -401,14 +395,8 @@ def test_slow_clients_on_the_probe_port_do_not_silence_healthz(tmp_path, trigger
                                 env={**os.environ, **jenkins_env(simulator)}, stdout=out, stderr=subprocess.STDOUT)
     stop = threading.Event()
     try:
-        def address() -> tuple[str, int] | None:
-            for line in log.read_text().splitlines():
-                if '"probes_listening"' in line:
-                    host, _, port = json.loads(line)["address"].rpartition(":")
-                    return host, int(port)
-            return None
-
-        where = wait_for(address, what="the probe port")
+        host, _, port = probe_address(log).rpartition(":")
+        where = (host, int(port))
         wait_for(lambda: simulator.triggers("plain"), what="the first pass")
 
         def slow() -> None:  # one byte every 2 s, and again when the connection is closed
