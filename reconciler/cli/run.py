@@ -6,7 +6,7 @@ import argparse
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler import logs
 from reconciler.cli import options
@@ -21,8 +21,11 @@ from reconciler.cli.options import (
     env,
     env_flag,
 )
-from reconciler.config import Deliveries, OperatorConfig, Policy, Server, servers_of
+from reconciler.config import Deliveries, OperatorConfig, Policy, servers_of
 from reconciler.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from reconciler.service.liveconfig import Settings
 
 
 def register(sub: Any) -> None:
@@ -94,14 +97,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from reconciler.service.lifetime import Lifetime
     from reconciler.service.probes import serve
 
-    assembled = 0
-
-    def assemble() -> Any:
+    def assemble(first: bool) -> Any:
         """The first daemon from the config as started; one assembled again (standing by after a lost
         lease) from the config as it is now, or as started if it cannot be used."""
-        nonlocal assembled
-        assembled += 1
-        if assembled == 1:
+        if first:
             return _assemble(args, remote, startup)
         try:
             return _assemble(args, remote, _read_again(args))
@@ -122,7 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _assemble(args: argparse.Namespace, remote: Any, settings: tuple[dict[str, Server], Policy, Deliveries]) -> Any:
+def _assemble(args: argparse.Namespace, remote: Any, settings: Settings) -> Any:
     """The daemon's parts, as the command line and the operator's config say."""
     from reconciler.repo.writeback import Writeback
     from reconciler.service.daemon import assemble
@@ -139,7 +138,7 @@ def _policy(config: OperatorConfig | None) -> Policy:
     return Policy() if config is None else config.rules()
 
 
-def _read_again(args: argparse.Namespace) -> tuple[dict[str, Server], Policy, Deliveries]:
+def _read_again(args: argparse.Namespace) -> Settings:
     """The operator's config as it is on disk now, its secret files read again: the daemon's live reload."""
     config = OperatorConfig.load(Path(args.config), triggers=args.triggers, state=args.state) if args.config \
         else None

@@ -31,8 +31,9 @@ from reconciler.service.daemon import Daemon
 class Lifetime:
     """Runs daemons one after another until stopped; safe to stop or reload from a signal handler."""
 
-    def __init__(self, assemble: Callable[[], Daemon], serve: Callable[[Daemon], None]):
+    def __init__(self, assemble: Callable[[bool], Daemon], serve: Callable[[Daemon], None]):
         self.assemble = assemble
+        """Makes a daemon; told whether it is the process's first (a later one reads the config afresh)."""
         self.serve = serve
         """Starts the daemon's listeners (probes, page); they stop with the daemon's other threads."""
         self.terminated = threading.Event()
@@ -94,7 +95,7 @@ class Lifetime:
         delay = 1.0
         while True:
             try:
-                return self.assemble()
+                return self.assemble(first)
             except StateError as e:
                 if first:
                     raise
