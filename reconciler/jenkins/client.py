@@ -2,9 +2,9 @@
 
 One `requests.Session` per server carries every request: pooled keep-alive connections (as many as
 the server's `concurrency`), the proxy from the config or `HTTPS_PROXY`/`NO_PROXY`, the CA bundle, a
-client certificate for mTLS ingresses, connect and read timeouts. The trigger POST, thousands of them
-in a burst, is sent through that session's urllib3 pools directly (`Client._post_form`), with all of
-the above, without requests' preparation of every request. Redirects are never followed:
+client certificate for mTLS ingresses, connect and read timeouts. Every request (thousands of trigger
+POSTs and queue lookups in a burst) is sent through that session's urllib3 pools directly
+(`Client._send`), with all of the above, without requests' preparation of every request. Redirects are never followed:
 behind an SSO proxy they lead to a login page, possibly on another host, and following one would
 drop the POST and could hand credentials to that host.
 
@@ -279,11 +279,10 @@ class Client:
         self.stop = stop or threading.Event()
         self._sleep = sleep or self.stop.wait
         self.session = session_for(server)
-        self._timeout = (server.connect_timeout, server.read_timeout)
         self._adapter = self.session.get_adapter(self.base)
         self._urllib3_timeout = urllib3.Timeout(connect=server.connect_timeout, read=server.read_timeout)
-        self._post_headers: tuple[dict[str, str], dict[str, str]] | None = None
-        """The trigger POST's headers without a form and with one, but the crumb and the cookie (`_headers`)."""
+        self._base_headers: tuple[dict[str, str], dict[str, str]] | None = None
+        """Requests' headers without a form and with one, but the crumb and the cookie (`_headers`)."""
         self._crumb: dict[str, str] = {}
         """The CSRF crumb header, once Jenkins asked for one; replaced whole, never changed in place."""
         self._crumb_lock = threading.Lock()
@@ -299,45 +298,46 @@ class Client:
         self.session.close()
 
     def _headers(self, form: bool) -> dict[str, str]:
-        """The trigger POST's headers as requests would send them, but the crumb and the cookie: made at the
-        first POST, so that credentials Latin-1 cannot encode fail a request, as with requests, not the start."""
-        if self._post_headers is None:
+        """Every request's headers as requests would send them, but the crumb and the cookie: made at the
+        first request, so that credentials Latin-1 cannot encode fail a request, as with requests, not the start."""
+        if self._base_headers is None:
             plain = dict(self.session.headers)
             if self.session.auth:
                 plain.update(urllib3.util.make_headers(basic_auth=":".join(self.session.auth)))
-            self._post_headers = (plain, {**plain, "Content-Type": "application/x-www-form-urlencoded"})
-        return self._post_headers[form]
+            self._base_headers = (plain, {**plain, "Content-Type": "application/x-www-form-urlencoded"})
+        return self._base_headers[form]
 
-    def _post_form(self, url: str, body: bytes) -> requests.Response:
-        """A form POST through the session's own urllib3 pools, as requests' adapter sends it (the same
+    def _send(self, method: str, url: str, body: bytes | None = None) -> requests.Response:
+        """One request through the session's own urllib3 pools, as requests' adapter sends it (the same
         pools and `_LastMoment` connections, TLS settings, client certificate, proxy, retries, timeouts,
         session cookie, redirects not followed), without what requests does around it on every request:
         preparing it anew (its argument checks against `typing` Protocols alone cost more than the rest
         of a fire) and building a full answer. Failures are raised as requests' adapter raises them, and
-        the answer is a `requests.Response`, so `_attempts` classifies both ways alike. For the trigger
-        POST only: the request a burst makes thousands of."""
+        the answer is a `requests.Response`, so `_attempts` classifies every request alike. A body is a
+        form; a GET sends none."""
         session, adapter = self.session, self._adapter
         target = requests.PreparedRequest()
         target.url = url
         headers = {**self._headers(bool(body)), **self._crumb}
         if session.cookies:  # the session Jenkins bound the crumb to
-            cookies = requests.cookies.get_cookie_header(session.cookies, requests.Request("POST", url))
+            cookies = requests.cookies.get_cookie_header(session.cookies, requests.Request(method, url))
             if cookies:
                 headers["Cookie"] = cookies
         try:
             pool = adapter.get_connection_with_tls_context(target, session.verify, proxies=session.proxies,
                                                            cert=session.cert)
             adapter.cert_verify(pool, url, session.verify, session.cert)
-            raw = pool.urlopen("POST", adapter.request_url(target, session.proxies), body=body, headers=headers,
+            raw = pool.urlopen(method, adapter.request_url(target, session.proxies), body=body, headers=headers,
                                redirect=False, assert_same_host=False, retries=adapter.max_retries,
                                timeout=self._urllib3_timeout, preload_content=True, decode_content=True)
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise _as_requests_error(e) from e
         if "Set-Cookie" in raw.headers:
-            requests.cookies.extract_cookies_to_jar(session.cookies, requests.Request("POST", url), raw)
+            requests.cookies.extract_cookies_to_jar(session.cookies, requests.Request(method, url), raw)
         response = requests.Response()
-        response.status_code, response.url, response.raw = raw.status, url, raw
+        response.status_code, response.url, response.raw, response.reason = raw.status, url, raw, raw.reason
         response.headers = requests.structures.CaseInsensitiveDict(raw.headers)
+        response.encoding = requests.utils.get_encoding_from_headers(response.headers)
         response._content = raw.data  # read whole (preload_content): the connection is back in its pool
         return response
 
@@ -353,17 +353,16 @@ class Client:
         """Send with bounded retries, exponential backoff and jitter on what may pass. `accept` says
         which answers are success beyond 2xx. Without `retry_ambiguous`, an attempt that may have
         reached Jenkins is not repeated here: the caller decides, as only it can look the run up."""
-        def send() -> requests.Response:
-            return self.session.request(method, url, params=params, data=data, headers=self._crumb,
-                                        timeout=self._timeout, allow_redirects=False)
-
-        return self._attempts(send, what, retry_ambiguous=retry_ambiguous, accept=accept, may_send=may_send)
+        if params:
+            url += ("&" if "?" in url else "?") + urlencode(params)
+        body = None if data is None and method == "GET" else urlencode(data or []).encode("ascii")
+        return self._attempts(lambda: self._send(method, url, body), what, retry_ambiguous=retry_ambiguous, accept=accept, may_send=may_send)
 
     def _attempts(self, send: Callable[[], requests.Response], what: str, *, retry_ambiguous: bool,
                   accept: Callable[[requests.Response], bool] | None,
                   may_send: Callable[[], bool] | None) -> requests.Response:
         """`_request`'s loop, whichever way a request is sent (`send`): requests, or the trigger POST's
-        own (`_post_form`); both answer and fail alike, so one classification serves them."""
+        own (`_send`); both answer and fail alike, so one classification serves them."""
         crumb_refreshed = False
         attempt = 0
         while True:
@@ -512,7 +511,7 @@ class Client:
         endpoint = "build" if parameters is None else "buildWithParameters"
         url, body = job_url(self.base, job) + endpoint, urlencode(form).encode("ascii")
         _SENDING.late = False
-        response = self._attempts(lambda: self._post_form(url, body), f"triggering {job}", retry_ambiguous=False,
+        response = self._attempts(lambda: self._send("POST", url, body), f"triggering {job}", retry_ambiguous=False,
                                   accept=_queued, may_send=may_send)
         item = _QUEUE_ITEM.search(urlsplit(response.headers.get("Location", "")).path)
         if response.status_code not in ACCEPTED or item is None:
@@ -680,7 +679,7 @@ class Client:
 
 
 def _as_requests_error(e: Exception) -> requests.RequestException:
-    """A urllib3 failure of `_post_form` as requests' adapter raises it (`HTTPAdapter.send`), for the one
+    """A urllib3 failure of `_send` as requests' adapter raises it (`HTTPAdapter.send`), for the one
     classification of transport errors (`Client._transport_error`)."""
     reason = e.reason if isinstance(e, urllib3.exceptions.MaxRetryError) else e
     if isinstance(reason, urllib3.exceptions.ProxyError):
