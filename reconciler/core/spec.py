@@ -26,7 +26,7 @@ from ruamel.yaml.events import (
     ScalarEvent,
 )
 from ruamel.yaml.main import CParser
-from ruamel.yaml.nodes import ScalarNode
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.resolver import VersionedResolver, implicit_resolvers
 from ruamel.yaml.tag import Tag
@@ -339,6 +339,34 @@ class _Loader(CParser, _Constructor, _Yaml12Resolver):  # type: ignore[misc]
         self.allow_duplicate_keys = False
         _Yaml12Resolver.__init__(self, version=(1, 2), loadumper=self)
 
+    def document(self) -> Any:
+        """The document's values, built straight from its nodes. `structure_problem` has refused anchors,
+        aliases, merge keys and explicit tags, so every node is a plain mapping, sequence or implicitly
+        typed scalar: SafeConstructor's machinery for the rest (recursion through aliases, merges, two-step
+        construction) cost half a spec's parse. A node of another kind still goes that way."""
+        node = self.get_single_node()
+        return None if node is None else self._value(node)
+
+    def _value(self, node: Node) -> Any:
+        if isinstance(node, ScalarNode):
+            make = self.yaml_constructors.get(node.tag)
+            return make(self, node) if make is not None else self.construct_object(node, deep=True)
+        if isinstance(node, MappingNode):
+            mapping: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, ScalarNode):
+                    raise ConstructorError("while constructing a mapping", node.start_mark,
+                                           "a key must be a plain value, not a list or a mapping", key_node.start_mark)
+                key = self._value(key_node)
+                if key in mapping:
+                    raise ConstructorError("while constructing a mapping", node.start_mark,
+                                           f'found duplicate key "{key}"', key_node.start_mark)
+                mapping[key] = self._value(value_node)
+            return mapping
+        if isinstance(node, SequenceNode):
+            return [self._value(item) for item in node.value]
+        return self.construct_object(node, deep=True)
+
 
 def parse(text: str, *, name: str, path: str) -> Spec:
     """Parse one trigger file. `path` is only used in error messages. Whatever the text, the answer is
@@ -362,7 +390,7 @@ def _parse(text: str, name: str, path: str) -> Spec:
     loader = _Loader(text)
     problem = None
     try:
-        data = loader.get_single_data()
+        data = loader.document()
     except MarkedYAMLError as e:
         problem = yaml_problem(e)
     except ReaderError as e:

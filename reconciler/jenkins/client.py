@@ -356,7 +356,8 @@ class Client:
         if params:
             url += ("&" if "?" in url else "?") + urlencode(params)
         body = None if data is None and method == "GET" else urlencode(data or []).encode("ascii")
-        return self._attempts(lambda: self._send(method, url, body), what, retry_ambiguous=retry_ambiguous, accept=accept, may_send=may_send)
+        return self._attempts(lambda: self._send(method, url, body), what, retry_ambiguous=retry_ambiguous,
+                              accept=accept, may_send=may_send)
 
     def _attempts(self, send: Callable[[], requests.Response], what: str, *, retry_ambiguous: bool,
                   accept: Callable[[requests.Response], bool] | None,

@@ -81,12 +81,13 @@ def _trigger_of(relative: str) -> str | None:
     return re.sub(r"%(25|2E)", lambda m: "%" if m.group(1) == "25" else ".", relative[: -len(SUFFIX)])
 
 class _Held:
-    """The history file a thread appended to last, still open, and which file it is (device, inode)."""
+    """The history file a thread appended to last, still open, which file it is (device, inode), and
+    where this thread's last line ended: a file still that long ends with that line's newline."""
 
-    __slots__ = ("fd", "identity", "path")
+    __slots__ = ("end", "fd", "identity", "path")
 
     def __init__(self, path: str, fd: int, st: os.stat_result):
-        self.path, self.fd, self.identity = path, fd, (st.st_dev, st.st_ino)
+        self.path, self.fd, self.identity, self.end = path, fd, (st.st_dev, st.st_ino), -1
 
     def close(self) -> None:
         fd, self.fd = self.fd, -1
@@ -145,9 +146,11 @@ class History:
         with self._lock:
             held, size = self._file(path)
             try:
-                if size and os.pread(held.fd, 1, size - 1) != b"\n":
+                if size and size != held.end and os.pread(held.fd, 1, size - 1) != b"\n":
                     line = "\n" + line  # close off a torn line rather than glue onto it
-                os.write(held.fd, line.encode("utf-8"))
+                data = line.encode("utf-8")
+                written = os.write(held.fd, data)
+                held.end = size + written if written == len(data) else -1  # a short write (a full disk) ends torn
             except BaseException:
                 self._held.file = None
                 held.close()
