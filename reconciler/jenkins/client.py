@@ -281,6 +281,9 @@ class Client:
         self.session = session_for(server)
         self._adapter = self.session.get_adapter(self.base)
         self._urllib3_timeout = urllib3.Timeout(connect=server.connect_timeout, read=server.read_timeout)
+        self._pools: dict[str, Any] = {}
+        """Each origin's urllib3 pool as requests' adapter chose it (proxy, TLS settings, CA bundle checked
+        on disk): asked for once, not on every request; asked again if the pool manager closed it."""
         self._base_headers: tuple[dict[str, str], dict[str, str]] | None = None
         """Requests' headers without a form and with one, but the crumb and the cookie (`_headers`)."""
         self._crumb: dict[str, str] = {}
@@ -324,9 +327,13 @@ class Client:
             if cookies:
                 headers["Cookie"] = cookies
         try:
-            pool = adapter.get_connection_with_tls_context(target, session.verify, proxies=session.proxies,
-                                                           cert=session.cert)
-            adapter.cert_verify(pool, url, session.verify, session.cert)
+            origin = url[:url.find("/", url.find("//") + 2)]
+            pool = self._pools.get(origin)
+            if pool is None or pool.pool is None:  # the first request there, or its pool was closed
+                pool = adapter.get_connection_with_tls_context(target, session.verify, proxies=session.proxies,
+                                                               cert=session.cert)
+                adapter.cert_verify(pool, url, session.verify, session.cert)
+                self._pools[origin] = pool
             raw = pool.urlopen(method, adapter.request_url(target, session.proxies), body=body, headers=headers,
                                redirect=False, assert_same_host=False, retries=adapter.max_retries,
                                timeout=self._urllib3_timeout, preload_content=True, decode_content=True)
