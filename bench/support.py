@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import subprocess
@@ -149,10 +150,25 @@ class DaemonProcess:
         raise RuntimeError("no VmRSS")
 
     def cpu_seconds(self) -> float:
+        return sum(self.cpu_split())
+
+    def cpu_split(self) -> tuple[float, float]:
+        """The process's CPU so far, in user space and in the kernel (seconds)."""
         assert self.proc is not None
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = int(fields[11]) + int(fields[12])  # utime + stime
-        return ticks / os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
+
+    def switches(self) -> int:
+        """Context switches so far of the threads alive now (voluntary: a thread waited for a lock, the
+        GIL, a socket or the disk; involuntary: the scheduler took the core away)."""
+        assert self.proc is not None
+        total = 0
+        for status in Path(f"/proc/{self.proc.pid}/task").glob("*/status"):
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                total += sum(int(value) for key, _, value in (line.partition(":") for line in
+                                                              status.read_text().splitlines())
+                             if key.endswith("ctxt_switches"))
+        return total
 
     def stop(self) -> None:
         if self.proc is not None:
