@@ -126,6 +126,7 @@ def profile_fires(sim: SimulatorProcess, work: Path, n: int,
 
 
 def write_summary(pieces: dict[str, float], per_fire: float, per_fire_threads: float, threads: int, top: str, n: int,
+                  burst: str = "",
                   now: Callable[[], str] = lambda: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())) -> str:
     steps, _, top = top.partition("\n")
     lines = [f"# Where a fire's CPU goes ({now()}, `python -m bench --only profile`)", "",
@@ -136,7 +137,7 @@ def write_summary(pieces: dict[str, float], per_fire: float, per_fire_threads: f
     lines += ["", f"Ours (all but the POST): {ours:.0f} µs.", "",
               f"The same step from {threads} threads at once, as the server's workers run it, posting marks and "
               f"queue items through the group commit {steps}: {per_fire_threads:.0f} µs of the process's CPU a fire.",
-              "",
+              "", *([burst, ""] if burst else []),
               "The functions that cost the most by their own time (cProfile, profiled run):", "", "```",
               "\n".join(line for line in top.splitlines() if line.strip())[:6000], "```", ""]
     text = "\n".join(lines)
