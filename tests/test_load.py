@@ -122,7 +122,10 @@ def test_a_one_shot_is_not_queued_behind_a_tick_backlog(harness):
     daemon.bootstrap()
     daemon.pass_once()
     clock.now = minute + 1
-    assert len(daemon.tick()) == 1000
+    fired = []
+    while batch := daemon.tick():  # a few hundred a turn of the loop
+        fired += batch
+    assert len(fired) == 1000
     harness.write("one-shot", "job: manual\n")
     daemon.reconcile(daemon.catalog.refresh([str(harness.triggers / "one-shot.yaml")]))
     posted_before = len(harness.sim.triggers())  # the ticks already POSTed when the one-shot was decided
