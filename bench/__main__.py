@@ -286,11 +286,11 @@ def _pieces_round(sim: SimulatorProcess, work: Path, n: int) -> tuple[dict[str, 
     accepted: list[str] = []
     commits = _GroupCommit(store)
 
-    def grouped(steps: list[tuple[Run, dict[str, Any]]], durable: bool, wait: bool = True) -> None:
+    def grouped(steps: list[tuple[Run, dict[str, Any]]], durable: bool) -> None:
         """Each of CONCURRENCY threads writes its share of `steps` in turn, as workers do."""
         def write(i: int) -> None:
             for k in range(i, len(steps), CONCURRENCY):
-                runs[k] = commits.write(*steps[k], durable, wait=wait)
+                runs[k] = commits.write(*steps[k], durable)
 
         threads = [threading.Thread(target=write, args=(i,)) for i in range(CONCURRENCY)]
         for t in threads:
@@ -320,9 +320,8 @@ def _pieces_round(sim: SimulatorProcess, work: Path, n: int) -> tuple[dict[str, 
         "posting mark (fsynced, group commit)": timed(lambda: grouped(
             [(r, {"status": "posting", "attempts": 1}) for r in runs], durable=True)),
         "the POST": timed(post),
-        "record the queue item (group commit, not waited for)": timed(lambda: grouped(
-            [(r, {"status": "queued", "queue_url": q}) for r, q in zip(runs, accepted, strict=True)], durable=False,
-            wait=False)),
+        "record the queue item (group commit)": timed(lambda: grouped(
+            [(r, {"status": "queued", "queue_url": q}) for r, q in zip(runs, accepted, strict=True)], durable=False)),
         "history line `queued`": timed(lambda: [history.append(r, "queued", now, queue_url=q)
                                                 for r, q in zip(runs, accepted, strict=True)]),
         "two log lines": timed(log_twice),
@@ -815,8 +814,8 @@ client is bound by its own CPU on a machine it shares with the simulator.
 
 **Reading CPU per fire.** The piece-by-piece row times each step of a fire alone with the daemon's
 own code: on one thread, but for the steps the daemon's workers write through its group commit (the
-posting mark, waited for; the queue item, left to the commit's leader), which are written so, from 32
-threads at once; each piece is the median of three rounds. Every request goes through the session's
+posting mark, the queue item), which are written so, from 32 threads at once; each piece is the
+median of three rounds. Every request goes through the session's
 urllib3 pool directly (requests' preparation of each request cost more than the rest of a fire).
 Creating a trigger's history file (its first fire only) costs what the file system makes it cost:
 this machine's ext4 has no journal, and then passes over inodes freed in the last minutes to find a

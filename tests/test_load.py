@@ -136,6 +136,28 @@ def test_a_one_shot_is_not_queued_behind_a_tick_backlog(harness):
     assert jobs.index(True) <= posted_before + 2 * harness.concurrency < 1000
 
 
+def test_every_tick_of_a_crowded_minute_names_the_commit_behind_its_spec(harness):
+    """Ticks are decided a few hundred a turn of the loop; the git log is walked once for all of them."""
+    minute = (int(time.time()) // 60 + 5) * 60
+    clock = ShiftedClock(minute - 1)
+    harness.triggers.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(harness.triggers)], check=True)
+    for i in range(600):
+        harness.write(f"ticks/t{i:04}", f"job: plain\ncause: tick {i}\nschedule: '* * * * *'\n")
+    subprocess.run(["git", "-C", str(harness.triggers), "add", "."], check=True)
+    subprocess.run(["git", "-C", str(harness.triggers), "-c", "user.name=Alice", "-c", "user.email=alice@example.com",
+                    "commit", "-qm", "six hundred schedules"], check=True)
+    daemon = harness.build(clock)
+    daemon.bootstrap()
+    daemon.pass_once()
+    clock.now = minute + 1
+    fired = []
+    while batch := daemon.tick():
+        fired.append(batch)
+    assert len(fired) > 1 and sum(map(len, fired)) == 600
+    assert {(r.provenance or {}).get("subject") for batch in fired for r in batch} == {"six hundred schedules"}
+
+
 def test_a_burst_drains_at_the_servers_rate_and_readyz_shows_the_backlog(harness):
     harness.rate = 20.0
     daemon = harness.start()

@@ -78,6 +78,7 @@ HOSTILE = {
     "hex.yaml": ("job: plain\nrun: !!int 0xZZ\n", "2:6", "explicit YAML tags (!!int)"),
     "float.yaml": ("job: plain\nparameters: {A: !!float abc}\n", "2:17", "explicit YAML tags (!!float)"),
     "date.yaml": ("job: plain\nparameters: {A: !!timestamp 2001-13-45}\n", "2:17", "explicit YAML tags"),
+    "flowtag.yaml": ('{"job": plain, "parameters":!!set {A: 1}}\n', "1:29", "explicit YAML tags (!!set)"),
     "deadline.yaml": ("job: plain\nschedule: '* * * * *'\nstarting_deadline: 99999999999999999999999h\n", "3:20",
                       "starting_deadline: cannot read duration"),
     "tab.yaml": ("job: plain\nparam\teters: {}\n", "2:1", "unknown key 'param\\teters'"),

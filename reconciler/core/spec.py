@@ -56,9 +56,10 @@ or `-`): a text with fewer than MAX_NODES / 2 of them is within the budget witho
 MAX_PROBLEMS = 20
 """The most problems kept for one file: a file of thousands of unknown keys is reported by its first
 ones (and their count), not by a report as large as the file, kept for as long as the file exists."""
-_STRUCTURE = re.compile(r"(?:^|[\s,\[{])(?:[&*][\w-]|!\S)|<<", re.MULTILINE)
+_STRUCTURE = re.compile(r"(?:^|[\s,\[{:])(?:[&*][\w-]|!\S)|<<", re.MULTILINE)
 """Anchors and aliases start a node with `&` or `*` right before their name (letters, digits, `_`, `-`
-in libyaml, which the C parser is), tags with `!`, each after a space, a line's start, `,`, `[` or `{`;
+in libyaml, which the C parser is), tags with `!`, each after a space, a line's start, `,`, `[`, `{`
+or a flow mapping's `:`;
 merge keys are `<<`: a text without these has none. A cron expression's `'* * * * *'` is not one of
 them, and costs no parse of its own."""
 MAX_NUMBER_DIGITS = 64
@@ -327,6 +328,9 @@ _Constructor.add_constructor("tag:yaml.org,2002:float", _Constructor.construct_w
 _Constructor.add_constructor("tag:yaml.org,2002:timestamp", _Constructor.construct_written_text)
 
 
+_MAP, _SEQ = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
+
+
 class _Loader(CParser, _Constructor, _Yaml12Resolver):  # type: ignore[misc]
     """ruamel's C parser with our constructor and resolver, put together as `YAML(typ="safe").load`
     does, but as a class made once. `load` makes the class anew on every call and keeps a record of
@@ -343,7 +347,7 @@ class _Loader(CParser, _Constructor, _Yaml12Resolver):  # type: ignore[misc]
         """The document's values, built straight from its nodes. `structure_problem` has refused anchors,
         aliases, merge keys and explicit tags, so every node is a plain mapping, sequence or implicitly
         typed scalar: SafeConstructor's machinery for the rest (recursion through aliases, merges, two-step
-        construction) cost half a spec's parse. A node of another kind still goes that way."""
+        construction) cost half a spec's parse. A node of another kind or tag still goes that way."""
         node = self.get_single_node()
         return None if node is None else self._value(node)
 
@@ -351,7 +355,7 @@ class _Loader(CParser, _Constructor, _Yaml12Resolver):  # type: ignore[misc]
         if isinstance(node, ScalarNode):
             make = self.yaml_constructors.get(node.tag)
             return make(self, node) if make is not None else self.construct_object(node, deep=True)
-        if isinstance(node, MappingNode):
+        if isinstance(node, MappingNode) and node.tag == _MAP:
             mapping: dict[Any, Any] = {}
             for key_node, value_node in node.value:
                 if not isinstance(key_node, ScalarNode):
@@ -363,7 +367,7 @@ class _Loader(CParser, _Constructor, _Yaml12Resolver):  # type: ignore[misc]
                                            f'found duplicate key "{key}"', key_node.start_mark)
                 mapping[key] = self._value(value_node)
             return mapping
-        if isinstance(node, SequenceNode):
+        if isinstance(node, SequenceNode) and node.tag == _SEQ:
             return [self._value(item) for item in node.value]
         return self.construct_object(node, deep=True)
 

@@ -326,17 +326,24 @@ class Client:
             cookies = requests.cookies.get_cookie_header(session.cookies, requests.Request(method, url))
             if cookies:
                 headers["Cookie"] = cookies
+        origin = url[:url.find("/", url.find("//") + 2)]
         try:
-            origin = url[:url.find("/", url.find("//") + 2)]
-            pool = self._pools.get(origin)
-            if pool is None or pool.pool is None:  # the first request there, or its pool was closed
-                pool = adapter.get_connection_with_tls_context(target, session.verify, proxies=session.proxies,
-                                                               cert=session.cert)
-                adapter.cert_verify(pool, url, session.verify, session.cert)
-                self._pools[origin] = pool
-            raw = pool.urlopen(method, adapter.request_url(target, session.proxies), body=body, headers=headers,
-                               redirect=False, assert_same_host=False, retries=adapter.max_retries,
-                               timeout=self._urllib3_timeout, preload_content=True, decode_content=True)
+            for fresh in (False, True):
+                pool = None if fresh else self._pools.get(origin)
+                if pool is None or pool.pool is None:  # the first request there, or its pool was closed
+                    pool = adapter.get_connection_with_tls_context(target, session.verify, proxies=session.proxies,
+                                                                   cert=session.cert)
+                    adapter.cert_verify(pool, url, session.verify, session.cert)
+                    self._pools[origin] = pool
+                try:
+                    raw = pool.urlopen(method, adapter.request_url(target, session.proxies), body=body,
+                                       headers=headers, redirect=False, assert_same_host=False,
+                                       retries=adapter.max_retries, timeout=self._urllib3_timeout,
+                                       preload_content=True, decode_content=True)
+                    break
+                except urllib3.exceptions.ClosedPoolError:  # closed since it was chosen: nothing was sent
+                    if fresh:
+                        raise
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise _as_requests_error(e) from e
         if "Set-Cookie" in raw.headers:

@@ -112,6 +112,9 @@ class Daemon:
         self._watcher_thread: threading.Thread | None = None
         self.cursors: dict[str, datetime] = {}
         self.next_due: dict[str, datetime] = {}
+        self._due_commits: tuple[dict[str, Spec], datetime, set[str], dict[str, Provenance]] | None = None
+        """The commits behind the schedules due at one minute, found by one walk of the git log for all of
+        them and kept for the turns that take the rest (TICK_BATCH at a time), while the specs are the same."""
         self.empty_start: float | None = None
         """When this process started on an empty state store (a fresh pod): what it decides for the
         moment it started may have been posted by a process whose record of it never reached git."""
@@ -383,12 +386,13 @@ class Daemon:
         running: dict[str, list[Run]] = {}
         for run in self.executor.active():
             running.setdefault(run.trigger, []).append(run)
-        due = [name for name, due_at in self.next_due.items() if due_at <= now_dt][:TICK_BATCH]
+        all_due = [name for name, due_at in self.next_due.items() if due_at <= now_dt]
+        due = all_due[:TICK_BATCH]
         specs = self.catalog.specs
         known: dict[Any, Any] = {}
         """What the cron arithmetic said, by its inputs: thousands of schedules due at one minute mostly
         share an expression and a cursor, and each answer costs two walks of cronsim."""
-        commits = self._provenance([specs[n] for n in due if n in specs]) if due else {}
+        commits = self._due_provenance(specs, all_due, due, now_dt.replace(second=0, microsecond=0))
         for name in due:
             spec = specs.get(name)
             if spec is None or spec.schedule is None:
@@ -420,6 +424,16 @@ class Daemon:
                 log.warning(f"tick_{event}", scheduled_for=run.fire_key[1:], reason=run.last_error)
         self.executor.submit(fired, unsure={r.run_id for r in fired if self._before_start(r)})
         return fired
+
+    def _due_provenance(self, specs: dict[str, Spec], all_due: list[str], due: list[str],
+                        minute: datetime) -> dict[str, Provenance]:
+        if not due:
+            return {}
+        cached = self._due_commits
+        if cached is None or cached[0] is not specs or cached[1] != minute or not cached[2].issuperset(due):
+            wanted = [specs[n] for n in all_due if n in specs]
+            cached = self._due_commits = (specs, minute, {s.name for s in wanted}, self._provenance(wanted))
+        return cached[3]
 
     def _before_start(self, run: Run) -> bool:
         """A tick due by the time a fresh pod started: the pod before it may have fired it."""

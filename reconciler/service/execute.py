@@ -107,9 +107,9 @@ class _Step:
     run: Run
     changes: dict[str, Any]
     durable: bool
-    done: threading.Lock | None
+    done: threading.Lock
     """A lock taken when the step is made, released by whoever writes it (or hands it the lead): its thread
-    waits by taking it again. A bare lock is the cheapest wait there is. None: nobody waits for the step."""
+    waits by taking it again. A bare lock is the cheapest wait there is, and every step of a burst waits."""
     result: Run | None = None
     error: BaseException | None = None
 
@@ -120,18 +120,10 @@ class _GroupCommit:
     of 32 workers a commit each (two, with the posting mark's) made every worker queue for the store's
     lock in turn: 5,000 ticks spent more time handing that lock and the GIL around than writing. A
     step the run lifecycle forbids fails alone, before it joins a batch; a batch that cannot be written
-    fails each of its steps, as nothing of it was written.
+    fails each of its steps, as nothing of it was written."""
 
-    A step may also be left to be written (`wait=False`): its thread goes on at once, and whoever leads
-    writes it with the next batch, in the order steps came. For a step that need not survive a power
-    loss and that the run can be found again without (the queue item: a run left `posting` is looked
-    up by its run id), this saves a worker's wait and wake-up per fire. One that cannot be written is
-    reported to `lost` (it was already nothing the run's later steps depend on in the store)."""
-
-    def __init__(self, store: StateStore,
-                 lost: Callable[[Run, dict[str, Any], BaseException], None] | None = None):
+    def __init__(self, store: StateStore):
         self.store = store
-        self._lost = lost
         self._lock = threading.Lock()
         self._pending: list[_Step] = []
         self._busy = False
@@ -139,54 +131,40 @@ class _GroupCommit:
         self.steps = 0
         """Written so far (for bench/profile.py: the steps a commit carries in a burst)."""
 
-    def write(self, run: Run, changes: dict[str, Any], durable: bool, *, wait: bool = True) -> Run:
+    def write(self, run: Run, changes: dict[str, Any], durable: bool) -> Run:
         check_step(run, changes)
-        step = _Step(run, changes, durable, threading.Lock() if wait else None)
-        if step.done is not None:
-            step.done.acquire()
+        step = _Step(run, changes, durable, threading.Lock())
+        step.done.acquire()
         with self._lock:
             self._pending.append(step)
             lead, self._busy = not self._busy, True
         if not lead:
-            if step.done is None:
-                return replace(run, **changes)  # the leader writes it
             step.done.acquire()
         if step.result is None and step.error is None:  # it leads: its own step is in the batch it takes
-            self._write_batches()
-        if step.done is None:
-            return replace(run, **changes)  # a failure went to `lost`, as for any step nobody waits for
+            self._write_batch()
         if step.error is not None:
             raise copy.copy(step.error)  # each thread raises its own exception object
         assert step.result is not None
         return step.result
 
-    def _write_batches(self) -> None:
-        """Write what waits, then hand the lead to the first thread still waiting; steps nobody waits
-        for are written by this thread until one comes or none is left."""
-        while True:
-            with self._lock:
-                batch, self._pending = self._pending, []
-            try:
-                results: list[Run | None] = list(self.store.update_many(
-                    [(s.run, s.changes) for s in batch], durable=any(s.durable for s in batch)))
-                error = None
-            except BaseException as e:  # handed to each step's own thread, which raises it
-                results, error = [None] * len(batch), e
-            self.batches, self.steps = self.batches + 1, self.steps + len(batch)
-            with self._lock:
-                following = next((s for s in self._pending if s.done is not None), None)
-                more = bool(self._pending) and following is None
-                self._busy = following is not None or more
-            for step, result in zip(batch, results, strict=True):
-                step.result, step.error = result, error
-                if step.done is not None:
-                    step.done.release()
-                elif error is not None and self._lost is not None:
-                    self._lost(step.run, step.changes, error)
-            if following is not None:
-                following.done.release()  # type: ignore[union-attr]  # neither written nor failed: it leads next
-            if not more:
-                return
+    def _write_batch(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        try:
+            results: list[Run | None] = list(self.store.update_many(
+                [(s.run, s.changes) for s in batch], durable=any(s.durable for s in batch)))
+            error = None
+        except BaseException as e:  # handed to each step's own thread, which raises it
+            results, error = [None] * len(batch), e
+        self.batches, self.steps = self.batches + 1, self.steps + len(batch)
+        with self._lock:
+            following = self._pending[0] if self._pending else None
+            self._busy = following is not None
+        for step, result in zip(batch, results, strict=True):
+            step.result, step.error = result, error
+            step.done.release()
+        if following is not None:
+            following.done.release()  # its step neither written nor failed: it leads the next batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +214,7 @@ class Executor:
         """Told of each refusal: the daemon's loop, asleep until the retry it knew of, wakes for this one's."""
         self.finished: Callable[[Run], None] | None = None
         """Told of each run that ends (the daemon pauses a trigger after its failures)."""
-        self._commits = _GroupCommit(store, lost=self._not_recorded)
+        self._commits = _GroupCommit(store)
         self.supervisor = supervisor or Supervisor(stop)
         self._timer = self.supervisor.start("timers", self._run_timers)
         self.metrics.count_in_flight(lambda: len(self._active))
@@ -408,18 +386,13 @@ class Executor:
             self._unposted.discard(run.run_id)
             self._cv.notify_all()
 
-    def _update(self, run: Run, durable: bool = False, *, wait: bool = True, **changes: Any) -> Run:
-        run = self._commits.write(run, changes, durable, wait=wait)
+    def _update(self, run: Run, durable: bool = False, **changes: Any) -> Run:
+        run = self._commits.write(run, changes, durable)
         with self._cv:
             self._track(run)
             if not self._unposted or not self._active:  # what wait_idle waits for: not on every step
                 self._cv.notify_all()
         return run
-
-    def _not_recorded(self, run: Run, changes: dict[str, Any], error: BaseException) -> None:
-        """A step nobody waited for that could not be written (see _GroupCommit)."""
-        self._log(run).error("step_not_recorded", step=str(changes.get("status", "")), error=str(error),
-                             note="the store keeps the run's earlier step; it is looked up in Jenkins after a restart")
 
     def _log(self, run: Run) -> Any:
         return logs.get(trigger=run.trigger, run_id=run.run_id, job=run.job, server=run.server)
@@ -644,11 +617,9 @@ class Executor:
         self._later(delay, fire)
 
     def _queued(self, run: Run, queue_url: str) -> Run:
-        """Not waited for (see _GroupCommit): a run whose queue item did not reach the store is still
-        `posting` there, and is looked up by its run id, as after a kill between the POST and this step."""
         now = self.clock()
         run = self._update(run, status=RunStatus.QUEUED, queue_url=queue_url, posted_at=run.posted_at or now,
-                           last_error=None, wait=False)
+                           last_error=None)
         self.history.append(run, "queued", now, queue_url=queue_url)
         return run
 
