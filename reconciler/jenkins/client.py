@@ -4,9 +4,9 @@ One `requests.Session` per server carries every request: pooled keep-alive conne
 the server's `concurrency`), the proxy from the config or `HTTPS_PROXY`/`NO_PROXY`, the CA bundle, a
 client certificate for mTLS ingresses, connect and read timeouts. Every request (thousands of trigger
 POSTs and queue lookups in a burst) is sent through that session's urllib3 pools directly
-(`Client._send`), with all of the above, without requests' preparation of every request. Redirects are never followed:
-behind an SSO proxy they lead to a login page, possibly on another host, and following one would
-drop the POST and could hand credentials to that host.
+(`Client._send`), with all of the above, without requests' preparation of every request. Redirects
+are never followed: behind an SSO proxy they lead to a login page, possibly on another host, and
+following one would drop the POST and could hand credentials to that host.
 
 Jenkins builds every absolute URL it returns from its configured root URL, which is often not the
 address we reach it at (a Service name versus the public ingress). So URLs from Jenkins are read for
@@ -376,8 +376,8 @@ class Client:
     def _attempts(self, send: Callable[[], requests.Response], what: str, *, retry_ambiguous: bool,
                   accept: Callable[[requests.Response], bool] | None,
                   may_send: Callable[[], bool] | None) -> requests.Response:
-        """`_request`'s loop, whichever way a request is sent (`send`): requests, or the trigger POST's
-        own (`_send`); both answer and fail alike, so one classification serves them."""
+        """The retry loop around `send` (one request through `_send`), for the trigger POST and every other
+        request alike: one classification of answers and failures serves them all."""
         crumb_refreshed = False
         attempt = 0
         while True:

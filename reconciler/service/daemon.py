@@ -50,7 +50,7 @@ STORE_RETRY = 5.0
 TICK_BATCH = 250
 """Due schedules handled in one turn of the loop, so that 5,000 due at one minute never hold a change
 written meanwhile for long: a batch is 0.1-0.3 s of deciding while 32 workers post the ticks before it
-(a thousand held canaries for up to 1.2 s on a loaded machine)."""
+(batches of a thousand held a canary for up to 1.2 s on a shared 2-core machine)."""
 TRIM_AFTER = 500
 """Files parsed in one pass after which the heap is trimmed (see `trim_heap`)."""
 
