@@ -195,9 +195,9 @@ class Executor:
         the run is refused, naming Jenkins' Logging ID: an outage passes, a bug in a plugin does not."""
         self._note_warned: set[str] = set()
         self._read_back: set[str] = set()
+        """Runs whose build's parameters and causes were read back (once each, in this process)."""
         self._next_builds: dict[tuple[str, str], tuple[float, int]] = {}
         """Each job's `nextBuildNumber` as last read (monotonic time, number): the bound of POSTs to it."""
-        """Runs whose build's parameters and causes were read back (once each, in this process)."""
         self._lanes = {name: self._lanes_for(name, client) for name, client in clients.items()}
         self._cv = threading.Condition()
         """Guards the open runs; notified as they change, for `wait_idle`."""
