@@ -690,7 +690,7 @@ def bench_heavy(sim: SimulatorProcess, work: Path, ordinary: int, heavy: int, re
 def bench_lanes(sim: SimulatorProcess, work: Path, n: int, canaries: int) -> list[Row]:
     """`n` schedules due at one minute (in-process daemon on a shifted clock, as the lateness benchmark),
     and one-shot canaries written while their ticks are being posted: each canary's write → POST, and
-    when the last tick's POST arrived."""
+    when the last tick's POST arrived, that minute and the next (the first also creates `n` files)."""
     triggers = work / "lanes"
     write_specs(triggers, 0)
     for i in range(n):
@@ -718,17 +718,25 @@ def bench_lanes(sim: SimulatorProcess, work: Path, n: int, canaries: int) -> lis
         written[f"canary{k}"] = time.time()
         os.replace(tmp, triggers / f"canary{k}.yaml")
     got = sim.collect_triggers(n + canaries, 120)
+    time.sleep(max(0.0, tick_real + 60 - time.time()))
+    sim.mark()
+    again = sim.collect_triggers(n, 120)
     daemon.request_stop()
     thread.join()
     daemon.close()
     ticks = [r["at"] - tick_real for r in got if r["params"].get("N")]
+    next_ticks = [r["at"] - tick_real - 60 for r in again]
     latency = [r["at"] - written[r["params"]["SEQ"][0]] for r in got if r["params"].get("SEQ")]
     return [
         Row(f"one-shot under a {n}-tick minute: write → POST of {canaries} canaries written 0.5-{canaries - 0.5:g} s "
             "after the minute, while the ticks are posted", " / ".join(ms(x) for x in latency) +
             f" (max {ms(max(latency))})", "", "", "each ≤ 1 s", verdict(max(latency) <= 1.0)),
-        Row(f"{n} ticks of one minute: tick → last POST received",
+        Row(f"{n} ticks of one minute: tick → last POST received (the daemon's first minute: each tick also "
+            "creates its trigger's history file)",
             f"{max(ticks):.2f} s (p50 {percentile(ticks, 50):.2f} s)", "", "", "≤ 10 s", verdict(max(ticks) <= 10)),
+        Row(f"{n} ticks of the next minute (history files there; the first minute's runs followed meanwhile)",
+            f"{max(next_ticks):.2f} s (p50 {percentile(next_ticks, 50):.2f} s)", "", "", "≤ 10 s",
+            verdict(max(next_ticks) <= 10)),
     ]
 
 
