@@ -6,6 +6,7 @@ import json
 import os
 import resource
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -187,19 +188,25 @@ def test_run_without_a_server_explains_what_to_set(tmp_path):
     assert "set JENKINS_URL" in result.stderr
 
 
-def test_simulator_command_serves_until_stopped(tmp_path):
+def test_simulator_command_serves_until_stopped_and_says_nothing_of_a_client_killed_mid_request(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "reconciler", "simulator", "--port", "0", "--job", "a/b c",
-                             "--user", "bob:bob-token", "--quiet-period", "0"], stdout=subprocess.PIPE, text=True)
+                             "--user", "bob:bob-token", "--quiet-period", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:")
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as killed:  # half a request, then a reset (RST)
+            killed.sendall(b"POST /job/a/job/b%20c/build HTTP/1.1\r\nHost: x\r\n")
+            killed.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         r = requests.post(url + "job/a/job/b%20c/build", auth=("bob", "bob-token"), timeout=10)
         assert r.status_code == 201
         assert requests.get(url + "_sim/requests", timeout=10).json()[0]["user"] == "bob"
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        _, err = proc.communicate(timeout=10)
     assert proc.returncode == 0
+    assert "Traceback" not in err and "reset" not in err, err
 
 
 def test_simulator_help_documents_it():

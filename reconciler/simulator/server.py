@@ -1055,8 +1055,9 @@ class _Server(ThreadingHTTPServer):
         return sock, address
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that rejects our certificate ends the handshake; Jetty logs that at debug, not as a crash."""
-        if not isinstance(sys.exc_info()[1], ssl.SSLError):
+        """A client that rejects our certificate ends the handshake, and one killed mid-request (a `kill -9`
+        of a daemon) resets its connection; Jetty logs both at debug, not as a crash."""
+        if not isinstance(sys.exc_info()[1], ssl.SSLError | ConnectionError):
             super().handle_error(request, client_address)
 
     def take_fault(self, method: str, path: str) -> Fault | None:
