@@ -178,6 +178,7 @@ def inotify_watches_in_use() -> int:
     return used
 
 
+@pytest.mark.serial  # the limit is the kernel's, for every process: a test running beside it would feel it
 @pytest.mark.skipif(INotify is None or not os.access("/proc/sys/fs/inotify/max_user_watches", os.W_OK),
                     reason="needs inotify and root's right to lower the kernel's watch limit for a moment")
 def test_the_kernels_watch_limit_is_named_by_the_setting_that_raises_it(tmp_path):
@@ -202,6 +203,7 @@ def test_the_kernels_watch_limit_is_named_by_the_setting_that_raises_it(tmp_path
     w.stop()
 
 
+@pytest.mark.serial
 @pytest.mark.skipif(INotify is None or not os.access("/proc/sys/fs/inotify/max_queued_events", os.W_OK),
                     reason="needs inotify and root's right to lower the kernel's queue length for a moment")
 def test_events_the_kernel_could_not_queue_mean_a_rescan(tmp_path):
