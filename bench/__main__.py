@@ -708,8 +708,8 @@ def bench_lanes(sim: SimulatorProcess, work: Path, n: int, canaries: int) -> lis
     thread.start()
     wait_for(daemon.ready.is_set, 600, "the first pass", 0.05)
     tick_real = boundary - offset
-    time.sleep(max(0.0, tick_real - time.time()))
-    sim.mark()
+    time.sleep(max(0.0, tick_real - 0.5 - time.time()))
+    sim.mark()  # before the minute: a mark after its first POSTs would drop them
     written: dict[str, float] = {}
     for k in range(canaries):  # spread over the posting of the ticks
         time.sleep(max(0.0, tick_real + 0.5 + k * 1.0 - time.time()))
@@ -718,7 +718,7 @@ def bench_lanes(sim: SimulatorProcess, work: Path, n: int, canaries: int) -> lis
         written[f"canary{k}"] = time.time()
         os.replace(tmp, triggers / f"canary{k}.yaml")
     got = sim.collect_triggers(n + canaries, 120)
-    time.sleep(max(0.0, tick_real + 60 - time.time()))
+    time.sleep(max(0.0, tick_real + 59.5 - time.time()))
     sim.mark()
     again = sim.collect_triggers(n, 120)
     daemon.request_stop()
