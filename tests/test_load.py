@@ -174,19 +174,21 @@ def test_a_burst_drains_at_the_servers_rate_and_readyz_shows_the_backlog(harness
 
 
 def test_retry_after_holds_every_post_to_the_server(harness):
-    harness.sim.fault(path="/build$", method="POST", status=429, headers={"Retry-After": "1"}, times=1)
+    harness.sim.fault(path="/build$", method="POST", status=429, headers={"Retry-After": "2"}, times=1)
     harness.concurrency = 4
     harness.start()
-    for i in range(8):
-        harness.write(f"burst/b{i}", "job: plain\n")
-    wait_for(lambda: len(harness.sim.triggers("plain")) == 8, timeout=30, what="8 POSTs")
+    for i in range(16):
+        harness.write(f"burst/b{i:02}", "job: plain\n")
+    wait_for(lambda: len(harness.sim.triggers("plain")) == 16, timeout=30, what="16 POSTs")
     too_many = [r.at for r in harness.sim.requests if r.status == 429]
     assert len(too_many) == 1
-    # after the 429, no new POST started until its Retry-After had passed: only the three under way
-    # and the refused one's own retry (after the client's backoff, 50 ms here) arrived before
     after = [r.at for r in harness.sim.triggers("plain") if r.at > too_many[0]]
-    assert len([t for t in after if t < too_many[0] + 0.9]) <= 4
-    assert len(after) == 8
+    assert len(after) == 16
+    # Within the Retry-After, only what was already under way when the 429 was read (each other worker's
+    # POST, and one more each that it may have started before the 429 reached us) and the refused one's
+    # own retry (after the client's backoff, 50 ms here). Without the hold all 16 land at once.
+    within = [t for t in after if t < too_many[0] + 1.8]
+    assert len(within) <= 2 * (harness.concurrency - 1) + 1, len(within)
 
 
 def test_a_servers_rate_and_max_queued_are_read_from_the_operators_config(tmp_path):
